@@ -1,0 +1,1 @@
+"""Adapt a SimVLG-style image captioner to video."""

@@ -1,0 +1,123 @@
+"""Adapt an image captioner to video: insert temporal adapters, fine-tune with one captioning loss, evaluate.
+
+    python -m simvlg_video.adapt                                  # the built-in demo (bundled tiny model, shapes set)
+    python -m simvlg_video.adapt --image-ckpt MODEL_DIR [hydra overrides ...]
+    python -m simvlg_video.adapt -m data.num_frames=2,4 adapter=none,reference   # a sweep
+
+Writes RUN_DIR/{config.yaml, metrics.jsonl, checkpoints/, eval/, model/} and prints a before/after table.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from simvlg_video.data.dataset import VideoClipDataset, build_loader
+from simvlg_video.data.manifest import ClipRecord, read_manifest
+from simvlg_video.data.source import resolve_manifest
+from simvlg_video.eval.predict import evaluate_split, write_eval
+from simvlg_video.eval.table import metrics_table
+from simvlg_video.model.freeze import apply_freeze_policy
+from simvlg_video.model.model_dir import load_model_dir, save_model_dir
+from simvlg_video.run_dir import eval_settings, train_transform
+from simvlg_video.runtime import JsonlLog, flags_to_overrides, pick_device, seed_everything
+from simvlg_video.train.batches import TrainBatches
+from simvlg_video.train.checkpoint import save_checkpoint
+from simvlg_video.train.loop import fit
+from simvlg_video.train.optim import build_optimizer, warmup_cosine
+
+log = logging.getLogger("simvlg_video.adapt")
+BUNDLED_IMAGE_MODEL = Path(__file__).resolve().parent / "assets" / "tiny_image_model"
+
+
+def image_model_dir(image_ckpt: str | None) -> Path:
+    """The image model to start from: the given directory, or the bundled tiny one."""
+    if image_ckpt is None:
+        return BUNDLED_IMAGE_MODEL
+    path = Path(image_ckpt).expanduser()
+    if not path.exists():
+        raise SystemExit(f"error: --image-ckpt {path}: no such file or directory")
+    if not path.is_dir():
+        raise SystemExit(f"error: --image-ckpt {path}: expected a model directory (model.yaml + trainable.safetensors)")
+    return path
+
+
+def split_records(records: list[ClipRecord], split: str, manifest: Path) -> list[ClipRecord]:
+    chosen = [r for r in records if r.split == split]
+    if not chosen:
+        raise SystemExit(f"error: manifest {manifest} has no clips in split {split!r}")
+    return chosen
+
+
+def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    """The whole adaptation; returns the metrics table rows (image model, adapted model)."""
+    image_dir = image_model_dir(cfg.image_ckpt)
+    device = pick_device(cfg.device)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    manifest = resolve_manifest(cfg.data)
+    cfg.data.manifest = str(manifest.resolve())  # the run's config names the exact data it used
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    metrics_log = JsonlLog(run_dir / "metrics.jsonl")
+    records = read_manifest(manifest)
+    train_records = split_records(records, cfg.data.train_split, manifest)
+    eval_records = split_records(records, cfg.eval.split, manifest)
+    model, model_cfg = load_model_dir(image_dir)
+    model.to(device)
+    settings = eval_settings(cfg, model_cfg)
+    eval_kwargs = dict(settings, spice=cfg.eval.spice)
+    rows: dict[str, dict[str, float]] = {}
+    if cfg.eval.before:
+        predictions, rows["image model"] = evaluate_split(model, eval_records, desc="image model", **eval_kwargs)
+        write_eval(run_dir / "eval", f"{cfg.eval.split}_image_model", predictions, rows["image model"])
+        metrics_log({"phase": "eval", "model": "image", **rows["image model"]})
+
+    instantiate(cfg.adapter)(model)
+    counts = apply_freeze_policy(model, list(cfg.train.trainable))
+    log.info("parameters: %s", counts)
+    dataset = VideoClipDataset(
+        train_records, num_frames=cfg.data.num_frames, sampler=instantiate(cfg.sampler.train), train=True,
+        seed=cfg.seed, backend=cfg.data.backend,
+    )
+    loader = build_loader(dataset, cfg.train.batch_size, shuffle=True, num_workers=cfg.train.num_workers,
+                          seed=cfg.seed, drop_last=True)
+    batches = TrainBatches(loader, train_transform(cfg, model_cfg), device, seed=cfg.seed)
+    optimizer = build_optimizer(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = warmup_cosine(optimizer, cfg.train.warmup_steps, cfg.train.steps, cfg.train.warmup_start_lr,
+                              cfg.train.min_lr)
+    result = fit(model, iter(batches), optimizer, scheduler, cfg.train.steps, precision=cfg.precision,
+                 grad_clip=cfg.train.grad_clip, log_every=cfg.train.log_every, on_log=metrics_log, desc="adapt")
+    save_checkpoint(run_dir, result.steps, model, list(cfg.train.trainable), optimizer, scheduler)
+
+    predictions, rows["adapted"] = evaluate_split(model, eval_records, desc="adapted model", **eval_kwargs)
+    write_eval(run_dir / "eval", cfg.eval.split, predictions, rows["adapted"])
+    model_cfg.adapter = cfg.adapter
+    model_cfg.trainable = list(cfg.train.trainable)
+    save_model_dir(model, model_cfg, run_dir / "model", base_dir=image_dir)
+
+    summary = {
+        "phase": "summary", "train_steps": result.steps, "train_videos_per_s": result.videos_per_second,
+        "nonfinite_steps_skipped": result.skipped_nonfinite, "train_clips_skipped": len(batches.skipped),
+        "eval_clips_skipped": len(predictions.skipped), **counts,
+    }
+    metrics_log({**summary, "adapted": rows["adapted"]})
+    print(f"\n{metrics_table(rows)}\n")
+    print(f"{result.steps} steps at {result.videos_per_second:.1f} videos/s; skipped clips: "
+          f"{len(batches.skipped)} in training, {len(predictions.skipped)} in evaluation. Run directory: {run_dir}")
+    return rows
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="adapt")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *flags_to_overrides(sys.argv[1:], {"--image-ckpt": "image_ckpt"})]
+    main()

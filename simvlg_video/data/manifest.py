@@ -1,0 +1,190 @@
+"""Read and write clip manifests: JSONL, one clip per line, what every dataset converter produces.
+
+A line looks like ``{"clip_id": "v1", "video": "videos/v1.mp4", "start": null, "end": null,
+"captions": ["a man runs"], "split": "train"}`` plus optional probed metadata (``num_frames``, ``fps``,
+``duration``, ``width``, ``height``) and an optional free-form ``attributes`` dict. ``video`` is relative to the
+manifest's folder unless absolute. Reading is strict: unknown keys and wrong types are errors that name the file,
+the line and the key, so a typo cannot silently drop a field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("train", "val", "test")
+REQUIRED_KEYS = ("clip_id", "video", "start", "end", "captions", "split")
+METADATA_KEYS = ("num_frames", "fps", "duration", "width", "height")
+KNOWN_KEYS = (*REQUIRED_KEYS, *METADATA_KEYS, "attributes")
+
+
+class ManifestError(ValueError):
+    """A manifest line is malformed; the message names the file, the line and the key."""
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    """One manifest line, checked. ``video`` is the path as written; ``video_path`` is it resolved."""
+
+    clip_id: str
+    video: str
+    video_path: Path
+    start: float | None
+    end: float | None
+    captions: tuple[str, ...]
+    split: str
+    num_frames: int | None = None
+    fps: float | None = None
+    duration: float | None = None
+    width: int | None = None
+    height: int | None = None
+    attributes: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest line for this record (metadata left out where unknown)."""
+        line: dict[str, Any] = {
+            "clip_id": self.clip_id,
+            "video": self.video,
+            "start": self.start,
+            "end": self.end,
+            "captions": list(self.captions),
+            "split": self.split,
+        }
+        for key in METADATA_KEYS:
+            if getattr(self, key) is not None:
+                line[key] = getattr(self, key)
+        if self.attributes:
+            line["attributes"] = self.attributes
+        return line
+
+
+def read_manifest(path: str | Path, split: str | None = None) -> list[ClipRecord]:
+    """All records of a manifest (or those of one ``split``), in file order. The whole file is checked either way."""
+    path = Path(path)
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest file not found")
+    records: list[ClipRecord] = []
+    first_line_of: dict[str, int] = {}
+    with path.open(encoding="utf-8") as lines:
+        for line_number, text in enumerate(lines, start=1):
+            if not text.strip():
+                continue
+            location = f"{path}:{line_number}"
+            try:
+                raw = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ManifestError(f"{location}: not valid JSON ({error.msg} at column {error.colno})") from None
+            record = parse_record(raw, path.parent, location)
+            if record.clip_id in first_line_of:
+                raise ManifestError(f"{location}: key 'clip_id': duplicate {record.clip_id!r}"
+                                    f" (first seen on line {first_line_of[record.clip_id]})")
+            first_line_of[record.clip_id] = line_number
+            records.append(record)
+    return [record for record in records if split is None or record.split == split]
+
+
+def write_manifest(path: str | Path, records: Iterable[ClipRecord | Mapping[str, Any]]) -> None:
+    """Write records (or line dicts, checked like read lines) as JSONL, atomically: readers never see half a file.
+
+    A record's ``video`` is written as it was read, so a relative path keeps meaning "relative to the manifest's
+    folder"; write into the folder it came from, or use absolute paths.
+    """
+    path = Path(path)
+    lines = []
+    seen: set[str] = set()
+    for position, item in enumerate(records):
+        record = item if isinstance(item, ClipRecord) else parse_record(item, path.parent, f"record {position}")
+        if record.clip_id in seen:
+            raise ManifestError(f"record {position}: key 'clip_id': duplicate {record.clip_id!r}")
+        seen.add(record.clip_id)
+        lines.append(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as temp_file:
+            temp_file.writelines(lines)
+            temp_file.flush()
+            os.fsync(temp_file.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def parse_record(raw: Any, base_dir: Path, location: str) -> ClipRecord:
+    """Check one manifest object and build its record; ``location`` (e.g. 'file:line') prefixes every error."""
+    if not isinstance(raw, Mapping):
+        raise ManifestError(f"{location}: expected a JSON object, got {type(raw).__name__}")
+    missing = [key for key in REQUIRED_KEYS if key not in raw]
+    if missing:
+        raise ManifestError(f"{location}: missing key {missing[0]!r} (required keys: {list(REQUIRED_KEYS)})")
+    unknown = sorted(set(raw) - set(KNOWN_KEYS))
+    if unknown:
+        raise ManifestError(f"{location}: unknown key {unknown[0]!r}; allowed keys are {list(KNOWN_KEYS)}"
+                            " (put extra information under 'attributes')")
+
+    def fail(key: str, expected: str) -> ManifestError:
+        return ManifestError(f"{location}: key {key!r}: expected {expected}, got {raw[key]!r}")
+
+    clip_id, video, split, captions = raw["clip_id"], raw["video"], raw["split"], raw["captions"]
+    if not isinstance(clip_id, str) or not clip_id:
+        raise fail("clip_id", "a non-empty string")
+    if not isinstance(video, str) or not video:
+        raise fail("video", "a non-empty path string")
+    if split not in SPLITS:
+        raise fail("split", f"one of {list(SPLITS)}")
+    if not isinstance(captions, list) or not captions:
+        raise fail("captions", "a non-empty list of strings")
+    if not all(isinstance(caption, str) and caption.strip() for caption in captions):
+        raise fail("captions", "only non-empty strings")
+    start = _optional_number(raw, "start", fail, minimum=0.0)
+    end = _optional_number(raw, "end", fail, minimum=0.0)
+    if start is not None and end is not None and end <= start:
+        raise ManifestError(f"{location}: key 'end': expected a time after start={start}, got {end!r}")
+    attributes = raw.get("attributes", {})
+    if not isinstance(attributes, dict):
+        raise fail("attributes", "a JSON object")
+    return ClipRecord(
+        clip_id=clip_id,
+        video=video,
+        video_path=Path(os.path.abspath(base_dir / video)),
+        start=start,
+        end=end,
+        captions=tuple(captions),
+        split=split,
+        num_frames=_optional_int(raw, "num_frames", fail, minimum=1),
+        fps=_optional_number(raw, "fps", fail, minimum=0.0, strictly_above=True),
+        duration=_optional_number(raw, "duration", fail, minimum=0.0),
+        width=_optional_int(raw, "width", fail, minimum=1),
+        height=_optional_int(raw, "height", fail, minimum=1),
+        attributes=attributes,
+    )
+
+
+def _optional_number(raw, key, fail, minimum: float, strictly_above: bool = False) -> float | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    bound = f"> {minimum}" if strictly_above else f">= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise fail(key, f"a number {bound} or null")
+    if value < minimum or (strictly_above and value == minimum):
+        raise fail(key, f"a number {bound} or null")
+    return float(value)
+
+
+def _optional_int(raw, key, fail, minimum: int) -> int | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise fail(key, f"an integer >= {minimum} or null")
+    return value

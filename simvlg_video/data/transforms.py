@@ -1,0 +1,139 @@
+"""Turn decoded uint8 clips into normalised model input, batched, on whatever device the model runs on.
+
+Frames travel as uint8 (four times smaller than float) and are converted only after moving to the device, so
+on a GPU the resize and normalisation run there. Every frame of a clip gets the same crop and the same flip:
+a clip is one scene, and per-frame jitter would look like motion.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import InterpolationMode
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# RandomResizedCrop gives up drawing a box after this many tries and takes a centred one (as torchvision does).
+_CROP_TRIES = 10
+
+
+class FrameTransform:
+    """uint8 clips (T, H, W, 3) -> float32 (B, T, 3, size, size), normalised with ``mean``/``std``.
+
+    Eval (``train=False``): resize the shorter side to ``size`` (bicubic, antialiased), then centre-crop.
+    Train: a RandomResizedCrop box (area fraction in ``scale``, aspect ratio in ``ratio``) shared by all frames of
+    a clip, resized to ``size``; with ``hflip=True`` also a horizontal flip with probability 0.5 per clip. Flipping
+    is off by default because it swaps left and right, which turns "moves left" captions into wrong ones.
+    """
+
+    def __init__(
+        self,
+        size: int = 224,
+        train: bool = False,
+        hflip: bool = False,
+        scale: Sequence[float] = (0.5, 1.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"scale must be (low, high) with 0 < low <= high <= 1, got {tuple(scale)}")
+        if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {tuple(ratio)}")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"mean and std need 3 values each with std > 0, got mean={tuple(mean)} std={tuple(std)}")
+        self.size = size
+        self.train = train
+        self.hflip = hflip
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def __call__(
+        self,
+        clips: torch.Tensor | Sequence[torch.Tensor],
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """Transform a batch: one (B, T, H, W, 3) uint8 tensor, or a list of (T, H, W, 3) uint8 tensors whose H and
+        W may differ. ``generator`` (a CPU ``torch.Generator``) drives the train-time crops and flips; None uses
+        torch's global RNG. ``device`` is where the output lives (default: where the input is)."""
+        clip_list = _as_clip_list(clips)
+        outputs = [self._one_clip(clip.to(device or clip.device, non_blocking=True), generator) for clip in clip_list]
+        return torch.stack(outputs)
+
+    def _one_clip(self, clip: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        frames = clip.permute(0, 3, 1, 2)  # (T, 3, H, W), still uint8
+        if self.train:
+            top, left, height, width = self._crop_box(frames.shape[-2], frames.shape[-1], generator)
+            frames = frames[..., top : top + height, left : left + width]
+            frames = _resize(frames.float(), [self.size, self.size])
+            if self.hflip and _uniform(generator) < 0.5:
+                frames = frames.flip(-1)
+        else:
+            frames = _resize(frames.float(), [self.size])  # shorter side -> size, aspect kept
+            frames = TF.center_crop(frames, [self.size, self.size])
+        mean = torch.tensor(self.mean, device=frames.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=frames.device).view(1, 3, 1, 1)
+        return (frames.clamp_(0, 255) / 255 - mean) / std
+
+    def _crop_box(self, height: int, width: int, generator: torch.Generator | None) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of a box covering ``scale`` of the area with aspect ratio in ``ratio``."""
+        area = height * width
+        log_low, log_high = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(_CROP_TRIES):
+            box_area = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * _uniform(generator))
+            aspect = math.exp(log_low + (log_high - log_low) * _uniform(generator))
+            box_width = round(math.sqrt(box_area * aspect))
+            box_height = round(math.sqrt(box_area / aspect))
+            if 0 < box_width <= width and 0 < box_height <= height:
+                top = _randint(height - box_height + 1, generator)
+                left = _randint(width - box_width + 1, generator)
+                return top, left, box_height, box_width
+        # No box fitted (an extreme frame shape): the largest centred box whose aspect ratio is within range.
+        frame_aspect = width / height
+        box_width, box_height = width, height
+        if frame_aspect < self.ratio[0]:
+            box_height = round(width / self.ratio[0])
+        elif frame_aspect > self.ratio[1]:
+            box_width = round(height * self.ratio[1])
+        return (height - box_height) // 2, (width - box_width) // 2, box_height, box_width
+
+
+def _as_clip_list(clips: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Check the input and return it as a list of (T, H, W, 3) uint8 tensors with one shared T."""
+    if isinstance(clips, torch.Tensor):
+        if clips.ndim != 5:
+            raise ValueError(f"a batch tensor must be (B, T, H, W, 3), got shape {tuple(clips.shape)}")
+        clip_list = list(clips.unbind(0))
+    else:
+        clip_list = list(clips)
+    if not clip_list:
+        raise ValueError("no clips to transform")
+    for position, clip in enumerate(clip_list):
+        if not isinstance(clip, torch.Tensor) or clip.dtype != torch.uint8 or clip.ndim != 4 or clip.shape[-1] != 3:
+            described = f"{clip.dtype} {tuple(clip.shape)}" if isinstance(clip, torch.Tensor) else type(clip).__name__
+            raise ValueError(f"clip {position} must be a uint8 tensor (T, H, W, 3), got {described}")
+    lengths = sorted({clip.shape[0] for clip in clip_list})
+    if len(lengths) > 1:
+        raise ValueError(f"all clips in a batch need the same number of frames, got {lengths}")
+    return clip_list
+
+
+def _resize(frames: torch.Tensor, size: list[int]) -> torch.Tensor:
+    return TF.resize(frames, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+
+
+def _uniform(generator: torch.Generator | None) -> float:
+    return torch.rand((), generator=generator).item()
+
+
+def _randint(high: int, generator: torch.Generator | None) -> int:
+    return int(torch.randint(high, (), generator=generator).item())

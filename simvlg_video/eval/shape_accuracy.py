@@ -1,0 +1,73 @@
+"""Accuracy of generated captions on the synthetic motion set: did the model name the right motion and object?
+
+Captions are parsed with the keyword tables of `simvlg_video.data_tools.shapes`, the same tables the
+training captions are written from. A caption that names several motions (or shapes, or colours) parses to
+None and counts as wrong: hedging between "left" and "right" is not knowing the direction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from simvlg_video.data_tools.shapes import (
+    COLOUR_WORDS,
+    COLOURS,
+    DIRECTIONAL_MOTIONS,
+    MOTION_KEYWORDS,
+    MOTIONS,
+    SHAPE_WORDS,
+    SHAPES,
+    caption_words,
+)
+
+
+def _single_match(words: set[str], table: Mapping[str, tuple[str, ...]]) -> str | None:
+    found = [name for name, keywords in table.items() if words.intersection(keywords)]
+    return found[0] if len(found) == 1 else None
+
+
+def parse_motion(caption: str) -> str | None:
+    """The one motion whose keywords appear in the caption; None when no motion or several do."""
+    return _single_match(set(caption_words(caption)), MOTION_KEYWORDS)
+
+
+def parse_object(caption: str) -> tuple[str | None, str | None]:
+    """(shape, colour) named by the caption; each None when absent or ambiguous."""
+    words = set(caption_words(caption))
+    return _single_match(words, SHAPE_WORDS), _single_match(words, COLOUR_WORDS)
+
+
+def _check_attributes(clip_id: str, attrs: Mapping[str, str]) -> None:
+    for key, allowed in (("shape", SHAPES), ("colour", COLOURS), ("motion", MOTIONS)):
+        if attrs.get(key) not in allowed:
+            raise ValueError(f"clip {clip_id!r}: attribute {key!r} is {attrs.get(key)!r}, expected one of {allowed}")
+
+
+def shape_accuracy(predictions: Mapping[str, str], attributes: Mapping[str, Mapping[str, str]]) -> dict[str, float]:
+    """Motion, object and direction accuracy of `predictions` (clip_id -> caption) against the true attributes.
+
+    `attributes` maps every evaluated clip_id to {"shape", "colour", "motion"} (the manifest's "attributes").
+    Clips without a prediction count as wrong. direction_acc is motion accuracy over the clips whose true
+    motion is directional (not "still"); it is NaN when there are none.
+    """
+    if not attributes:
+        raise ValueError("attributes is empty: nothing to evaluate")
+    unknown = sorted(set(predictions) - set(attributes))
+    if unknown:
+        raise ValueError(f"{len(unknown)} predictions name clips without attributes, e.g. {unknown[:5]}")
+    motion_hits = object_hits = direction_hits = num_directional = 0
+    for clip_id, attrs in attributes.items():
+        _check_attributes(clip_id, attrs)
+        caption = predictions.get(clip_id)
+        motion_right = caption is not None and parse_motion(caption) == attrs["motion"]
+        object_right = caption is not None and parse_object(caption) == (attrs["shape"], attrs["colour"])
+        motion_hits += motion_right
+        object_hits += object_right
+        if attrs["motion"] in DIRECTIONAL_MOTIONS:
+            num_directional += 1
+            direction_hits += motion_right
+    return {
+        "motion_acc": motion_hits / len(attributes),
+        "object_acc": object_hits / len(attributes),
+        "direction_acc": direction_hits / num_directional if num_directional else float("nan"),
+    }

@@ -1,0 +1,105 @@
+"""The video captioner: frozen ViT per frame -> pooling over time -> ToMe connector -> frozen LM.
+
+Attribute names follow the reference image model (`ln_vision`, `VL_proj`, `opt_proj`) so checkpoints map one to one;
+`vit`, `connector` and `lm` keep the parameter names of their timm / transformers classes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from simvlg_video.adapters.patch import num_frames_context
+from simvlg_video.model.lm import CaptionText
+from simvlg_video.model.vit import vit_tokens
+
+
+def first_trainable_block(vit: nn.Module) -> int | None:
+    """Index of the lowest ViT block with a trainable parameter (0 if the embeddings train, None if nothing does).
+
+    Blocks below it run without autograd: nothing above needs their gradients.
+    """
+    stem = [p for name, p in vit.named_parameters() if not name.startswith("blocks.")]
+    if any(p.requires_grad for p in stem):
+        return 0
+    for index, block in enumerate(vit.blocks):
+        if any(p.requires_grad for p in block.parameters()):
+            return index
+    return None
+
+
+class VideoCaptioner(nn.Module):
+    """SimVLG-style captioner applied to clips of T frames; with T=1 it is the image model."""
+
+    def __init__(self, vit: nn.Module, connector: nn.Module, lm: nn.Module, text: CaptionText, connector_width: int):
+        super().__init__()
+        self.vit = vit
+        self.ln_vision = nn.LayerNorm(vit.embed_dim)
+        self.VL_proj = nn.Linear(vit.embed_dim, connector_width)
+        self.connector = connector
+        self.opt_proj = nn.Linear(connector_width, lm.get_input_embeddings().embedding_dim)
+        self.lm = lm
+        self.text = text
+        # Activation checkpointing of the ViT blocks that run with autograd: less memory, one more ViT forward.
+        self.checkpoint_vit = False
+
+    def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) -> per-frame ViT tokens (B, T, N, C); adapters inside the ViT see all T frames of a clip."""
+        batch, num_frames = frames.shape[:2]
+        with num_frames_context(self.vit, num_frames):
+            tokens = vit_tokens(
+                self.vit, frames.flatten(0, 1), grad_from_block=first_trainable_block(self.vit),
+                checkpoint_blocks=self.checkpoint_vit,
+                recompute_context=lambda: num_frames_context(self.vit, num_frames),
+            )
+        return tokens.unflatten(0, (batch, num_frames))
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) normalised frames -> soft prompt (B, tokens, LM width)."""
+        tokens = self.frame_tokens(frames).mean(dim=1)
+        tokens = self.ln_vision(tokens.float()).to(self.VL_proj.weight.dtype)
+        return self.opt_proj(self.connector(self.VL_proj(tokens)))
+
+    def embed_with_soft_prompt(self, soft_prompt: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """LM input embeddings: the soft prompt followed by the embedded text tokens."""
+        text_embeds = self.lm.get_input_embeddings()(token_ids)
+        return torch.cat([soft_prompt.to(text_embeds.dtype), text_embeds], dim=1)
+
+    def forward(self, frames: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """The single captioning loss: next-token cross-entropy on caption tokens only."""
+        return self.caption_loss(frames, *self.text.training_batch(captions, frames.device))
+
+    def caption_loss(
+        self, frames: torch.Tensor, token_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss for already tokenised captions (labels -100 where nothing is predicted)."""
+        soft_prompt = self.encode(frames)
+        batch, num_soft = soft_prompt.shape[:2]
+        ignore = torch.full((batch, num_soft), -100, dtype=labels.dtype, device=labels.device)
+        visible = torch.ones(batch, num_soft, dtype=attention_mask.dtype, device=attention_mask.device)
+        output = self.lm(
+            inputs_embeds=self.embed_with_soft_prompt(soft_prompt, token_ids),
+            attention_mask=torch.cat([visible, attention_mask], dim=1),
+            labels=torch.cat([ignore, labels], dim=1),
+        )
+        return output.loss
+
+    @torch.no_grad()
+    def generate(
+        self, frames: torch.Tensor, num_beams: int = 5, min_new_tokens: int = 5, max_new_tokens: int = 20
+    ) -> list[str]:
+        """Beam-search captions through the LM's own `generate`, continuing soft prompt + text prompt."""
+        soft_prompt = self.encode(frames)
+        prompt_ids = self.text.prompt_batch(soft_prompt.shape[0], frames.device)
+        inputs = self.embed_with_soft_prompt(soft_prompt, prompt_ids)
+        generated = self.lm.generate(
+            inputs_embeds=inputs,
+            attention_mask=torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device),
+            num_beams=num_beams,
+            do_sample=False,
+            min_new_tokens=min_new_tokens,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self.text.end_token_id,
+            pad_token_id=self.text.tokenizer.pad_token_id,
+        )
+        return self.text.decode(generated)

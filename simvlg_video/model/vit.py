@@ -1,0 +1,125 @@
+"""The frozen vision encoder: a timm EVA ViT whose output is the last block's tokens (CLS + patches), unnormalised.
+
+Presets:
+* ``eva_vit_g`` - EVA-CLIP ViT-g/14 as BLIP-2 uses it: 39 blocks, width 1408, 16 heads, MLP 6144, patch 14,
+  q/v biases, absolute position embedding, CLS token; 224x224 -> 257 tokens.
+* ``tiny`` - the same block type at a toy size for tests and the demo: 64x64, patch 8, width 96, 4 blocks, 4 heads
+  -> 65 tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import timm
+import torch
+from timm.models.eva import Eva
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+# No pooling, no final norm, no head: the captioner normalises the tokens itself (`ln_vision`). timm's LayerNorm
+# defaults to eps 1e-6, as EVA uses.
+_TOKENS_ONLY = dict(num_classes=0, global_pool="", use_fc_norm=False, use_post_transformer_norm=False)
+
+_TINY = dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=4, mlp_ratio=4.0)
+
+PRESETS = ("eva_vit_g", "tiny")
+
+
+def build_vit(preset: str, **overrides: Any) -> Eva:
+    """A randomly initialised ViT for `preset`; `overrides` replace its constructor arguments (e.g. img_size, depth)."""
+    if preset == "eva_vit_g":
+        # The 40th block of EVA-g is dropped, as in BLIP-2.
+        vit = timm.create_model("eva_giant_patch14_224", pretrained=False, **{"depth": 39, **_TOKENS_ONLY, **overrides})
+    elif preset == "tiny":
+        vit = Eva(**{**_TINY, **_TOKENS_ONLY, **overrides})
+    else:
+        raise ValueError(f"unknown ViT preset {preset!r}; presets: {', '.join(PRESETS)}")
+    for name in ("norm", "fc_norm", "head"):
+        if not isinstance(getattr(vit, name), nn.Identity):
+            raise ValueError(
+                f"build_vit({preset!r}) with overrides {overrides} gave the ViT a `{name}`; "
+                "its output must be the raw tokens"
+            )
+    return vit
+
+
+def _block_index(name: str) -> int | None:
+    """Block index of a parameter name `blocks.{i}.…`, None for the embeddings."""
+    parts = name.split(".", 2)
+    return int(parts[1]) if parts[0] == "blocks" else None
+
+
+def _check_frozen_below(vit: Eva, grad_from_block: int) -> None:
+    """Refuse to drop gradients: nothing computed under no_grad may hold a trainable parameter."""
+    trainable_below = [
+        name
+        for name, p in vit.named_parameters()
+        if p.requires_grad and ((index := _block_index(name)) is None or index < grad_from_block)
+    ]
+    if trainable_below:
+        raise ValueError(
+            f"grad_from_block={grad_from_block}, but these parameters below it are trainable and would get no "
+            f"gradient: {trainable_below[:5]}{' ...' if len(trainable_below) > 5 else ''}"
+        )
+
+
+def vit_tokens(
+    vit: Eva,
+    images: torch.Tensor,
+    grad_from_block: int | None = None,
+    checkpoint_blocks: bool = False,
+    recompute_context: Callable[[], AbstractContextManager] = nullcontext,
+) -> torch.Tensor:
+    """(N, 3, H, W) images -> (N, num_prefix_tokens + patches, C) tokens of the last block, without any final norm.
+
+    `grad_from_block` is the lowest block that needs autograd (the first one with a trainable parameter): the
+    embeddings and the blocks below it run under `torch.no_grad()`, so they keep no activations for backward.
+    It is an error if anything below it is trainable. None runs everything in the caller's grad mode.
+
+    `checkpoint_blocks` trades compute for memory: blocks that run with autograd keep only their input and are
+    recomputed during backward, inside `recompute_context()` (for per-forward state the blocks read, such as the
+    number of frames of the temporal adapters).
+    """
+    if not isinstance(vit, Eva):
+        raise TypeError(f"vit_tokens expects a timm Eva model, got {type(vit).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"vit_tokens expects images of shape (N, 3, H, W), got {tuple(images.shape)}")
+    if vit.grad_checkpointing:
+        raise ValueError("vit_tokens does not checkpoint blocks; call vit.set_grad_checkpointing(False)")
+    depth = len(vit.blocks)
+    split = 0 if grad_from_block is None else grad_from_block
+    if isinstance(split, bool) or not isinstance(split, int) or not 0 <= split <= depth:
+        raise ValueError(f"grad_from_block must be None or an int in 0..{depth}, got {grad_from_block!r}")
+    if split > 0:
+        _check_frozen_below(vit, split)
+
+    with torch.no_grad() if split > 0 else nullcontext():
+        x, rope = vit._pos_embed(vit.patch_embed(images))
+        x = vit.norm_pre(x)
+        x = _run_blocks(vit, x, rope, range(split))
+    recompute = recompute_context if checkpoint_blocks and torch.is_grad_enabled() else None
+    return _run_blocks(vit, x, rope, range(split, depth), recompute)
+
+
+def _run_blocks(
+    vit: Eva,
+    x: torch.Tensor,
+    rope: torch.Tensor | None,
+    indices: range,
+    recompute_context: Callable[[], AbstractContextManager] | None = None,
+) -> torch.Tensor:
+    """Run the given blocks; with a `recompute_context`, each one under activation checkpointing."""
+    per_block_rope = rope is not None and getattr(vit, "rope_mixed", False)
+    for i in indices:
+        block_rope = rope[i] if per_block_rope else rope
+        if recompute_context is None:
+            x = vit.blocks[i](x, rope=block_rope)
+        else:
+            x = checkpoint(
+                vit.blocks[i], x, rope=block_rope, use_reentrant=False,
+                context_fn=lambda: (nullcontext(), recompute_context()),
+            )
+    return x

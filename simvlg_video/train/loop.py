@@ -1,0 +1,82 @@
+"""The training loop: one captioning loss, optimiser and schedule steps, progress bar and logged metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+Batch = tuple[torch.Tensor, list[str]]
+
+
+@dataclass
+class FitResult:
+    """What a training run did, for the run summary."""
+
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+    skipped_nonfinite: int = 0
+    seconds: float = 0.0
+    videos: int = 0
+
+    @property
+    def videos_per_second(self) -> float:
+        return self.videos / self.seconds if self.seconds else 0.0
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on the model's device, or nothing for fp32."""
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in dtypes:
+        raise ValueError(f"precision must be one of fp32, bf16, fp16; got {precision!r}")
+    return torch.autocast(device_type=device.type, dtype=dtypes[precision])
+
+
+def fit(
+    model: nn.Module,
+    batches: Iterator[Batch],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    steps: int,
+    precision: str = "fp32",
+    grad_clip: float | None = 1.0,
+    log_every: int = 10,
+    on_log: Callable[[dict], None] | None = None,
+    desc: str = "train",
+    show_progress: bool = True,
+) -> FitResult:
+    """Run `steps` optimiser steps on the captioning loss; a non-finite loss skips its step and is counted."""
+    result = FitResult()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    model.train()
+    started = time.perf_counter()
+    progress = tqdm(range(steps), desc=desc, disable=not show_progress, dynamic_ncols=True)
+    for step in progress:
+        frames, captions = next(batches)
+        with autocast_for(frames.device, precision):
+            loss = model(frames, captions)
+        optimizer.zero_grad(set_to_none=True)
+        value = loss.item()
+        if not math.isfinite(value):
+            result.skipped_nonfinite += 1
+            continue
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else math.inf)
+        optimizer.step()
+        scheduler.step()
+        result.steps += 1
+        result.videos += frames.shape[0]
+        result.losses.append(value)
+        progress.set_postfix(loss=f"{value:.3f}")
+        if on_log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
+            on_log({"step": step + 1, "loss": value, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)})
+    result.seconds = time.perf_counter() - started
+    return result

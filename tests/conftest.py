@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny model directory (random vision weights, a briefly trained tiny LM) and a tiny shapes set."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory in our format, built like the bundled one but without its (slow) image stage."""
+    from simvlg_video.data_tools import shapes
+    from simvlg_video.data_tools.build_tiny_image_model import TINY_MODEL
+    from simvlg_video.data_tools.tiny_lm import train_tiny_lm
+    from simvlg_video.model.model_dir import build_captioner, save_model_dir
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    torch.manual_seed(0)
+    train_tiny_lm(shapes.caption_groups(), out / "lm", steps=3, batch_size=8, show_progress=False)
+    cfg = OmegaConf.create(TINY_MODEL)
+    cfg.vit.weights = None
+    model = build_captioner(cfg, out)
+    save_file({k: v.contiguous() for k, v in model.vit.state_dict().items()}, out / "vit.safetensors")
+    cfg.vit.weights = "vit.safetensors"
+    save_model_dir(model, cfg, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shapes_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic motion set (real H.264 files) and its manifest."""
+    from simvlg_video.data_tools.make_shapes import make_shapes_dataset
+
+    out = tmp_path_factory.mktemp("shapes")
+    return make_shapes_dataset(out, num_clips=21, seed=3, height=64, width=64, fps=8, duration=1.0,
+                               show_progress=False)
+
+
+@pytest.fixture()
+def model_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny model directory that a test may modify."""
+    return Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))

@@ -1,0 +1,80 @@
+"""The main command end to end on a tiny model and a tiny synthetic set, then `caption` and `evaluate` on its run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+TINY_RUN = [
+    "data.synthetic.num_clips=21", "data.synthetic.height=64", "data.synthetic.width=64", "data.synthetic.duration=1.0",
+    "train.steps=3", "train.batch_size=4", "train.num_workers=0", "train.warmup_steps=1",
+    "eval.batch_size=8", "eval.num_beams=2", "eval.max_new_tokens=6",
+]
+
+
+def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SIMVLG_VIDEO_CACHE": str(cwd / "cache"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("adapt")
+    result = run_module("simvlg_video.adapt", "--image-ckpt", str(tiny_model_dir), *TINY_RUN,
+                        f"hydra.run.dir={work / 'run'}", cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| image model |" in result.stdout and "| adapted |" in result.stdout
+    return work / "run"
+
+
+@pytest.mark.slow
+def test_run_directory_layout(run_dir: Path):
+    for name in ("config.yaml", "metrics.jsonl", "eval/test_predictions.json", "eval/test_metrics.json",
+                 "eval/test_image_model_predictions.json", "model/model.yaml", "model/trainable.safetensors"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "checkpoints").iterdir())
+    metrics = json.loads((run_dir / "eval/test_metrics.json").read_text())["metrics"]
+    assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "motion_acc", "object_acc"} <= metrics.keys()
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "step" in r] == [3]
+
+
+@pytest.mark.slow
+def test_caption_reproduces_the_run_predictions(run_dir: Path):
+    predictions = json.loads((run_dir / "eval/test_predictions.json").read_text())[:2]
+    manifest = Path(OmegaConf.load(run_dir / "config.yaml").data.manifest)
+    rows = {json.loads(line)["clip_id"]: json.loads(line) for line in manifest.read_text().splitlines()}
+    videos = [str(manifest.parent / rows[p["clip_id"]]["video"]) for p in predictions]
+    result = run_module("simvlg_video.caption", "--ckpt", str(run_dir), *videos, cwd=run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = dict(line.split("\t", 1) for line in result.stdout.strip().splitlines())
+    assert [printed[v] for v in videos] == [p["caption"] for p in predictions]
+
+
+@pytest.mark.slow
+def test_evaluate_rescores_the_run(run_dir: Path):
+    before = json.loads((run_dir / "eval/test_metrics.json").read_text())["metrics"]
+    result = run_module("simvlg_video.evaluate", "--ckpt", str(run_dir), cwd=run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = json.loads((run_dir / "eval/test_metrics.json").read_text())["metrics"]
+    assert after == before
+
+
+def test_missing_image_checkpoint_is_one_line(tmp_path: Path):
+    result = run_module("simvlg_video.adapt", "--image-ckpt", str(tmp_path / "nope"), cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [f"error: --image-ckpt {tmp_path / 'nope'}: no such file or directory"]
+
+
+def test_unknown_config_key_is_hydras_error(tmp_path: Path):
+    result = run_module("simvlg_video.adapt", "train.stepz=3", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Could not override 'train.stepz'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,91 @@
+"""Caption parsing and the motion/object/direction accuracies on hand-written predictions."""
+
+import math
+
+import pytest
+
+from simvlg_video.eval.shape_accuracy import parse_motion, parse_object, shape_accuracy
+
+
+@pytest.mark.parametrize(
+    ("caption", "motion"),
+    [
+        ("a red circle moves to the left", "left"),
+        ("A Red Circle slides LEFT.", "left"),
+        ("the square is moving rightwards", "right"),
+        ("a blue triangle rising", "up"),
+        ("a green square falls down", "down"),
+        ("the circle gets bigger", "grow"),
+        ("a yellow square contracts", "shrink"),
+        ("a red circle stays still", "still"),
+        ("a red circle", None),
+        ("a red circle moves left and then right", None),  # hedging names two motions
+        ("the circle grows and goes up", None),
+        ("", None),
+        ("a red circle moves leftish", None),  # whole words only
+    ],
+)
+def test_parse_motion(caption, motion):
+    assert parse_motion(caption) == motion
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        ("a red circle moves left", ("circle", "red")),
+        ("Two Yellow Triangles grow", ("triangle", "yellow")),
+        ("a blue square next to a circle", (None, "blue")),
+        ("a red and green square", ("square", None)),
+        ("something moves up", (None, None)),
+        ("a reddish circle", ("circle", None)),
+    ],
+)
+def test_parse_object(caption, expected):
+    assert parse_object(caption) == expected
+
+
+ATTRIBUTES = {
+    "a": {"shape": "circle", "colour": "red", "motion": "left"},
+    "b": {"shape": "square", "colour": "blue", "motion": "grow"},
+    "c": {"shape": "triangle", "colour": "green", "motion": "still"},
+    "d": {"shape": "circle", "colour": "yellow", "motion": "up"},
+    "e": {"shape": "square", "colour": "red", "motion": "right"},
+}
+
+
+def test_accuracies_on_hand_written_predictions():
+    predictions = {
+        "a": "a red circle moves to the left",  # motion right, object right
+        "b": "a blue square shrinks",  # motion wrong (the opposite), object right
+        "c": "a green triangle stays still",  # both right, not directional
+        "d": "a yellow square rises",  # motion right, shape wrong
+        # "e" has no prediction: wrong on every count
+    }
+    metrics = shape_accuracy(predictions, ATTRIBUTES)
+    assert metrics == pytest.approx({"motion_acc": 3 / 5, "object_acc": 3 / 5, "direction_acc": 2 / 4})
+
+
+def test_perfect_and_empty_predictions():
+    perfect = {
+        "a": "a red circle slides left",
+        "b": "a blue square gets bigger",
+        "c": "the green triangle is motionless",
+        "d": "a yellow circle goes up",
+        "e": "a red square travels rightward",
+    }
+    assert shape_accuracy(perfect, ATTRIBUTES) == {"motion_acc": 1.0, "object_acc": 1.0, "direction_acc": 1.0}
+    assert shape_accuracy({}, ATTRIBUTES) == {"motion_acc": 0.0, "object_acc": 0.0, "direction_acc": 0.0}
+
+
+def test_direction_accuracy_is_nan_without_directional_clips():
+    metrics = shape_accuracy({"c": "a green triangle stays still"}, {"c": ATTRIBUTES["c"]})
+    assert metrics["motion_acc"] == 1.0 and math.isnan(metrics["direction_acc"])
+
+
+def test_bad_inputs_are_rejected():
+    with pytest.raises(ValueError, match="zzz"):
+        shape_accuracy({"zzz": "a red circle"}, ATTRIBUTES)
+    with pytest.raises(ValueError, match="empty"):
+        shape_accuracy({}, {})
+    with pytest.raises(ValueError, match="'q'.*motion.*'spin'"):
+        shape_accuracy({}, {"q": {"shape": "circle", "colour": "red", "motion": "spin"}})

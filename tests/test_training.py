@@ -1,0 +1,41 @@
+"""Fine-tuning moves only the trainable modules: the frozen ViT and LM stay bit-identical and in eval mode."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from simvlg_video.adapters.placements import reference
+from simvlg_video.model.freeze import apply_freeze_policy
+from simvlg_video.model.model_dir import load_model_dir
+from simvlg_video.train.loop import fit
+from simvlg_video.train.optim import build_optimizer, warmup_cosine
+
+TRAINABLE = ["adapters", "ln_vision", "VL_proj", "connector", "opt_proj"]
+
+
+def test_frozen_tensors_bit_identical_after_training(tiny_model_dir):
+    torch.manual_seed(0)
+    model, _ = load_model_dir(tiny_model_dir)
+    reference(model, blocks="last_k", last_k=2, qk_dim=32, num_heads=4)
+    apply_freeze_policy(model, TRAINABLE)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    clips = torch.randn(2, 3, 3, 64, 64)
+    batches = itertools.repeat((clips, ["a red circle moves to the left", "a blue square grows"]))
+    optimizer = build_optimizer(model, lr=1e-2, weight_decay=0.05)
+    scheduler = warmup_cosine(optimizer, warmup_steps=1, total_steps=4, warmup_start_lr=1e-3, min_lr=1e-3)
+
+    result = fit(model, batches, optimizer, scheduler, steps=4, show_progress=False)
+
+    assert result.steps == 4 and len(result.losses) == 4
+    assert not model.lm.training, "the frozen LM must stay in eval mode while the rest trains"
+    trainable_names = {name for name, p in model.named_parameters() if p.requires_grad}
+    frozen_names = set(before) - trainable_names
+    assert any(name.startswith("vit.") for name in frozen_names)
+    assert any(name.startswith("lm.") for name in frozen_names)
+    for name in frozen_names:
+        assert torch.equal(before[name], model.state_dict()[name]), f"frozen tensor {name} changed"
+    moved = [name for name in trainable_names if not torch.equal(before[name], model.state_dict()[name])]
+    assert any("temporal_merge.alpha" in name for name in moved)
+    assert any(name.startswith("connector.") for name in moved)
