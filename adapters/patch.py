@@ -164,6 +164,8 @@ def add_temporal_adapters(
     last_k: int | None = None,
     qk_dim: int = 256,
     num_heads: int = 8,
+    time_encoding: str = "none",
+    max_frames: int = 64,
 ) -> list[int]:
     """Give the chosen blocks of this ViT instance a zero-gated `temporal_merge`; returns the patched indices.
 
@@ -188,6 +190,8 @@ def add_temporal_adapters(
             vit.embed_dim,
             qk_dim=qk_dim,
             num_heads=num_heads,
+            time_encoding=time_encoding,
+            max_frames=max_frames,
             device=reference.device,
             dtype=reference.dtype,
         )

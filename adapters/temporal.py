@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from simvlg_video.adapters.time_encoding import TimeEncoding
+
 
 class TemporalAttentionMerge(nn.Module):
     """`x + alpha * attention over frames`, for tokens of shape (B*T, N, C) laid out clip by clip.
@@ -23,6 +25,8 @@ class TemporalAttentionMerge(nn.Module):
         dim: int,
         qk_dim: int = 256,
         num_heads: int = 8,
+        time_encoding: str = "none",
+        max_frames: int = 64,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
@@ -38,9 +42,14 @@ class TemporalAttentionMerge(nn.Module):
         self.query = nn.Linear(dim, qk_dim, device=device, dtype=dtype)
         self.key = nn.Linear(dim, qk_dim, device=device, dtype=dtype)
         self.alpha = nn.Parameter(torch.zeros((), device=device, dtype=dtype))
+        # Frame codes added to what queries, keys and values read (not to the residual): "none" is the reference.
+        self.time = TimeEncoding(time_encoding, dim, max_frames, device=device, dtype=dtype)
         # True computes the attention the way a straightforward port of the reference does (same values, slower);
         # only benchmarks set it.
         self.naive = False
+        # True keeps the last forward's frame-to-frame attention, averaged over clips, tokens and heads: (T, T).
+        self.record_attention = False
+        self.last_attention: torch.Tensor | None = None
 
     def adapter_params(self) -> list[str]:
         """Adapter protocol: the names of this module's parameters that train when adapters train (all of them)."""
@@ -56,8 +65,13 @@ class TemporalAttentionMerge(nn.Module):
                 f"TemporalAttentionMerge: a batch of {total_frames} frames cannot be split into clips of "
                 f"{num_frames} frames"
             )
+        clips = total_frames // num_frames
+        source = x
+        codes = self.time(num_frames)
+        if codes is not None:
+            source = (x.view(clips, num_frames, *x.shape[1:]) + codes[:, None, :].to(x.dtype)).view_as(x)
         mix = self._mix_naive if self.naive else self._mix
-        return x + self.alpha * mix(x, total_frames // num_frames, num_frames)
+        return x + self.alpha * mix(source, clips, num_frames)
 
     def _mix(self, x: torch.Tensor, clips: int, num_frames: int) -> torch.Tensor:
         """Attention over frames with the T x T weights written out.
@@ -70,7 +84,10 @@ class TemporalAttentionMerge(nn.Module):
         query = self.query(x).view(per_head)
         key = self.key(x).view(per_head)
         logits = torch.einsum("btnhd,bsnhd->bnhts", query, key) * self.qk_dim**-0.5
-        mixed = torch.einsum("bnhts,bsnhe->btnhe", logits.softmax(dim=-1), x.reshape(per_head))
+        weights = logits.softmax(dim=-1)
+        if self.record_attention:
+            self.last_attention = weights.detach().float().mean(dim=(0, 1, 2))
+        mixed = torch.einsum("bnhts,bsnhe->btnhe", weights, x.reshape(per_head))
         return mixed.reshape(x.shape)
 
     def _mix_naive(self, x: torch.Tensor, clips: int, num_frames: int) -> torch.Tensor:
@@ -92,4 +109,4 @@ class TemporalAttentionMerge(nn.Module):
         return t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, qk_dim={self.qk_dim}, num_heads={self.num_heads}"
+        return f"dim={self.dim}, qk_dim={self.qk_dim}, num_heads={self.num_heads}, time={self.time.kind}"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import os
 import sys
@@ -28,10 +27,7 @@ from tqdm import tqdm
 
 from simvlg_video.data.decode import VideoDecodeError, probe_video, read_frames
 from simvlg_video.data.manifest import ClipRecord, ManifestError, read_manifest, write_manifest
-
-# Seconds to frame numbers as the training dataset counts them (frame k is shown from k / fps on), with the same
-# tolerance, so that a window the check keeps is a window the dataset can sample from.
-TIME_EPSILON = 1e-6
+from simvlg_video.data.sampling import ClipWindowError, frame_window
 
 
 @dataclass(frozen=True)
@@ -83,13 +79,13 @@ def check_videos(paths: Sequence[str], workers: int, backend: str = "auto", deco
 
 
 def window_problem(record: ClipRecord, video: VideoCheck) -> str | None:
-    """Why the clip's [start, end] window holds no frame of the video, or None when it holds at least one."""
-    first = math.ceil(record.start * video.fps - TIME_EPSILON) if record.start is not None else 0
-    stop = math.ceil(record.end * video.fps - TIME_EPSILON) if record.end is not None else video.num_frames
-    if min(stop, video.num_frames) > first:
-        return None
-    return (f"window start={record.start} end={record.end} s holds no frame of a {video.num_frames}-frame video at "
-            f"{video.fps:g} fps ({video.num_frames / video.fps:.2f} s)")
+    """Why the clip's [start, end] window holds no frame of the video, or None when it holds at least one (the
+    training loader's own rule, so a window kept here is one it can sample from)."""
+    try:
+        frame_window(video.num_frames, video.fps, record.start, record.end)
+    except ClipWindowError as error:
+        return f"{error} ({video.num_frames / video.fps:.2f} s)"
+    return None
 
 
 def filter_manifest(records: Sequence[ClipRecord], videos: dict[str, VideoCheck], out: Path) -> tuple[list[dict], dict]:
@@ -114,7 +110,7 @@ def filter_manifest(records: Sequence[ClipRecord], videos: dict[str, VideoCheck]
         row = record.to_dict()
         row.update(num_frames=video.num_frames, fps=video.fps, duration=video.num_frames / video.fps)
         if not Path(record.video).is_absolute():
-            row["video"] = Path(os.path.relpath(record.video_path, out.resolve().parent)).as_posix()
+            row["video"] = Path(os.path.relpath(record.video_path, os.path.abspath(out.parent))).as_posix()
         kept.append(row)
         counts["kept"] += 1
     report = {
@@ -147,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(f"--workers must be >= 0, got {args.workers}")
     out = args.out or default_output(args.manifest, "checked.jsonl")
     report_path = args.report or default_output(args.manifest, "check_report.json")
-    if out.resolve() == args.manifest.resolve():
+    if out.resolve() == args.manifest.resolve():  # also through symbolic links
         sys.exit(f"error: --out {out} would overwrite the manifest being checked")
     try:
         records = read_manifest(args.manifest)

@@ -91,7 +91,8 @@ def load_json(path: Path) -> Any:
     try:
         return json.loads(text, object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as error:
-        raise ConversionError(f"{path}: not valid JSON ({error.msg} at line {error.lineno} column {error.colno})")
+        raise ConversionError(
+            f"{path}: not valid JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
 
 
 def read_text(path: Path) -> str:
@@ -225,7 +226,7 @@ def write_conversion(conversion: Conversion, videos: VideoIndex, out: Path, defa
     Video paths are written relative to the manifest's folder when the video lies under it, else absolute. A clip
     whose video is missing gets ``<video folder>/<first name><default_suffix>``.
     """
-    out = out.resolve()
+    out = Path(os.path.abspath(out))
     rows = []
     missing: dict[str, None] = {}  # ordered set of video names
     for clip in conversion.clips:
@@ -241,10 +242,10 @@ def write_conversion(conversion: Conversion, videos: VideoIndex, out: Path, defa
     if not rows:
         raise ConversionError(f"no clips to write to {out}: every clip was dropped ({dict(conversion.counts)})")
     write_manifest(out, rows)
+    per_split = Counter(clip.split for clip in conversion.clips)
     return ConversionSummary(
         manifest=out,
-        clips_per_split={s: sum(c.split == s for c in conversion.clips) for s in SPLITS
-                         if any(c.split == s for c in conversion.clips)},
+        clips_per_split={split: per_split[split] for split in SPLITS if per_split[split]},
         captions_per_clip=_caption_counts(conversion.clips),
         videos_not_found=list(missing),
         counts=dict(conversion.counts),

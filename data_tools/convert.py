@@ -1,8 +1,11 @@
 """Convert a dataset's official annotation files into our manifest (DESIGN.md), and print a summary.
 
-    python -m simvlg_video.data_tools.convert msrvtt --root ROOT --official train_val_videodatainfo.json test_videodatainfo.json
-    python -m simvlg_video.data_tools.convert msvd --root ROOT --descriptions AllVideoDescriptions.txt --mapping youtube_mapping.txt
-    python -m simvlg_video.data_tools.convert activitynet --root ROOT --train train.json --val-1 val_1.json --val-2 val_2.json
+    python -m simvlg_video.data_tools.convert msrvtt --root ROOT \
+        --official train_val_videodatainfo.json test_videodatainfo.json
+    python -m simvlg_video.data_tools.convert msvd --root ROOT \
+        --descriptions AllVideoDescriptions.txt --mapping youtube_mapping.txt
+    python -m simvlg_video.data_tools.convert activitynet --root ROOT \
+        --train train.json --val-1 val_1.json --val-2 val_2.json
 
 Videos are looked up by name anywhere under ROOT (or --videos); the manifest goes to ROOT/manifest.jsonl (or --out)
 with video paths relative to it. Clips whose video is not found are kept and counted: run

@@ -51,4 +51,6 @@ def eval_settings(cfg: DictConfig, model_cfg: DictConfig) -> dict:
         num_workers=cfg.train.num_workers,
         precision=cfg.precision,
         backend=cfg.data.backend,
+        decode_timeout=cfg.data.decode_timeout,
+        max_skip_fraction=cfg.data.max_skip_fraction,
     )

@@ -78,3 +78,28 @@ def test_unknown_config_key_is_hydras_error(tmp_path: Path):
     assert result.returncode != 0
     assert "Could not override 'train.stepz'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_visualize_writes_a_picture(run_dir: Path):
+    manifest = Path(OmegaConf.load(run_dir / "config.yaml").data.manifest)
+    video = manifest.parent / json.loads(manifest.read_text().splitlines()[0])["video"]
+    out = run_dir / "picture.png"
+    result = run_module("simvlg_video.visualize", "--ckpt", str(run_dir), str(video), "--out", str(out), cwd=run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_runs_table_lists_finished_and_unfinished_runs(run_dir: Path, tmp_path: Path):
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    (crashed / "config.yaml").write_text((run_dir / "config.yaml").read_text())  # died before its summary
+    result = run_module("simvlg_video.eval.runs", str(run_dir), str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    summary = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    cider = 100 * summary["adapted"]["CIDEr"]
+    assert rows[0].startswith(f"| run | reference (time: none) | {cider:.1f} |")
+    assert f"| {summary['train_videos_per_s']:.1f} | " in rows[0] and "(process RSS) |" in rows[0]
+    assert rows[1].startswith("| crashed | reference (time: none) | unfinished |")

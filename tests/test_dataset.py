@@ -95,7 +95,7 @@ def test_broken_videos_become_error_items_and_log_one_warning(records, caplog: p
         broken, past_the_end = dataset[0], dataset[1]
     assert set(broken) == {"clip_id", "error", "video"}
     assert broken["video"] == str(records["broken"].video_path)
-    assert "decord:" in broken["error"] and "pyav:" in broken["error"]
+    assert "Invalid data found" in broken["error"]  # the probe (PyAV) reads the file before any decoder does
     assert "holds no frames" in past_the_end["error"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2
@@ -112,11 +112,11 @@ def test_collate_drops_failed_items_and_reports_them(records) -> None:
     assert len(batch["skipped"]) == 1
     skipped = batch["skipped"][0]
     assert skipped["clip_id"] == "broken" and skipped["video"] == str(records["broken"].video_path)
-    assert "pyav:" in skipped["reason"]
+    assert "Invalid data found" in skipped["reason"]
 
 
 def test_collate_of_only_failures_is_an_empty_batch(records) -> None:
-    batch = collate_clips([dataset_of(records, ["broken"])[0]])
+    batch = collate_clips([dataset_of(records, ["broken"])[0]], max_skip_fraction=1.0)
     assert batch["clip_ids"] == [] and batch["frames"] == [] and len(batch["skipped"]) == 1
 
 

@@ -172,3 +172,48 @@ def test_bad_arguments_raise_value_error(numbered_mp4: Path) -> None:
         read_frames(numbered_mp4, [0], "opencv")
     with pytest.raises(ValueError, match="indices must not be empty"):
         read_frames(numbered_mp4, [], "pyav")
+
+
+def write_long_gop_video(path: Path, num_frames: int = 60, gop: int = 25, open_gop: bool = False) -> Path:
+    """Numbered frames with B-frames and a keyframe every ``gop`` frames (optionally open GOPs)."""
+    params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=3" + (":open-gop=1" if open_gop else "")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.options = {"crf": "10", "g": str(gop), "sc_threshold": "0", "x264-params": params}
+        for number in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(numbered_frame(number % 32), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("open_gop", [False, True])
+def test_pyav_seeking_gives_decords_frames_for_any_indices(tmp_path: Path, open_gop: bool) -> None:
+    path = write_long_gop_video(tmp_path / "gop.mp4", open_gop=open_gop)
+    every = read_frames(path, list(range(60)), "decord")
+    assert [frame_number(f) for f in every] == [n % 32 for n in range(60)]
+    rng = np.random.default_rng(0)
+    requests = [[59], [0, 59], [24, 25, 26], [50, 3, 27, 27]] + [rng.choice(60, 6).tolist() for _ in range(6)]
+    for indices in requests:
+        np.testing.assert_array_equal(read_frames(path, indices, "pyav"), every[indices])
+
+
+def test_bikes_sample_with_six_keyframes_reads_the_same_through_seeks() -> None:
+    path = sample_video("bikes.mp4")
+    every = read_frames(path, list(range(250)), "decord")
+    for indices in ([30, 76, 137, 187, 242], [29, 31, 136, 249], [0, 249, 1, 248]):
+        np.testing.assert_array_equal(read_frames(path, indices, "pyav"), every[indices])
+
+
+def test_rotated_file_is_turned_upright_and_auto_does_not_trust_decord(tmp_path: Path) -> None:
+    from simvlg_video.data_tools.make_broken_videos import write_video
+
+    frame = numbered_frame(5)
+    path = write_video(tmp_path / "rotated.mp4", [frame] * 3, rotation=90)
+    upright = read_frames(path, [1], "pyav")[0]
+    assert upright.shape == (64, 32, 3)
+    assert frame_number(np.rot90(upright, -1)) == 5  # turned counter-clockwise by 90 degrees, as players show it
+    np.testing.assert_array_equal(read_frames(path, [1], "auto")[0], upright)

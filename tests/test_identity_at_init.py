@@ -1,27 +1,46 @@
-"""With every gate at 0, the video model on a clip of one repeated frame is exactly the image model on that frame."""
+"""With every gate at 0, the video model on a clip of one repeated frame is exactly the image model on that frame,
+for every placement and time encoding; once gates open, only the time-aware variants see frame order."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from simvlg_video.adapters.placements import reference
+from simvlg_video.adapters import placements
+from simvlg_video.adapters.time_encoding import TIME_ENCODINGS
 from simvlg_video.model.model_dir import load_model_dir
+
+PLACEMENTS = {
+    "reference-all": lambda m, t: placements.reference(m, qk_dim=32, num_heads=4, time_encoding=t),
+    "reference-last2": lambda m, t: placements.reference(m, blocks="last_k", last_k=2, qk_dim=32, num_heads=4,
+                                                         time_encoding=t),
+    "reference-[1]": lambda m, t: placements.reference(m, blocks=[1], qk_dim=32, num_heads=4, time_encoding=t),
+    "merged_tokens": lambda m, t: placements.merged_tokens(m, num_heads=4, time_encoding=t),
+}
 
 
 def lm_logits(model, frames: torch.Tensor, captions: list[str]) -> torch.Tensor:
-    ids, mask, _ = model.text.training_batch(captions, frames.device)
-    embeds = model.embed_with_soft_prompt(model.encode(frames), ids)
-    return model.lm(inputs_embeds=embeds).logits
+    ids, _, _ = model.text.training_batch(captions, frames.device)
+    return model.lm(inputs_embeds=model.embed_with_soft_prompt(model.encode(frames), ids)).logits
+
+
+def open_gates(model) -> None:
+    """Give every adapter a non-zero gate and non-zero learned frame codes."""
+    for name, param in model.named_parameters():
+        if name.endswith(("alpha", "gate")):
+            param.data.fill_(1.0)
+        elif name.endswith("time.table"):
+            param.data.normal_()
 
 
 @pytest.mark.parametrize("num_frames", [1, 2, 4])
-@pytest.mark.parametrize("placement", [{"blocks": "all"}, {"blocks": "last_k", "last_k": 2}, {"blocks": [1]}])
+@pytest.mark.parametrize("time_encoding", TIME_ENCODINGS)
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @torch.no_grad()
-def test_gates_at_zero_reproduce_the_image_model(tiny_model_dir, num_frames, placement):
+def test_gates_at_zero_reproduce_the_image_model(tiny_model_dir, placement, time_encoding, num_frames):
     image_model = load_model_dir(tiny_model_dir)[0].eval()
     video_model = load_model_dir(tiny_model_dir)[0].eval()
-    reference(video_model, qk_dim=32, num_heads=4, **placement)
+    PLACEMENTS[placement](video_model, time_encoding)
     torch.manual_seed(num_frames)
     frame = torch.randn(2, 1, 3, 64, 64)
     captions = ["a red circle moves to the left", "a blue square"]
@@ -31,13 +50,20 @@ def test_gates_at_zero_reproduce_the_image_model(tiny_model_dir, num_frames, pla
     assert (actual - expected).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("time_encoding", TIME_ENCODINGS)
+@pytest.mark.parametrize("placement", ["reference-all", "merged_tokens"])
 @torch.no_grad()
-def test_open_gates_make_the_video_model_differ(tiny_model_dir):
-    """The check above is not vacuous: once a gate opens, frames of a moving clip change the output."""
+def test_only_time_aware_variants_see_frame_order(tiny_model_dir, placement, time_encoding):
+    model = load_model_dir(tiny_model_dir)[0].eval()
+    PLACEMENTS[placement](model, time_encoding)
+    open_gates(model)
+    torch.manual_seed(0)
+    clip = torch.randn(2, 4, 3, 64, 64)
+
+    forward, backward = model.encode(clip), model.encode(clip.flip(1))
     image_model = load_model_dir(tiny_model_dir)[0].eval()
-    video_model = load_model_dir(tiny_model_dir)[0].eval()
-    reference(video_model, qk_dim=32, num_heads=4)
-    for block in video_model.vit.blocks:
-        block.temporal_merge.alpha.fill_(1.0)
-    clip = torch.randn(1, 4, 3, 64, 64)
-    assert not torch.allclose(video_model.encode(clip), image_model.encode(clip), atol=1e-4)
+    assert not torch.allclose(forward, image_model.encode(clip), atol=1e-4), "open gates must change the output"
+    if time_encoding == "none":
+        torch.testing.assert_close(forward, backward, rtol=1e-5, atol=1e-5)
+    else:
+        assert (forward - backward).abs().max().item() > 1e-3

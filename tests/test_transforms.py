@@ -180,4 +180,5 @@ def test_gpu_output_matches_cpu(train: bool) -> None:
     on_cpu = transform(clips, generator=torch.Generator().manual_seed(3))
     on_gpu = transform(clips, generator=torch.Generator().manual_seed(3), device="cuda")
     assert on_gpu.device.type == "cuda"
-    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=0, atol=1e-3)
+    # the CPU resizes uint8 (rounded to whole levels), the GPU float: one level apart at most
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=0, atol=1.01 / 255 / min(CLIP_STD))

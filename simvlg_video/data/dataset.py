@@ -1,14 +1,17 @@
 """Clips as a torch Dataset: manifest record -> sampled frame indices -> decoded uint8 frames + captions.
 
-Resizing and normalising happen later, batched on the model's device (see ``transforms.py``); workers only
-decode. A clip that cannot be decoded comes back as an error item, and ``collate_clips`` drops it from the batch
-and reports it, so one broken file never stops a run.
+Resizing and normalising happen later, batched on the model's device (see ``transforms.py``); loaders only
+decode. A clip that cannot be decoded (missing, empty, truncated or not a video, no video stream, a window past
+the end, a decode over the time limit) comes back as an error item: ``collate_clips`` drops it from the batch
+and lists it under ``skipped``, and one warning line names the file and the reason. A batch that loses more than
+``max_skip_fraction`` of its clips raises :class:`TooManySkippedClips` with the list: that is broken data, not a
+broken file.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,16 +19,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from simvlg_video.data.decode import BACKENDS, VideoDecodeError, probe_video, read_frames
+from simvlg_video.data.clip_reader import ClipReader, resolve_backend
+from simvlg_video.data.decode import VideoDecodeError
 from simvlg_video.data.manifest import ClipRecord
+from simvlg_video.data.sampling import ClipWindowError, sample_window
 
 logger = logging.getLogger(__name__)
 
-# A sampler as in sampling.py: (num_available, num_frames, rng) -> sorted indices.
-Sampler = Callable[[int, int, "np.random.Generator | None"], list[int]]
+# A sampler as in sampling.py: (num_available, num_frames, rng, *, fps, keyframes) -> sorted indices.
+Sampler = Callable[..., list[int]]
 
-# Tolerance when turning seconds into frame numbers, so that e.g. 2.0 s at 30 fps is frame 60, not 61.
-_TIME_EPSILON = 1e-6
+DEFAULT_MAX_SKIP_FRACTION = 0.5
+
+
+class TooManySkippedClips(RuntimeError):
+    """A batch lost more than the allowed share of its clips; the message lists every one with its reason."""
 
 
 class VideoClipDataset(Dataset):
@@ -36,6 +44,11 @@ class VideoClipDataset(Dataset):
     depend on which worker loads an item or in what order. The epoch lives in shared memory: call
     :meth:`set_epoch` before iterating the loader for that epoch and persistent workers see it too.
     Evaluation items are deterministic: the sampler gets ``rng=None`` and the caption is the first one.
+
+    ``backend``: ``auto`` | ``decord`` | ``pyav`` | ``nvdec`` (see ``clip_reader.py``); with ``nvdec`` (or
+    ``auto`` on a GPU machine with PyNvVideoCodec) frames come back in GPU memory and :func:`build_loader` decodes
+    in threads. ``decode_timeout``: seconds one CPU probe or decode may take before it is abandoned (None: no
+    limit, decoding in the loader process itself).
     """
 
     def __init__(
@@ -46,19 +59,19 @@ class VideoClipDataset(Dataset):
         train: bool,
         seed: int = 0,
         backend: str = "auto",
+        decode_timeout: float | None = None,
     ) -> None:
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        if backend != "auto" and backend not in BACKENDS:
-            raise ValueError(f"unknown video backend {backend!r}; expected 'auto' or one of {sorted(BACKENDS)}")
         self.records = list(records)
         self.num_frames = num_frames
         self.sampler = sampler
         self.train = train
         self.seed = seed
-        self.backend = backend
+        self.backend = resolve_backend(backend)
+        self.reader = ClipReader(self.backend, decode_timeout, nvdec_fallback=backend == "auto")
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     @property
@@ -84,63 +97,50 @@ class VideoClipDataset(Dataset):
         else:
             caption = record.captions[0]
         try:
-            frame_indices = self._frame_indices(record, rng)
-            frames = read_frames(record.video_path, frame_indices, self.backend)
+            source = self.reader.source(record)
+            frame_indices = sample_window(
+                self.sampler, self.num_frames, source.num_frames, fps=source.fps,
+                window=(record.start, record.end), keyframes=source.keyframes, rng=rng,
+            )
+            frames = self.reader.read(record.video_path, frame_indices, source)
+        except ClipWindowError as error:
+            return self._error_item(record, VideoDecodeError(record.video_path, str(error)))
         except VideoDecodeError as error:
-            logger.warning("skipping clip %s: cannot decode %s: %s", record.clip_id, error.path, error.reason)
-            return {"clip_id": record.clip_id, "error": error.reason, "video": str(record.video_path)}
+            return self._error_item(record, error)
         return {
             "clip_id": record.clip_id,
-            "frames": torch.from_numpy(frames),
+            "frames": frames,
             "caption": caption,
             "captions": list(record.captions),
             "frame_indices": frame_indices,
         }
 
-    def _frame_indices(self, record: ClipRecord, rng: np.random.Generator | None) -> list[int]:
-        first, stop = self._frame_window(record)
-        offsets = self.sampler(stop - first, self.num_frames, rng)
-        if len(offsets) != self.num_frames or not all(0 <= offset < stop - first for offset in offsets):
-            raise ValueError(f"sampler {self.sampler!r} returned {offsets} for {stop - first} frames and"
-                             f" num_frames={self.num_frames}; expected {self.num_frames} indices in range")
-        return [first + offset for offset in offsets]
-
-    def _frame_window(self, record: ClipRecord) -> tuple[int, int]:
-        """Frame range [first, stop) of the clip: the whole video, or the frames shown between start and end."""
-        num_frames, fps = record.num_frames, record.fps
-        needs_fps = record.start is not None or record.end is not None
-        if num_frames is None or (needs_fps and fps is None):
-            info = probe_video(record.video_path, self.backend)
-            num_frames = info.num_frames if num_frames is None else num_frames
-            fps = info.fps if fps is None else fps
-        if not needs_fps:
-            first, stop = 0, num_frames
-        else:
-            first = math.ceil(record.start * fps - _TIME_EPSILON) if record.start is not None else 0
-            stop = math.ceil(record.end * fps - _TIME_EPSILON) if record.end is not None else num_frames
-            stop = min(stop, num_frames)
-        if stop <= first:
-            raise VideoDecodeError(record.video_path, f"clip window start={record.start} end={record.end} s holds no"
-                                   f" frames of a video with {num_frames} frames at {fps} fps")
-        return first, stop
+    @staticmethod
+    def _error_item(record: ClipRecord, error: VideoDecodeError) -> dict[str, Any]:
+        logger.warning("skipping clip %s: cannot decode %s: %s", record.clip_id, error.path, error.reason)
+        return {"clip_id": record.clip_id, "error": error.reason, "video": str(record.video_path)}
 
 
-def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def collate_clips(items: Sequence[dict[str, Any]],
+                  max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION) -> dict[str, Any]:
     """Batch decoded items as lists (clips may differ in size); failed items go to ``skipped`` instead.
 
-    A batch in which every clip failed has empty lists: callers skip it.
+    A batch in which every clip failed has empty lists: callers skip it. More than ``max_skip_fraction`` of the
+    batch failing raises :class:`TooManySkippedClips`.
     """
     decoded = [item for item in items if "error" not in item]
+    skipped = [{"clip_id": item["clip_id"], "video": item["video"], "reason": item["error"]}
+               for item in items if "error" in item]
+    if items and len(skipped) > max_skip_fraction * len(items):
+        listing = "\n".join(f"  {entry['clip_id']} ({entry['video']}): {entry['reason']}" for entry in skipped)
+        raise TooManySkippedClips(f"{len(skipped)} of {len(items)} clips in a batch could not be decoded, more than"
+                                  f" max_skip_fraction={max_skip_fraction}:\n{listing}")
     return {
         "clip_ids": [item["clip_id"] for item in decoded],
         "frames": [item["frames"] for item in decoded],
         "captions": [item["caption"] for item in decoded],
         "references": [item["captions"] for item in decoded],
-        "skipped": [
-            {"clip_id": item["clip_id"], "video": item["video"], "reason": item["error"]}
-            for item in items
-            if "error" in item
-        ],
+        "skipped": skipped,
     }
 
 
@@ -151,18 +151,33 @@ def build_loader(
     num_workers: int,
     seed: int,
     drop_last: bool = False,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """A DataLoader over ``dataset`` batched by :func:`collate_clips`, with its shuffle order drawn from a
-    generator seeded by ``seed`` and workers kept alive across epochs."""
+    pin_memory: bool | None = None,
+    max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
+    decode_threads: int = 8,
+):
+    """Batches of :func:`collate_clips`, shuffled by a generator seeded by ``seed``.
+
+    CPU backends: a DataLoader with ``num_workers`` worker processes kept alive across epochs; ``pin_memory``
+    (default: when CUDA is present) puts batches in page-locked memory so they reach the GPU asynchronously.
+    nvdec: a :class:`~simvlg_video.data.threaded_loader.ThreadedClipLoader` with ``decode_threads`` threads in
+    this process, each with its own open hardware decoder (frames are already in GPU memory).
+    """
+    if not 0 <= max_skip_fraction <= 1:
+        raise ValueError(f"max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
+    collate = functools.partial(collate_clips, max_skip_fraction=max_skip_fraction)
+    if dataset.backend == "nvdec":
+        from simvlg_video.data.threaded_loader import ThreadedClipLoader
+
+        return ThreadedClipLoader(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                                  num_threads=decode_threads, collate=collate)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=num_workers,
-        collate_fn=collate_clips,
+        collate_fn=collate,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=num_workers > 0,
         drop_last=drop_last,
-        pin_memory=pin_memory,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
     )

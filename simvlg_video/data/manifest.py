@@ -2,8 +2,9 @@
 
 A line looks like ``{"clip_id": "v1", "video": "videos/v1.mp4", "start": null, "end": null,
 "captions": ["a man runs"], "split": "train"}`` plus optional probed metadata (``num_frames``, ``fps``,
-``duration``, ``width``, ``height``) and an optional free-form ``attributes`` dict. ``video`` is relative to the
-manifest's folder unless absolute. Reading is strict: unknown keys and wrong types are errors that name the file,
+``duration``, ``width``, ``height``, ``keyframes``: frame numbers of the keyframes, ``rotation``: degrees
+counter-clockwise; see ``probe.py`` and ``python -m simvlg_video.data_tools.probe_videos``) and an optional
+free-form ``attributes`` dict. ``video`` is relative to the manifest's folder unless absolute. Reading is strict: unknown keys and wrong types are errors that name the file,
 the line and the key, so a typo cannot silently drop a field.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 
 SPLITS = ("train", "val", "test")
 REQUIRED_KEYS = ("clip_id", "video", "start", "end", "captions", "split")
-METADATA_KEYS = ("num_frames", "fps", "duration", "width", "height")
+METADATA_KEYS = ("num_frames", "fps", "duration", "width", "height", "keyframes", "rotation")
 KNOWN_KEYS = (*REQUIRED_KEYS, *METADATA_KEYS, "attributes")
 
 
@@ -44,6 +45,8 @@ class ClipRecord:
     duration: float | None = None
     width: int | None = None
     height: int | None = None
+    keyframes: tuple[int, ...] | None = None
+    rotation: int | None = None
     attributes: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,7 +61,7 @@ class ClipRecord:
         }
         for key in METADATA_KEYS:
             if getattr(self, key) is not None:
-                line[key] = getattr(self, key)
+                line[key] = list(self.keyframes) if key == "keyframes" else getattr(self, key)
         if self.attributes:
             line["attributes"] = self.attributes
         return line
@@ -165,6 +168,8 @@ def parse_record(raw: Any, base_dir: Path, location: str) -> ClipRecord:
         duration=_optional_number(raw, "duration", fail, minimum=0.0),
         width=_optional_int(raw, "width", fail, minimum=1),
         height=_optional_int(raw, "height", fail, minimum=1),
+        keyframes=_optional_keyframes(raw, fail),
+        rotation=_optional_rotation(raw, fail),
         attributes=attributes,
     )
 
@@ -187,4 +192,24 @@ def _optional_int(raw, key, fail, minimum: int) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise fail(key, f"an integer >= {minimum} or null")
+    return value
+
+
+def _optional_keyframes(raw, fail) -> tuple[int, ...] | None:
+    value = raw.get("keyframes")
+    if value is None:
+        return None
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in value)
+            or value != sorted(set(value))):
+        raise fail("keyframes", "a non-empty increasing list of frame numbers >= 0, or null")
+    return tuple(value)
+
+
+def _optional_rotation(raw, fail) -> int | None:
+    value = raw.get("rotation")
+    if value is None:
+        return None
+    if isinstance(value, bool) or value not in (0, 90, 180, 270):
+        raise fail("rotation", "one of 0, 90, 180, 270 (degrees counter-clockwise) or null")
     return value

@@ -10,7 +10,6 @@ manifest (``python -m simvlg_video.data_tools.probe_videos``) so training never 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,11 +48,11 @@ class VideoProbe:
     colour_matrix: str = "bt601"
     full_range: bool = False
 
-    def manifest_fields(self) -> dict:
-        """The probed keys of a manifest line (see ``manifest.METADATA_KEYS``)."""
+    def record_fields(self) -> dict:
+        """The probed fields of a manifest record (``manifest.METADATA_KEYS``), for ``dataclasses.replace``."""
         return {
             "num_frames": self.num_frames, "fps": self.fps, "duration": self.duration, "width": self.width,
-            "height": self.height, "keyframes": list(self.keyframes), "rotation": self.rotation,
+            "height": self.height, "keyframes": self.keyframes, "rotation": self.rotation,
         }
 
 
@@ -84,7 +83,7 @@ def probe_file(path: str | Path) -> VideoProbe:
     except ProbeError:
         raise
     except Exception as error:  # noqa: BLE001 - any demuxer failure is reported as the file's problem
-        raise ProbeError(path, _first_line(error)) from None
+        raise ProbeError(path, _first_line(error).replace(f": '{path}'", "")) from None
 
 
 def _complete_packets(container, stream) -> list[tuple[int | None, int | None, bool]]:
@@ -112,8 +111,8 @@ def _summarise(path: Path, stream, packets: list[tuple[int | None, int | None, b
     rate = stream.average_rate or stream.guessed_rate
     if not rate or rate <= 0:
         raise ProbeError(path, "the video stream reports no frame rate")
-    fps = float(rate)
-    if all(pts is not None for pts, _, _ in packets):
+    timestamps = [pts for pts, _, _ in packets]
+    if None not in timestamps and len(set(timestamps)) == len(timestamps):
         # Presentation order: a frame's number is its rank by timestamp (B-frames arrive out of order).
         order = sorted(range(len(packets)), key=lambda i: packets[i][0])
         rank = {decode_position: shown for shown, decode_position in enumerate(order)}
@@ -121,12 +120,14 @@ def _summarise(path: Path, stream, packets: list[tuple[int | None, int | None, b
         first = packets[order[0]][0]
         last_pts, last_duration, _ = packets[order[-1]]
         span = (last_pts + (last_duration or 0) - first) * stream.time_base
-        duration = float(span) if span > 0 else len(packets) / fps
-    else:  # raw elementary streams carry no timestamps: decode order is presentation order
+        duration = float(span) if span > 0 else len(packets) / float(rate)
+    else:  # no usable timestamps (raw streams, or repeated ones): decode order is presentation order
         keyframes = [i for i, (_, _, key) in enumerate(packets) if key]
-        duration = len(packets) / fps
+        duration = len(packets) / float(rate)
     if not keyframes:
         raise ProbeError(path, "the video stream has no keyframe to start decoding from")
+    # Frames per second of what the file holds (the container's average can be off by edit lists and B-frame delay).
+    fps = len(packets) / duration if duration > 0 else float(rate)
     codec = stream.codec_context
     rotation = _rotation(path)
     turned = rotation in (90, 270)  # frames come out rotated, so their width and height swap
@@ -163,20 +164,3 @@ def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
-
-def probe_many(paths: list[Path], workers: int = os.cpu_count() or 1, show_progress: bool = True):
-    """Probe files in parallel processes; yields (path, VideoProbe or ProbeError) in input order."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    from tqdm import tqdm
-
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(_probe_or_error, paths, chunksize=8)
-        yield from tqdm(zip(paths, results), total=len(paths), desc="probe", disable=not show_progress)
-
-
-def _probe_or_error(path: Path) -> VideoProbe | ProbeError:
-    try:
-        return probe_file(path)
-    except ProbeError as error:
-        return error

@@ -89,7 +89,9 @@ def _index_packets(container, stream) -> _PacketIndex:
         pass
     if not timestamps:
         raise ValueError("the video stream holds no complete frame")
-    if any(pts is None for pts in timestamps):
+    if any(pts is None for pts in timestamps) or len(set(timestamps)) < len(timestamps):
+        # No timestamps (raw streams) or repeated ones (a broken muxer): they cannot order or find frames, so
+        # decode order is taken as presentation order and frames are decoded from the start.
         return _PacketIndex(None, [i for i, key in enumerate(keys) if key], len(timestamps))
     order = sorted(range(len(timestamps)), key=timestamps.__getitem__)
     shown_at = {position: shown for shown, position in enumerate(order)}

@@ -22,6 +22,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+
+class ClipWindowError(ValueError):
+    """A clip's [start, end] window is empty or lies outside the video."""
+
+
 Rng = np.random.Generator | None
 Keyframes = Sequence[int] | None
 
@@ -179,19 +184,19 @@ def _nearest(sorted_values: list[int], target: int) -> int:
 
 def frame_window(total_frames: int, fps: float | None, start: float | None, end: float | None) -> tuple[int, int]:
     """Frame range [first, stop) shown between ``start`` and ``end`` seconds (None = the video's start / end),
-    clipped to the ``total_frames`` the video holds. An empty or reversed window is a ValueError."""
+    clipped to the ``total_frames`` the video holds. An empty or reversed window is a :class:`ClipWindowError`."""
     if start is None and end is None:
         return 0, total_frames
     if fps is None or not fps > 0:
-        raise ValueError(f"a window in seconds needs the video's frame rate, got fps={fps!r}")
+        raise ClipWindowError(f"a window in seconds needs the video's frame rate, got fps={fps!r}")
     if start is not None and end is not None and end <= start:
-        raise ValueError(f"window end={end} s must be after start={start} s")
+        raise ClipWindowError(f"window end={end} s must be after start={start} s")
     first = math.ceil(start * fps - _TIME_EPSILON) if start is not None else 0
     stop = math.ceil(end * fps - _TIME_EPSILON) if end is not None else total_frames
     stop = min(stop, total_frames)
     if stop <= first:
-        raise ValueError(f"window start={start} end={end} s holds no frames of a video with {total_frames} frames"
-                         f" at {fps} fps")
+        raise ClipWindowError(f"clip window start={start} end={end} s holds no frames of a video with"
+                              f" {total_frames} frames at {fps} fps")
     return first, stop
 
 

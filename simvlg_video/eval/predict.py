@@ -15,6 +15,7 @@ from simvlg_video.data.dataset import VideoClipDataset, build_loader
 from simvlg_video.data.manifest import ClipRecord
 from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.eval.coco import score_captions
+from simvlg_video.eval.paragraph import is_paragraph_set, paragraph_scores
 from simvlg_video.eval.shape_accuracy import shape_accuracy
 from simvlg_video.model.captioner import VideoCaptioner
 from simvlg_video.train.loop import autocast_for
@@ -48,12 +49,16 @@ def predict(
     num_workers: int = 0,
     precision: str = "fp32",
     backend: str = "auto",
+    decode_timeout: float | None = None,
+    max_skip_fraction: float = 1.0,
     desc: str = "caption",
 ) -> Predictions:
     """One caption per clip (deterministic frame sampling); clips that fail to decode are skipped and listed."""
     device = next(model.parameters()).device
-    dataset = VideoClipDataset(records, num_frames=num_frames, sampler=sampler, train=False, backend=backend)
-    loader = build_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, seed=0)
+    dataset = VideoClipDataset(records, num_frames=num_frames, sampler=sampler, train=False, backend=backend,
+                               decode_timeout=decode_timeout)
+    loader = build_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, seed=0,
+                          max_skip_fraction=max_skip_fraction)
     result = Predictions()
     model.eval()
     for batch in tqdm(loader, desc=desc, dynamic_ncols=True):
@@ -69,13 +74,17 @@ def predict(
 
 
 def score(records: Iterable[ClipRecord], captions: dict[str, str], spice: bool = False) -> dict[str, float]:
-    """COCO metrics over the clips that were captioned, plus shape/motion accuracy where records carry attributes."""
+    """COCO metrics over the clips that were captioned, plus what the records' attributes call for: shape/motion
+    accuracy (synthetic shapes set) or paragraph scores (segments of videos, e.g. ActivityNet Captions)."""
+    records = list(records)
     scored = [r for r in records if r.clip_id in captions]
     references = {r.clip_id: list(r.captions) for r in scored}
     metrics = score_captions(references, {r.clip_id: captions[r.clip_id] for r in scored}, spice=spice)
-    attributes = {r.clip_id: r.attributes for r in scored if r.attributes}
+    attributes = {r.clip_id: r.attributes for r in scored if "motion" in r.attributes}
     if attributes and len(attributes) == len(scored):
         metrics.update(shape_accuracy({k: captions[k] for k in attributes}, attributes))
+    if is_paragraph_set(records):
+        metrics.update(paragraph_scores(records, captions, spice=spice))
     metrics["clips"] = len(scored)
     return metrics
 

@@ -40,6 +40,9 @@ class VideoCaptioner(nn.Module):
         self.opt_proj = nn.Linear(connector_width, lm.get_input_embeddings().embedding_dim)
         self.lm = lm
         self.text = text
+        # Set by the merged_tokens placement: pools per-frame connector outputs across time (None: average the
+        # frames' ViT tokens before the connector, as the reference does).
+        self.temporal_pool: nn.Module | None = None
         # Activation checkpointing of the ViT blocks that run with autograd: less memory, one more ViT forward.
         self.checkpoint_vit = False
 
@@ -54,11 +57,18 @@ class VideoCaptioner(nn.Module):
             )
         return tokens.unflatten(0, (batch, num_frames))
 
+    def connect(self, tokens: torch.Tensor) -> torch.Tensor:
+        """ViT tokens (N, P, C) -> merged connector tokens (N, M, D); ln_vision runs in fp32 as in the reference."""
+        tokens = self.ln_vision(tokens.float()).to(self.VL_proj.weight.dtype)
+        return self.connector(self.VL_proj(tokens))
+
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) normalised frames -> soft prompt (B, tokens, LM width)."""
-        tokens = self.frame_tokens(frames).mean(dim=1)
-        tokens = self.ln_vision(tokens.float()).to(self.VL_proj.weight.dtype)
-        return self.opt_proj(self.connector(self.VL_proj(tokens)))
+        tokens = self.frame_tokens(frames)
+        if self.temporal_pool is None:
+            return self.opt_proj(self.connect(tokens.mean(dim=1)))
+        per_frame = self.connect(tokens.flatten(0, 1)).unflatten(0, tokens.shape[:2])
+        return self.opt_proj(self.temporal_pool(per_frame))
 
     def embed_with_soft_prompt(self, soft_prompt: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """LM input embeddings: the soft prompt followed by the embedded text tokens."""
@@ -89,10 +99,17 @@ class VideoCaptioner(nn.Module):
         self, frames: torch.Tensor, num_beams: int = 5, min_new_tokens: int = 5, max_new_tokens: int = 20
     ) -> list[str]:
         """Beam-search captions through the LM's own `generate`, continuing soft prompt + text prompt."""
+        return self.text.decode(self.generate_ids(frames, num_beams, min_new_tokens, max_new_tokens))
+
+    @torch.no_grad()
+    def generate_ids(
+        self, frames: torch.Tensor, num_beams: int = 5, min_new_tokens: int = 5, max_new_tokens: int = 20
+    ) -> torch.Tensor:
+        """The new token ids `generate` decodes: (B, up to max_new_tokens), padded after each caption's end."""
         soft_prompt = self.encode(frames)
         prompt_ids = self.text.prompt_batch(soft_prompt.shape[0], frames.device)
         inputs = self.embed_with_soft_prompt(soft_prompt, prompt_ids)
-        generated = self.lm.generate(
+        return self.lm.generate(
             inputs_embeds=inputs,
             attention_mask=torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device),
             num_beams=num_beams,
@@ -102,4 +119,3 @@ class VideoCaptioner(nn.Module):
             eos_token_id=self.text.end_token_id,
             pad_token_id=self.text.tokenizer.pad_token_id,
         )
-        return self.text.decode(generated)

@@ -76,12 +76,11 @@ def read_reference_checkpoint(path: str | Path, allow_pickle: bool = False) -> d
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as error:
-        reason = str(error)
-        if "Weights only load failed" not in reason:
-            raise _not_a_checkpoint(path, f"torch.load failed ({reason.splitlines()[0]})") from error
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", reason)
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if refused is None:
+            raise _not_a_checkpoint(path, f"torch.load failed ({str(error).splitlines()[0]})") from error
         raise ValueError(
-            f"{path} holds objects besides tensors ({refused.group(1) if refused else 'see the cause below'}), "
+            f"{path} holds objects besides tensors ({refused.group(1)}), "
             "which the safe loader (torch.load with weights_only=True) refuses to unpickle. If you trust the file, "
             "load it with allow_pickle=True (UNSAFE: unpickling can run code from the file; on the command line "
             "add allow_pickle=true), or re-save only its tensors: torch.save({'model': ckpt['model']}, new_path)."
@@ -94,7 +93,7 @@ def read_reference_checkpoint(path: str | Path, allow_pickle: bool = False) -> d
 def _state_dict_of(obj: object, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
-    if not isinstance(obj, Mapping) or not obj:
+    if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
         keys = f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else ""
         raise _not_a_checkpoint(path, f"it holds a {type(obj).__name__}{keys} but no 'model' state dict")
     not_tensors = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import resource
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +26,8 @@ class FitResult:
     skipped_nonfinite: int = 0
     seconds: float = 0.0
     videos: int = 0
+    peak_memory_gib: float = 0.0
+    memory_kind: str = ""  # "GPU allocated" (torch's peak on the device) or "process RSS" (CPU runs)
 
     @property
     def videos_per_second(self) -> float:
@@ -79,4 +83,13 @@ def fit(
         if on_log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
             on_log({"step": step + 1, "loss": value, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)})
     result.seconds = time.perf_counter() - started
+    result.peak_memory_gib, result.memory_kind = peak_memory(next(model.parameters()).device)
     return result
+
+
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """(GiB, what it measures): torch's peak allocation on a GPU since its last reset, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30, "GPU allocated"
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (kib / 2**30 if sys.platform == "darwin" else kib / 2**20), "process RSS"

@@ -1,0 +1,52 @@
+"""Frame position codes: what lets a temporal module tell frame 0 from frame T-1 (the reference has none).
+
+Codes are added to the tokens a temporal module reads, never to the residual stream itself, so a module whose gate is
+0 stays the identity whatever the codes are.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+TIME_ENCODINGS = ("none", "learned", "sinusoidal")
+
+
+def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
+    """The Transformer's fixed sine/cosine codes, (num_positions, dim)."""
+    position = torch.arange(num_positions, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(num_positions, dim)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
+    return table
+
+
+class TimeEncoding(nn.Module):
+    """`kind` = none (no codes: the reference), learned (a zero-initialised table) or sinusoidal (fixed)."""
+
+    def __init__(self, kind: str, dim: int, max_frames: int = 64, device=None, dtype=None):
+        super().__init__()
+        if kind not in TIME_ENCODINGS:
+            raise ValueError(f"time_encoding must be one of {TIME_ENCODINGS}, got {kind!r}")
+        self.kind, self.max_frames = kind, max_frames
+        if kind == "learned":
+            self.table = nn.Parameter(torch.zeros(max_frames, dim, device=device, dtype=dtype))
+        elif kind == "sinusoidal":
+            self.register_buffer("table", sinusoidal_table(max_frames, dim).to(device=device, dtype=dtype),
+                                 persistent=False)
+        else:
+            self.table = None
+
+    def forward(self, num_frames: int) -> torch.Tensor | None:
+        """Codes for frames 0..num_frames-1, (T, dim); None when there are none."""
+        if self.table is None:
+            return None
+        if num_frames > self.max_frames:
+            raise ValueError(f"clips of {num_frames} frames exceed max_frames={self.max_frames} of the time encoding")
+        return self.table[:num_frames]
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, max_frames={self.max_frames}"

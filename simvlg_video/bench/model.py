@@ -1,0 +1,416 @@
+"""Cost of the captioner at full size with random weights: training steps, the frozen ViT's forward, generation.
+
+    python -m simvlg_video.bench.model                  # ViT-g + bert-base ToMe connector + OPT-2.7B on the GPU
+    python -m simvlg_video.bench.model --tiny           # the same code at toy sizes on the CPU (the test suite runs it)
+
+Training steps (`caption_loss` forward + backward + AdamW, B videos x T frames, random caption tokens) are timed for
+each variant in one process, on one model:
+
+* ``reference``: the reference-style port: plain matmul-softmax-matmul attention everywhere, frozen weights in fp16
+  under fp16 autocast with a GradScaler, adapters in all blocks (so autograd runs through the whole ViT), AdamW
+  without the fused kernel.
+* ``merged``: the merged-token placement (frozen ViT and connector per frame, one temporal token pool with
+  sinusoidal time codes after the connector), with this package's settings below.
+* ``all`` / ``lastK`` / ``none``: this package's path, adapters in all blocks, the last K blocks, or none (the
+  floor: the image model with frames averaged): fused
+  attention (SDPA), frozen weights in bf16 under bf16 autocast, blocks below the first adapter without autograd,
+  fused AdamW; `--checkpointing` and `--compile` add activation checkpointing / torch.compile of the ViT blocks.
+
+Reported per variant: s/step, videos/s, peak GPU memory, model FLOPs per step (see `bench/flops.py` for the formula)
+and model FLOP utilisation against a bf16 matrix product measured in the same run, host syncs in one step, and the
+ratios to the reference-style variant. Then the ViT forward alone (no grad, bf16) and beam-search generation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import OPTConfig, OPTForCausalLM
+
+from simvlg_video.adapters.patch import adapter_parameters, add_temporal_adapters, remove_temporal_adapters
+from simvlg_video.adapters.placements import merged_tokens
+from simvlg_video.bench.flops import CaptionerSizes, training_step_flops, vit_forward_flops
+from simvlg_video.bench.timing import count_host_syncs, matmul_rate, peak_memory_gib, reset_memory, seconds_per_call
+from simvlg_video.data_tools.tiny_lm import build_word_tokenizer
+from simvlg_video.model.captioner import VideoCaptioner
+from simvlg_video.model.connector import build_tome_connector
+from simvlg_video.model.freeze import ADAPTERS, apply_freeze_policy
+from simvlg_video.model.lm import CaptionText
+from simvlg_video.model.performance import cast_frozen_, compile_vit_blocks, set_fused_attention
+from simvlg_video.model.vit import build_vit, vit_tokens
+from simvlg_video.train.optim import build_optimizer, parameter_groups
+
+TRAINABLE = ["ln_vision", "VL_proj", "connector", "opt_proj"]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    vit_preset: str
+    vit_overrides: dict
+    image_size: int
+    connector: dict
+    lm: dict  # OPTConfig arguments
+    adapter: dict  # temporal adapter query/key width and heads
+
+
+FULL = Sizes(
+    vit_preset="eva_vit_g", vit_overrides={}, image_size=224,
+    connector=dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, r=19),
+    lm=dict(hidden_size=2560, num_hidden_layers=32, num_attention_heads=32, ffn_dim=10240, vocab_size=50272,
+            max_position_embeddings=2048),
+    adapter=dict(qk_dim=256, num_heads=8),
+)
+TINY = Sizes(
+    vit_preset="tiny", vit_overrides=dict(img_size=32, embed_dim=32, depth=10), image_size=32,
+    connector=dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=64, r=4),
+    lm=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, vocab_size=300,
+            max_position_embeddings=128),
+    adapter=dict(qk_dim=16, num_heads=4),
+)
+
+
+def build_random_captioner(sizes: Sizes, device: torch.device) -> VideoCaptioner:
+    """The captioner at `sizes` with random weights, built directly on `device` (fp32; cast later per variant).
+
+    The tokenizer is a word-level one with exactly the LLM's vocabulary size, so every generated id decodes.
+    """
+    vocab = sizes.lm["vocab_size"]
+    tokenizer = build_word_tokenizer([" ".join(f"w{i}" for i in range(vocab - 4))])
+    lm_config = OPTConfig(
+        **sizes.lm, word_embed_proj_dim=sizes.lm["hidden_size"], do_layer_norm_before=True,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.device(device):
+        vit = build_vit(sizes.vit_preset, **sizes.vit_overrides)
+        connector = build_tome_connector(**sizes.connector)
+        lm = OPTForCausalLM(lm_config)
+        return VideoCaptioner(vit, connector, lm, CaptionText(tokenizer), sizes.connector["hidden_size"])
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    blocks: str  # "all" | "last_k" | "none" | "merged"
+    last_k: int | None = None
+    reference_style: bool = False
+
+
+def parse_variant(name: str) -> Variant:
+    """`reference`, `all`, `merged`, `none` or `lastK` (e.g. last8)."""
+    if name == "reference":
+        return Variant(name, "all", reference_style=True)
+    if name in ("all", "none", "merged"):
+        return Variant(name, name)
+    if name.startswith("last") and name[4:].isdigit() and int(name[4:]) > 0:
+        return Variant(name, "last_k", int(name[4:]))
+    raise ValueError(f"unknown variant {name!r}: use reference, all, merged, none or lastK (e.g. last8)")
+
+
+@dataclass
+class Options:
+    batch: int
+    frames: int
+    text_tokens: int
+    steps: int
+    warmup: int
+    compile: bool = False
+    checkpointing: bool = False
+    adapter: dict = field(default_factory=dict)  # add_temporal_adapters' qk_dim and num_heads
+
+
+def configure(model: VideoCaptioner, variant: Variant, options: Options) -> tuple[torch.optim.Optimizer, object]:
+    """Put the variant's adapters, precision and attention kernels on the model; returns (optimizer, grad scaler)."""
+    remove_temporal_adapters(model.vit)
+    model.temporal_pool = None
+    trainable = list(TRAINABLE)
+    if variant.blocks == "merged":
+        merged_tokens(model, num_heads=options.adapter["num_heads"], time_encoding="sinusoidal")
+        with torch.no_grad():
+            model.temporal_pool.gate.fill_(0.01)  # an open gate, as after some training
+        trainable.append(ADAPTERS)
+    elif variant.blocks != "none":
+        add_temporal_adapters(model.vit, blocks=variant.blocks, last_k=variant.last_k, **options.adapter)
+        with torch.no_grad():
+            for name, param in adapter_parameters(model):
+                if name.endswith("alpha"):
+                    param.fill_(0.01)  # open gates, as after some training
+        trainable.append(ADAPTERS)
+    apply_freeze_policy(model, trainable)
+    cast_frozen_(model, torch.float16 if variant.reference_style else torch.bfloat16)
+    set_fused_attention(model, fused=not variant.reference_style)
+    model.checkpoint_vit = options.checkpointing and not variant.reference_style
+    if options.compile and not variant.reference_style:
+        compile_vit_blocks(model)
+    if variant.reference_style:
+        optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-5)
+        return optimizer, torch.amp.GradScaler(next(model.parameters()).device.type)
+    return build_optimizer(model, lr=1e-5), None
+
+
+@dataclass
+class TrainResult:
+    variant: str
+    adapters: int
+    seconds_per_step: float | None = None
+    videos_per_s: float | None = None
+    peak_gib: float | None = None
+    tflop_per_step: float | None = None
+    tflop_per_s: float | None = None
+    mfu: float | None = None
+    host_syncs: int | None = None
+    loss: float | None = None
+    error: str | None = None
+
+
+def random_batch(model: VideoCaptioner, options: Options, device: torch.device, size: int) -> tuple:
+    generator = torch.Generator(device=device).manual_seed(0)
+    frames = torch.randn(options.batch, options.frames, 3, size, size, device=device, generator=generator)
+    vocab = model.lm.config.vocab_size
+    ids = torch.randint(4, vocab, (options.batch, options.text_tokens), device=device, generator=generator)
+    return frames, ids, torch.ones_like(ids), ids.clone()
+
+
+def bench_training(model, variant: Variant, options: Options, batch: tuple, peak_flops: float) -> TrainResult:
+    device = batch[0].device
+    result = TrainResult(variant.name, 0)
+    optimizer = scaler = None
+    try:
+        optimizer, scaler = configure(model, variant, options)
+        result.adapters = sum(hasattr(block, "temporal_merge") for block in model.vit.blocks)
+        dtype = torch.float16 if variant.reference_style else torch.bfloat16
+        last_loss: list[torch.Tensor] = []
+
+        def step() -> None:
+            with torch.autocast(device.type, dtype=dtype):
+                loss = model.caption_loss(*batch)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            last_loss[:] = [loss.detach()]
+
+        model.train()
+        gc.collect()
+        reset_memory(device)
+        for _ in range(options.warmup):
+            step()
+        if device.type == "cuda":
+            result.host_syncs = count_host_syncs(step)
+        seconds = seconds_per_call(step, options.steps, device)
+        flops = training_step_flops(CaptionerSizes.of(model), options.batch, options.frames, options.text_tokens)
+        result.seconds_per_step = seconds
+        result.videos_per_s = options.batch / seconds
+        result.peak_gib = peak_memory_gib(device)
+        result.tflop_per_step = flops / 1e12
+        result.tflop_per_s = flops / seconds / 1e12
+        result.mfu = flops / seconds / peak_flops
+        result.loss = float(last_loss[0])
+    except torch.OutOfMemoryError:
+        result.error = "out of memory"
+    finally:
+        del optimizer, scaler
+        model.zero_grad(set_to_none=True)
+        gc.collect()
+        reset_memory(device)
+    return result
+
+
+def bench_vit_forward(model, frames: int, fused: bool, repeats: int, size: int, peak_flops: float) -> dict:
+    """The frozen ViT alone on `frames` images: no grad, bf16 weights and inputs, no adapters."""
+    device = next(model.parameters()).device
+    remove_temporal_adapters(model.vit)
+    apply_freeze_policy(model, TRAINABLE)
+    cast_frozen_(model, torch.bfloat16)
+    set_fused_attention(model, fused)
+    images = torch.randn(frames, 3, size, size, device=device, dtype=torch.bfloat16)
+    model.eval()
+    with torch.no_grad():
+        seconds_per_call(lambda: vit_tokens(model.vit, images), 2, device)
+        seconds = seconds_per_call(lambda: vit_tokens(model.vit, images), repeats, device)
+    flops = vit_forward_flops(CaptionerSizes.of(model), frames)
+    return {"attention": "fused" if fused else "naive", "frames": frames, "seconds": seconds,
+            "frames_per_s": frames / seconds, "tflop_per_s": flops / seconds / 1e12, "mfu": flops / seconds / peak_flops}
+
+
+def bench_generation(model, batch_sizes: list[int], options: Options, generation: dict, repeats: int,
+                     size: int) -> list[dict]:
+    """Beam-search captions from frames (ViT + connector + LLM generate), with adapters in all blocks."""
+    configure(model, Variant("all", "all"), Options(**{**asdict(options), "compile": False}))
+    device = next(model.parameters()).device
+    model.eval()
+    rows = []
+    for batch in batch_sizes:
+        frames = torch.randn(batch, options.frames, 3, size, size, device=device)
+        generated: list[torch.Tensor] = []
+
+        def run() -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                generated[:] = [model.generate_ids(frames, **generation)]
+
+        seconds_per_call(run, 1, device)
+        seconds = seconds_per_call(run, repeats, device)
+        rows.append({"batch": batch, "beams": generation["num_beams"], "seconds_per_batch": seconds,
+                     "captions_per_s": batch / seconds,
+                     "mean_new_tokens": caption_lengths(generated[0], model.text).float().mean().item()})
+    model.zero_grad(set_to_none=True)
+    return rows
+
+
+def caption_lengths(ids: torch.Tensor, text: CaptionText) -> torch.Tensor:
+    """Tokens per generated caption, up to (not counting) its end token or padding."""
+    stops = (ids == text.end_token_id) | (ids == text.tokenizer.pad_token_id)
+    return torch.where(stops.any(1), stops.int().argmax(1), ids.shape[1])
+
+
+@dataclass
+class Report:
+    device: str
+    peak_tflop_per_s: float
+    options: dict
+    training: list[TrainResult] = field(default_factory=list)
+    vit_forward: list[dict] = field(default_factory=list)
+    generation: list[dict] = field(default_factory=list)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_report(report: Report) -> str:
+    """Markdown tables of the report, ratios relative to the reference-style variant where it ran."""
+    o = report.options
+    lines = [f"device: {report.device}; measured matmul peak {report.peak_tflop_per_s:.3g} TFLOP/s",
+             f"training step: B={o['batch']} videos x T={o['frames']} frames, {o['text_tokens']} text tokens, "
+             f"{o['steps']} timed steps after {o['warmup']} warm-up; compile={o['compile']}, "
+             f"checkpointing={o['checkpointing']}", "",
+             "| variant | adapters | s/step | videos/s | vs reference | peak GiB | memory vs reference | TFLOP/step "
+             "| TFLOP/s | MFU | host syncs/step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    reference = next((r for r in report.training if r.variant == "reference" and r.error is None), None)
+    for r in report.training:
+        if r.error:
+            lines.append(f"| {r.variant} | {r.adapters} | {r.error} |" + " |" * 8)
+            continue
+        speed = f"{r.videos_per_s / reference.videos_per_s:.2f}x" if reference else None
+        memory = r.peak_gib / reference.peak_gib if reference and r.peak_gib and reference.peak_gib else None
+        lines.append(
+            f"| {r.variant} | {r.adapters} | {r.seconds_per_step:.4f} | {r.videos_per_s:.1f} | {_fmt(speed, 's')} "
+            f"| {_fmt(r.peak_gib, '.1f')} | {_fmt(memory, '.2f')} | {r.tflop_per_step:.3g} | {r.tflop_per_s:.3g} "
+            f"| {r.mfu:.1%} | {_fmt(r.host_syncs, 'd')} |"
+        )
+    lines += merged_summary(report.training)
+    if report.vit_forward:
+        lines += ["", "| ViT forward (no grad, bf16) | frames | s | frames/s | TFLOP/s | of matmul peak |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {v['attention']} attention | {v['frames']} | {v['seconds']:.4f} | {v['frames_per_s']:.0f} "
+                  f"| {v['tflop_per_s']:.3g} | {v['mfu']:.1%} |" for v in report.vit_forward]
+    if report.generation:
+        lines += ["", "| generation (adapters in all blocks) | beams | s/batch | captions/s | mean new tokens |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| batch {g['batch']} | {g['beams']} | {g['seconds_per_batch']:.3f} | {g['captions_per_s']:.1f} "
+                  f"| {g['mean_new_tokens']:.1f} |" for g in report.generation]
+    return "\n".join(lines)
+
+
+def merged_summary(training: list[TrainResult]) -> list[str]:
+    """The merged-token placement against adapters in all blocks, the reference-style port and the floor (`none`:
+    the image model with frames averaged)."""
+    done = {r.variant: r for r in training if r.error is None}
+    if "merged" not in done:
+        return []
+    merged = done["merged"].videos_per_s
+    parts = [f"{merged / done[name].videos_per_s:.2f}x the videos/s of {name}" for name in ("all", "reference", "none")
+             if name in done]
+    return ["", "merged: " + "; ".join(parts)] if parts else []
+
+
+def run(args: argparse.Namespace) -> Report:
+    sizes = TINY if args.tiny else FULL
+    device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: the full-size benchmark needs a CUDA GPU; use --tiny to run it at toy sizes on the CPU")
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        name = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+        peak = matmul_rate(device, torch.bfloat16, 8192, repeats=20)
+    else:
+        name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}"
+        peak = matmul_rate(device, torch.float32, 256, repeats=5)
+    options = Options(args.batch, args.frames, args.text_tokens, args.steps, args.warmup, args.compile,
+                      args.checkpointing, sizes.adapter)
+    model = build_random_captioner(sizes, device)
+    report = Report(name, peak / 1e12, asdict(options))
+    batch = random_batch(model, options, device, sizes.image_size)
+    for variant in [parse_variant(v) for v in args.variants.split(",") if v]:
+        report.training.append(bench_training(model, variant, options, batch, peak))
+        print(format_report(report).splitlines()[-1], flush=True)
+    if args.vit_frames:
+        for fused in (True, False):
+            report.vit_forward.append(bench_vit_forward(model, args.vit_frames, fused, args.steps, sizes.image_size,
+                                                        peak))
+    if args.gen_batches:
+        generation = dict(num_beams=args.gen_beams, min_new_tokens=args.gen_min_tokens,
+                          max_new_tokens=args.gen_max_tokens)
+        batches = [int(b) for b in args.gen_batches.split(",") if b]
+        report.generation = bench_generation(model, batches, options, generation, args.gen_repeats, sizes.image_size)
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="toy sizes (CPU by default); defaults below shrink too")
+    parser.add_argument("--device", help="cuda (full size default) or cpu (--tiny default)")
+    parser.add_argument("--batch", type=int, help="videos per step (16; tiny 2)")
+    parser.add_argument("--frames", type=int, default=4, help="frames per video")
+    parser.add_argument("--text-tokens", type=int, default=20, help="caption tokens per video")
+    parser.add_argument("--steps", type=int, help="timed steps per variant (10; tiny 2)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (3; tiny 1)")
+    parser.add_argument("--variants", default="reference,all,last8,merged,none",
+                        help="comma list: reference,all,lastK,merged,none")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the ViT blocks (our variants)")
+    parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the ViT blocks")
+    parser.add_argument("--vit-frames", type=int, help="frames for the ViT-forward timing, 0 to skip (128; tiny 4)")
+    parser.add_argument("--gen-batches", help="comma list of generation batch sizes, empty to skip (32,64; tiny 2)")
+    parser.add_argument("--gen-beams", type=int, default=5)
+    parser.add_argument("--gen-min-tokens", type=int, default=5)
+    parser.add_argument("--gen-max-tokens", type=int, default=20)
+    parser.add_argument("--gen-repeats", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the report as JSON here")
+    args = parser.parse_args(argv)
+    defaults = dict(batch=2, steps=2, warmup=1, vit_frames=4, gen_batches="2") if args.tiny else dict(
+        batch=16, steps=10, warmup=3, vit_frames=128, gen_batches="32,64")
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for variant in args.variants.split(","):
+        if variant:
+            try:
+                parse_variant(variant)
+            except ValueError as error:
+                parser.error(str(error))
+    return args
+
+
+def main(argv: list[str] | None = None) -> Report:
+    args = parse_args(argv)
+    report = run(args)
+    print("\n" + format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(asdict(report), indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
