@@ -33,6 +33,7 @@ def merged_tokens(
     num_output_tokens: int | None = None,
     time_encoding: str = "none",
     max_frames: int = 64,
+    space_encoding: str = "none",
 ) -> list[int]:
     """Frames go through the frozen ViT and the connector one by one; a TemporalTokenPool merges them across time.
 
@@ -42,7 +43,8 @@ def merged_tokens(
         raise RuntimeError("this model already has a temporal token pool")
     model.temporal_pool = TemporalTokenPool(model.VL_proj.out_features, num_heads=num_heads,
                                             num_output_tokens=num_output_tokens, time_encoding=time_encoding,
-                                            max_frames=max_frames).to(model.VL_proj.weight.device)
+                                            max_frames=max_frames, space_encoding=space_encoding,
+                                            ).to(model.VL_proj.weight.device)
     return []
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 TIME_ENCODINGS = ("none", "learned", "sinusoidal")
+SPACE_ENCODINGS = ("none", "sinusoidal")
 
 
 def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -22,6 +23,19 @@ def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
     return table
+
+
+def sinusoidal_2d(positions: torch.Tensor, dim: int, scale: float = 32.0) -> torch.Tensor:
+    """Codes of continuous (x, y) positions in [0, 1], (..., 2) -> (..., dim): sine/cosine codes of x in the first
+    half of the channels and of y in the second, at `scale` positions per unit (so nearby places get close codes)."""
+    if dim % 4:
+        raise ValueError(f"sinusoidal_2d needs dim divisible by 4, got {dim}")
+    quarter = dim // 4
+    frequency = torch.exp(torch.arange(quarter, device=positions.device, dtype=torch.float32)
+                          * (-math.log(10000.0) / quarter))
+    angles = positions.float()[..., None] * scale * frequency  # (..., 2, quarter)
+    codes = torch.cat([angles.sin(), angles.cos()], dim=-1)  # (..., 2, dim / 2)
+    return codes.flatten(-2)
 
 
 class TimeEncoding(nn.Module):

@@ -3,8 +3,14 @@
 Each frame goes through the frozen ViT and the ToMe connector on its own, giving T sets of M merged tokens. Merged
 tokens of different frames do not correspond position by position, so this module lets every output token attend over
 all frames' tokens: queries come from the time-averaged tokens, keys and values from every frame's tokens (plus frame
-codes when time encoding is on), several heads. The result is added to the plain time average through a gate that
-starts at 0, so at initialisation the module is the average, and on a static clip the model is the image model.
+codes when time encoding is on, and codes of where each merged token sits in its frame when space encoding is on:
+ToMe merging keeps no token grid, so without them a shape's place, and with it any left/right/up/down motion, is
+nearly gone), several heads. The result is added to the plain time average through the output
+projection, which is the gate: it starts at zero (weight and bias), so at initialisation the module is the average
+and on a static clip the model is the image model. A zero matrix rather than a zero scalar in front of a random
+projection, because it opens from the first step: its gradient is the correlation of the loss gradient with the
+attention output, where a scalar's is a projection of it onto random directions (a scalar gate moved from 0 to
+-0.02 in 600 steps of the shapes demo, leaving the model an average of frames).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simvlg_video.adapters.time_encoding import TimeEncoding
+from simvlg_video.adapters.time_encoding import SPACE_ENCODINGS, TimeEncoding, sinusoidal_2d
 from simvlg_video.model.tome import bipartite_soft_matching, max_merge_count
 
 
@@ -37,17 +43,22 @@ class TemporalTokenPool(nn.Module):
         num_output_tokens: int | None = None,
         time_encoding: str = "none",
         max_frames: int = 64,
+        space_encoding: str = "none",
     ):
         super().__init__()
+        if space_encoding not in SPACE_ENCODINGS:
+            raise ValueError(f"space_encoding must be one of {SPACE_ENCODINGS}, got {space_encoding!r}")
         if dim % num_heads:
             raise ValueError(f"TemporalTokenPool: dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.dim, self.num_heads, self.num_output_tokens = dim, num_heads, num_output_tokens
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, dim)
-        self.gate = nn.Parameter(torch.zeros(()))
+        self.out = nn.Linear(dim, dim)  # the gate onto the average: zero at initialisation
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
         self.time = TimeEncoding(time_encoding, dim, max_frames)
+        self.space_encoding = space_encoding
         self.record_attention = False  # keep the last attention weights (visualisation); off in training
         self.naive = False  # plain matmul-softmax-matmul instead of the fused kernel (benchmarks, FLOP counting)
         self.last_attention: torch.Tensor | None = None
@@ -56,23 +67,40 @@ class TemporalTokenPool(nn.Module):
         """Adapter protocol: every parameter of this module trains when adapters train."""
         return [name for name, _ in self.named_parameters()]
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    @property
+    def uses_positions(self) -> bool:
+        """Whether `forward` needs the merged tokens' positions in the frame."""
+        return self.space_encoding != "none"
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, M, D) tokens (+ their (B, T, M, 2) positions in the frame with a space encoding) -> (B, K, D)."""
         if tokens.dim() != 4 or tokens.shape[-1] != self.dim:
             raise ValueError(f"TemporalTokenPool expects (B, T, M, {self.dim}) tokens, got {tuple(tokens.shape)}")
+        if self.uses_positions and (positions is None or positions.shape != (*tokens.shape[:3], 2)):
+            found = None if positions is None else tuple(positions.shape)
+            raise ValueError(f"space_encoding={self.space_encoding!r} needs (B, T, M, 2) = "
+                             f"{(*tokens.shape[:3], 2)} token positions, got {found}")
         batch, num_frames, num_tokens, _ = tokens.shape
         average = tokens.mean(dim=1)
         if self.num_output_tokens is not None and self.num_output_tokens != num_tokens:
             if self.num_output_tokens > num_tokens:
                 raise ValueError(f"num_output_tokens={self.num_output_tokens} exceeds the {num_tokens} merged tokens")
             average = merge_to_count(average, self.num_output_tokens)
+        source, query_source = tokens, average
         codes = self.time(num_frames)
-        source = tokens if codes is None else tokens + codes[None, :, None, :].to(tokens.dtype)
+        if codes is not None:
+            source = source + codes[None, :, None, :].to(tokens.dtype)
+        if self.uses_positions:  # where each merged token is: lets attention match and compare places across frames
+            places = sinusoidal_2d(positions, self.dim).to(tokens.dtype)
+            source = source + places
+            if self.num_output_tokens is None or self.num_output_tokens == num_tokens:
+                query_source = average + places.mean(dim=1)
         source = source.reshape(batch, num_frames * num_tokens, self.dim)
 
         def heads(x: torch.Tensor) -> torch.Tensor:
             return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
-        query, key, value = heads(self.query(average)), heads(self.key(source)), heads(self.value(source))
+        query, key, value = heads(self.query(query_source)), heads(self.key(source)), heads(self.value(source))
         if self.record_attention or self.naive:
             weights = (query @ key.transpose(-2, -1) * query.shape[-1] ** -0.5).softmax(dim=-1)
             if self.record_attention:
@@ -80,8 +108,8 @@ class TemporalTokenPool(nn.Module):
             mixed = weights @ value
         else:
             mixed = F.scaled_dot_product_attention(query, key, value)
-        mixed = self.out(mixed.transpose(1, 2).flatten(2))
-        return average + self.gate * mixed
+        return average + self.out(mixed.transpose(1, 2).flatten(2))
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_heads={self.num_heads}, num_output_tokens={self.num_output_tokens}"
+        return (f"dim={self.dim}, num_heads={self.num_heads}, num_output_tokens={self.num_output_tokens}, "
+                f"space={self.space_encoding}")

@@ -27,6 +27,7 @@ from simvlg_video.eval.table import metrics_table
 from simvlg_video.model.freeze import apply_freeze_policy
 from simvlg_video.model.captioner import VideoCaptioner
 from simvlg_video.model.model_dir import load_model_dir, save_model_dir
+from simvlg_video.model.performance import apply_speed_settings
 from simvlg_video.model.reference_ckpt import import_reference, load_model_config
 from simvlg_video.run_dir import eval_settings, train_transform
 from simvlg_video.runtime import JsonlLog, flags_to_overrides, pick_device, seed_everything
@@ -125,6 +126,7 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
     instantiate(cfg.adapter)(model)
     counts = apply_freeze_policy(model, list(cfg.train.trainable))
     log.info("parameters: %s", counts)
+    apply_speed_settings(model, cfg.precision, cfg.train.activation_checkpointing, cfg.train.compile)
     dataset = VideoClipDataset(
         train_records, num_frames=cfg.data.num_frames, sampler=instantiate(cfg.sampler.train), train=True,
         seed=cfg.seed, backend=cfg.data.backend, decode_timeout=cfg.data.decode_timeout,

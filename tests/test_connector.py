@@ -280,3 +280,22 @@ def test_bad_use_gets_clear_errors():
         build_tome_connector(num_layers=2, r=[1, 2, 3], **TINY)
     with pytest.raises(TypeError, match="BertModel"):
         apply_tome(torch.nn.Linear(2, 2), r=1)
+
+
+def test_tracked_positions_are_the_mean_place_of_each_merged_group():
+    torch.manual_seed(0)
+    connector = build_tome_connector(hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64,
+                                     max_position_embeddings=64, r=[5, 4, 3]).eval()
+    positions = torch.rand(2, 33, 2)
+    connector.tome.record_groups = True
+    out = connector(torch.randn(2, 33, 32), token_positions=positions)
+    tracked = connector.last_token_positions()
+    assignment = connector.last_token_assignment()
+    assert tracked.shape == (2, out.shape[1], 2)
+    for b in range(2):
+        for token in range(out.shape[1]):
+            members = positions[b][assignment[b] == token]
+            torch.testing.assert_close(tracked[b, token], members.mean(dim=0))
+    with pytest.raises(RuntimeError, match="no token positions tracked"):
+        connector(torch.randn(2, 33, 32))
+        connector.last_token_positions()

@@ -16,6 +16,8 @@ PLACEMENTS = {
                                                          time_encoding=t),
     "reference-[1]": lambda m, t: placements.reference(m, blocks=[1], qk_dim=32, num_heads=4, time_encoding=t),
     "merged_tokens": lambda m, t: placements.merged_tokens(m, num_heads=4, time_encoding=t),
+    "merged_tokens+space": lambda m, t: placements.merged_tokens(m, num_heads=4, time_encoding=t,
+                                                                 space_encoding="sinusoidal"),
 }
 
 
@@ -27,8 +29,10 @@ def lm_logits(model, frames: torch.Tensor, captions: list[str]) -> torch.Tensor:
 def open_gates(model) -> None:
     """Give every adapter a non-zero gate and non-zero learned frame codes."""
     for name, param in model.named_parameters():
-        if name.endswith(("alpha", "gate")):
+        if name.endswith("alpha"):
             param.data.fill_(1.0)
+        elif name.endswith("temporal_pool.out.weight"):  # the merged-token pool's gate
+            param.data.normal_()
         elif name.endswith("time.table"):
             param.data.normal_()
 
@@ -51,7 +55,7 @@ def test_gates_at_zero_reproduce_the_image_model(tiny_model_dir, placement, time
 
 
 @pytest.mark.parametrize("time_encoding", TIME_ENCODINGS)
-@pytest.mark.parametrize("placement", ["reference-all", "merged_tokens"])
+@pytest.mark.parametrize("placement", ["reference-all", "merged_tokens", "merged_tokens+space"])
 @torch.no_grad()
 def test_only_time_aware_variants_see_frame_order(tiny_model_dir, placement, time_encoding):
     model = load_model_dir(tiny_model_dir)[0].eval()

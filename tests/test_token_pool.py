@@ -8,7 +8,7 @@ import torch
 from simvlg_video.adapters.token_pool import TemporalTokenPool, merge_to_count
 
 
-def test_zero_gate_is_the_time_average():
+def test_zero_output_gate_is_the_time_average():
     pool = TemporalTokenPool(dim=32, num_heads=4, time_encoding="sinusoidal")
     tokens = torch.randn(3, 5, 9, 32)
     torch.testing.assert_close(pool(tokens), tokens.mean(dim=1), rtol=0, atol=0)
@@ -30,7 +30,7 @@ def test_more_output_tokens_than_merged_tokens_is_an_error():
 
 def test_attention_weights_are_recorded_per_frame_and_every_parameter_learns():
     pool = TemporalTokenPool(dim=16, num_heads=2, time_encoding="learned")
-    pool.gate.data.fill_(0.5)
+    pool.out.weight.data.normal_()
     pool.time.table.data.normal_()
     pool.record_attention = True
     out = pool(torch.randn(2, 3, 7, 16))
@@ -39,3 +39,23 @@ def test_attention_weights_are_recorded_per_frame_and_every_parameter_learns():
     out.square().sum().backward()
     for name, param in pool.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_the_zero_gate_learns_from_the_first_step():
+    """At initialisation only the output projection gets a gradient, and it is not zero: the gate opens at once."""
+    pool = TemporalTokenPool(dim=16, num_heads=2, time_encoding="sinusoidal")
+    pool(torch.randn(2, 3, 7, 16)).square().sum().backward()
+    assert pool.out.weight.grad.abs().sum() > 0 and pool.out.bias.grad.abs().sum() > 0
+    assert all(param.grad.abs().sum() == 0 for name, param in pool.named_parameters() if not name.startswith("out."))
+
+
+def test_space_encoding_needs_positions_and_uses_them():
+    pool = TemporalTokenPool(dim=16, num_heads=2, space_encoding="sinusoidal")
+    pool.out.weight.data.normal_()
+    tokens = torch.randn(2, 3, 7, 16)
+    with pytest.raises(ValueError, match=r"needs \(B, T, M, 2\)"):
+        pool(tokens)
+    positions = torch.rand(2, 3, 7, 2)
+    moved = positions.clone()
+    moved[:, :, 1:, 0] = 1 - moved[:, :, 1:, 0]  # the same tokens elsewhere in the frame (CLS stays put)
+    assert (pool(tokens, positions) - pool(tokens, moved)).abs().max() > 1e-3

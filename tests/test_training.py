@@ -39,3 +39,32 @@ def test_frozen_tensors_bit_identical_after_training(tiny_model_dir):
     moved = [name for name in trainable_names if not torch.equal(before[name], model.state_dict()[name])]
     assert any("temporal_merge.alpha" in name for name in moved)
     assert any(name.startswith("connector.") for name in moved)
+
+
+def test_a_non_finite_loss_skips_its_step_without_touching_weights_or_optimiser_state(tiny_model_dir):
+    torch.manual_seed(0)
+    model, _ = load_model_dir(tiny_model_dir)
+    reference(model, blocks="last_k", last_k=1, qk_dim=32, num_heads=4)
+    apply_freeze_policy(model, TRAINABLE)
+    captions = ["a red circle moves to the left", "a blue square grows"]
+    good = torch.randn(2, 3, 3, 64, 64)
+    poisoned = good.clone()
+    poisoned[0, 1, 0, 5, 5] = float("nan")  # one bad pixel: NaN activations, NaN loss, NaN gradients
+    optimizer = build_optimizer(model, lr=1e-2, weight_decay=0.05)
+    assert optimizer.defaults["fused"], "the device-side skip needs the fused AdamW"
+    scheduler = warmup_cosine(optimizer, warmup_steps=1, total_steps=4, warmup_start_lr=1e-3, min_lr=1e-3)
+    fit(model, iter([(good, captions)]), optimizer, scheduler, steps=1, show_progress=False)
+    weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    state = {name: {k: v.clone() for k, v in optimizer.state[p].items()}
+             for name, p in model.named_parameters() if p.requires_grad}
+
+    result = fit(model, iter([(poisoned, captions)]), optimizer, scheduler, steps=1, show_progress=False)
+
+    assert result.skipped_nonfinite == 1 and result.steps == 0 and result.losses == []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p.detach(), weights[name]), name
+            for key, value in optimizer.state[p].items():
+                assert torch.equal(value, state[name][key]), f"{name}.{key}"
+    result = fit(model, iter([(good, captions)]), optimizer, scheduler, steps=1, show_progress=False)
+    assert result.steps == 1 and all(torch.isfinite(p).all() for p in model.parameters())

@@ -133,7 +133,7 @@ def configure(model: VideoCaptioner, variant: Variant, options: Options) -> tupl
     if variant.blocks == "merged":
         merged_tokens(model, num_heads=options.adapter["num_heads"], time_encoding="sinusoidal")
         with torch.no_grad():
-            model.temporal_pool.gate.fill_(0.01)  # an open gate, as after some training
+            model.temporal_pool.out.weight.normal_(std=0.01)  # an open gate, as after some training
         trainable.append(ADAPTERS)
     elif variant.blocks != "none":
         add_temporal_adapters(model.vit, blocks=variant.blocks, last_k=variant.last_k, **options.adapter)

@@ -11,7 +11,7 @@ from torch import nn
 
 from simvlg_video.adapters.patch import num_frames_context
 from simvlg_video.model.lm import CaptionText
-from simvlg_video.model.vit import vit_tokens
+from simvlg_video.model.vit import token_positions, vit_tokens
 
 
 def first_trainable_block(vit: nn.Module) -> int | None:
@@ -57,18 +57,25 @@ class VideoCaptioner(nn.Module):
             )
         return tokens.unflatten(0, (batch, num_frames))
 
-    def connect(self, tokens: torch.Tensor) -> torch.Tensor:
-        """ViT tokens (N, P, C) -> merged connector tokens (N, M, D); ln_vision runs in fp32 as in the reference."""
+    def connect(self, tokens: torch.Tensor, track_positions: bool = False) -> torch.Tensor:
+        """ViT tokens (N, P, C) -> merged connector tokens (N, M, D); ln_vision runs in fp32 as in the reference.
+
+        With `track_positions` the connector also follows where each merged token sits in the frame
+        (`self.connector.last_token_positions()`).
+        """
         tokens = self.ln_vision(tokens.float()).to(self.VL_proj.weight.dtype)
-        return self.connector(self.VL_proj(tokens))
+        positions = token_positions(self.vit).to(tokens.device) if track_positions else None
+        return self.connector(self.VL_proj(tokens), token_positions=positions)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) normalised frames -> soft prompt (B, tokens, LM width)."""
         tokens = self.frame_tokens(frames)
         if self.temporal_pool is None:
             return self.opt_proj(self.connect(tokens.mean(dim=1)))
-        per_frame = self.connect(tokens.flatten(0, 1)).unflatten(0, tokens.shape[:2])
-        return self.opt_proj(self.temporal_pool(per_frame))
+        uses_positions = self.temporal_pool.uses_positions
+        per_frame = self.connect(tokens.flatten(0, 1), track_positions=uses_positions).unflatten(0, tokens.shape[:2])
+        positions = self.connector.last_token_positions().unflatten(0, tokens.shape[:2]) if uses_positions else None
+        return self.opt_proj(self.temporal_pool(per_frame, positions))
 
     def embed_with_soft_prompt(self, soft_prompt: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """LM input embeddings: the soft prompt followed by the embedded text tokens."""

@@ -36,7 +36,9 @@ class ToMeState:
 
     ``sizes[i]``: token sizes entering layer i ("weighted" mode; None means all 1).
     ``groups[i]``: layer i's assignment (input token -> output token), kept only while ``record_groups`` is set.
-    Both are indexed by layer rather than consumed in order, so a layer re-run by gradient checkpointing reads the
+    ``footprints[i]``: (centroid (B, N, 2), patch count (B, N)) of the tokens entering layer i, tracked only when
+    the forward is given token positions.
+    All are indexed by layer rather than consumed in order, so a layer re-run by gradient checkpointing reads the
     same inputs again.
     """
 
@@ -46,10 +48,15 @@ class ToMeState:
     record_groups: bool = False
     sizes: list[Tensor | None] = field(default_factory=list)
     groups: list[Tensor | None] = field(default_factory=list)
+    footprints: list[tuple[Tensor, Tensor] | None] = field(default_factory=list)
 
-    def start_forward(self) -> None:
+    def start_forward(self, positions: Tensor | None = None) -> None:
         self.sizes = [None] * (len(self.r) + 1)
         self.groups = [None] * len(self.r)
+        self.footprints = [None] * (len(self.r) + 1)
+        if positions is not None:
+            self.footprints[0] = (positions, torch.ones(positions.shape[:2], dtype=positions.dtype,
+                                                        device=positions.device))
 
 
 def _remember_keys(module: nn.Module, inputs: tuple, output: Tensor) -> None:
@@ -99,6 +106,9 @@ class ToMeBertLayer(BertLayer):
             attention_output, _ = merge(attention_output, "mean")
         if state.record_groups:
             state.groups[index] = merge.assignment
+        if state.footprints[index] is not None:  # a merged token sits at the patch-weighted mean of its parts
+            centroids, counts = state.footprints[index]
+            state.footprints[index + 1] = merge(centroids, "weighted", counts)
 
         return apply_chunking_to_forward(
             self.feed_forward_chunk, self.chunk_size_feed_forward, self.seq_len_dim, attention_output
@@ -110,8 +120,12 @@ class ToMeBertModel(BertModel):
 
     _tome_state: ToMeState
 
-    def forward(self, inputs_embeds: Tensor) -> Tensor:  # type: ignore[override]
-        """(B, N, hidden) -> (B, N_out, hidden); token types 0 and positions 0..N-1 as BertModel's defaults."""
+    def forward(self, inputs_embeds: Tensor, token_positions: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        """(B, N, hidden) -> (B, N_out, hidden); token types 0 and positions 0..N-1 as BertModel's defaults.
+
+        ``token_positions`` (B or 1, N, 2), the input tokens' places in the image, makes the forward also track where
+        every merged token sits (see :meth:`last_token_positions`).
+        """
         hidden = self.config.hidden_size
         if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != hidden:
             raise ValueError(f"inputs_embeds must be (B, N, {hidden}), got {tuple(inputs_embeds.shape)}")
@@ -120,7 +134,12 @@ class ToMeBertModel(BertModel):
                 f"{inputs_embeds.shape[1]} tokens exceed max_position_embeddings="
                 f"{self.config.max_position_embeddings} of the connector"
             )
-        self._tome_state.start_forward()
+        if token_positions is not None:
+            if token_positions.shape[-2:] != (inputs_embeds.shape[1], 2):
+                raise ValueError(f"token_positions must be (B, {inputs_embeds.shape[1]}, 2), "
+                                 f"got {tuple(token_positions.shape)}")
+            token_positions = token_positions.float().expand(inputs_embeds.shape[0], -1, -1)
+        self._tome_state.start_forward(token_positions)
         return super().forward(inputs_embeds=inputs_embeds).last_hidden_state
 
     @property
@@ -143,6 +162,13 @@ class ToMeBertModel(BertModel):
         if not groups or any(group is None for group in groups):
             raise RuntimeError("no merge groups recorded: set model.tome.record_groups = True before the forward")
         return list(groups)
+
+    def last_token_positions(self) -> Tensor:
+        """(B, N_out, 2): where each output token of the last forward sits, the mean position of its input tokens."""
+        footprint = self._tome_state.footprints[-1] if self._tome_state.footprints else None
+        if footprint is None:
+            raise RuntimeError("no token positions tracked: pass token_positions to the forward")
+        return footprint[0]
 
     def last_token_assignment(self) -> Tensor:
         """(B, N) for every input token of the last forward, the index of the output token it ended in."""

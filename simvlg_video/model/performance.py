@@ -66,3 +66,17 @@ def compile_vit_blocks(model: nn.Module, **compile_kwargs) -> int:
     for block in model.vit.blocks:
         block.compile(**compile_kwargs)
     return len(model.vit.blocks)
+
+
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def apply_speed_settings(model: nn.Module, precision: str, checkpointing: bool = False, compile: bool = False) -> None:
+    """A training run's speed settings, after the freeze policy: frozen weights in the autocast dtype (bf16/fp16
+    runs), activation checkpointing and `torch.compile` of the ViT blocks when asked. Fused attention is the
+    default of every module already."""
+    if precision in PRECISION_DTYPES:
+        cast_frozen_(model, PRECISION_DTYPES[precision])
+    model.checkpoint_vit = checkpointing
+    if compile:
+        compile_vit_blocks(model)

@@ -46,6 +46,19 @@ def build_vit(preset: str, **overrides: Any) -> Eva:
     return vit
 
 
+def token_positions(vit: Eva) -> torch.Tensor:
+    """(1, prefix + patches, 2): where each output token of `vit` sits in the image, (x, y) in [0, 1].
+
+    Patch tokens sit at their patch's centre in raster order; prefix tokens (CLS), which stand for the whole image,
+    at its centre.
+    """
+    rows, cols = vit.patch_embed.grid_size
+    y, x = torch.meshgrid((torch.arange(rows) + 0.5) / rows, (torch.arange(cols) + 0.5) / cols, indexing="ij")
+    patches = torch.stack([x.flatten(), y.flatten()], dim=-1)
+    prefix = torch.full((vit.num_prefix_tokens, 2), 0.5)
+    return torch.cat([prefix, patches]).unsqueeze(0).to(vit.cls_token.device if vit.cls_token is not None else None)
+
+
 def _block_index(name: str) -> int | None:
     """Block index of a parameter name `blocks.{i}.…`, None for the embeddings."""
     parts = name.split(".", 2)

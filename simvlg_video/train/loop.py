@@ -57,9 +57,17 @@ def fit(
     desc: str = "train",
     show_progress: bool = True,
 ) -> FitResult:
-    """Run `steps` optimiser steps on the captioning loss; a non-finite loss skips its step and is counted."""
+    """Run `steps` optimiser steps on the captioning loss; a step whose loss is not finite is skipped and counted.
+
+    With a fused optimiser (build_optimizer's AdamW) the skip happens on the device (the optimiser's `found_inf`,
+    as GradScaler uses it), so a step never waits for the device: the host reads the loss only every `log_every`
+    steps and once at the end. Other optimisers read each step's loss to decide.
+    """
     result = FitResult()
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    skip_on_device = getattr(optimizer, "_step_supports_amp_scaling", False)
+    losses: list[torch.Tensor] = []
+    skipped: list[torch.Tensor] = []
     model.train()
     started = time.perf_counter()
     progress = tqdm(range(steps), desc=desc, disable=not show_progress, dynamic_ncols=True)
@@ -68,21 +76,33 @@ def fit(
         with autocast_for(frames.device, precision):
             loss = model(frames, captions)
         optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
-        if not math.isfinite(value):
-            result.skipped_nonfinite += 1
+        not_finite = ~torch.isfinite(loss.detach())
+        if not skip_on_device and not_finite.item():
+            skipped.append(not_finite)
             continue
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else math.inf)
-        optimizer.step()
+        if skip_on_device:
+            optimizer.found_inf = not_finite.float()
+            optimizer.step()
+            del optimizer.found_inf
+            skipped.append(not_finite)
+        else:
+            optimizer.step()
         scheduler.step()
-        result.steps += 1
+        losses.append(loss.detach())
         result.videos += frames.shape[0]
-        result.losses.append(value)
-        progress.set_postfix(loss=f"{value:.3f}")
-        if on_log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
-            on_log({"step": step + 1, "loss": value, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)})
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            value = loss.item()
+            progress.set_postfix(loss=f"{value:.3f}")
+            if on_log is not None:
+                on_log({"step": step + 1, "loss": value, "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": float(grad_norm)})
     result.seconds = time.perf_counter() - started
+    result.skipped_nonfinite = int(torch.stack(skipped).sum()) if skipped else 0
+    finite = [value for value in torch.stack(losses).tolist() if math.isfinite(value)] if losses else []
+    result.losses = finite
+    result.steps = len(finite)
     result.peak_memory_gib, result.memory_kind = peak_memory(next(model.parameters()).device)
     return result
 

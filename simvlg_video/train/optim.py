@@ -44,13 +44,13 @@ def build_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW over `parameter_groups(model, weight_decay)`.
 
-    The fused kernel is used when every trainable parameter is on CUDA (one launch per step); elsewhere torch's
-    default (foreach where supported) applies.
+    The fused kernel (one launch per step on a GPU) is used wherever torch has it (CUDA and CPU float tensors): it
+    can also skip a step on the device when the loss was not finite (see `train.loop.fit`).
     """
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     groups = parameter_groups(model, weight_decay)
-    fused = all(p.is_cuda for group in groups for p in group["params"])
+    fused = all(p.device.type in ("cuda", "cpu") and p.is_floating_point() for group in groups for p in group["params"])
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
 
 
