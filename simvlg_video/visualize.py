@@ -35,8 +35,8 @@ def group_colours(assignment: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 def temporal_attention(model) -> tuple[np.ndarray | None, str]:
     """The attention recorded in the last forward, as a 2-D array to draw, and its description."""
     if model.temporal_pool is not None and model.temporal_pool.last_attention is not None:
-        per_frame = model.temporal_pool.last_attention[0].mean(dim=(0, 3))  # (queries, frames)
-        return per_frame.cpu().numpy(), "attention of each output token (rows) to each frame (columns)"
+        per_frame = model.temporal_pool.last_attention[0].mean(dim=0).sum(dim=-1)  # (queries, frames), rows sum to 1
+        return per_frame.cpu().numpy(), "share of each output token's attention (rows) on each frame"
     recorded = [m.last_attention for _, m in adapter_modules(model.vit) if getattr(m, "last_attention", None) is not None]
     if recorded:
         return recorded[-1].cpu().numpy(), "frame-to-frame attention, last adapted ViT block"
@@ -67,24 +67,27 @@ def visualize(run_dir: Path, video: Path, out: Path) -> str:
     num_frames, grid = frames.shape[1], tuple(model.vit.patch_embed.grid_size)
     shown = torch.nn.functional.interpolate(item["frames"].permute(0, 3, 1, 2).float(), size=model_cfg.image_size)
     shown = shown.permute(0, 2, 3, 1).numpy() / 255
-    figure, axes = plt.subplots(2, num_frames, figsize=(2.4 * num_frames, 5.4), squeeze=False)
+    panels = num_frames + (attention is not None)
+    figure = plt.figure(figsize=(2.3 * panels + 0.6, 5.8))
+    layout = figure.add_gridspec(2, panels, width_ratios=[1] * num_frames + [1.3] * (attention is not None))
     for t in range(num_frames):
         colours = group_colours(assignments[t if len(assignments) == num_frames else 0], grid)
         overlay = np.kron(colours, np.ones((shown.shape[1] // grid[0], shown.shape[2] // grid[1], 1)))
-        axes[0, t].imshow(shown[t])
-        axes[0, t].set_title(f"frame {item['frame_indices'][t]}", fontsize=9)
-        axes[1, t].imshow(0.45 * shown[t] + 0.55 * overlay)
-        axes[1, t].set_title("merge groups", fontsize=9)
-    for axis in axes.flat:
-        axis.axis("off")
+        for row, (image, title) in enumerate([(shown[t], f"frame {item['frame_indices'][t]}"),
+                                              (0.45 * shown[t] + 0.55 * overlay, "merge groups")]):
+            axis = figure.add_subplot(layout[row, t])
+            axis.imshow(image)
+            axis.set_title(title, fontsize=9)
+            axis.axis("off")
     if attention is not None:
-        inset = figure.add_axes([0.80, 0.02, 0.18, 0.16])
-        inset.imshow(attention, cmap="viridis", aspect="auto")
-        inset.set_title(attention_title, fontsize=6)
-        inset.set_xticks(range(num_frames))
-        inset.tick_params(labelsize=6)
+        axis = figure.add_subplot(layout[:, num_frames])
+        picture = axis.imshow(attention, cmap="viridis", aspect="auto", vmin=0)
+        axis.set_title(attention_title.replace(" (", "\n("), fontsize=8)
+        axis.set_xticks(range(num_frames), [f"frame {i}" for i in item["frame_indices"]], fontsize=7, rotation=45)
+        axis.tick_params(labelsize=7)
+        figure.colorbar(picture, ax=axis, fraction=0.08)
     figure.suptitle(f"caption: {caption}", fontsize=11)
-    figure.tight_layout(rect=(0, 0.18 if attention is not None else 0, 1, 0.95))
+    figure.tight_layout(rect=(0, 0, 1, 0.94))
     figure.savefig(out, dpi=110)
     plt.close(figure)
     return caption
