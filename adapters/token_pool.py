@@ -57,13 +57,7 @@ class TemporalTokenPool(nn.Module):
         self.out = nn.Linear(dim, dim)  # the gate onto the average: zero at initialisation
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        # With both codes on, frame codes fill the first half of the channels and place codes the second: summed in
-        # the same channels, a code of "later" and a code of "further right" blur into each other (measured: left
-        # and right confused, up and down not, while both codes shared the high-frequency channels).
-        self.split_codes = time_encoding != "none" and space_encoding != "none"
-        if self.split_codes and dim % 8:
-            raise ValueError(f"time and space codes together need dim divisible by 8, got {dim}")
-        self.time = TimeEncoding(time_encoding, dim // 2 if self.split_codes else dim, max_frames)
+        self.time = TimeEncoding(time_encoding, dim, max_frames)
         self.space_encoding = space_encoding
         self.record_attention = False  # keep the last attention weights (visualisation); off in training
         self.naive = False  # plain matmul-softmax-matmul instead of the fused kernel (benchmarks, FLOP counting)
@@ -77,19 +71,6 @@ class TemporalTokenPool(nn.Module):
     def uses_positions(self) -> bool:
         """Whether `forward` needs the merged tokens' positions in the frame."""
         return self.space_encoding != "none"
-
-    def codes(self, num_frames: int, positions: torch.Tensor | None) -> torch.Tensor | None:
-        """What is added to the frames' merged tokens: frame codes (1, T, 1, D) and/or codes of each token's place
-        (B, T, M, D), summed; None when neither is on."""
-        codes = None
-        time = self.time(num_frames)
-        if time is not None:
-            codes = F.pad(time, (0, self.dim - time.shape[-1]))[None, :, None, :]
-        if self.uses_positions:  # where each merged token is: lets attention match and compare places across frames
-            width = self.dim // 2 if self.split_codes else self.dim
-            places = F.pad(sinusoidal_2d(positions, width), (self.dim - width, 0))
-            codes = places if codes is None else codes.to(places.device) + places
-        return codes
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, M, D) tokens (+ their (B, T, M, 2) positions in the frame with a space encoding) -> (B, K, D)."""
@@ -106,11 +87,14 @@ class TemporalTokenPool(nn.Module):
                 raise ValueError(f"num_output_tokens={self.num_output_tokens} exceeds the {num_tokens} merged tokens")
             average = merge_to_count(average, self.num_output_tokens)
         source, query_source = tokens, average
-        codes = self.codes(num_frames, positions)
+        codes = self.time(num_frames)
         if codes is not None:
-            source = source + codes.to(tokens.dtype)
+            source = source + codes[None, :, None, :].to(tokens.dtype)
+        if self.uses_positions:  # where each merged token is: lets attention match and compare places across frames
+            places = sinusoidal_2d(positions, self.dim).to(tokens.dtype)
+            source = source + places
             if self.num_output_tokens is None or self.num_output_tokens == num_tokens:
-                query_source = average + codes.mean(dim=1).to(tokens.dtype)
+                query_source = average + places.mean(dim=1)
         source = source.reshape(batch, num_frames * num_tokens, self.dim)
 
         def heads(x: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,8 @@ def place_adapters(model, blocks) -> None:
     remove_temporal_adapters(model.vit)
     model.temporal_pool = None
     if blocks == "merged":
-        merged_tokens(model, num_heads=TINY.adapter["num_heads"], time_encoding="sinusoidal")
+        merged_tokens(model, num_heads=TINY.adapter["num_heads"], time_encoding="sinusoidal",
+                      space_encoding="sinusoidal")
         apply_freeze_policy(model, [*TRAINABLE, "adapters"])
         return
     if blocks is None:

@@ -59,17 +59,3 @@ def test_space_encoding_needs_positions_and_uses_them():
     moved = positions.clone()
     moved[:, :, 1:, 0] = 1 - moved[:, :, 1:, 0]  # the same tokens elsewhere in the frame (CLS stays put)
     assert (pool(tokens, positions) - pool(tokens, moved)).abs().max() > 1e-3
-
-
-def test_time_and_space_codes_together_use_separate_channels():
-    pool = TemporalTokenPool(dim=32, num_heads=4, time_encoding="sinusoidal", space_encoding="sinusoidal")
-    here, there = torch.rand(2, 3, 5, 2), torch.rand(2, 3, 5, 2)
-    codes, moved = pool.codes(3, here), pool.codes(3, there)
-    assert codes.shape == (2, 3, 5, 32)
-    assert torch.equal(codes[..., :16], moved[..., :16]) and not torch.equal(codes[..., 16:], moved[..., 16:])
-    later = torch.cat([here[:, 1:], here[:, :1]], dim=1)  # same places, shifted by one frame
-    shifted = pool.codes(3, later)
-    assert not torch.equal(codes[:, :, :, :16], codes[:, [1, 2, 0], :, :16])  # frame codes differ per frame
-    torch.testing.assert_close(shifted[:, :2, :, 16:], codes[:, 1:, :, 16:])  # place codes follow the places only
-    alone = TemporalTokenPool(dim=32, num_heads=4, space_encoding="sinusoidal").codes(3, here)
-    assert alone.shape == (2, 3, 5, 32) and alone[..., :16].abs().max() > 0  # one kind of code: every channel

@@ -10,7 +10,7 @@ each variant in one process, on one model:
   under fp16 autocast with a GradScaler, adapters in all blocks (so autograd runs through the whole ViT), AdamW
   without the fused kernel.
 * ``merged``: the merged-token placement (frozen ViT and connector per frame, one temporal token pool with
-  sinusoidal time codes after the connector), with this package's settings below.
+  sinusoidal time and place codes after the connector), with this package's settings below.
 * ``all`` / ``lastK`` / ``none``: this package's path, adapters in all blocks, the last K blocks, or none (the
   floor: the image model with frames averaged): fused
   attention (SDPA), frozen weights in bf16 under bf16 autocast, blocks below the first adapter without autograd,
@@ -131,7 +131,8 @@ def configure(model: VideoCaptioner, variant: Variant, options: Options) -> tupl
     model.temporal_pool = None
     trainable = list(TRAINABLE)
     if variant.blocks == "merged":
-        merged_tokens(model, num_heads=options.adapter["num_heads"], time_encoding="sinusoidal")
+        merged_tokens(model, num_heads=options.adapter["num_heads"], time_encoding="sinusoidal",
+                      space_encoding="sinusoidal")
         with torch.no_grad():
             model.temporal_pool.out.weight.normal_(std=0.01)  # an open gate, as after some training
         trainable.append(ADAPTERS)
