@@ -19,13 +19,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from simvlg_video.adapters.patch import adapter_parameters
 from simvlg_video.data.dataset import VideoClipDataset, build_loader
 from simvlg_video.data.manifest import ClipRecord, read_manifest
 from simvlg_video.data.source import resolve_manifest
 from simvlg_video.eval.predict import evaluate_split, write_eval
 from simvlg_video.eval.table import metrics_table
-from simvlg_video.model.freeze import apply_freeze_policy
 from simvlg_video.model.captioner import VideoCaptioner
+from simvlg_video.model.freeze import ADAPTERS, apply_freeze_policy
 from simvlg_video.model.model_dir import load_model_dir, save_model_dir
 from simvlg_video.model.performance import apply_speed_settings
 from simvlg_video.model.reference_ckpt import import_reference, load_model_config
@@ -91,6 +92,15 @@ def load_image_model(cfg: DictConfig, source: Path) -> tuple[VideoCaptioner, Dic
     return model, model_cfg
 
 
+def trainable_parts(cfg: DictConfig, model: VideoCaptioner) -> list[str]:
+    """`train.trainable`, less `adapters` when the chosen placement adds none (adapter=none: the floor)."""
+    trainable = list(cfg.train.trainable)
+    if ADAPTERS in trainable and not adapter_parameters(model):
+        log.info("the adapter choice adds no modules; training %s", ", ".join(t for t in trainable if t != ADAPTERS))
+        trainable.remove(ADAPTERS)
+    return trainable
+
+
 def split_records(records: list[ClipRecord], split: str, manifest: Path) -> list[ClipRecord]:
     chosen = [r for r in records if r.split == split]
     if not chosen:
@@ -124,7 +134,8 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
         metrics_log({"phase": "eval", "model": "image", **rows["image model"]})
 
     instantiate(cfg.adapter)(model)
-    counts = apply_freeze_policy(model, list(cfg.train.trainable))
+    trainable = trainable_parts(cfg, model)
+    counts = apply_freeze_policy(model, trainable)
     log.info("parameters: %s", counts)
     apply_speed_settings(model, cfg.precision, cfg.train.activation_checkpointing, cfg.train.compile)
     dataset = VideoClipDataset(
@@ -141,12 +152,12 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
         torch.cuda.reset_peak_memory_stats(device)
     result = fit(model, iter(batches), optimizer, scheduler, cfg.train.steps, precision=cfg.precision,
                  grad_clip=cfg.train.grad_clip, log_every=cfg.train.log_every, on_log=metrics_log, desc="adapt")
-    save_checkpoint(run_dir, result.steps, model, list(cfg.train.trainable), optimizer, scheduler)
+    save_checkpoint(run_dir, result.steps, model, trainable, optimizer, scheduler)
 
     predictions, rows["adapted"] = evaluate_split(model, eval_records, desc="adapted model", **eval_kwargs)
     write_eval(run_dir / "eval", cfg.eval.split, predictions, rows["adapted"])
     model_cfg.adapter = cfg.adapter
-    model_cfg.trainable = list(cfg.train.trainable)
+    model_cfg.trainable = trainable
     save_model_dir(model, model_cfg, run_dir / "model", base_dir=image_dir if image_dir.is_dir() else None)
 
     summary = {

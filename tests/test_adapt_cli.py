@@ -67,6 +67,16 @@ def test_evaluate_rescores_the_run(run_dir: Path):
     assert after == before
 
 
+@pytest.mark.slow
+def test_adapter_none_trains_the_rest(tiny_model_dir: Path, tmp_path: Path):
+    """The floor of an ablation: no adapter modules, so `adapters` in train.trainable has nothing to train."""
+    result = run_module("simvlg_video.adapt", "--image-ckpt", str(tiny_model_dir), *TINY_RUN, "adapter=none",
+                        "eval.before=false", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = OmegaConf.load(tmp_path / "run" / "model" / "model.yaml")
+    assert list(saved.trainable) == ["ln_vision", "VL_proj", "connector", "opt_proj"]
+
+
 def test_missing_image_checkpoint_is_one_line(tmp_path: Path):
     result = run_module("simvlg_video.adapt", "--image-ckpt", str(tmp_path / "nope"), cwd=tmp_path)
     assert result.returncode != 0

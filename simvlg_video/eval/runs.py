@@ -38,8 +38,9 @@ def adapter_label(cfg) -> str:
     details = []
     if adapter.get("blocks") not in (None, "all"):
         details.append(f"blocks={adapter.blocks}" if adapter.blocks != "last_k" else f"last {adapter.last_k}")
-    if "time_encoding" in adapter:
-        details.append(f"time: {adapter.time_encoding}")
+    for key in ("time_encoding", "space_encoding"):
+        if key in adapter:
+            details.append(f"{key.split('_')[0]}: {adapter[key]}")
     return name + (f" ({', '.join(details)})" if details else "")
 
 
