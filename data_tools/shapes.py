@@ -230,8 +230,8 @@ def caption_groups() -> list[list[str]]:
 
 
 def caption_corpus() -> list[str]:
-    """Every video and image caption, in a fixed order (for word-level tokenizers and tiny LMs)."""
-    return [caption for group in caption_groups() for caption in group]
+    """Every video and image caption once, in a fixed order (for word-level tokenizers and tiny LMs)."""
+    return list(dict.fromkeys(caption for group in caption_groups() for caption in group))
 
 
 def caption_words(caption: str) -> list[str]:
