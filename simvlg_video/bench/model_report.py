@@ -1,0 +1,82 @@
+"""The model benchmark's results and their markdown tables (`bench/model.py` measures, this module reports)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainResult:
+    variant: str
+    adapters: int
+    seconds_per_step: float | None = None
+    videos_per_s: float | None = None
+    peak_gib: float | None = None
+    tflop_per_step: float | None = None
+    tflop_per_s: float | None = None
+    mfu: float | None = None
+    host_syncs: int | None = None
+    loss: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class Report:
+    device: str
+    peak_tflop_per_s: float
+    options: dict
+    training: list[TrainResult] = field(default_factory=list)
+    vit_forward: list[dict] = field(default_factory=list)
+    generation: list[dict] = field(default_factory=list)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_report(report: Report) -> str:
+    """Markdown tables of the report, ratios relative to the reference-style variant where it ran."""
+    o = report.options
+    lines = [f"device: {report.device}; measured matmul peak {report.peak_tflop_per_s:.3g} TFLOP/s",
+             f"training step: B={o['batch']} videos x T={o['frames']} frames, {o['text_tokens']} text tokens, "
+             f"{o['steps']} timed steps after {o['warmup']} warm-up; compile={o['compile']}, "
+             f"checkpointing={o['checkpointing']}", "",
+             "| variant | adapters | s/step | videos/s | vs reference | peak GiB | memory vs reference | TFLOP/step "
+             "| TFLOP/s | MFU | host syncs/step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    reference = next((r for r in report.training if r.variant == "reference" and r.error is None), None)
+    for r in report.training:
+        if r.error:
+            lines.append(f"| {r.variant} | {r.adapters} | {r.error} |" + " |" * 8)
+            continue
+        speed = f"{r.videos_per_s / reference.videos_per_s:.2f}x" if reference else None
+        memory = r.peak_gib / reference.peak_gib if reference and r.peak_gib and reference.peak_gib else None
+        lines.append(
+            f"| {r.variant} | {r.adapters} | {r.seconds_per_step:.4f} | {r.videos_per_s:.1f} | {_fmt(speed, 's')} "
+            f"| {_fmt(r.peak_gib, '.1f')} | {_fmt(memory, '.2f')} | {r.tflop_per_step:.3g} | {r.tflop_per_s:.3g} "
+            f"| {r.mfu:.1%} | {_fmt(r.host_syncs, 'd')} |"
+        )
+    lines += merged_summary(report.training)
+    if report.vit_forward:
+        lines += ["", "| ViT forward (no grad, bf16) | frames | s | frames/s | TFLOP/s | of matmul peak |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {v['attention']} attention | {v['frames']} | {v['seconds']:.4f} | {v['frames_per_s']:.0f} "
+                  f"| {v['tflop_per_s']:.3g} | {v['mfu']:.1%} |" for v in report.vit_forward]
+    if report.generation:
+        lines += ["", "| generation (adapters in all blocks) | beams | s/batch | captions/s | mean new tokens |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| batch {g['batch']} | {g['beams']} | {g['seconds_per_batch']:.3f} | {g['captions_per_s']:.1f} "
+                  f"| {g['mean_new_tokens']:.1f} |" for g in report.generation]
+    return "\n".join(lines)
+
+
+def merged_summary(training: list[TrainResult]) -> list[str]:
+    """The merged-token placement against adapters in all blocks, the reference-style port and the floor (`none`:
+    the image model with frames averaged)."""
+    done = {r.variant: r for r in training if r.error is None}
+    if "merged" not in done:
+        return []
+    merged = done["merged"].videos_per_s
+    parts = [f"{merged / done[name].videos_per_s:.2f}x the videos/s of {name}" for name in ("all", "reference", "none")
+             if name in done]
+    return ["", "merged: " + "; ".join(parts)] if parts else []
