@@ -4,12 +4,17 @@
     python -m simvlg_video.adapt --image-ckpt MODEL_DIR [hydra overrides ...]
     python -m simvlg_video.adapt --image-ckpt REFERENCE.pth vit_weights=eva_vit_g.pth lm_path=opt-2.7b [...]
     python -m simvlg_video.adapt -m data.num_frames=2,4 adapter=none,reference   # a sweep
+    torchrun --nproc_per_node 8 -m simvlg_video.adapt [...]                      # DDP (train.strategy=fsdp: FSDP)
+    python -m simvlg_video.adapt hydra.run.dir=RUN_DIR resume=auto [same overrides] # continue a stopped run
 
-Writes RUN_DIR/{config.yaml, metrics.jsonl, checkpoints/, eval/, model/} and prints a before/after table.
+Writes RUN_DIR/{config.yaml, metrics.jsonl, tensorboard/, checkpoints/, eval/, model/} and prints a before/after
+table.
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
 import sys
 from pathlib import Path
@@ -17,25 +22,27 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from simvlg_video.adapters.patch import adapter_parameters
-from simvlg_video.data.dataset import VideoClipDataset, build_loader
 from simvlg_video.data.manifest import ClipRecord, read_manifest
 from simvlg_video.data.source import resolve_manifest
 from simvlg_video.eval.predict import evaluate_split, write_eval
-from simvlg_video.eval.table import metrics_table
+from simvlg_video.eval.runs import run_summary
+from simvlg_video.eval.table import metrics_table, training_table
 from simvlg_video.model.captioner import VideoCaptioner
 from simvlg_video.model.freeze import ADAPTERS, apply_freeze_policy
 from simvlg_video.model.model_dir import load_model_dir, save_model_dir
 from simvlg_video.model.performance import apply_speed_settings
 from simvlg_video.model.reference_ckpt import import_reference, load_model_config
 from simvlg_video.run_dir import eval_settings, train_transform
-from simvlg_video.runtime import JsonlLog, flags_to_overrides, pick_device, seed_everything
-from simvlg_video.train.batches import TrainBatches
-from simvlg_video.train.checkpoint import save_checkpoint
-from simvlg_video.train.loop import fit
-from simvlg_video.train.optim import build_optimizer, warmup_cosine
+from simvlg_video.runtime import flags_to_overrides, seed_everything, torchrun_overrides
+from simvlg_video.train.checkpoint import full_trainable_tensors
+from simvlg_video.train.distributed import World, broadcast, device_for, init_world, shutdown
+from simvlg_video.train.resume import open_run
+from simvlg_video.train.run_log import RunLog
+from simvlg_video.train.loop import reset_peak_memory
+from simvlg_video.train.trainer import train
 
 log = logging.getLogger("simvlg_video.adapt")
 BUNDLED_IMAGE_MODEL = Path(__file__).resolve().parent / "assets" / "tiny_image_model"
@@ -110,74 +117,125 @@ def split_records(records: list[ClipRecord], split: str, manifest: Path) -> list
 
 def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """The whole adaptation; returns the metrics table rows (image model, adapted model)."""
+    world = init_world()
+    if not world.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
     image_dir = image_model_dir(cfg.image_ckpt)
     check_frozen_sources(cfg, image_dir)
-    device = pick_device(cfg.device)
+    device = device_for(world, cfg.device)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    manifest = resolve_manifest(cfg.data)
+    manifest = shared_manifest(cfg, world)
     cfg.data.manifest = str(manifest.resolve())  # the run's config names the exact data it used
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    metrics_log = JsonlLog(run_dir / "metrics.jsonl")
+    checkpoints, resume_from, run_log = open_run(cfg, run_dir, world)
+    finished = run_summary(run_dir) if resume_from is not None and int(resume_from.name) == cfg.train.steps else None
+    if finished is not None:  # resuming a sweep: this job had completed
+        run_log.close()
+        log.info("%s already finished; its summary is in metrics.jsonl", run_dir)
+        return {"adapted": finished["adapted"]}
     records = read_manifest(manifest)
     train_records = split_records(records, cfg.data.train_split, manifest)
     eval_records = split_records(records, cfg.eval.split, manifest)
+    val_records = split_records(records, cfg.eval.val_split, manifest) if cfg.train.eval_every else []
     model, model_cfg = load_image_model(cfg, image_dir)
     model.to(device)
     settings = eval_settings(cfg, model_cfg)
-    eval_kwargs = dict(settings, spice=cfg.eval.spice)
+    eval_kwargs = dict(settings, spice=cfg.eval.spice, world=world)
     rows: dict[str, dict[str, float]] = {}
-    if cfg.eval.before:
-        predictions, rows["image model"] = evaluate_split(model, eval_records, desc="image model", **eval_kwargs)
-        write_eval(run_dir / "eval", f"{cfg.eval.split}_image_model", predictions, rows["image model"])
-        metrics_log({"phase": "eval", "model": "image", **rows["image model"]})
+    try:
+        if cfg.eval.before:
+            rows["image model"] = evaluate_once(model, eval_records, run_dir, f"{cfg.eval.split}_image_model",
+                                                run_log, desc="image model", **eval_kwargs)
 
-    instantiate(cfg.adapter)(model)
-    trainable = trainable_parts(cfg, model)
-    counts = apply_freeze_policy(model, trainable)
-    log.info("parameters: %s", counts)
-    apply_speed_settings(model, cfg.precision, cfg.train.activation_checkpointing, cfg.train.compile)
-    dataset = VideoClipDataset(
-        train_records, num_frames=cfg.data.num_frames, sampler=instantiate(cfg.sampler.train), train=True,
-        seed=cfg.seed, backend=cfg.data.backend, decode_timeout=cfg.data.decode_timeout,
-    )
-    loader = build_loader(dataset, cfg.train.batch_size, shuffle=True, num_workers=cfg.train.num_workers,
-                          seed=cfg.seed, drop_last=True, max_skip_fraction=cfg.data.max_skip_fraction)
-    batches = TrainBatches(loader, train_transform(cfg, model_cfg), device, seed=cfg.seed)
-    optimizer = build_optimizer(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = warmup_cosine(optimizer, cfg.train.warmup_steps, cfg.train.steps, cfg.train.warmup_start_lr,
-                              cfg.train.min_lr)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    result = fit(model, iter(batches), optimizer, scheduler, cfg.train.steps, precision=cfg.precision,
-                 grad_clip=cfg.train.grad_clip, log_every=cfg.train.log_every, on_log=metrics_log, desc="adapt")
-    save_checkpoint(run_dir, result.steps, model, trainable, optimizer, scheduler)
+        instantiate(cfg.adapter)(model)
+        trainable = trainable_parts(cfg, model)
+        counts = apply_freeze_policy(model, trainable)
+        log.info("parameters: %s", counts)
+        apply_speed_settings(model, cfg.precision, cfg.train.activation_checkpointing, cfg.train.compile)
+        reset_peak_memory(device)
 
-    predictions, rows["adapted"] = evaluate_split(model, eval_records, desc="adapted model", **eval_kwargs)
-    write_eval(run_dir / "eval", cfg.eval.split, predictions, rows["adapted"])
-    model_cfg.adapter = cfg.adapter
-    model_cfg.trainable = trainable
-    save_model_dir(model, model_cfg, run_dir / "model", base_dir=image_dir if image_dir.is_dir() else None)
+        def validate(step: int) -> dict[str, float]:
+            _, metrics = evaluate_split(model, val_records, desc=f"validate {cfg.eval.val_split}", **eval_kwargs)
+            run_log({"phase": "val", "step": step, "split": cfg.eval.val_split, **metrics})
+            return metrics
 
-    summary = {
-        "phase": "summary", "train_steps": result.steps, "train_videos_per_s": result.videos_per_second,
-        "train_peak_memory_gib": result.peak_memory_gib, "train_memory_kind": result.memory_kind,
-        "nonfinite_steps_skipped": result.skipped_nonfinite, "train_clips_skipped": len(batches.skipped),
-        "eval_clips_skipped": len(predictions.skipped), **counts,
-    }
-    metrics_log({**summary, "adapted": rows["adapted"]})
-    print(f"\n{metrics_table(rows)}\n")
-    print(f"{result.steps} steps at {result.videos_per_second:.1f} videos/s; skipped clips: "
-          f"{len(batches.skipped)} in training, {len(predictions.skipped)} in evaluation. Run directory: {run_dir}")
+        result = train(cfg, model, trainable, train_records, train_transform(cfg, model_cfg), device, world,
+                       checkpoints, resume_from, run_log, validate if val_records else None)
+
+        predictions, rows["adapted"] = evaluate_split(model, eval_records, desc="adapted model", **eval_kwargs)
+        tensors = full_trainable_tensors(model, trainable)
+        if world.is_main:
+            write_eval(run_dir / "eval", cfg.eval.split, predictions, rows["adapted"])
+            model_cfg.adapter = cfg.adapter
+            model_cfg.trainable = trainable
+            save_model_dir(model, model_cfg, run_dir / "model", base_dir=image_dir if image_dir.is_dir() else None,
+                           tensors=tensors)
+        summary = {
+            "phase": "summary", "train_steps": cfg.train.steps, "train_videos_per_s": result.videos_per_second,
+            "train_peak_memory_gib": result.peak_memory_gib, "train_memory_kind": result.memory_kind,
+            "train_data_wait_s": result.data_wait_seconds, "world_size": world.world_size,
+            "nonfinite_steps_skipped": result.skipped_nonfinite, "train_clips_skipped": result.skipped_clips,
+            "eval_clips_skipped": len(predictions.skipped),
+            "best": checkpoints.best(), **counts,
+        }
+        run_log({**summary, "adapted": rows["adapted"]})
+    finally:
+        run_log.close()
+    if world.is_main:
+        print(f"\n{metrics_table(rows)}\n\n{training_table(summary)}\n\nRun directory: {run_dir}")
     return rows
+
+
+def shared_manifest(cfg: DictConfig, world: World) -> Path:
+    """The run's manifest; rank 0 finds it (generating the synthetic set if needed) while the others wait, and a
+    failure there is raised on every rank rather than leaving the others waiting."""
+    found, error = None, None
+    if world.is_main:
+        try:
+            found = resolve_manifest(cfg.data)
+        except (ValueError, FileNotFoundError) as failure:
+            error = failure
+    found, error = broadcast((found, error), world)
+    if error is not None:
+        raise error
+    return found
+
+
+def evaluate_once(model: VideoCaptioner, records: list[ClipRecord], run_dir: Path, name: str, run_log: RunLog,
+                  **kwargs) -> dict[str, float]:
+    """Score the image model, or read its scores back when a resumed run already did."""
+    saved = run_dir / "eval" / f"{name}_metrics.json"
+    if saved.is_file():
+        log.info("image model scores from %s", saved)
+        return json.loads(saved.read_text())["metrics"]
+    predictions, metrics = evaluate_split(model, records, **kwargs)
+    if kwargs["world"].is_main:
+        write_eval(run_dir / "eval", name, predictions, metrics)
+    run_log({"phase": "eval", "model": "image", **metrics})
+    return metrics
+
+
+def release_memory() -> None:
+    """Free what a finished (or failed) run held, so the next run of a sweep starts from the same state."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="adapt")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    try:
+        run(cfg)
+    finally:  # the run's model, optimiser and loader workers are unreachable now
+        release_memory()
 
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *flags_to_overrides(sys.argv[1:], {"--image-ckpt": "image_ckpt"})]
-    main()
+    arguments = flags_to_overrides(sys.argv[1:], {"--image-ckpt": "image_ckpt"})
+    world = init_world()
+    sys.argv = [sys.argv[0], *arguments, *torchrun_overrides(arguments, world)]
+    try:
+        main()
+    finally:
+        shutdown(world)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import datetime
 import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from simvlg_video.train.distributed import World, broadcast
 
 
 def pick_device(name: str) -> torch.device:
@@ -55,3 +58,17 @@ def flags_to_overrides(argv: list[str], flags: dict[str, str]) -> list[str]:
         else:
             out.append(arg)
     return out
+
+
+def torchrun_overrides(arguments: list[str], world: World) -> list[str]:
+    """Hydra overrides that make the processes of one torchrun launch share rank 0's timestamped output folder
+    (unless one is given), with Hydra's own files and log written by rank 0 only."""
+    if not world.distributed:
+        return []
+    stamp = broadcast(datetime.now().strftime("%Y-%m-%d_%H-%M-%S"), world)
+    given = {argument.split("=", 1)[0].lstrip("+~") for argument in arguments}
+    extra = [f"{key}={folder}/{stamp}" for key, folder in (("hydra.run.dir", "runs"), ("hydra.sweep.dir", "multirun"))
+             if key not in given]
+    if not world.is_main:
+        extra += ["hydra.output_subdir=null", f"hydra.job.name=adapt_rank{world.rank}"]
+    return extra

@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-TINY_RUN = [
-    "data.synthetic.num_clips=21", "data.synthetic.height=64", "data.synthetic.width=64", "data.synthetic.duration=1.0",
-    "train.steps=3", "train.batch_size=4", "train.num_workers=0", "train.warmup_steps=1",
-    "eval.batch_size=8", "eval.num_beams=2", "eval.max_new_tokens=6",
-]
-
-
-def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SIMVLG_VIDEO_CACHE": str(cwd / "cache"), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
+from adapt_runs import TINY_RUN, run_module
 
 
 @pytest.fixture(scope="module")

@@ -58,13 +58,16 @@ def test_training_steps_run_over_the_broken_folder(records, tiny_model_dir) -> N
     from simvlg_video.model.model_dir import load_model_dir
     from simvlg_video.train.loop import fit
     from simvlg_video.train.optim import build_optimizer, warmup_cosine
+    from simvlg_video.train.sampler import ShardedEpochSampler
 
     model, model_cfg = load_model_dir(tiny_model_dir)
     reference(model, blocks="last_k", last_k=1, qk_dim=32, num_heads=4)
     apply_freeze_policy(model, ["adapters", "connector"])
     dataset = VideoClipDataset(records, num_frames=2, sampler=headtail, train=True, backend="auto", decode_timeout=30)
-    loader = build_loader(dataset, batch_size=6, shuffle=True, num_workers=0, seed=1, max_skip_fraction=1.0)
-    batches = TrainBatches(loader, FrameTransform(size=model_cfg.image_size, train=True), torch.device("cpu"))
+    sampler = ShardedEpochSampler(len(records), batch_size=6, seed=1)
+    loader = build_loader(dataset, batch_size=6, shuffle=False, num_workers=0, seed=1, max_skip_fraction=1.0,
+                          sampler=sampler, drop_last=True)
+    batches = TrainBatches(loader, sampler, FrameTransform(size=model_cfg.image_size, train=True), torch.device("cpu"))
     optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0)
     scheduler = warmup_cosine(optimizer, warmup_steps=1, total_steps=6, warmup_start_lr=1e-4, min_lr=1e-4)
     result = fit(model, iter(batches), optimizer, scheduler, steps=6, show_progress=False)

@@ -93,7 +93,7 @@ def test_broken_videos_become_error_items_and_log_one_warning(records, caplog: p
     dataset = dataset_of(records, ["broken", "past_the_end"])
     with caplog.at_level(logging.WARNING, logger="simvlg_video.data.dataset"):
         broken, past_the_end = dataset[0], dataset[1]
-    assert set(broken) == {"clip_id", "error", "video"}
+    assert set(broken) == {"index", "clip_id", "error", "video"}
     assert broken["video"] == str(records["broken"].video_path)
     assert "Invalid data found" in broken["error"]  # the probe (PyAV) reads the file before any decoder does
     assert "holds no frames" in past_the_end["error"]

@@ -10,9 +10,7 @@ files.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from adapt_runs import run_module
 from test_paragraph import METRICS, pycocoevalcap_scores
 
 import simvlg_video
@@ -115,10 +114,8 @@ STANDINS = {"msrvtt": (msrvtt_standin, "test"), "msvd": (msvd_standin, "test"),
             "activitynet": (activitynet_standin, "val")}
 
 
-def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=600)
+def run_ok(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    result = run_module(module, *args, cwd=cwd)
     assert result.returncode == 0, f"{module} {args}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     return result
 
@@ -128,13 +125,13 @@ def documented_run(dataset: str, tiny_model_dir: Path, work: Path) -> Path:
     make_standin, _ = STANDINS[dataset]
     root = work / dataset
     root.mkdir()
-    converted = run_module("simvlg_video.data_tools.convert", *make_standin(root), cwd=work)
+    converted = run_ok("simvlg_video.data_tools.convert", *make_standin(root), cwd=work)
     assert "videos not found: 1" in converted.stdout
-    checked = run_module("simvlg_video.data_tools.check_videos", str(root / "manifest.jsonl"), "--workers", "2",
+    checked = run_ok("simvlg_video.data_tools.check_videos", str(root / "manifest.jsonl"), "--workers", "2",
                          cwd=work)
     assert "1 missing" in checked.stdout
     run_dir = work / f"run_{dataset}"
-    run_module("simvlg_video.adapt", "--image-ckpt", str(tiny_model_dir), f"data={dataset}", f"data.root={root}",
+    run_ok("simvlg_video.adapt", "--image-ckpt", str(tiny_model_dir), f"data={dataset}", f"data.root={root}",
                *TINY_RUN, f"hydra.run.dir={run_dir}", cwd=work)
     return run_dir
 
@@ -157,7 +154,7 @@ def test_documented_commands_complete(dataset: str, tiny_model_dir: Path, tmp_pa
 @pytest.mark.java
 def test_activitynet_evaluate_equals_pycocoevalcap_on_the_official_files(tiny_model_dir: Path, tmp_path: Path):
     run_dir = documented_run("activitynet", tiny_model_dir, tmp_path)
-    run_module("simvlg_video.evaluate", "--ckpt", str(run_dir), cwd=tmp_path)
+    run_ok("simvlg_video.evaluate", "--ckpt", str(run_dir), cwd=tmp_path)
     metrics = json.loads((run_dir / "eval/val_metrics.json").read_text())["metrics"]
     predictions = json.loads((run_dir / "eval/val_predictions.json").read_text())
     captions = {row["clip_id"]: row["caption"] for row in predictions}

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from adapt_runs import run_module
 from reference_layout import (
     IGNORED_EXTRAS,
     QK_DIM,
@@ -221,9 +220,7 @@ def test_export_command_writes_a_loadable_model_directory(tmp_path, lm_path):
 
 
 def run_adapt(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SIMVLG_VIDEO_CACHE": str(cwd / "cache"), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "simvlg_video.adapt", *args, f"hydra.run.dir={cwd / 'run'}"],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return run_module("simvlg_video.adapt", *args, f"hydra.run.dir={cwd / 'run'}", cwd=cwd)
 
 
 def test_adapt_with_a_pth_needs_the_frozen_parts_in_one_line(tmp_path, lm_path):

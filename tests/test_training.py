@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import math
 
+import pytest
 import torch
 
 from simvlg_video.adapters.placements import reference
 from simvlg_video.model.freeze import apply_freeze_policy
 from simvlg_video.model.model_dir import load_model_dir
-from simvlg_video.train.loop import fit
+from simvlg_video.train.loop import StepSettings, fit
 from simvlg_video.train.optim import build_optimizer, warmup_cosine
 
 TRAINABLE = ["adapters", "ln_vision", "VL_proj", "connector", "opt_proj"]
@@ -68,3 +70,25 @@ def test_a_non_finite_loss_skips_its_step_without_touching_weights_or_optimiser_
                 assert torch.equal(value, state[name][key]), f"{name}.{key}"
     result = fit(model, iter([(good, captions)]), optimizer, scheduler, steps=1, show_progress=False)
     assert result.steps == 1 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_fp16_trains_through_a_grad_scaler_and_refuses_to_run_without_one(tiny_model_dir):
+    torch.manual_seed(0)
+    model, _ = load_model_dir(tiny_model_dir)
+    apply_freeze_policy(model, ["ln_vision", "VL_proj", "connector", "opt_proj"])
+    batches = itertools.repeat((torch.randn(2, 2, 3, 64, 64), ["a red circle moves to the left", "a blue square"]))
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05)
+    scheduler = warmup_cosine(optimizer, warmup_steps=0, total_steps=3, warmup_start_lr=1e-3, min_lr=1e-3)
+    settings = StepSettings(precision="fp16")
+    with pytest.raises(ValueError, match="fp16 needs a GradScaler"):
+        fit(model, batches, optimizer, scheduler, steps=3, settings=settings, show_progress=False)
+    before = model.opt_proj.weight.detach().clone()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+
+    result = fit(model, batches, optimizer, scheduler, steps=3, settings=settings, scaler=scaler,
+                 show_progress=False)
+
+    assert result.steps == 3 and all(math.isfinite(loss) for loss in result.losses)
+    assert not torch.equal(model.opt_proj.weight, before)
+    assert model.opt_proj.weight.dtype == torch.float32, "the trained weights stay fp32 (autocast only)"
+    assert scaler.get_scale() >= 2.0**10, "no overflow on this batch: the scale must not have been cut"

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Sampler as IndexSampler
 
 from simvlg_video.data.clip_reader import ClipReader, resolve_backend
 from simvlg_video.data.decode import VideoDecodeError
@@ -104,10 +105,11 @@ class VideoClipDataset(Dataset):
             )
             frames = self.reader.read(record.video_path, frame_indices, source)
         except ClipWindowError as error:
-            return self._error_item(record, VideoDecodeError(record.video_path, str(error)))
+            return self._error_item(index, record, VideoDecodeError(record.video_path, str(error)))
         except VideoDecodeError as error:
-            return self._error_item(record, error)
+            return self._error_item(index, record, error)
         return {
+            "index": index,
             "clip_id": record.clip_id,
             "frames": frames,
             "caption": caption,
@@ -116,9 +118,9 @@ class VideoClipDataset(Dataset):
         }
 
     @staticmethod
-    def _error_item(record: ClipRecord, error: VideoDecodeError) -> dict[str, Any]:
+    def _error_item(index: int, record: ClipRecord, error: VideoDecodeError) -> dict[str, Any]:
         logger.warning("skipping clip %s: cannot decode %s: %s", record.clip_id, error.path, error.reason)
-        return {"clip_id": record.clip_id, "error": error.reason, "video": str(record.video_path)}
+        return {"index": index, "clip_id": record.clip_id, "error": error.reason, "video": str(record.video_path)}
 
 
 def collate_clips(items: Sequence[dict[str, Any]],
@@ -136,6 +138,7 @@ def collate_clips(items: Sequence[dict[str, Any]],
         raise TooManySkippedClips(f"{len(skipped)} of {len(items)} clips in a batch could not be decoded, more than"
                                   f" max_skip_fraction={max_skip_fraction}:\n{listing}")
     return {
+        "indices": [item.get("index") for item in decoded],
         "clip_ids": [item["clip_id"] for item in decoded],
         "frames": [item["frames"] for item in decoded],
         "captions": [item["caption"] for item in decoded],
@@ -154,8 +157,10 @@ def build_loader(
     pin_memory: bool | None = None,
     max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
     decode_threads: int = 8,
+    sampler: IndexSampler[int] | None = None,
 ):
-    """Batches of :func:`collate_clips`, shuffled by a generator seeded by ``seed``.
+    """Batches of :func:`collate_clips`, shuffled by a generator seeded by ``seed``, or in ``sampler``'s order
+    (training: :class:`~simvlg_video.train.sampler.ShardedEpochSampler`; then ``shuffle`` must be False).
 
     CPU backends: a DataLoader with ``num_workers`` worker processes kept alive across epochs; ``pin_memory``
     (default: when CUDA is present) puts batches in page-locked memory so they reach the GPU asynchronously.
@@ -164,16 +169,19 @@ def build_loader(
     """
     if not 0 <= max_skip_fraction <= 1:
         raise ValueError(f"max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
+    if sampler is not None and shuffle:
+        raise ValueError("give either shuffle=True or a sampler, not both")
     collate = functools.partial(collate_clips, max_skip_fraction=max_skip_fraction)
     if dataset.backend == "nvdec":
         from simvlg_video.data.threaded_loader import ThreadedClipLoader
 
         return ThreadedClipLoader(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                                  num_threads=decode_threads, collate=collate)
+                                  num_threads=decode_threads, collate=collate, sampler=sampler)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate,
         generator=torch.Generator().manual_seed(seed),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -28,18 +28,21 @@ DEFAULT_ITEM_TIMEOUT = 120.0
 class ThreadedClipLoader:
     """Iterates batches of ``collate(items)`` like a DataLoader over ``dataset``.
 
-    The shuffle order comes from a generator seeded by ``seed`` and advanced once per epoch, as a DataLoader's.
+    The shuffle order comes from a generator seeded by ``seed`` and advanced once per epoch, as a DataLoader's,
+    or from ``sampler`` (an iterable of dataset indices, re-read each epoch).
     Up to ``prefetch_batches`` batches are decoded ahead.
     """
 
     def __init__(self, dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool, num_threads: int,
-                 collate: Callable[[list[dict[str, Any]]], dict[str, Any]], prefetch_batches: int = 2) -> None:
+                 collate: Callable[[list[dict[str, Any]]], dict[str, Any]], prefetch_batches: int = 2,
+                 sampler: Iterable[int] | None = None) -> None:
         if batch_size < 1 or num_threads < 1 or prefetch_batches < 1:
             raise ValueError(f"batch_size, num_threads and prefetch_batches must be >= 1, got {batch_size},"
                              f" {num_threads}, {prefetch_batches}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle
+        self.sampler = sampler
         self.drop_last = drop_last
         self.collate = collate
         self.prefetch_batches = prefetch_batches
@@ -49,12 +52,17 @@ class ThreadedClipLoader:
         self.pool = _ReplaceablePool(num_threads)
 
     def __len__(self) -> int:
-        count = len(self.dataset)
+        count = len(self.sampler) if self.sampler is not None else len(self.dataset)
         return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        count = len(self.dataset)
-        order = torch.randperm(count, generator=self.generator).tolist() if self.shuffle else list(range(count))
+        if self.sampler is not None:
+            order = list(self.sampler)
+        elif self.shuffle:
+            order = torch.randperm(len(self.dataset), generator=self.generator).tolist()
+        else:
+            order = list(range(len(self.dataset)))
+        count = len(order)
         batches = [order[start : start + self.batch_size] for start in range(0, count, self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()

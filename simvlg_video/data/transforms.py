@@ -59,12 +59,12 @@ class FrameTransform:
     def __call__(
         self,
         clips: torch.Tensor | Sequence[torch.Tensor],
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """Transform a batch: one (B, T, H, W, 3) uint8 tensor, or a list of (T, H, W, 3) uint8 tensors whose H and
-        W may differ. ``generator`` (a CPU ``torch.Generator``) drives the train-time crops and flips; None uses
-        torch's global RNG. ``device`` is where the output lives (default: where the input is).
+        W may differ. ``generator`` (a CPU ``torch.Generator``, or one per clip so that a clip's crop does not depend
+        on which batch it is in) drives the train-time crops and flips; None uses torch's global RNG. ``device`` is where the output lives (default: where the input is).
 
         Each clip crosses to ``device`` once, as uint8 (asynchronously from pinned memory); everything after runs
         there as batched tensor ops: eval resizes all clips of one frame size in one call, train resizes each
@@ -92,10 +92,16 @@ class FrameTransform:
                 out[position] = clip
         return torch.stack(out)
 
-    def _train_batch(self, clips: list[torch.Tensor], generator: torch.Generator | None) -> torch.Tensor:
+    def _train_batch(self, clips: list[torch.Tensor],
+                     generators: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
         """One random crop box per clip (shared by its frames) resized to ``size``, then one flip per clip."""
+        if isinstance(generators, Sequence):
+            if len(generators) != len(clips):
+                raise ValueError(f"got {len(generators)} generators for {len(clips)} clips; give one per clip")
+        else:
+            generators = [generators] * len(clips)
         resized, flips = [], []
-        for clip in clips:
+        for clip, generator in zip(clips, generators):
             top, left, height, width = self._crop_box(clip.shape[-2], clip.shape[-1], generator)
             resized.append(_resize(clip[..., top : top + height, left : left + width], [self.size, self.size]))
             flips.append(self.hflip and _uniform(generator) < 0.5)

@@ -18,6 +18,8 @@ from simvlg_video.eval.coco import score_captions
 from simvlg_video.eval.paragraph import is_paragraph_set, paragraph_scores
 from simvlg_video.eval.shape_accuracy import shape_accuracy
 from simvlg_video.model.captioner import VideoCaptioner
+from simvlg_video.train.distributed import World, broadcast, gather
+from simvlg_video.train.fsdp import gathered_root, is_sharded
 from simvlg_video.train.loop import autocast_for
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,12 @@ def predict(
     decode_timeout: float | None = None,
     max_skip_fraction: float = 1.0,
     desc: str = "caption",
+    synced: bool = False,
 ) -> Predictions:
-    """One caption per clip (deterministic frame sampling); clips that fail to decode are skipped and listed."""
+    """One caption per clip (deterministic frame sampling); clips that fail to decode are skipped and listed.
+
+    `synced` (FSDP): every batch runs the model, even one whose clips all failed (on a blank clip whose caption
+    is dropped), so all ranks join the same number of parameter gathers."""
     device = next(model.parameters()).device
     dataset = VideoClipDataset(records, num_frames=num_frames, sampler=sampler, train=False, backend=backend,
                                decode_timeout=decode_timeout)
@@ -63,11 +69,14 @@ def predict(
     model.eval()
     for batch in tqdm(loader, desc=desc, dynamic_ncols=True):
         result.skipped.extend(batch["skipped"])
-        if not batch["clip_ids"]:
+        if not batch["clip_ids"] and not synced:
             continue
-        frames = transform(batch["frames"], device=device)
+        if batch["clip_ids"]:
+            frames = transform(batch["frames"], device=device)
+        else:
+            frames = torch.zeros(1, num_frames, 3, transform.size, transform.size, device=device)
         with autocast_for(device, precision):
-            captions = model.generate(frames, **vars(generation))
+            captions = model.generate(frames, **vars(generation), synced=synced)
         result.captions.update(zip(batch["clip_ids"], captions))
     model.train(False)
     return result
@@ -99,7 +108,21 @@ def write_eval(out_dir: Path, split: str, predictions: Predictions, metrics: dic
 
 
 @torch.no_grad()
-def evaluate_split(model: VideoCaptioner, records: list[ClipRecord], **kwargs) -> tuple[Predictions, dict[str, float]]:
+def evaluate_split(model: VideoCaptioner, records: list[ClipRecord], world: World = World(),
+                   **kwargs) -> tuple[Predictions, dict[str, float]]:
+    """Caption and score `records`; under torchrun each rank captions every world_size-th clip, rank 0 scores
+    the gathered captions and every rank gets the metrics."""
     spice = kwargs.pop("spice", False)
-    predictions = predict(model, records, **kwargs)
-    return predictions, score(records, predictions.captions, spice=spice)
+    shard = records[world.rank :: world.world_size]
+    synced = is_sharded(model)
+    if synced:  # the same number of batches on every rank: pad with repeats (same clip id, same caption)
+        shard += [records[-1]] * (-(-len(records) // world.world_size) - len(shard))
+    with gathered_root(model):
+        mine = predict(model, shard, synced=synced, **kwargs) if shard else Predictions()
+    predictions = Predictions()
+    for part in gather(mine, world):
+        predictions.captions.update(part.captions)
+        seen = {entry["clip_id"] for entry in predictions.skipped}
+        predictions.skipped.extend(entry for entry in part.skipped if entry["clip_id"] not in seen)
+    metrics = score(records, predictions.captions, spice=spice) if world.is_main else None
+    return predictions, broadcast(metrics, world)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -18,8 +19,14 @@ from omegaconf import OmegaConf
 COLUMNS = ("CIDEr", "BLEU-4", "motion_acc", "direction_acc", "object_acc")
 
 
+def _job_order(path: Path) -> tuple:
+    """Sort key: shallower first, then names with their numbers compared as numbers (a sweep's job 10 after job 9)."""
+    return len(path.parts), [(0, int(part), "") if part.isdigit() else (1, 0, part)
+                             for part in re.split(r"(\d+)", str(path)) if part]
+
+
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Run directories (holding config.yaml) among `paths` and below them, in name order."""
+    """Run directories (holding config.yaml) among `paths` and below them, in job order."""
     runs: set[Path] = set()
     for path in paths:
         if not path.exists():
@@ -28,7 +35,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
                                        else path.rglob("config.yaml")) if not p.parent.name.startswith("."))
     if not runs:
         raise SystemExit(f"error: no run directory (config.yaml) under {', '.join(map(str, paths))}")
-    return sorted(runs, key=lambda p: (len(p.parts), str(p)))
+    return sorted(runs, key=_job_order)
 
 
 def adapter_label(cfg) -> str:
@@ -44,13 +51,38 @@ def adapter_label(cfg) -> str:
     return name + (f" ({', '.join(details)})" if details else "")
 
 
+def read_log(log: Path) -> list[dict]:
+    """The JSON objects of a metrics.jsonl; a broken line stops with its file and line number, not a bare traceback."""
+    records = []
+    for number, line in enumerate(log.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"error: {log}:{number}: not a JSON line ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise SystemExit(f"error: {log}:{number}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+    return records
+
+
+def summary_line(records: list[dict]) -> dict | None:
+    """The last summary record (written when a run finishes), or None."""
+    return next((record for record in reversed(records) if record.get("phase") == "summary"), None)
+
+
 def run_summary(run_dir: Path) -> dict | None:
     """The summary line of RUN_DIR/metrics.jsonl, or None when the run did not finish."""
     log = run_dir / "metrics.jsonl"
-    if not log.is_file():
-        return None
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return next((line for line in reversed(lines) if line.get("phase") == "summary"), None)
+    return summary_line(read_log(log)) if log.is_file() else None
+
+
+def memory_cell(summary: dict) -> str:
+    """Peak training memory with what was measured (GPU allocator or process RSS): the two are not comparable."""
+    if "train_peak_memory_gib" not in summary:
+        return "-"
+    return f"{summary['train_peak_memory_gib']:.2f} ({summary.get('train_memory_kind', '?')})"
 
 
 def runs_table(run_dirs: list[Path]) -> str:
@@ -65,10 +97,8 @@ def runs_table(run_dirs: list[Path]) -> str:
             continue
         metrics = summary["adapted"]
         cells = [f"{100 * metrics[c]:.1f}" if c in metrics else "-" for c in COLUMNS]
-        memory = f"{summary['train_peak_memory_gib']:.2f} ({summary['train_memory_kind']})" \
-            if "train_peak_memory_gib" in summary else "-"
         lines.append(f"| {run_dir.name} | {label} | " + " | ".join(cells)
-                     + f" | {summary['train_videos_per_s']:.1f} | {memory} |")
+                     + f" | {summary['train_videos_per_s']:.1f} | {memory_cell(summary)} |")
     return "\n".join(lines)
 
 

@@ -82,12 +82,17 @@ class VideoCaptioner(nn.Module):
         text_embeds = self.lm.get_input_embeddings()(token_ids)
         return torch.cat([soft_prompt.to(text_embeds.dtype), text_embeds], dim=1)
 
-    def forward(self, frames: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        """The single captioning loss: next-token cross-entropy on caption tokens only."""
-        return self.caption_loss(frames, *self.text.training_batch(captions, frames.device))
+    def forward(self, frames: torch.Tensor, captions: list[str], num_targets: int | None = None) -> torch.Tensor:
+        """The single captioning loss: next-token cross-entropy on caption tokens only.
+
+        By default the mean over this batch's caption tokens; with `num_targets` the sum divided by it, so that
+        micro-batches and ranks given the token count of the whole global batch add up to its exact mean.
+        """
+        return self.caption_loss(frames, *self.text.training_batch(captions, frames.device), num_targets=num_targets)
 
     def caption_loss(
-        self, frames: torch.Tensor, token_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self, frames: torch.Tensor, token_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+        num_targets: int | None = None,
     ) -> torch.Tensor:
         """The loss for already tokenised captions (labels -100 where nothing is predicted)."""
         soft_prompt = self.encode(frames)
@@ -98,21 +103,27 @@ class VideoCaptioner(nn.Module):
             inputs_embeds=self.embed_with_soft_prompt(soft_prompt, token_ids),
             attention_mask=torch.cat([visible, attention_mask], dim=1),
             labels=torch.cat([ignore, labels], dim=1),
+            **({} if num_targets is None else {"num_items_in_batch": num_targets}),
         )
         return output.loss
 
     @torch.no_grad()
     def generate(
-        self, frames: torch.Tensor, num_beams: int = 5, min_new_tokens: int = 5, max_new_tokens: int = 20
+        self, frames: torch.Tensor, num_beams: int = 5, min_new_tokens: int = 5, max_new_tokens: int = 20,
+        synced: bool = False,
     ) -> list[str]:
         """Beam-search captions through the LM's own `generate`, continuing soft prompt + text prompt."""
-        return self.text.decode(self.generate_ids(frames, num_beams, min_new_tokens, max_new_tokens))
+        return self.text.decode(self.generate_ids(frames, num_beams, min_new_tokens, max_new_tokens, synced))
 
     @torch.no_grad()
     def generate_ids(
-        self, frames: torch.Tensor, num_beams: int = 5, min_new_tokens: int = 5, max_new_tokens: int = 20
+        self, frames: torch.Tensor, num_beams: int = 5, min_new_tokens: int = 5, max_new_tokens: int = 20,
+        synced: bool = False,
     ) -> torch.Tensor:
-        """The new token ids `generate` decodes: (B, up to max_new_tokens), padded after each caption's end."""
+        """The new token ids `generate` decodes: (B, up to max_new_tokens), padded after each caption's end.
+
+        `synced`: every rank keeps stepping until all ranks' captions are done (FSDP layers gather their
+        parameters in collectives that all ranks must join)."""
         soft_prompt = self.encode(frames)
         prompt_ids = self.text.prompt_batch(soft_prompt.shape[0], frames.device)
         inputs = self.embed_with_soft_prompt(soft_prompt, prompt_ids)
@@ -125,4 +136,5 @@ class VideoCaptioner(nn.Module):
             max_new_tokens=max_new_tokens,
             eos_token_id=self.text.end_token_id,
             pad_token_id=self.text.tokenizer.pad_token_id,
+            synced_gpus=synced,
         )

@@ -53,6 +53,10 @@ class CaptionText:
         labels[:, : len(self.prompt_ids)] = -100
         return ids, mask, labels
 
+    def num_targets(self, captions: list[str]) -> int:
+        """How many tokens the loss predicts for these captions (the denominator of the token-mean loss)."""
+        return int((self.training_batch(captions, torch.device("cpu"))[2] != -100).sum())
+
     def prompt_batch(self, batch_size: int, device: torch.device) -> torch.Tensor:
         """The prompt's token ids (with BOS) repeated for a batch: the prefix that generation continues."""
         return torch.tensor(self.prompt_ids, device=device).expand(batch_size, -1)

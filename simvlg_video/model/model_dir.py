@@ -80,8 +80,10 @@ def load_model_dir(path: str | Path) -> tuple[VideoCaptioner, DictConfig]:
     return model, cfg
 
 
-def save_model_dir(model: nn.Module, cfg: DictConfig, out_dir: str | Path, base_dir: Path | None = None) -> Path:
-    """Write `cfg` and the trainable tensors; frozen pointers relative to `base_dir` become absolute."""
+def save_model_dir(model: nn.Module, cfg: DictConfig, out_dir: str | Path, base_dir: Path | None = None,
+                   tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write `cfg` and the trainable tensors (`tensors` when given, e.g. gathered from FSDP shards, else the
+    model's); frozen pointers relative to `base_dir` become absolute."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -89,7 +91,8 @@ def save_model_dir(model: nn.Module, cfg: DictConfig, out_dir: str | Path, base_
         if cfg.vit.get("weights"):
             cfg.vit.weights = str(_resolve(base_dir, cfg.vit.weights))
         cfg.lm.path = str(_resolve(base_dir, cfg.lm.path))
-    tensors = {k: v.detach().cpu().contiguous() for k, v in trainable_tensors(model, list(cfg.trainable)).items()}
+    if tensors is None:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in trainable_tensors(model, list(cfg.trainable)).items()}
     tmp_tensors = out_dir / (TRAINABLE_TENSORS + ".tmp")
     save_file(tensors, tmp_tensors)
     tmp_tensors.replace(out_dir / TRAINABLE_TENSORS)

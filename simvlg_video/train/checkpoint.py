@@ -1,14 +1,25 @@
-"""Training checkpoints: RUN_DIR/checkpoints/<step>/ with trainable tensors and optimiser/schedule/RNG state.
+"""Training checkpoints: RUN_DIR/checkpoints/<step>/ holding everything a run needs to continue exactly.
 
-A checkpoint folder is written under a temporary name and renamed when complete, so a crash never leaves a
-half-written folder that looks finished.
+```
+checkpoints/00001000/trainable.safetensors   trainable tensors (full, also when FSDP shards them)
+checkpoints/00001000/training_state.pt       step, optimiser, schedule, grad scaler, guards, best score, and per
+                                             rank: data position and RNG states (Python, NumPy, torch CPU/CUDA)
+checkpoints/best.json                        {"step", "metric", "value"} of the best validation score so far
+```
+A folder is written as `<step>.partial` and renamed when complete, and removed by renaming it to `.deleting` first,
+so a process killed at any moment never leaves a folder that looks complete but is not. Rank 0 writes; every rank
+takes part in gathering (FSDP tensors, per-rank state).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import random
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,9 +27,16 @@ from safetensors.torch import save_file
 from torch import nn
 
 from simvlg_video.model.model_dir import trainable_tensors
+from simvlg_video.model.state import read_tensors
+from simvlg_video.train.distributed import World, barrier, broadcast, gather, unwrap
+from simvlg_video.train.fsdp import is_sharded
+
+log = logging.getLogger(__name__)
 
 TRAINABLE = "trainable.safetensors"
 STATE = "training_state.pt"
+BEST = "best.json"
+_STEP_FOLDER = re.compile(r"\d{8}")
 
 
 def rng_state() -> dict:
@@ -28,30 +46,141 @@ def rng_state() -> dict:
     return state
 
 
-def save_checkpoint(
-    run_dir: Path,
-    step: int,
-    model: nn.Module,
-    trainable: list[str],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    extra: dict | None = None,
-) -> Path:
-    """Write checkpoint `step` atomically and return its folder."""
-    final = run_dir / "checkpoints" / f"{step:08d}"
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in trainable_tensors(model, trainable).items()}
-    save_file(tensors, partial / TRAINABLE)
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng_state(),
-        **(extra or {}),
-    }
-    torch.save(state, partial / STATE)
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
-    return final
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def full_trainable_tensors(model: nn.Module, trainable: list[str]) -> dict[str, torch.Tensor]:
+    """The trainable tensors whole, on the CPU; FSDP shards are gathered (a collective: call on every rank)."""
+    tensors = trainable_tensors(unwrap(model), trainable)
+    return {name: (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu().contiguous()
+            for name, t in tensors.items()}
+
+
+class Checkpoints:
+    """Saving, finding and loading the checkpoints of one run directory."""
+
+    def __init__(self, run_dir: Path, world: World = World(), keep_last: int = 2):
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        self.folder = Path(run_dir) / "checkpoints"
+        self.world = world
+        self.keep_last = keep_last
+
+    def complete(self) -> list[Path]:
+        """Finished checkpoint folders, oldest first."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.iterdir() if _STEP_FOLDER.fullmatch(p.name)
+                      and (p / TRAINABLE).is_file() and (p / STATE).is_file())
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint as rank 0 sees it (the same answer on every rank)."""
+        found = self.complete() if self.world.is_main else None
+        return broadcast(found[-1] if found else None, self.world)
+
+    def best(self) -> dict | None:
+        path = self.folder / BEST
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save(self, step: int, model: nn.Module, trainable: list[str], optimizer: torch.optim.Optimizer,
+             state: dict[str, Any], rank_state: dict[str, Any], best: dict | None = None) -> Path:
+        """Write checkpoint `step`; `state` is shared by the ranks, `rank_state` is this rank's (data position...).
+
+        With `best` ({"metric", "value"}), this checkpoint is the best so far and is kept whatever `keep_last` says.
+        """
+        inner = unwrap(model)
+        tensors = full_trainable_tensors(inner, trainable)
+        full_state = {**state, "step": step, "world_size": self.world.world_size,
+                      "optimizer": self._optimizer_state(inner, optimizer),
+                      "ranks": gather({**rank_state, "rng": rng_state()}, self.world)}
+        final = self.folder / f"{step:08d}"
+        if self.world.is_main:
+            partial = final.with_name(final.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            save_file(tensors, partial / TRAINABLE)
+            torch.save(full_state, partial / STATE)
+            if final.exists():
+                self._remove(final)
+            partial.rename(final)
+            if best is not None:
+                self._write_best({"step": step, **best})
+            self._prune()
+        barrier(self.world)
+        return final
+
+    def load(self, path: Path, model: nn.Module, trainable: list[str],
+             optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+        """Load tensors and optimiser state into the live objects and restore this rank's RNG states; returns
+        (shared state, this rank's state)."""
+        state = torch.load(path / STATE, map_location="cpu", weights_only=False)
+        if state["world_size"] != self.world.world_size:
+            raise SystemExit(f"error: checkpoint {path} was written by {state['world_size']} processes; resume it "
+                             f"with the same number (got {self.world.world_size}): each keeps its own data position")
+        inner = unwrap(model)
+        targets = trainable_tensors(inner, trainable)
+        stored = read_tensors(path / TRAINABLE)
+        if set(stored) != set(targets):
+            raise SystemExit(f"error: checkpoint {path / TRAINABLE} does not match the model: missing "
+                             f"{sorted(set(targets) - set(stored))[:5]}, unexpected {sorted(set(stored) - set(targets))[:5]}")
+        with torch.no_grad():
+            for name, target in targets.items():
+                target.copy_(_place_like(stored[name], target))
+        self._load_optimizer_state(inner, optimizer, state["optimizer"])
+        mine = state["ranks"][self.world.rank]
+        set_rng_state(mine["rng"])
+        return state, mine
+
+    @staticmethod
+    def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        if not is_sharded(model):
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    @staticmethod
+    def _load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict) -> None:
+        if not is_sharded(model):
+            optimizer.load_state_dict(saved)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, saved, options=StateDictOptions(full_state_dict=True))
+
+    def _write_best(self, best: dict) -> None:
+        temporary = self.folder / (BEST + ".tmp")
+        temporary.write_text(json.dumps(best) + "\n")
+        temporary.replace(self.folder / BEST)
+
+    def _prune(self) -> None:
+        """Keep the newest `keep_last` checkpoints and the best one."""
+        best = self.best()
+        keep = {p.name for p in self.complete()[-self.keep_last:]}
+        if best is not None:
+            keep.add(f"{best['step']:08d}")
+        for path in self.complete():
+            if path.name not in keep:
+                self._remove(path)
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        doomed = path.with_name(path.name + ".deleting")
+        shutil.rmtree(doomed, ignore_errors=True)
+        path.rename(doomed)
+        shutil.rmtree(doomed)
+
+
+def _place_like(full: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A stored full tensor shaped as `target` is: this rank's shard for an FSDP DTensor, else as it is."""
+    if hasattr(target, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(full.to(target.dtype), target.device_mesh, target.placements)
+    return full.to(target.device, target.dtype)

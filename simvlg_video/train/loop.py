@@ -1,4 +1,10 @@
-"""The training loop: one captioning loss, optimiser and schedule steps, progress bar and logged metrics."""
+"""The training loop: one captioning loss, accumulation over micro-batches and ranks, guarded optimiser steps.
+
+Every global batch (micro-batches x ranks) is normalised by its total number of caption tokens, so the loss and the
+gradients equal those of one process taking the whole batch at once: the choice of world size and accumulation
+changes speed, not results. The host never waits for the device except at log steps (loss, counters) and once at
+the end.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from simvlg_video.train.distributed import World, sum_over_ranks, unwrap
+from simvlg_video.train.guards import GradNormWatch, NonFiniteGuard
 
 Batch = tuple[torch.Tensor, list[str]]
 
@@ -21,17 +31,29 @@ Batch = tuple[torch.Tensor, list[str]]
 class FitResult:
     """What a training run did, for the run summary."""
 
-    steps: int = 0
-    losses: list[float] = field(default_factory=list)
+    steps: int = 0  # optimiser steps taken in this call (skipped ones excluded)
+    losses: list[float] = field(default_factory=list)  # the global batch's loss at each finite step
     skipped_nonfinite: int = 0
     seconds: float = 0.0
-    videos: int = 0
+    videos: int = 0  # over all ranks
+    data_wait_seconds: float = 0.0  # this rank's time spent waiting for batches
+    skipped_clips: int = 0  # clips that could not be decoded (this rank's, over the whole run)
     peak_memory_gib: float = 0.0
     memory_kind: str = ""  # "GPU allocated" (torch's peak on the device) or "process RSS" (CPU runs)
 
     @property
     def videos_per_second(self) -> float:
         return self.videos / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class StepSettings:
+    """How one optimiser step is taken."""
+
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs a GradScaler)
+    grad_clip: float | None = 1.0
+    accumulation: int = 1  # micro-batches per optimiser step on each rank
+    log_every: int = 10
 
 
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -50,66 +72,163 @@ def fit(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     steps: int,
-    precision: str = "fp32",
-    grad_clip: float | None = 1.0,
-    log_every: int = 10,
+    settings: StepSettings | None = None,
+    *,
+    start_step: int = 0,
+    scaler: torch.amp.GradScaler | None = None,
+    world: World = World(),
+    guard: NonFiniteGuard | None = None,
+    grad_watch: GradNormWatch | None = None,
     on_log: Callable[[dict], None] | None = None,
+    on_step_end: Callable[[int], None] | None = None,
     desc: str = "train",
     show_progress: bool = True,
 ) -> FitResult:
-    """Run `steps` optimiser steps on the captioning loss; a step whose loss is not finite is skipped and counted.
+    """Train from `start_step` to `steps`; `model` may be wrapped in DDP or sharded by FSDP.
 
-    With a fused optimiser (build_optimizer's AdamW) the skip happens on the device (the optimiser's `found_inf`,
-    as GradScaler uses it), so a step never waits for the device: the host reads the loss only every `log_every`
-    steps and once at the end. Other optimisers read each step's loss to decide.
+    A step whose global gradient norm is not finite is skipped on the device (the fused AdamW's `found_inf`, as
+    GradScaler uses it) and counted by `guard`, which stops the run after too many in a row. `on_log` gets a record
+    every `log_every` steps (rank 0 only); `on_step_end(step)` runs on every rank after each step (checkpoints,
+    validation).
     """
-    result = FitResult()
+    settings = settings or StepSettings()
+    if settings.accumulation < 1:
+        raise ValueError(f"accumulation must be >= 1, got {settings.accumulation}")
+    if settings.precision == "fp16" and scaler is None:
+        raise ValueError("precision fp16 needs a GradScaler (fp16 gradients underflow without loss scaling)")
+    device = next(unwrap(model).parameters()).device
+    guard = guard or NonFiniteGuard(max_in_a_row=10**9, device=device)
+    grad_watch = grad_watch or GradNormWatch()
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    skip_on_device = getattr(optimizer, "_step_supports_amp_scaling", False)
-    losses: list[torch.Tensor] = []
-    skipped: list[torch.Tensor] = []
+    step_losses: list[torch.Tensor] = []
+    result = FitResult()
+    interval = _Interval(device)
     model.train()
     started = time.perf_counter()
-    progress = tqdm(range(steps), desc=desc, disable=not show_progress, dynamic_ncols=True)
+    progress = tqdm(range(start_step, steps), desc=desc, initial=start_step, total=steps, dynamic_ncols=True,
+                    disable=not (show_progress and world.is_main))
     for step in progress:
-        frames, captions = next(batches)
-        with autocast_for(frames.device, precision):
-            loss = model(frames, captions)
-        optimizer.zero_grad(set_to_none=True)
-        not_finite = ~torch.isfinite(loss.detach())
-        if not skip_on_device and not_finite.item():
-            skipped.append(not_finite)
-            continue
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else math.inf)
-        if skip_on_device:
-            optimizer.found_inf = not_finite.float()
-            optimizer.step()
-            del optimizer.found_inf
-            skipped.append(not_finite)
-        else:
-            optimizer.step()
+        waiting = time.perf_counter()
+        micro_batches = [next(batches) for _ in range(settings.accumulation)]
+        interval.data_wait += time.perf_counter() - waiting
+        loss, grad_norm, bad = _optimiser_step(model, micro_batches, optimizer, scaler, params, settings, world)
         scheduler.step()
-        losses.append(loss.detach())
-        result.videos += frames.shape[0]
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            value = loss.item()
-            progress.set_postfix(loss=f"{value:.3f}")
-            if on_log is not None:
-                on_log({"step": step + 1, "loss": value, "lr": scheduler.get_last_lr()[0],
-                        "grad_norm": float(grad_norm)})
+        guard.update(bad)
+        step_losses.append(loss)
+        interval.add(len(micro_batches), sum(frames.shape[0] for frames, _ in micro_batches), grad_norm, bad)
+        if (step + 1) % settings.log_every == 0 or step + 1 == steps:
+            record = interval.record(step + 1, loss, grad_norm, scheduler.get_last_lr()[0], world)
+            record["grad_norm_spike"] = grad_watch.is_spike(record["grad_norm_max"], step + 1)
+            result.videos += record.pop("videos")
+            result.data_wait_seconds += record["data_wait_s"]
+            progress.set_postfix(loss=f"{record['loss']:.3f}")
+            if on_log is not None and world.is_main:
+                on_log(record)
+            guard.check(step + 1)
+        if on_step_end is not None:  # checkpoints and validation: not training time
+            paused = time.perf_counter()
+            on_step_end(step + 1)
+            model.train()  # validation leaves the model in eval mode (frozen parts stay in eval regardless)
+            interval.started += time.perf_counter() - paused
+            started += time.perf_counter() - paused
     result.seconds = time.perf_counter() - started
-    result.skipped_nonfinite = int(torch.stack(skipped).sum()) if skipped else 0
-    finite = [value for value in torch.stack(losses).tolist() if math.isfinite(value)] if losses else []
-    result.losses = finite
-    result.steps = len(finite)
-    result.peak_memory_gib, result.memory_kind = peak_memory(next(model.parameters()).device)
+    if step_losses:
+        totals = sum_over_ranks(torch.stack(step_losses), world).tolist()
+        result.losses = [value for value in totals if math.isfinite(value)]
+    result.steps = len(result.losses)
+    result.skipped_nonfinite = int(guard.skipped)
+    result.peak_memory_gib, result.memory_kind = peak_memory(device)
     return result
 
 
+def _optimiser_step(model, micro_batches, optimizer, scaler, params, settings, world):
+    """Forward/backward over the micro-batches, clip, step; returns (this rank's share of the loss, global grad
+    norm, bool tensor: step skipped)."""
+    inner = unwrap(model)
+    local_targets = sum(inner.text.num_targets(captions) for _, captions in micro_batches)
+    num_targets = int(sum_over_ranks(torch.tensor(local_targets), world))
+    optimizer.zero_grad(set_to_none=True)
+    share = None
+    for index, (frames, captions) in enumerate(micro_batches):
+        last = index == len(micro_batches) - 1
+        no_sync = getattr(model, "no_sync", None) if not last else None
+        with no_sync() if no_sync is not None else contextlib.nullcontext():
+            with autocast_for(frames.device, settings.precision):
+                loss = model(frames, captions, num_targets=num_targets)
+            # DDP and FSDP average gradients over ranks; each rank's loss is already its share of the global mean.
+            scaled = loss * world.world_size
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        share = loss.detach().float() if share is None else share + loss.detach().float()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip if settings.grad_clip else math.inf)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    bad = ~torch.isfinite(grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    elif getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.found_inf = bad.float()
+        optimizer.step()
+        del optimizer.found_inf
+    elif not bad.item():
+        optimizer.step()
+    return share, grad_norm, bad
+
+
+class _Interval:
+    """Throughput, data wait and grad-norm maximum between two log steps."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.started = time.perf_counter()
+        self.data_wait = 0.0
+        self.micro_batches = 0
+        self.videos = 0
+        self.grad_norm_max = torch.zeros((), device=self.device)
+
+    def add(self, micro_batches: int, videos: int, grad_norm: torch.Tensor, bad: torch.Tensor) -> None:
+        self.micro_batches += micro_batches
+        self.videos += videos
+        finite_norm = torch.where(bad, torch.zeros_like(grad_norm), grad_norm.detach().float())
+        torch.maximum(self.grad_norm_max, finite_norm, out=self.grad_norm_max)
+
+    def record(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float, world: World) -> dict:
+        """The log record (reads the device once): global loss, videos/s over all ranks, this rank's data wait."""
+        stats = torch.stack([loss, loss.new_tensor(float(self.videos))])
+        loss_value, videos = sum_over_ranks(stats, world).tolist()
+        seconds = time.perf_counter() - self.started
+        record = {"phase": "train", "step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
+                  "grad_norm_max": float(self.grad_norm_max), "videos_per_s": videos / seconds if seconds else 0.0,
+                  "data_wait_s": self.data_wait, "videos": int(videos)}
+        self._reset()
+        return record
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start peak-memory accounting afresh (one run of a sweep must not report the previous run's peak).
+
+    GPU: torch's counter. CPU on Linux: the kernel's peak-RSS mark (VmHWM), reset through /proc/self/clear_refs.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def peak_memory(device: torch.device) -> tuple[float, str]:
-    """(GiB, what it measures): torch's peak allocation on a GPU since its last reset, else the process's peak RSS."""
+    """(GiB, what it measures): torch's peak allocation on a GPU since its last reset, else the process's peak
+    resident memory (since `reset_peak_memory` on Linux; the process's lifetime peak elsewhere)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30, "GPU allocated"
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20, "process RSS"
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return (kib / 2**30 if sys.platform == "darwin" else kib / 2**20), "process RSS"

@@ -1,0 +1,34 @@
+"""Running the real commands in subprocesses, as users do, for the end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TINY_RUN = [
+    "data.synthetic.num_clips=21", "data.synthetic.height=64", "data.synthetic.width=64", "data.synthetic.duration=1.0",
+    "train.steps=3", "train.batch_size=4", "train.num_workers=0", "train.warmup_steps=1",
+    "eval.batch_size=8", "eval.num_beams=2", "eval.max_new_tokens=6",
+]
+
+
+def command_env(cwd: Path) -> dict[str, str]:
+    return {**os.environ, "SIMVLG_VIDEO_CACHE": str(cwd / "cache"), "OMP_NUM_THREADS": "1"}
+
+
+def run_module(module: str, *args: str, cwd: Path, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m module args` (or `launcher -m module args`, e.g. torchrun) with the test's own data cache."""
+    command = [*(launcher or [sys.executable]), "-m", module, *args]
+    return subprocess.run(command, cwd=cwd, env=command_env(cwd), capture_output=True, text=True, timeout=600)
+
+
+def records(run_dir: Path, phase: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record.get("phase") == phase]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    return {record["step"]: record["loss"] for record in records(run_dir, "train")}

@@ -1,0 +1,91 @@
+"""Checkpoints: complete or invisible, pruned to the last K plus the best, and a load restores the exact state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from simvlg_video.train.checkpoint import Checkpoints
+from simvlg_video.train.distributed import World
+from simvlg_video.train.optim import build_optimizer
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(3, 2)
+        self.frozen = nn.Linear(3, 3).requires_grad_(False)
+
+
+def trained(seed: int = 0) -> tuple[Tiny, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = Tiny()
+    optimizer = build_optimizer(model, lr=0.1)
+    model.head(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def save(checkpoints: Checkpoints, step: int, model: Tiny, optimizer, best: dict | None = None) -> Path:
+    return checkpoints.save(step, model, ["head"], optimizer, {"note": step}, {"position": step * 10}, best=best)
+
+
+def test_keeps_the_newest_and_the_best(tmp_path: Path):
+    checkpoints = Checkpoints(tmp_path, keep_last=2)
+    model, optimizer = trained()
+    save(checkpoints, 2, model, optimizer, best={"metric": "CIDEr", "value": 0.9})
+    for step in (4, 6, 8):
+        save(checkpoints, step, model, optimizer)
+    assert [p.name for p in checkpoints.complete()] == ["00000002", "00000006", "00000008"]
+    assert checkpoints.best() == {"step": 2, "metric": "CIDEr", "value": 0.9}
+    save(checkpoints, 10, model, optimizer, best={"metric": "CIDEr", "value": 1.1})
+    assert [p.name for p in checkpoints.complete()] == ["00000008", "00000010"]
+
+
+def test_half_written_and_half_deleted_folders_are_never_chosen(tmp_path: Path):
+    checkpoints = Checkpoints(tmp_path)
+    model, optimizer = trained()
+    save(checkpoints, 4, model, optimizer)
+    partial = tmp_path / "checkpoints" / "00000006.partial"
+    partial.mkdir()
+    (partial / "trainable.safetensors").write_bytes(b"trunc")
+    (tmp_path / "checkpoints" / "00000009.deleting").mkdir()
+    copied = tmp_path / "checkpoints" / "00000007"  # a folder that lost its state file
+    copied.mkdir()
+    (copied / "trainable.safetensors").write_bytes((checkpoints.latest() / "trainable.safetensors").read_bytes())
+    assert checkpoints.latest().name == "00000004"
+    save(checkpoints, 6, model, optimizer)  # rewriting a step replaces its leftover partial folder
+    assert checkpoints.latest().name == "00000006" and not partial.exists()
+
+
+def test_load_restores_tensors_optimiser_and_rng(tmp_path: Path):
+    checkpoints = Checkpoints(tmp_path)
+    model, optimizer = trained(seed=0)
+    folder = save(checkpoints, 3, model, optimizer)
+    expected_draw = torch.rand(5)
+    expected_state = {k: v.clone() for k, v in optimizer.state[model.head.weight].items()}
+
+    other, other_optimizer = trained(seed=1)
+    frozen_before = other.frozen.weight.clone()
+    state, mine = checkpoints.load(folder, other, ["head"], other_optimizer)
+
+    assert state["note"] == 3 and state["step"] == 3 and mine["position"] == 30
+    assert torch.equal(other.head.weight, model.head.weight) and torch.equal(other.head.bias, model.head.bias)
+    assert torch.equal(other.frozen.weight, frozen_before), "frozen tensors are not part of a checkpoint"
+    for key, value in other_optimizer.state[other.head.weight].items():
+        assert torch.equal(value, expected_state[key]), key
+    assert torch.equal(torch.rand(5), expected_draw), "torch's RNG continues where the saved run was"
+
+
+def test_a_checkpoint_of_another_world_size_or_model_is_refused(tmp_path: Path):
+    model, optimizer = trained()
+    folder = save(Checkpoints(tmp_path), 1, model, optimizer)
+    two = Checkpoints(tmp_path, world=World(rank=0, world_size=2))
+    with pytest.raises(SystemExit, match="written by 1 processes.*got 2"):
+        two.load(folder, model, ["head"], optimizer)
+    model.head = nn.Linear(3, 2, bias=False)
+    with pytest.raises(SystemExit, match=r"missing \[\].*unexpected \['head.bias'\]"):
+        Checkpoints(tmp_path).load(folder, model, ["head"], optimizer)
