@@ -176,7 +176,7 @@ def test_bad_arguments_raise_value_error(numbered_mp4: Path) -> None:
 
 def write_long_gop_video(path: Path, num_frames: int = 60, gop: int = 25, open_gop: bool = False) -> Path:
     """Numbered frames with B-frames and a keyframe every ``gop`` frames (optionally open GOPs)."""
-    params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=3" + (":open-gop=1" if open_gop else "")
+    params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=3:b-adapt=0" + (":open-gop=1" if open_gop else "")
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=FPS)
         stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
@@ -217,3 +217,21 @@ def test_rotated_file_is_turned_upright_and_auto_does_not_trust_decord(tmp_path:
     assert upright.shape == (64, 32, 3)
     assert frame_number(np.rot90(upright, -1)) == 5  # turned counter-clockwise by 90 degrees, as players show it
     np.testing.assert_array_equal(read_frames(path, [1], "auto")[0], upright)
+
+
+def test_pyav_does_not_decode_unwanted_frames_nothing_refers_to(tmp_path: Path, monkeypatch) -> None:
+    from simvlg_video.data import pyav_backend
+
+    path = write_long_gop_video(tmp_path / "gop.mp4")  # B-frames: most of them are referenced by no other frame
+    decoded = []
+    real = pyav_backend._decoded_frames
+
+    def counted(*args, **kwargs):
+        for frame in real(*args, **kwargs):
+            decoded.append(frame.pts)
+            yield frame
+
+    monkeypatch.setattr(pyav_backend, "_decoded_frames", counted)
+    frames = read_frames(path, [23], "pyav")
+    assert frame_number(frames[0]) == 23
+    assert len(decoded) < 20, f"{len(decoded)} frames decoded to reach frame 23 of its 25-frame group of pictures"

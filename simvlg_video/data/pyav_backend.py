@@ -3,7 +3,8 @@
 One demux pass (no decoding) lists every packet's timestamp, which gives each frame its number in presentation
 order (the order decord numbers frames in) and says where the keyframes are. Frames are then decoded from the
 keyframe at or before each wanted frame, so a frame late in a long video costs one group of pictures, not the
-whole video, and a keyframe costs one frame. Packets past the first partial one (a truncated file) are never
+whole video, and a keyframe costs one frame. On the way, frames that are neither wanted nor referenced by other
+frames (most B-frames) are not decoded at all. Packets past the first partial one (a truncated file) are never
 sent to the decoder. Frames are turned upright when the file carries a display rotation.
 """
 
@@ -99,15 +100,22 @@ def _index_packets(container, stream) -> _PacketIndex:
     return _PacketIndex([timestamps[i] for i in order], keyframes, len(timestamps))
 
 
-def _decoded_frames(container, stream):
-    """Frames from the current read position on: complete packets only, then the decoder's buffered frames."""
+def _decoded_frames(container, stream, unwanted=None):
+    """Frames from the current read position on: complete packets only, then the decoder's buffered frames.
+
+    `unwanted(packet)`: True for a packet whose frame is not needed. The decoder then skips it if no other frame
+    refers to it (FFmpeg's skip_frame=NONREF, e.g. most B-frames), which leaves every other frame bit-identical.
+    """
     codec = stream.codec_context
     for packet in container.demux(stream):
         if packet.size == 0:
             continue
         if packet.is_corrupt:
             break
+        if unwanted is not None:
+            codec.skip_frame = "NONREF" if unwanted(packet) else "DEFAULT"
         yield from codec.decode(packet)
+    codec.skip_frame = "DEFAULT"
     yield from codec.decode(None)
 
 
@@ -130,15 +138,20 @@ def _decode_with_seeks(container, stream, index: _PacketIndex, wanted: list[int]
     skips the frames in between. Every seek must produce its target, so a file whose timestamps lie cannot loop.
     """
     number_of = {pts: number for number, pts in enumerate(index.timestamps)}
+    wanted_set = set(wanted)
     found: dict[int, np.ndarray] = {}
     codec = stream.codec_context
     position = 0
+
+    def unwanted(packet) -> bool:
+        return number_of.get(packet.pts) not in wanted_set
+
     while position < len(wanted):
         target = wanted[position]
         start = _keyframe_at_or_before(index.keyframes, target)
         container.seek(index.timestamps[start], stream=stream, backward=True, any_frame=False)
         codec.flush_buffers()
-        for frame in _decoded_frames(container, stream):
+        for frame in _decoded_frames(container, stream, unwanted):
             number = number_of.get(frame.pts)
             if number is None or number < start:
                 continue
