@@ -71,12 +71,13 @@ def plot_loss_curves(runs: list[RunResult], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 5 + 0.25 * len(runs)), layout="constrained")
     drawn = 0
     common = common_overrides(runs)
+    palette = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")  # a colour per run up to 20 runs
     for i, run in enumerate(runs):
         if not run.loss:
             continue
         steps, losses = zip(*run.loss)
         label = _wrap(f"{run.name}: {own_overrides(run, common)}" + ("" if run.finished else " (unfinished)"), 70)
-        ax.plot(steps, losses, color=f"C{i % 10}", linestyle="-" if run.finished else "--", linewidth=1,
+        ax.plot(steps, losses, color=palette(i % palette.N), linestyle="-" if run.finished else "--", linewidth=1,
                 marker="o" if len(steps) == 1 else None, label=label)
         drawn += 1
     ax.set_xlabel("step")
