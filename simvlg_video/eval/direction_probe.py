@@ -1,0 +1,101 @@
+"""Is the direction in the soft prompt? A linear probe for each pair of opposite motions of the synthetic set.
+
+    python -m simvlg_video.eval.direction_probe RUN_DIR [--train-clips 240]
+
+When a run's captions confuse two opposite motions, either the video side never told them apart or the frozen LM
+cannot be steered to say the right word. The probe separates the two: it fits a ridge classifier on the soft
+prompts (the LM's visual input) of training clips and scores it on test clips, per pair, and prints it next to how
+often the run's captions name the right motion of that pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from simvlg_video.data.dataset import VideoClipDataset
+from simvlg_video.data.manifest import ClipRecord, read_manifest
+from simvlg_video.eval.shape_accuracy import parse_motion
+from simvlg_video.model.captioner import VideoCaptioner
+from simvlg_video.run_dir import eval_settings, load_run_config, load_run_model
+
+PAIRS = (("left", "right"), ("up", "down"), ("grow", "shrink"))
+
+
+def ridge_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                strength: float = 10.0) -> tuple[float, float]:
+    """(train accuracy, test accuracy) of a ridge classifier on boolean labels (closed form, standardised inputs)."""
+    mean, scale = train_x.mean(0), train_x.std(0) + 1e-6
+    design = np.c_[(train_x - mean) / scale, np.ones(len(train_x))]
+    targets = np.where(train_y, 1.0, -1.0)
+    weights = np.linalg.solve(design.T @ design + strength * np.eye(design.shape[1]), design.T @ targets)
+    scores = np.c_[(test_x - mean) / scale, np.ones(len(test_x))] @ weights
+    return float(((design @ weights > 0) == train_y).mean()), float(((scores > 0) == test_y).mean())
+
+
+@torch.no_grad()
+def soft_prompts(model: VideoCaptioner, records: list[ClipRecord], settings: dict) -> np.ndarray:
+    """The flattened soft prompt of each clip, frames sampled and transformed as the run evaluates."""
+    device = next(model.parameters()).device
+    dataset = VideoClipDataset(records, num_frames=settings["num_frames"], sampler=settings["sampler"], train=False,
+                               backend=settings["backend"], decode_timeout=settings["decode_timeout"])
+    model.eval()
+    rows = []
+    for index in tqdm(range(len(records)), desc="soft prompts", dynamic_ncols=True):
+        item = dataset[index]
+        if "error" in item:
+            raise SystemExit(f"error: cannot decode {item['video']}: {item['error']}")
+        frames = settings["transform"]([torch.as_tensor(np.asarray(item["frames"]))], device=device)
+        rows.append(model.encode(frames)[0].float().flatten().cpu().numpy())
+    return np.stack(rows)
+
+
+def probe_run(run_dir: Path, train_clips: int = 240) -> list[dict]:
+    """One row per opposite pair: probe accuracy (train, test) and the run's caption accuracy on the test clips."""
+    cfg = load_run_config(run_dir)
+    model, model_cfg = load_run_model(run_dir)
+    settings = eval_settings(cfg, model_cfg)
+    records = read_manifest(cfg.data.manifest)
+    predictions_file = run_dir / "eval" / f"{cfg.eval.split}_predictions.json"
+    if not predictions_file.is_file():
+        raise SystemExit(f"error: {predictions_file} not found (run `python -m simvlg_video.evaluate --ckpt {run_dir}`)")
+    captions = {row["clip_id"]: row["caption"] for row in json.loads(predictions_file.read_text())}
+    rows = []
+    for pair in PAIRS:
+        train = [r for r in records if r.split == cfg.data.train_split and r.attributes.get("motion") in pair]
+        test = [r for r in records if r.split == cfg.eval.split and r.attributes.get("motion") in pair]
+        if not train or not test:
+            continue
+        train = train[:train_clips]
+        train_acc, test_acc = ridge_probe(
+            soft_prompts(model, train, settings), np.array([r.attributes["motion"] == pair[0] for r in train]),
+            soft_prompts(model, test, settings), np.array([r.attributes["motion"] == pair[0] for r in test]))
+        said = [parse_motion(captions.get(r.clip_id, "")) == r.attributes["motion"] for r in test]
+        rows.append({"pair": "/".join(pair), "train_clips": len(train), "test_clips": len(test),
+                     "probe_train_acc": train_acc, "probe_test_acc": test_acc, "caption_acc": float(np.mean(said))})
+    if not rows:
+        raise SystemExit(f"error: {cfg.data.manifest} has no clips with opposite motions in its train and test splits")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="a run directory of the synthetic motion set")
+    parser.add_argument("--train-clips", type=int, default=240, help="training clips per pair for the probe")
+    args = parser.parse_args(argv)
+    rows = probe_run(args.run_dir, args.train_clips)
+    print("| pair | probe on soft prompts: train / test | captions naming the right motion | test clips |")
+    print("|---|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['pair']} | {100 * row['probe_train_acc']:.0f}% / {100 * row['probe_test_acc']:.0f}% "
+              f"| {100 * row['caption_acc']:.0f}% | {row['test_clips']} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
