@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.data_tools import shapes
+from simvlg_video.data_tools.lm_context_check import describe, motion_from_context
 from simvlg_video.data_tools.tiny_lm import train_tiny_lm
 from simvlg_video.model.freeze import apply_freeze_policy
 from simvlg_video.model.model_dir import build_captioner, save_model_dir
@@ -71,13 +72,15 @@ def image_batches(
             yield transform(clips, generator=generator), captions
 
 
-def build(out_dir: Path, steps: int, lm_steps: int, num_images: int, seed: int, show_progress: bool = True) -> Path:
+def build(out_dir: Path, steps: int, lm_steps: int, num_images: int, seed: int, show_progress: bool = True,
+          lm_lr: float = 3e-3) -> Path:
     """Run both stages and write the model directory to `out_dir` (replaced atomically when complete)."""
     torch.manual_seed(seed)
     work = out_dir.with_name(out_dir.name + ".building")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    train_tiny_lm(shapes.caption_groups(), work / "lm", steps=lm_steps, seed=seed, show_progress=show_progress)
+    train_tiny_lm(shapes.caption_groups(), work / "lm", steps=lm_steps, lr=lm_lr, seed=seed,
+                  show_progress=show_progress)
 
     cfg = OmegaConf.create(TINY_MODEL)
     cfg.vit.weights = None
@@ -103,14 +106,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=BUNDLED, help="model directory to write (default: the bundled one)")
     parser.add_argument("--steps", type=int, default=2000, help="image-stage optimiser steps")
     parser.add_argument("--lm-steps", type=int, default=400, help="steps of LM training on the caption corpus")
+    parser.add_argument("--lm-lr", type=float, default=3e-3, help="peak learning rate of the LM's caption training")
     parser.add_argument("--num-images", type=int, default=4000, help="rendered training frames")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (fixed so the rebuild is bit-identical)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
-    out = build(args.out, args.steps, args.lm_steps, args.num_images, args.seed)
-    print(f"wrote {out}")
+    out = build(args.out, args.steps, args.lm_steps, args.num_images, args.seed, lm_lr=args.lm_lr)
+    print(f"wrote {out}; its LM takes the motion word from context: {describe(motion_from_context(out / 'lm'))}")
 
 
 if __name__ == "__main__":
