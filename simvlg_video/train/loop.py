@@ -115,7 +115,7 @@ def fit(
         scheduler.step()
         guard.update(bad)
         step_losses.append(loss)
-        interval.add(len(micro_batches), sum(frames.shape[0] for frames, _ in micro_batches), grad_norm, bad)
+        interval.add(sum(frames.shape[0] for frames, _ in micro_batches), grad_norm, bad)
         if (step + 1) % settings.log_every == 0 or step + 1 == steps:
             record = interval.record(step + 1, loss, grad_norm, scheduler.get_last_lr()[0], world)
             record["grad_norm_spike"] = grad_watch.is_spike(record["grad_norm_max"], step + 1)
@@ -186,12 +186,10 @@ class _Interval:
     def _reset(self) -> None:
         self.started = time.perf_counter()
         self.data_wait = 0.0
-        self.micro_batches = 0
         self.videos = 0
         self.grad_norm_max = torch.zeros((), device=self.device)
 
-    def add(self, micro_batches: int, videos: int, grad_norm: torch.Tensor, bad: torch.Tensor) -> None:
-        self.micro_batches += micro_batches
+    def add(self, videos: int, grad_norm: torch.Tensor, bad: torch.Tensor) -> None:
         self.videos += videos
         finite_norm = torch.where(bad, torch.zeros_like(grad_norm), grad_norm.detach().float())
         torch.maximum(self.grad_norm_max, finite_norm, out=self.grad_norm_max)
