@@ -1,25 +1,18 @@
-"""Temporal adapters for a frozen image ViT, and how they are patched into a timm model instance."""
+"""Temporal adapters for a frozen image captioner, and how they are patched into a model instance."""
 
-from simvlg_video.adapters.patch import (
-    AdapterModule,
-    TemporalEvaBlock,
-    TemporalVitBlock,
-    adapter_modules,
-    adapter_parameters,
-    add_temporal_adapters,
-    num_frames_context,
-    remove_temporal_adapters,
-)
+from simvlg_video.adapters.patch import add_temporal_adapters, remove_temporal_adapters, resolve_blocks
+from simvlg_video.adapters.placements import PLACEMENTS, MergedTokens, NoAdapter, Reference
 from simvlg_video.adapters.temporal import TemporalAttentionMerge
+from simvlg_video.adapters.token_pool import TemporalTokenPool
 
 __all__ = [
-    "AdapterModule",
+    "PLACEMENTS",
+    "MergedTokens",
+    "NoAdapter",
+    "Reference",
     "TemporalAttentionMerge",
-    "TemporalEvaBlock",
-    "TemporalVitBlock",
-    "adapter_modules",
-    "adapter_parameters",
+    "TemporalTokenPool",
     "add_temporal_adapters",
-    "num_frames_context",
     "remove_temporal_adapters",
+    "resolve_blocks",
 ]

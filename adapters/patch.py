@@ -1,21 +1,18 @@
-"""Patch temporal adapters into an existing timm ViT instance, and find adapters anywhere in a model.
+"""Patch temporal adapters into an existing timm ViT instance.
 
 Patching swaps the class of each chosen block for a subclass whose forward calls the block's own sublayers with
 `temporal_merge` between the attention and MLP residuals. Nothing is rebuilt or copied, so the base parameter names
 stay as they were and a base state dict loads before or after patching; the new tensors are
 `blocks.{i}.temporal_merge.{query,key}.{weight,bias}` and `blocks.{i}.temporal_merge.alpha`.
 
-The number of frames per clip is per-forward state. It lives in one small dict on the ViT (`vit._temporal_info`),
-shared by reference with every patched block, and is set for the duration of a forward by `num_frames_context`.
-Note: recomputation by activation checkpointing happens during backward, outside that context; wrap the backward
-in the same context if you checkpoint patched blocks.
+How many frames make a clip is per-forward state: the ViT's `clip_state` dict (see `simvlg_video.model.vit`), shared
+by reference with every patched block and set around a forward by `clip_length(vit, T)`. Recomputation by
+activation checkpointing happens during backward, outside that context: the captioner re-enters it there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
 
 import torch
 from timm.models.eva import EvaBlock
@@ -23,35 +20,9 @@ from timm.models.vision_transformer import Block as VitBlock
 from torch import nn
 
 from simvlg_video.adapters.temporal import TemporalAttentionMerge
+from simvlg_video.model.vit import clip_state
 
-_INFO = "_temporal_info"
-
-
-@runtime_checkable
-class AdapterModule(Protocol):
-    """Adapter protocol: a module that names its own parameters that train when adapters train."""
-
-    def adapter_params(self) -> list[str]: ...
-
-
-def adapter_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every adapter module inside `module` (outermost ones; adapters nested inside another are covered by it)."""
-    found: list[tuple[str, nn.Module]] = []
-    for name, sub in module.named_modules():
-        inside_found = any(outer == "" or name.startswith(f"{outer}.") for outer, _ in found)
-        if isinstance(sub, AdapterModule) and not inside_found:
-            found.append((name, sub))
-    return found
-
-
-def adapter_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """(qualified name, parameter) of every parameter the adapters inside `module` declare as theirs."""
-    params: dict[str, nn.Parameter] = {}
-    for prefix, adapter in module.named_modules():
-        if isinstance(adapter, AdapterModule):
-            for name in adapter.adapter_params():
-                params.setdefault(f"{prefix}.{name}" if prefix else name, adapter.get_parameter(name))
-    return list(params.items())
+_CLIP = "_clip_state"
 
 
 class _TemporalBlock:
@@ -66,11 +37,11 @@ class _TemporalBlock:
         return x + self._mlp_branch(x)
 
     def _num_frames(self) -> int:
-        num_frames = getattr(self, _INFO)["num_frames"]
+        num_frames = getattr(self, _CLIP)["num_frames"]
         if num_frames is None:
             raise RuntimeError(
                 "a ViT block with a temporal adapter ran without the number of frames per clip; run the ViT "
-                "inside `with num_frames_context(vit, num_frames):` on the ViT that was patched"
+                "inside `with clip_length(vit, num_frames):` on the ViT that was patched"
             )
         return num_frames
 
@@ -102,31 +73,6 @@ _PATCHED_CLASS: dict[type, type] = {EvaBlock: TemporalEvaBlock, VitBlock: Tempor
 _BASE_CLASS: dict[type, type] = {patched: base for base, patched in _PATCHED_CLASS.items()}
 
 
-def _shared_info(vit: nn.Module) -> dict:
-    """The ViT's per-forward state dict, created on first use."""
-    if not hasattr(vit, _INFO):
-        setattr(vit, _INFO, {"num_frames": None})
-    return getattr(vit, _INFO)
-
-
-@contextmanager
-def num_frames_context(vit: nn.Module, num_frames: int) -> Iterator[None]:
-    """Within the block, every patched block of `vit` treats its batch as clips of `num_frames` consecutive frames.
-
-    Works on an unpatched ViT too (then nothing reads it), so callers need not know whether adapters are present.
-    The previous value is restored on exit, so contexts nest.
-    """
-    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-        raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
-    info = _shared_info(vit)
-    previous = info["num_frames"]
-    info["num_frames"] = num_frames
-    try:
-        yield
-    finally:
-        info["num_frames"] = previous
-
-
 def _vit_blocks(vit: nn.Module) -> nn.ModuleList | nn.Sequential:
     blocks = getattr(vit, "blocks", None)
     if not isinstance(blocks, (nn.ModuleList, nn.Sequential)):
@@ -134,7 +80,7 @@ def _vit_blocks(vit: nn.Module) -> nn.ModuleList | nn.Sequential:
     return blocks
 
 
-def _resolve_indices(blocks: str | int | Sequence[int], last_k: int | None, depth: int) -> list[int]:
+def resolve_blocks(blocks: str | int | Sequence[int], last_k: int | None, depth: int) -> list[int]:
     """Block indices from "all", "last_k" (with `last_k`), one index, or a list of indices."""
     valid = f"valid block indices are 0..{depth - 1}"
     if last_k is not None and blocks != "last_k":
@@ -149,7 +95,7 @@ def _resolve_indices(blocks: str | int | Sequence[int], last_k: int | None, dept
         raise ValueError(f"blocks must be 'all', 'last_k' or block indices, got {blocks!r}")
     indices = [blocks] if isinstance(blocks, int) else list(blocks)
     if not indices:
-        raise ValueError("blocks is an empty list; to run without adapters, do not call add_temporal_adapters")
+        raise ValueError("blocks is an empty list; to run without adapters, use adapter=none")
     for index in indices:
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < depth:
             raise ValueError(f"block index {index!r} is out of range; {valid}")
@@ -158,44 +104,28 @@ def _resolve_indices(blocks: str | int | Sequence[int], last_k: int | None, dept
     return sorted(indices)
 
 
-def add_temporal_adapters(
-    vit: nn.Module,
-    blocks: str | int | Sequence[int] = "all",
-    last_k: int | None = None,
-    qk_dim: int = 256,
-    num_heads: int = 8,
-    time_encoding: str = "none",
-    max_frames: int = 64,
-) -> list[int]:
-    """Give the chosen blocks of this ViT instance a zero-gated `temporal_merge`; returns the patched indices.
-
-    New adapters take the device and dtype of their block's parameters (the meta device included).
-    """
+def add_temporal_adapters(vit: nn.Module, indices: Sequence[int], qk_dim: int, num_heads: int, time_encoding: str,
+                          max_frames: int) -> list[int]:
+    """Give blocks `indices` of this ViT instance a zero-gated `temporal_merge` (see `resolve_blocks` for choosing
+    them); returns the indices. New adapters take the device of their block (the meta device included) and fp32."""
     block_list = _vit_blocks(vit)
     already = [i for i, block in enumerate(block_list) if type(block) in _BASE_CLASS]
     if already:
         raise RuntimeError(
             f"this ViT already has temporal adapters in blocks {already}; call remove_temporal_adapters first"
         )
-    indices = _resolve_indices(blocks, last_k, len(block_list))
+    indices = resolve_blocks(list(indices), None, len(block_list))
     for i in indices:
         if type(block_list[i]) not in _PATCHED_CLASS:
             supported = ", ".join(f"{c.__module__}.{c.__name__}" for c in _PATCHED_CLASS)
             raise TypeError(f"blocks.{i} is a {type(block_list[i]).__name__}; supported block classes: {supported}")
-    info = _shared_info(vit)
+    state = clip_state(vit)
     for i in indices:
         block = block_list[i]
-        reference = next(block.parameters())
         block.temporal_merge = TemporalAttentionMerge(
-            vit.embed_dim,
-            qk_dim=qk_dim,
-            num_heads=num_heads,
-            time_encoding=time_encoding,
-            max_frames=max_frames,
-            device=reference.device,
-            dtype=reference.dtype,
+            vit.embed_dim, qk_dim, num_heads, time_encoding, max_frames, device=next(block.parameters()).device
         )
-        setattr(block, _INFO, info)
+        setattr(block, _CLIP, state)
         block.__class__ = _PATCHED_CLASS[type(block)]
     return indices
 
@@ -206,9 +136,7 @@ def remove_temporal_adapters(vit: nn.Module) -> list[int]:
     for i, block in enumerate(_vit_blocks(vit)):
         if type(block) in _BASE_CLASS:
             del block.temporal_merge
-            delattr(block, _INFO)
+            delattr(block, _CLIP)
             block.__class__ = _BASE_CLASS[type(block)]
             removed.append(i)
-    if hasattr(vit, _INFO):
-        delattr(vit, _INFO)
     return removed

@@ -1,53 +1,73 @@
-"""Where adapters go in a captioner: one function per `adapter=` config choice, each taking the model."""
+"""Where temporal adapters go in a captioner: one typed setting per `adapter=` choice, the one place their defaults
+are stated (`configs/adapter/*.yaml` extend these as schemas, model.yaml files store them).
+
+`apply(model)` changes that captioner instance in place; every placement starts as the identity, so the adapted
+model on a clip of one repeated frame is the image model.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
-from simvlg_video.adapters.patch import add_temporal_adapters
+from simvlg_video.adapters.patch import add_temporal_adapters, resolve_blocks
 from simvlg_video.adapters.token_pool import TemporalTokenPool
 
 
-def reference(
-    model: nn.Module,
-    blocks: str | Sequence[int] = "all",
-    last_k: int | None = None,
-    qk_dim: int = 256,
-    num_heads: int = 8,
-    time_encoding: str = "none",
-    max_frames: int = 64,
-) -> list[int]:
-    """The reference placement: a temporal module between attention and MLP of the chosen ViT blocks.
+@dataclass
+class Reference:
+    """The paper-faithful placement (REFERENCE.md section 2): a temporal module between attention and MLP of the
+    chosen ViT blocks, scalar gate 0, frames averaged after the ViT. With `time_encoding="none"` it is exactly the
+    reference, which cannot tell frame order."""
 
-    With `time_encoding="none"` this is exactly the reference, which cannot tell frame order.
-    """
-    return add_temporal_adapters(model.vit, blocks=blocks, last_k=last_k, qk_dim=qk_dim, num_heads=num_heads,
-                                 time_encoding=time_encoding, max_frames=max_frames)
+    _target_: str = field(default="simvlg_video.adapters.placements.Reference", repr=False)
+    blocks: Any = "all"  # "all" | "last_k" | [block indices]
+    last_k: int | None = None  # with blocks="last_k": adapters in the top K blocks only (autograd stops below them)
+    qk_dim: int = 256  # query/key width of the reference module (8 heads of 32)
+    num_heads: int = 8
+    time_encoding: str = "none"  # none (the reference: blind to frame order) | learned | sinusoidal
+    max_frames: int = 64  # the longest clip the time codes cover
+
+    def patch_vit(self, vit: nn.Module) -> list[int]:
+        """Add the modules to `vit`'s blocks; returns the patched block indices."""
+        indices = resolve_blocks(self.blocks, self.last_k, len(vit.blocks))
+        return add_temporal_adapters(vit, indices, self.qk_dim, self.num_heads, self.time_encoding, self.max_frames)
+
+    def apply(self, model: nn.Module) -> None:
+        self.patch_vit(model.vit)
 
 
-def merged_tokens(
-    model: nn.Module,
-    num_heads: int = 8,
-    num_output_tokens: int | None = None,
-    time_encoding: str = "none",
-    max_frames: int = 64,
-    space_encoding: str = "none",
-) -> list[int]:
-    """Frames go through the frozen ViT and the connector one by one; a TemporalTokenPool merges them across time.
+@dataclass
+class MergedTokens:
+    """The toolkit's placement: every frame goes through the frozen ViT (no autograd) and the ToMe connector on its
+    own, then a soft attentive temporal token pool merges all frames' merged tokens into the soft prompt, with codes of
+    when (frame) and where (place in the frame) each merged token is. Zero-gated on top of the time average."""
 
-    The ViT keeps no trainable module, so it runs without autograd. Returns [] (no ViT block is patched).
-    """
-    if model.temporal_pool is not None:
-        raise RuntimeError("this model already has a temporal token pool")
-    model.temporal_pool = TemporalTokenPool(model.VL_proj.out_features, num_heads=num_heads,
-                                            num_output_tokens=num_output_tokens, time_encoding=time_encoding,
-                                            max_frames=max_frames, space_encoding=space_encoding,
+    _target_: str = field(default="simvlg_video.adapters.placements.MergedTokens", repr=False)
+    num_heads: int = 8
+    num_output_tokens: int | None = None  # None: as many tokens as the image model gives (29 for the reference)
+    time_encoding: str = "sinusoidal"  # none | learned | sinusoidal: without it the pool is blind to frame order
+    space_encoding: str = "sinusoidal"  # none | sinusoidal: without it a merged token barely knows where it is
+    max_frames: int = 64
+
+    def apply(self, model: nn.Module) -> None:
+        if model.time_pool.pools_vit_tokens is False:
+            raise RuntimeError("this model already pools merged tokens over time")
+        model.time_pool = TemporalTokenPool(model.VL_proj.out_features, self.num_heads, self.num_output_tokens,
+                                            self.time_encoding, self.max_frames, self.space_encoding,
                                             ).to(model.VL_proj.weight.device)
-    return []
 
 
-def none(model: nn.Module) -> list[int]:
-    """No adapter: the image model, frames averaged over time."""
-    return []
+@dataclass
+class NoAdapter:
+    """The image model with frames averaged over time before the connector: the floor every placement must beat."""
+
+    _target_: str = field(default="simvlg_video.adapters.placements.NoAdapter", repr=False)
+
+    def apply(self, model: nn.Module) -> None:
+        """Nothing to add."""
+
+
+PLACEMENTS = {"reference": Reference, "merged_tokens": MergedTokens, "none": NoAdapter}

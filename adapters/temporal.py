@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from simvlg_video.adapters.time_encoding import TimeEncoding
+from simvlg_video.model.adapter_protocol import AttentionMap, AttentionSwitches
 
 
-class TemporalAttentionMerge(nn.Module):
+class TemporalAttentionMerge(AttentionSwitches, nn.Module):
     """`x + alpha * attention over frames`, for tokens of shape (B*T, N, C) laid out clip by clip.
 
     Parameter names match the reference checkpoint (`query`, `key`, `alpha`). The attention logits are scaled by
@@ -23,12 +24,11 @@ class TemporalAttentionMerge(nn.Module):
     def __init__(
         self,
         dim: int,
-        qk_dim: int = 256,
-        num_heads: int = 8,
-        time_encoding: str = "none",
-        max_frames: int = 64,
+        qk_dim: int,
+        num_heads: int,
+        time_encoding: str,
+        max_frames: int,
         device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
     ):
         super().__init__()
         if qk_dim % num_heads or dim % num_heads:
@@ -39,21 +39,23 @@ class TemporalAttentionMerge(nn.Module):
         self.dim = dim
         self.qk_dim = qk_dim
         self.num_heads = num_heads
-        self.query = nn.Linear(dim, qk_dim, device=device, dtype=dtype)
-        self.key = nn.Linear(dim, qk_dim, device=device, dtype=dtype)
-        self.alpha = nn.Parameter(torch.zeros((), device=device, dtype=dtype))
+        # Trainable, so fp32 whatever dtype the frozen block around it computes in.
+        self.query = nn.Linear(dim, qk_dim, device=device, dtype=torch.float32)
+        self.key = nn.Linear(dim, qk_dim, device=device, dtype=torch.float32)
+        self.alpha = nn.Parameter(torch.zeros((), device=device, dtype=torch.float32))
         # Frame codes added to what queries, keys and values read (not to the residual): "none" is the reference.
-        self.time = TimeEncoding(time_encoding, dim, max_frames, device=device, dtype=dtype)
-        # True computes the attention the way a straightforward port of the reference does (same values, slower);
-        # only benchmarks set it.
-        self.naive = False
-        # True keeps the last forward's frame-to-frame attention, averaged over clips, tokens and heads: (T, T).
-        self.record_attention = False
-        self.last_attention: torch.Tensor | None = None
+        self.time = TimeEncoding(time_encoding, dim, max_frames, device=device)
+        # AttentionSwitches: `naive` (plain attention, benchmarks) and `recording` keep `last_attention`, here the
+        # (T, T) frame-to-frame weights of the first clip averaged over tokens and heads.
 
-    def adapter_params(self) -> list[str]:
-        """Adapter protocol: the names of this module's parameters that train when adapters train (all of them)."""
-        return [name for name, _ in self.named_parameters()]
+    def no_decay_params(self) -> list[str]:
+        """The gate, the biases and the frame-code table: weight decay would pull the gate shut."""
+        return [name for name, p in self.named_parameters() if p.ndim < 2 or name.startswith("time.")]
+
+    def attention_map(self) -> AttentionMap | None:
+        if self.last_attention is None:
+            return None
+        return AttentionMap(self.last_attention, "frame-to-frame attention (averaged over tokens and heads)", "frame")
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         """(B*T, N, C) tokens of B clips of `num_frames` frames each -> same shape, frames mixed per token."""
@@ -85,8 +87,8 @@ class TemporalAttentionMerge(nn.Module):
         key = self.key(x).view(per_head)
         logits = torch.einsum("btnhd,bsnhd->bnhts", query, key) * self.qk_dim**-0.5
         weights = logits.softmax(dim=-1)
-        if self.record_attention:
-            self.last_attention = weights.detach().float().mean(dim=(0, 1, 2))
+        if self.recording:
+            self.last_attention = weights[0].detach().float().mean(dim=(0, 1))
         mixed = torch.einsum("bnhts,bsnhe->btnhe", weights, x.reshape(per_head))
         return mixed.reshape(x.shape)
 

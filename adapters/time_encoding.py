@@ -41,16 +41,15 @@ def sinusoidal_2d(positions: torch.Tensor, dim: int, scale: float = 32.0) -> tor
 class TimeEncoding(nn.Module):
     """`kind` = none (no codes: the reference), learned (a zero-initialised table) or sinusoidal (fixed)."""
 
-    def __init__(self, kind: str, dim: int, max_frames: int = 64, device=None, dtype=None):
+    def __init__(self, kind: str, dim: int, max_frames: int, device: torch.device | str | None = None):
         super().__init__()
         if kind not in TIME_ENCODINGS:
             raise ValueError(f"time_encoding must be one of {TIME_ENCODINGS}, got {kind!r}")
         self.kind, self.max_frames = kind, max_frames
         if kind == "learned":
-            self.table = nn.Parameter(torch.zeros(max_frames, dim, device=device, dtype=dtype))
+            self.table = nn.Parameter(torch.zeros(max_frames, dim, device=device))
         elif kind == "sinusoidal":
-            self.register_buffer("table", sinusoidal_table(max_frames, dim).to(device=device, dtype=dtype),
-                                 persistent=False)
+            self.register_buffer("table", sinusoidal_table(max_frames, dim).to(device), persistent=False)
         else:
             self.table = None
 

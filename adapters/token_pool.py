@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simvlg_video.adapters.time_encoding import SPACE_ENCODINGS, TimeEncoding, sinusoidal_2d
+from simvlg_video.model.adapter_protocol import AttentionMap, AttentionSwitches
 from simvlg_video.model.tome import bipartite_soft_matching, max_merge_count
 
 
@@ -33,17 +34,23 @@ def merge_to_count(tokens: torch.Tensor, count: int) -> torch.Tensor:
     return tokens
 
 
-class TemporalTokenPool(nn.Module):
-    """(B, T, M, D) per-frame merged tokens -> (B, K, D) soft prompt tokens; K = `num_output_tokens` or M."""
+class TemporalTokenPool(AttentionSwitches, nn.Module):
+    """(B, T, M, D) per-frame merged tokens -> (B, K, D) soft prompt tokens; K = `num_output_tokens` or M.
+
+    A time-pooling stage of the captioner (it pools the connector's per-frame outputs, see `pools_vit_tokens`) and an
+    adapter (see `simvlg_video.model.adapter_protocol`).
+    """
+
+    pools_vit_tokens = False  # pools the connector's merged tokens of every frame, not the ViT's tokens
 
     def __init__(
         self,
         dim: int,
-        num_heads: int = 8,
-        num_output_tokens: int | None = None,
-        time_encoding: str = "none",
-        max_frames: int = 64,
-        space_encoding: str = "none",
+        num_heads: int,
+        num_output_tokens: int | None,
+        time_encoding: str,
+        max_frames: int,
+        space_encoding: str,
     ):
         super().__init__()
         if space_encoding not in SPACE_ENCODINGS:
@@ -59,13 +66,20 @@ class TemporalTokenPool(nn.Module):
         nn.init.zeros_(self.out.bias)
         self.time = TimeEncoding(time_encoding, dim, max_frames)
         self.space_encoding = space_encoding
-        self.record_attention = False  # keep the last attention weights (visualisation); off in training
-        self.naive = False  # plain matmul-softmax-matmul instead of the fused kernel (benchmarks, FLOP counting)
-        self.last_attention: torch.Tensor | None = None
+        # AttentionSwitches: `naive` (plain attention: benchmarks, FLOP counting) and `recording` keep
+        # `last_attention`, here (B, heads, K, T * M).
 
-    def adapter_params(self) -> list[str]:
-        """Adapter protocol: every parameter of this module trains when adapters train."""
-        return [name for name, _ in self.named_parameters()]
+    def no_decay_params(self) -> list[str]:
+        """The output gate (zero at the start: decay would hold it shut), biases and the frame-code table."""
+        return [name for name, p in self.named_parameters()
+                if p.ndim < 2 or name.startswith(("out.", "time."))]
+
+    def attention_map(self) -> AttentionMap | None:
+        """How much each output token of the first clip draws from each frame (heads averaged, rows sum to 1)."""
+        if self.last_attention is None:
+            return None
+        per_frame = self.last_attention[0].mean(dim=0).sum(dim=-1)
+        return AttentionMap(per_frame, "share of each output token's attention on each frame", "output token")
 
     @property
     def uses_positions(self) -> bool:
@@ -101,9 +115,9 @@ class TemporalTokenPool(nn.Module):
             return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
         query, key, value = heads(self.query(query_source)), heads(self.key(source)), heads(self.value(source))
-        if self.record_attention or self.naive:
+        if self.recording or self.naive:
             weights = (query @ key.transpose(-2, -1) * query.shape[-1] ** -0.5).softmax(dim=-1)
-            if self.record_attention:
+            if self.recording:
                 self.last_attention = weights.detach().unflatten(-1, (num_frames, num_tokens))
             mixed = weights @ value
         else:

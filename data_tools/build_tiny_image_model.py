@@ -17,38 +17,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
-from safetensors.torch import save_file
 
 from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.data_tools import shapes
 from simvlg_video.data_tools.lm_context_check import describe, motion_from_context
 from simvlg_video.data_tools.tiny_lm import train_tiny_lm
+from simvlg_video.eval.shape_accuracy import COLOURS, MOTIONS, SHAPES
+from simvlg_video.model.connector import ConnectorConfig
 from simvlg_video.model.freeze import apply_freeze_policy
-from simvlg_video.model.model_dir import build_captioner, save_model_dir
-from simvlg_video.train.loop import fit
-from simvlg_video.train.optim import build_optimizer, warmup_cosine
+from simvlg_video.model.lm import LMConfig
+from simvlg_video.model.model_dir import ModelConfig, build_captioner, save_model_dir
+from simvlg_video.model.vit import VitConfig
+from simvlg_video.train.loop import Session, TrainConfig, fit
 
 BUNDLED = Path(__file__).resolve().parents[1] / "simvlg_video" / "assets" / "tiny_image_model"
 
-TINY_MODEL = {
-    "vit": {"preset": "tiny", "overrides": {"embed_dim": 64}, "weights": "vit.safetensors"},
-    "connector": {
-        "hidden_size": 64, "num_layers": 4, "num_heads": 4, "intermediate_size": 256,
-        "max_position_embeddings": 128, "r": 12, "merge_mode": "mean",
-    },
-    "lm": {"path": "lm", "prompt": "", "caption_end": "\n", "max_text_tokens": 32},
-    "image_size": 64,
-    "adapter": None,
-    "trainable": ["ln_vision", "VL_proj", "connector", "opt_proj"],
-}
+
+
+def tiny_model_config() -> ModelConfig:
+    """The bundled model's architecture: a 64-px EVA-style ViT, a 4-layer ToMe connector (65 -> 17 tokens) and a
+    2-layer OPT in the model directory's `lm/` folder; the ViT is stored in the directory itself."""
+    return ModelConfig(
+        vit=VitConfig(preset="tiny", overrides={"embed_dim": 64}),
+        connector=ConnectorConfig(hidden_size=64, num_layers=4, num_heads=4, intermediate_size=256,
+                                  max_position_embeddings=128, r=12),
+        lm=LMConfig(path="lm"),
+        image_size=64,
+    )
 
 
 def render_image_set(count: int, size: int, seed: int) -> tuple[torch.Tensor, list[tuple[str, str]]]:
     """`count` still frames of random shapes, colours, places and motions (one random frame of each clip)."""
     rng = np.random.default_rng(seed)
     frames, labels = [], []
-    combos = list(itertools.product(shapes.SHAPES, shapes.COLOURS, shapes.MOTIONS))
+    combos = list(itertools.product(SHAPES, COLOURS, MOTIONS))
     for index in range(count):
         shape, colour, motion = combos[index % len(combos)]
         spec = shapes.sample_clip_spec(rng, shape, colour, motion)
@@ -82,19 +84,15 @@ def build(out_dir: Path, steps: int, lm_steps: int, num_images: int, seed: int, 
     train_tiny_lm(shapes.caption_groups(), work / "lm", steps=lm_steps, lr=lm_lr, seed=seed,
                   show_progress=show_progress)
 
-    cfg = OmegaConf.create(TINY_MODEL)
-    cfg.vit.weights = None
+    cfg = tiny_model_config()
     model = build_captioner(cfg, work)
     apply_freeze_policy(model, ["vit", "ln_vision", "VL_proj", "connector", "opt_proj"])
     transform = FrameTransform(size=cfg.image_size, train=True, hflip=True, scale=(0.6, 1.0))
     images, labels = render_image_set(num_images, size=96, seed=seed)
-    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05)
-    scheduler = warmup_cosine(optimizer, warmup_steps=steps // 20, total_steps=steps, warmup_start_lr=1e-6, min_lr=1e-5)
+    settings = TrainConfig(steps=steps, lr=1e-3, weight_decay=0.05, warmup_steps=steps // 20, warmup_start_lr=1e-6,
+                           min_lr=1e-5, grad_clip=1.0, max_nonfinite_in_a_row=10**9)
     batches = image_batches(images, labels, batch_size=32, transform=transform, seed=seed)
-    fit(model, batches, optimizer, scheduler, steps, desc="image stage", show_progress=show_progress)
-
-    save_file({k: v.contiguous() for k, v in model.vit.state_dict().items()}, work / "vit.safetensors")
-    cfg.vit.weights = "vit.safetensors"
+    fit(model, batches, Session.create(model, settings), steps, desc="image stage", show_progress=show_progress)
     save_model_dir(model, cfg, work)
     shutil.rmtree(out_dir, ignore_errors=True)
     work.rename(out_dir)
@@ -105,8 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=BUNDLED, help="model directory to write (default: the bundled one)")
     parser.add_argument("--steps", type=int, default=2000, help="image-stage optimiser steps")
-    parser.add_argument("--lm-steps", type=int, default=400, help="steps of LM training on the caption corpus")
-    parser.add_argument("--lm-lr", type=float, default=3e-3, help="peak learning rate of the LM's caption training")
+    parser.add_argument("--lm-steps", type=int, default=1500, help="steps of LM training on the caption corpus")
+    parser.add_argument("--lm-lr", type=float, default=1e-3, help="peak learning rate of the LM's caption training")
     parser.add_argument("--num-images", type=int, default=4000, help="rendered training frames")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (fixed so the rebuild is bit-identical)")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from simvlg_video.data.manifest import SPLITS, write_manifest
+from simvlg_video.data.manifest import SPLITS, json_problem, write_manifest
 
 # Extensions a downloaded video may have; the official sets use .mp4 (MSR-VTT), .avi (MSVD), .mp4/.mkv/.webm
 # (ActivityNet, fetched from YouTube).
@@ -91,8 +91,7 @@ def load_json(path: Path) -> Any:
     try:
         return json.loads(text, object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as error:
-        raise ConversionError(
-            f"{path}: not valid JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+        raise ConversionError(f"{path}: not valid JSON ({json_problem(error)})") from None
 
 
 def read_text(path: Path) -> str:

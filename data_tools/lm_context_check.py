@@ -18,7 +18,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from simvlg_video.data_tools import shapes
-from simvlg_video.data_tools.tiny_lm import END
+from simvlg_video.eval.shape_accuracy import COLOURS, DIRECTIONAL_MOTIONS, MOTION_KEYWORDS, SHAPES
+from simvlg_video.model.lm import END
 
 NOUN_PHRASE_WORDS = 3  # "a red circle" / "the red circle"
 
@@ -26,11 +27,11 @@ NOUN_PHRASE_WORDS = 3  # "a red circle" / "the red circle"
 def context_prompts(motion: str) -> list[tuple[str, str]]:
     """(context + caption prefix, motion) for every caption of `motion` whose motion word follows a verb."""
     prompts = []
-    for shape, colour in product(shapes.SHAPES, shapes.COLOURS):
+    for shape, colour in product(SHAPES, COLOURS):
         captions = shapes.video_captions(shape, colour, motion)
         for index, caption in enumerate(captions):
             words = caption.split()
-            at = next(i for i, word in enumerate(words) if word in shapes.MOTION_KEYWORDS[motion])
+            at = next(i for i, word in enumerate(words) if word in MOTION_KEYWORDS[motion])
             if at > NOUN_PHRASE_WORDS:
                 context = captions[(index + 1) % len(captions)] + END
                 prompts.append((context + " ".join(words[:at]), motion))
@@ -43,12 +44,12 @@ def motion_from_context(lm_dir: str | Path) -> dict[str, tuple[int, int]]:
     tokenizer = AutoTokenizer.from_pretrained(lm_dir, local_files_only=True)
     lm = AutoModelForCausalLM.from_pretrained(lm_dir, local_files_only=True).eval()
     results = {}
-    for motion in shapes.DIRECTIONAL_MOTIONS:
+    for motion in DIRECTIONAL_MOTIONS:
         prompts = context_prompts(motion)
         hits = 0
         for text, _ in prompts:
             logits = lm(tokenizer(text, return_tensors="pt").input_ids).logits[0, -1]
-            hits += tokenizer.convert_ids_to_tokens(int(logits.argmax())) in shapes.MOTION_KEYWORDS[motion]
+            hits += tokenizer.convert_ids_to_tokens(int(logits.argmax())) in MOTION_KEYWORDS[motion]
         results[motion] = (hits, len(prompts))
     return results
 

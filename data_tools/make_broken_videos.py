@@ -12,13 +12,13 @@ decode; ``make_broken_set`` returns the manifest path.
 from __future__ import annotations
 
 import argparse
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
 from simvlg_video.data.manifest import write_manifest
+from simvlg_video.data.video_writer import write_video
 
 # case -> True when the file can be decoded (a loader must return its frames), False when it must be skipped
 BROKEN_CASES = {
@@ -51,28 +51,10 @@ def _frames(count: int, height: int, width: int, seed: int) -> list[np.ndarray]:
     return frames
 
 
-def write_video(path: Path, frames: list[np.ndarray], pix_fmt: str = "yuv420p", rotation: int = 0,
-                timestamps_ms: list[int] | None = None, faststart: bool = False, gop: int = 12) -> Path:
-    """Encode RGB frames with libx264 into ``path`` (mp4); optional display rotation and explicit timestamps."""
-    height, width = frames[0].shape[:2]
-    options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        stream.options = {"g": str(gop), "sc_threshold": "0", "crf": "23"}  # a keyframe every `gop` frames exactly
-        if timestamps_ms is not None:
-            stream.codec_context.time_base = Fraction(1, 1000)
-        if rotation:
-            stream.set_display_rotation(rotation)
-        for index, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            if timestamps_ms is not None:
-                frame.pts, frame.time_base = timestamps_ms[index], Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+def write_h264(path: Path, frames: list[np.ndarray], gop: int = 12, **options) -> Path:
+    """RGB frames into an mp4 with a keyframe every `gop` frames exactly (other options: `write_video`'s)."""
+    return write_video(path, frames, FPS, encoder_options={"g": str(gop), "sc_threshold": "0", "crf": "23"},
+                       **options)
 
 
 def _write_audio_only(path: Path) -> Path:
@@ -101,21 +83,22 @@ def _write_case(case: str, folder: Path) -> Path:
     elif case == "audio_only":
         _write_audio_only(path)
     elif case in ("truncated_no_index", "truncated_header_promises_more"):
-        whole = write_video(folder / f".{case}.whole.mp4", frames, faststart=case.endswith("more"))
+        whole = write_h264(folder / f".{case}.whole.mp4", frames,
+                           container_options={"movflags": "faststart"} if case.endswith("more") else None)
         data = whole.read_bytes()
         whole.unlink()
         path.write_bytes(data[: len(data) * 6 // 10])
     elif case == "single_frame":
-        write_video(path, frames[:1])
+        write_h264(path, frames[:1])
     elif case == "odd_size_33x25":
-        write_video(path, _frames(12, 25, 33, seed=1), pix_fmt="yuv444p")
+        write_h264(path, _frames(12, 25, 33, seed=1), pix_fmt="yuv444p")
     elif case == "width_48":
-        write_video(path, _frames(12, 32, 48, seed=2))
+        write_h264(path, _frames(12, 32, 48, seed=2))
     elif case == "variable_frame_rate":
         gaps = [33 if index % 2 == 0 else 150 for index in range(len(frames))]
-        write_video(path, frames, timestamps_ms=[sum(gaps[:index]) for index in range(len(frames))])
+        write_h264(path, frames, timestamps_ms=[sum(gaps[:index]) for index in range(len(frames))])
     elif case == "rotated_90":
-        write_video(path, frames, rotation=90)
+        write_h264(path, frames, rotation=90)
     else:
         raise ValueError(f"unknown broken-video case {case!r}; expected one of {list(BROKEN_CASES)}")
     return path
@@ -130,7 +113,7 @@ def make_broken_set(out_dir: str | Path, num_good: int = NUM_GOOD) -> Path:
         path = _write_case(case, folder)
         rows.append(_row(case, path))
     for index in range(num_good):
-        path = write_video(folder / f"good_{index}.mp4", _frames(20, 48, 64, seed=100 + index))
+        path = write_h264(folder / f"good_{index}.mp4", _frames(20, 48, 64, seed=100 + index))
         rows.append(_row(f"good_{index}", path))
     manifest = folder / "manifest.jsonl"
     write_manifest(manifest, rows)

@@ -17,7 +17,6 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from itertools import product
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from simvlg_video.data.video_writer import write_video
 from simvlg_video.data_tools.shapes import (
     COLOURS,
     MOTIONS,
@@ -73,7 +73,10 @@ def make_shapes_dataset(
     for clip in tqdm(plan_clips(num_clips, seed, splits), desc="shapes", disable=not show_progress):
         spec = clip.spec
         video = f"videos/{clip.clip_id}.{container}"
-        write_video(render_frames(spec, height, width, num_frames), out_dir / video, fps, codec, container)
+        # bitexact: no random segment id or encoder version in the file, so equal frames give equal bytes
+        write_video(out_dir / video, render_frames(spec, height, width, num_frames), fps, codec=codec,
+                    encoder_options=_ENCODER_OPTIONS[codec], container_format=container,
+                    container_options={"fflags": "+bitexact"}, atomic=True)
         rows.append(
             {
                 "clip_id": clip.clip_id,
@@ -188,21 +191,6 @@ def assign_splits(rng: np.random.Generator, motions: Sequence[str], fractions: S
                 names[i] = name
             start += count
     return names
-
-
-def write_video(frames: np.ndarray, path: Path, fps: float, codec: str, container: str) -> None:
-    """Encode uint8 RGB frames (T, H, W, 3) as yuv420p; the file appears under `path` only when complete."""
-    partial = path.with_name(path.name + ".partial")
-    # bitexact: no random segment id or encoder version in the file, so equal frames give equal bytes
-    with av.open(str(partial), mode="w", format=container, options={"fflags": "+bitexact"}) as output:
-        stream = output.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        stream.options = dict(_ENCODER_OPTIONS[codec])
-        for frame in frames:
-            output.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        output.mux(stream.encode(None))
-    os.replace(partial, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

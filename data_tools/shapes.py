@@ -10,16 +10,17 @@ the shorter side), so one `ClipSpec` renders at any resolution.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from itertools import product
 
 import numpy as np
 
-SHAPES = ("circle", "square", "triangle")
-COLOURS = ("red", "green", "blue", "yellow")
-MOTIONS = ("still", "left", "right", "up", "down", "grow", "shrink")
-DIRECTIONAL_MOTIONS = ("left", "right", "up", "down", "grow", "shrink")
+from simvlg_video.eval.shape_accuracy import (  # the vocabulary captions are written in and parsed with
+    COLOURS,
+    MOTION_KEYWORDS,
+    MOTIONS,
+    SHAPES,
+)
 
 # Saturated colours far apart in hue, against a background kept near grey (see _background).
 COLOUR_RGB = {
@@ -28,20 +29,6 @@ COLOUR_RGB = {
     "blue": (35, 70, 225),
     "yellow": (235, 215, 25),
 }
-
-# The words that signal each motion. The single source for captions and for parsing them back:
-# every caption template below contains keywords of exactly one motion.
-MOTION_KEYWORDS = {
-    "still": ("still", "motionless", "stationary"),
-    "left": ("left", "leftward", "leftwards"),
-    "right": ("right", "rightward", "rightwards"),
-    "up": ("up", "upward", "upwards", "rise", "rises", "rising"),
-    "down": ("down", "downward", "downwards", "fall", "falls", "falling"),
-    "grow": ("grow", "grows", "growing", "bigger", "larger", "expand", "expands", "expanding"),
-    "shrink": ("shrink", "shrinks", "shrinking", "smaller", "contract", "contracts", "contracting"),
-}
-SHAPE_WORDS = {shape: (shape, shape + "s") for shape in SHAPES}
-COLOUR_WORDS = {colour: (colour,) for colour in COLOURS}
 
 # "{a}" is "a red circle", "{the}" is "the red circle".
 _VIDEO_TEMPLATES = {
@@ -232,8 +219,3 @@ def caption_groups() -> list[list[str]]:
 def caption_corpus() -> list[str]:
     """Every video and image caption once, in a fixed order (for word-level tokenizers and tiny LMs)."""
     return list(dict.fromkeys(caption for group in caption_groups() for caption in group))
-
-
-def caption_words(caption: str) -> list[str]:
-    """Lowercase words of a caption, punctuation dropped: the unit the keyword tables match."""
-    return re.findall(r"[a-z]+", caption.lower())

@@ -7,25 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
 from tqdm import tqdm
 from transformers import OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast
 
-PAD, UNK, BOS, END = "<pad>", "<unk>", "<s>", "\n"
-
-
-def build_word_tokenizer(corpus: Sequence[str]) -> PreTrainedTokenizerFast:
-    """Whitespace word-level tokenizer; BOS is prepended like OPT's and "\\n" ends a caption like the reference's."""
-    words = sorted({word for text in corpus for word in text.split()})
-    vocab = {token: index for index, token in enumerate([PAD, UNK, BOS, END, *words])}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.add_special_tokens([AddedToken(END, normalized=False, special=True)])
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=END, unk_token=UNK, pad_token=PAD)
-
+from simvlg_video.model.lm import END, build_word_tokenizer
 
 def tiny_opt_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 128, num_layers: int = 2) -> OPTConfig:
     """An OPT of the same architecture as OPT-2.7B, small enough to train on a CPU in a minute."""

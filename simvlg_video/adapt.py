@@ -7,8 +7,8 @@
     torchrun --nproc_per_node 8 -m simvlg_video.adapt [...]                      # DDP (train.strategy=fsdp: FSDP)
     python -m simvlg_video.adapt hydra.run.dir=RUN_DIR resume=auto [same overrides] # continue a stopped run
 
-Writes RUN_DIR/{config.yaml, metrics.jsonl, tensorboard/, checkpoints/, eval/, model/} and prints a before/after
-table.
+Writes RUN_DIR/{config.yaml, metrics.jsonl, tensorboard/, checkpoints/, eval/, model/, visualize/} and prints a
+before/after table.
 """
 
 from __future__ import annotations
@@ -17,89 +17,116 @@ import gc
 import json
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from simvlg_video.adapters.patch import adapter_parameters
-from simvlg_video.data.manifest import ClipRecord, read_manifest
-from simvlg_video.data.source import resolve_manifest
+from simvlg_video.configs import register_schemas
+from simvlg_video.data.clips import ClipData, DataConfigError
+from simvlg_video.data.dataset import TooManySkippedClips
+from simvlg_video.data.manifest import ClipRecord, ManifestError, read_manifest
+from simvlg_video.eval.inference import InferenceConfig
 from simvlg_video.eval.predict import evaluate_split, write_eval
 from simvlg_video.eval.runs import run_summary
 from simvlg_video.eval.table import metrics_table, training_table
-from simvlg_video.model.captioner import VideoCaptioner
-from simvlg_video.model.freeze import ADAPTERS, apply_freeze_policy
-from simvlg_video.model.model_dir import load_model_dir, save_model_dir
-from simvlg_video.model.performance import apply_speed_settings
-from simvlg_video.model.reference_ckpt import import_reference, load_model_config
-from simvlg_video.run_dir import eval_settings, train_transform
-from simvlg_video.runtime import flags_to_overrides, seed_everything, torchrun_overrides
-from simvlg_video.train.checkpoint import full_trainable_tensors
-from simvlg_video.train.distributed import World, broadcast, device_for, init_world, shutdown
-from simvlg_video.train.resume import open_run
-from simvlg_video.train.run_log import RunLog
-from simvlg_video.train.loop import reset_peak_memory
-from simvlg_video.train.trainer import train
+from simvlg_video.eval.visualize import draw_clips
+from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_parameters
+from simvlg_video.model.freeze import apply_freeze_policy
+from simvlg_video.model.lavis_checkpoint import import_lavis_checkpoint, load_model_config
+from simvlg_video.model.fingerprint import FrozenSourceChanged
+from simvlg_video.model.model_dir import ModelDirError, load_model_dir, read_model_config, save_model_dir, stored_tensors
+from simvlg_video.model.parallel import is_sharded, whole_on_cpu
+from simvlg_video.model.speed import apply_speed_settings
+from simvlg_video.model.tensor_io import NotATensorFile, StateDictMismatch
+from simvlg_video.train.checkpoint import open_run
+from simvlg_video.train.launch import flags_to_overrides, launch_overrides
+from simvlg_video.train.loop import TrainConfig, reset_peak_memory
+from simvlg_video.train.trainer import TrainingRun, train
+from simvlg_video.world import World, broadcast, compute_dtype, init_world, pick_device, seed_everything, shutdown
 
 log = logging.getLogger("simvlg_video.adapt")
+# Bad input, named by the code that found it: reported as one line, never a traceback.
+USER_ERRORS = (ManifestError, ModelDirError, FrozenSourceChanged, StateDictMismatch, NotATensorFile, DataConfigError,
+               TooManySkippedClips)
 BUNDLED_IMAGE_MODEL = Path(__file__).resolve().parent / "assets" / "tiny_image_model"
+IMPORTED_IMAGE_MODEL = "image_model"  # RUN_DIR/image_model: a reference checkpoint file imported as a model directory
+register_schemas()
 
 
-def image_model_dir(image_ckpt: str | None) -> Path:
-    """The image model to start from: the given model directory or reference checkpoint file, or the bundled one."""
-    if image_ckpt is None:
+def image_model_dir(cfg: DictConfig, run_dir: Path, world: World) -> Path:
+    """The model directory adapt starts from: the given one, the bundled one, or a reference checkpoint file imported
+    into RUN_DIR/image_model (once, by rank 0; a resumed run finds it there)."""
+    if cfg.image_ckpt is None:
         return BUNDLED_IMAGE_MODEL
-    path = Path(image_ckpt).expanduser()
-    if not path.exists():
-        raise SystemExit(f"error: --image-ckpt {path}: no such file or directory")
-    return path
-
-
-def check_frozen_sources(cfg: DictConfig, source: Path) -> None:
-    """A reference checkpoint file holds only trainable tensors: it needs the frozen ViT file and LLM folder too.
-
-    A model directory names its own frozen parts, so giving them as well is an error rather than silently unused.
-    """
+    source = Path(cfg.image_ckpt).expanduser()
     given = [key for key in ("vit_weights", "lm_path") if cfg.get(key)]
-    if source.is_dir() and given:
-        raise SystemExit(
-            f"error: {' and '.join(given)} only apply to a reference checkpoint file; the model directory {source} "
-            "names its own frozen parts in model.yaml"
-        )
+    if not source.exists():
+        raise SystemExit(f"error: --image-ckpt {source}: no such file or directory")
+    if source.is_dir():
+        if given:
+            raise SystemExit(f"error: {' and '.join(given)} only apply to a reference checkpoint file; the model "
+                             f"directory {source} names its own frozen parts in model.yaml")
+        if not (source / "model.yaml").is_file():
+            raise SystemExit(f"error: --image-ckpt {source}: not a model directory (it has no model.yaml); give one "
+                             "written by adapt or lavis_checkpoint, or a reference checkpoint file (.pth)")
+        return refuse_video_model(source, source)
     missing = [key for key in ("vit_weights", "lm_path") if key not in given]
-    if source.is_file() and missing:
+    if missing:
         what = {"vit_weights": "vit_weights=PATH (the frozen ViT's weights, e.g. BLIP-2's eva_vit_g.pth)",
                 "lm_path": "lm_path=PATH (the LLM's Hugging Face folder)"}
-        raise SystemExit(
-            f"error: --image-ckpt {source} is a reference checkpoint file and also needs "
-            f"{' and '.join(what[key] for key in missing)}"
-        )
+        raise SystemExit(f"error: --image-ckpt {source} is a reference checkpoint file and also needs "
+                         f"{' and '.join(what[key] for key in missing)}")
+    imported, error = run_dir / IMPORTED_IMAGE_MODEL, None
+    if world.is_main and not (imported / "model.yaml").is_file():
+        try:
+            import_lavis_checkpoint(source, cfg.vit_weights, cfg.lm_path, load_model_config(cfg.model_config),
+                                    imported, allow_pickle=cfg.allow_pickle)
+        except (ValueError, FileNotFoundError) as failure:  # named missing, unexpected, mis-shaped tensors, files
+            error = f"error: --image-ckpt {source}: {failure}"
+    error = broadcast(error, world)
+    if error is not None:
+        raise SystemExit(error)
+    return refuse_video_model(imported, source)
 
 
-def load_image_model(cfg: DictConfig, source: Path) -> tuple[VideoCaptioner, DictConfig]:
-    """Our model directory as it is, or the reference's checkpoint file imported onto `vit_weights` and `lm_path`."""
-    if source.is_dir():
-        return load_model_dir(source)
-    check_frozen_sources(cfg, source)
+def refuse_video_model(model_dir: Path, given: Path) -> Path:
+    """adapt starts from an image model: a video model (its model.yaml names a placement) is refused before any work."""
     try:
-        model, model_cfg = import_reference(
-            source, cfg.vit_weights, cfg.lm_path, load_model_config(cfg.model_config), allow_pickle=cfg.allow_pickle
-        )
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: --image-ckpt {source}: {error}") from None
-    if model_cfg.get("adapter") is not None:
+        adapter = read_model_config(model_dir / "model.yaml").adapter
+    except ModelDirError as error:
+        raise SystemExit(f"error: --image-ckpt {given}: {error}") from None
+    if adapter is not None:
+        how = ("import it as a model directory with python -m simvlg_video.model.lavis_checkpoint, then give that to"
+               if given.is_file() else "give it to")
         raise SystemExit(
-            f"error: --image-ckpt {source} is a video checkpoint (temporal modules in ViT blocks "
-            f"{model_cfg.adapter.blocks}); adapt starts from an image model. To get it as a model directory, run "
-            "python -m simvlg_video.model.reference_ckpt"
-        )
-    return model, model_cfg
+            f"error: --image-ckpt {given} is a video checkpoint (adapter {adapter.get('_target_', adapter)}); adapt "
+            f"starts from an image model. To caption with it, {how} caption or evaluate --ckpt")
+    return model_dir
 
 
-def trainable_parts(cfg: DictConfig, model: VideoCaptioner) -> list[str]:
+def clip_data(cfg: DictConfig) -> ClipData:
+    """The `data:` settings as the object that reads them; a value left to give (`data.root=???`) is named."""
+    missing = [f"data.{key}" for key in cfg.data if OmegaConf.is_missing(cfg.data, key)]
+    if missing:
+        raise SystemExit(f"error: {', '.join(missing)} is not set; give it on the command line, e.g. "
+                         f"{missing[0]}=/path/to/dataset")
+    return instantiate(cfg.data)
+
+
+def inference_settings(cfg: DictConfig) -> InferenceConfig:
+    """How this run captions (evaluation, the exported model's default): frames and decoding of the run."""
+    return InferenceConfig(num_frames=cfg.data.num_frames, sampler=OmegaConf.to_container(cfg.sampler.eval),
+                           backend=cfg.data.backend, decode_timeout=cfg.data.decode_timeout,
+                           num_beams=cfg.eval.num_beams, min_new_tokens=cfg.eval.min_new_tokens,
+                           max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
+                           num_workers=cfg.train.num_workers, precision=cfg.precision)
+
+
+def trainable_parts(cfg: DictConfig, model: torch.nn.Module) -> list[str]:
     """`train.trainable`, less `adapters` when the chosen placement adds none (adapter=none: the floor)."""
     trainable = list(cfg.train.trainable)
     if ADAPTERS in trainable and not adapter_parameters(model):
@@ -117,38 +144,44 @@ def split_records(records: list[ClipRecord], split: str, manifest: Path) -> list
 
 def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """The whole adaptation; returns the metrics table rows (image model, adapted model)."""
+    try:
+        train_cfg: TrainConfig = OmegaConf.to_object(cfg.train)
+        compute_dtype(cfg.precision)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     world = init_world()
     if not world.is_main:
         logging.getLogger().setLevel(logging.WARNING)
-    image_dir = image_model_dir(cfg.image_ckpt)
-    check_frozen_sources(cfg, image_dir)
-    device = device_for(world, cfg.device)
+    device = pick_device(cfg.device, world)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    manifest = shared_manifest(cfg, world)
+    image_dir = image_model_dir(cfg, run_dir, world)  # a wrong --image-ckpt is refused before any work
+    data = clip_data(cfg)
+    samplers = [instantiate(cfg.sampler.train), instantiate(cfg.sampler.eval)]
+    manifest = shared_manifest(data, samplers, world)
     cfg.data.manifest = str(manifest.resolve())  # the run's config names the exact data it used
-    checkpoints, resume_from, run_log = open_run(cfg, run_dir, world)
-    finished = run_summary(run_dir) if resume_from is not None and int(resume_from.name) == cfg.train.steps else None
+    files = open_run(cfg, run_dir, world)
+    resumed_at = int(files.resume_from.name) if files.resume_from is not None else None
+    finished = run_summary(run_dir) if resumed_at == cfg.train.steps else None
     if finished is not None:  # resuming a sweep: this job had completed
-        run_log.close()
+        files.log.close()
         log.info("%s already finished; its summary is in metrics.jsonl", run_dir)
         return {"adapted": finished["adapted"]}
     records = read_manifest(manifest)
-    train_records = split_records(records, cfg.data.train_split, manifest)
+    train_records = split_records(records, data.train_split, manifest)
     eval_records = split_records(records, cfg.eval.split, manifest)
     val_records = split_records(records, cfg.eval.val_split, manifest) if cfg.train.eval_every else []
-    model, model_cfg = load_image_model(cfg, image_dir)
+    model, model_cfg = load_model_dir(image_dir, dtype=compute_dtype(cfg.precision))
     model.to(device)
-    settings = eval_settings(cfg, model_cfg)
-    eval_kwargs = dict(settings, spice=cfg.eval.spice, world=world)
+    inference = inference_settings(cfg)
+    evaluation = dict(inference=inference, image_size=model_cfg.image_size, world=world, spice=cfg.eval.spice)
     rows: dict[str, dict[str, float]] = {}
     try:
         if cfg.eval.before:
             rows["image model"] = evaluate_once(model, eval_records, run_dir, f"{cfg.eval.split}_image_model",
-                                                run_log, desc="image model", **eval_kwargs)
-
-        instantiate(cfg.adapter)(model)
+                                                files.log, desc="image model", **evaluation)
+        instantiate(cfg.adapter).apply(model)
         trainable = trainable_parts(cfg, model)
         counts = apply_freeze_policy(model, trainable)
         log.info("parameters: %s", counts)
@@ -156,53 +189,62 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
         reset_peak_memory(device)
 
         def validate(step: int) -> dict[str, float]:
-            _, metrics = evaluate_split(model, val_records, desc=f"validate {cfg.eval.val_split}", **eval_kwargs)
-            run_log({"phase": "val", "step": step, "split": cfg.eval.val_split, **metrics})
+            _, metrics = evaluate_split(model, val_records, desc=f"validate {cfg.eval.val_split}", **evaluation)
+            files.log({"phase": "val", "step": step, "split": cfg.eval.val_split, **metrics})
             return metrics
 
-        result = train(cfg, model, trainable, train_records, train_transform(cfg, model_cfg), device, world,
-                       checkpoints, resume_from, run_log, validate if val_records else None)
+        training = TrainingRun(train_cfg, cfg.precision, cfg.seed, data, samplers[0], model_cfg.image_size,
+                               cfg.eval.best_metric)
+        result = train(model, training, train_records, device, world, files, validate if val_records else None)
 
-        predictions, rows["adapted"] = evaluate_split(model, eval_records, desc="adapted model", **eval_kwargs)
-        tensors = full_trainable_tensors(model, trainable)
+        predictions, rows["adapted"] = evaluate_split(model, eval_records, desc="adapted model", **evaluation)
+        model_cfg.adapter = OmegaConf.to_container(cfg.adapter, resolve=True)
+        model_cfg.inference = asdict(inference)
+        tensors = whole_on_cpu(stored_tensors(model, model_cfg))  # every rank: FSDP gathers
         if world.is_main:
             write_eval(run_dir / "eval", cfg.eval.split, predictions, rows["adapted"])
-            model_cfg.adapter = cfg.adapter
-            model_cfg.trainable = trainable
-            save_model_dir(model, model_cfg, run_dir / "model", base_dir=image_dir if image_dir.is_dir() else None,
-                           tensors=tensors)
+            save_model_dir(model, model_cfg, run_dir / "model", base_dir=image_dir, tensors=tensors)
+            if cfg.eval.visualize and not is_sharded(model):  # a sharded model runs only with every rank
+                pictures = draw_clips(model, model_cfg, inference, eval_records[: cfg.eval.visualize],
+                                      run_dir / "visualize")
+                log.info("drew %d test clips into %s", len(pictures), run_dir / "visualize")
+            elif cfg.eval.visualize:
+                log.info("no pictures from a sharded (FSDP) run; draw them from the exported model: "
+                         "python -m simvlg_video.visualize --ckpt %s VIDEO", run_dir)
         summary = {
             "phase": "summary", "train_steps": cfg.train.steps, "train_videos_per_s": result.videos_per_second,
             "train_peak_memory_gib": result.peak_memory_gib, "train_memory_kind": result.memory_kind,
             "train_data_wait_s": result.data_wait_seconds, "world_size": world.world_size,
             "nonfinite_steps_skipped": result.skipped_nonfinite, "train_clips_skipped": result.skipped_clips,
             "eval_clips_skipped": len(predictions.skipped),
-            "best": checkpoints.best(), **counts,
+            "best": files.checkpoints.best(), **counts,
         }
-        run_log({**summary, "adapted": rows["adapted"]})
+        files.log({**summary, "adapted": rows["adapted"]})
     finally:
-        run_log.close()
+        files.log.close()
     if world.is_main:
         print(f"\n{metrics_table(rows)}\n\n{training_table(summary)}\n\nRun directory: {run_dir}")
+        if (run_dir / "visualize").is_dir():
+            print(f"Pictures of {cfg.eval.visualize} test clips: {run_dir / 'visualize'}")
     return rows
 
 
-def shared_manifest(cfg: DictConfig, world: World) -> Path:
-    """The run's manifest; rank 0 finds it (generating the synthetic set if needed) while the others wait, and a
-    failure there is raised on every rank rather than leaving the others waiting."""
+def shared_manifest(data: ClipData, samplers: list, world: World) -> Path:
+    """The run's manifest, with what its frame samplers need probed; rank 0 finds it (generating the synthetic set
+    if needed) while the others wait, and a failure there is raised on every rank rather than leaving them waiting."""
     found, error = None, None
     if world.is_main:
         try:
-            found = resolve_manifest(cfg.data)
+            found = data.manifest_for(samplers)
         except (ValueError, FileNotFoundError) as failure:
-            error = failure
+            error = f"error: {failure}"
     found, error = broadcast((found, error), world)
     if error is not None:
-        raise error
+        raise SystemExit(error)
     return found
 
 
-def evaluate_once(model: VideoCaptioner, records: list[ClipRecord], run_dir: Path, name: str, run_log: RunLog,
+def evaluate_once(model: torch.nn.Module, records: list[ClipRecord], run_dir: Path, name: str, run_log,
                   **kwargs) -> dict[str, float]:
     """Score the image model, or read its scores back when a resumed run already did."""
     saved = run_dir / "eval" / f"{name}_metrics.json"
@@ -223,10 +265,12 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="adapt")
+@hydra.main(version_base="1.3", config_path="pkg://simvlg_video.configs", config_name="adapt")
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
+    except USER_ERRORS as error:  # what a user can act on: one line naming the file, key or setting
+        raise SystemExit(f"error: {error}") from None
     finally:  # the run's model, optimiser and loader workers are unreachable now
         release_memory()
 
@@ -234,7 +278,7 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     arguments = flags_to_overrides(sys.argv[1:], {"--image-ckpt": "image_ckpt"})
     world = init_world()
-    sys.argv = [sys.argv[0], *arguments, *torchrun_overrides(arguments, world)]
+    sys.argv = [sys.argv[0], *arguments, *launch_overrides(arguments, world)]
     try:
         main()
     finally:

@@ -1,9 +1,11 @@
-"""Caption videos with a run's exported model, using the frame sampling and decoding settings of that run.
+"""Caption videos with a trained model, using the frame sampling and decoding settings it was evaluated with.
 
-    python -m simvlg_video.caption --ckpt RUN_DIR VIDEO [VIDEO_OR_FOLDER ...] [--out captions.jsonl]
+    python -m simvlg_video.caption --ckpt RUN_DIR_OR_MODEL_DIR VIDEO [VIDEO_OR_FOLDER ...] [--out captions.jsonl]
+                                   [num_frames=8 num_beams=3 ...]
 
-Prints `path<TAB>caption` per video; with --out also writes one JSON object per line. Videos that fail to decode are
-reported and skipped.
+Prints `path<TAB>caption` per video that decodes, and `path: reason` on stderr for each one that does not; with
+--out also writes one JSON object per captioned video. Exit status: 0 when every video was captioned, 1 when any
+could not be, 2 for a usage error (no videos, not a model).
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ import sys
 from pathlib import Path
 
 from simvlg_video.data.manifest import ClipRecord
+from simvlg_video.eval.inference import open_model
 from simvlg_video.eval.predict import predict
-from simvlg_video.run_dir import eval_settings, load_run_config, load_run_model
-from simvlg_video.runtime import pick_device
+from simvlg_video.model.model_dir import ModelDirError
+from simvlg_video.world import pick_device
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".3gp", ".flv", ".gif"}
 
 
 def expand_videos(paths: list[Path]) -> list[Path]:
-    """Files as given; folders expanded (recursively, sorted) to the video files inside them."""
+    """Files as given (existing or not: a missing one is reported with the others); folders expanded, recursively
+    and sorted, to the video files inside them."""
     videos: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -32,34 +36,37 @@ def expand_videos(paths: list[Path]) -> list[Path]:
     return videos
 
 
-def as_record(path: Path) -> ClipRecord:
-    return ClipRecord(clip_id=str(path), video=str(path), video_path=path.resolve(), start=None, end=None,
-                      captions=(), split="test")
-
-
-def main(argv: list[str] | None = None) -> dict[str, str]:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", type=Path, required=True, help="run directory written by simvlg_video.adapt")
+    parser.add_argument("--ckpt", type=Path, required=True, help="a run directory or a model directory")
     parser.add_argument("videos", type=Path, nargs="+", help="video files or folders of videos")
     parser.add_argument("--out", type=Path, help="also write {video, caption} JSON lines here")
-    args = parser.parse_args(argv)
-    cfg = load_run_config(args.ckpt)
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda")
+    args, overrides = parser.parse_known_args(argv)
+    unknown = [item for item in overrides if "=" not in item or item.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognised arguments: {' '.join(unknown)}")
     videos = expand_videos(args.videos)
     if not videos:
-        raise SystemExit(f"error: no video files found in {[str(p) for p in args.videos]}")
-    model, model_cfg = load_run_model(args.ckpt)
-    model.to(pick_device(cfg.device))
-    result = predict(model, [as_record(v) for v in videos], desc="caption", **eval_settings(cfg, model_cfg))
+        print(f"error: no video files found in {', '.join(map(str, args.videos))}", file=sys.stderr)
+        return 2
+    try:
+        opened = open_model(args.ckpt, overrides, pick_device(args.device))
+    except (ModelDirError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    records = [ClipRecord.for_file(video) for video in videos]
+    result = predict(opened.model, records, opened.inference, opened.config.image_size, desc="caption")
     for skipped in result.skipped:
-        print(f"skipped {skipped['video']}: {skipped['reason']}", file=sys.stderr)
+        print(f"{skipped['video']}: {skipped['reason']}", file=sys.stderr)
     if args.out:
         with args.out.open("w", encoding="utf-8") as handle:
             for video, caption in result.captions.items():
                 handle.write(json.dumps({"video": video, "caption": caption}, ensure_ascii=False) + "\n")
     for video, caption in result.captions.items():
         print(f"{video}\t{caption}")
-    return result.captions
+    return 1 if result.skipped else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,8 +1,11 @@
-"""Caption a split with a run's exported model and score it against the manifest's references.
+"""Caption a split with a trained model and score it against the manifest's references.
 
-    python -m simvlg_video.evaluate --ckpt RUN_DIR [eval.split=val eval.num_beams=3 ...]
+    python -m simvlg_video.evaluate --ckpt RUN_DIR [--split val] [num_beams=3 num_frames=8 ...]
+    python -m simvlg_video.evaluate --ckpt MODEL_DIR --manifest ROOT/manifest.checked.jsonl [--split test]
 
-Writes RUN_DIR/eval/<split>_predictions.json and <split>_metrics.json; settings default to those the run used.
+A run directory scores the split its run scored, on the run's manifest; a model directory needs --manifest.
+Settings default to those the model was evaluated with (model.yaml, `inference:`). Writes
+<RUN_DIR or MODEL_DIR>/eval/<split>_predictions.json and <split>_metrics.json.
 """
 
 from __future__ import annotations
@@ -11,27 +14,38 @@ import argparse
 import json
 from pathlib import Path
 
-from simvlg_video.data.manifest import read_manifest
+from simvlg_video.data.manifest import ManifestError, read_manifest
+from simvlg_video.eval.inference import open_model
 from simvlg_video.eval.predict import evaluate_split, write_eval
-from simvlg_video.run_dir import eval_settings, load_run_config, load_run_model
-from simvlg_video.runtime import pick_device
+from simvlg_video.model.model_dir import ModelDirError
+from simvlg_video.world import pick_device
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", type=Path, required=True, help="run directory written by simvlg_video.adapt")
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.split=val eval.num_beams=3")
+    parser.add_argument("--ckpt", type=Path, required=True, help="a run directory or a model directory")
+    parser.add_argument("--manifest", type=Path, help="clips to score (default: the run's manifest)")
+    parser.add_argument("--split", help="split to score (default: the run's, else test)")
+    parser.add_argument("--spice", action="store_true", help="also SPICE (needs Stanford CoreNLP's jars)")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda")
+    parser.add_argument("overrides", nargs="*", help="inference settings, e.g. num_beams=3 num_frames=8")
     args = parser.parse_args(argv)
-    cfg = load_run_config(args.ckpt, args.overrides)
-    model, model_cfg = load_run_model(args.ckpt)
-    model.to(pick_device(cfg.device))
-    records = [r for r in read_manifest(cfg.data.manifest) if r.split == cfg.eval.split]
-    if not records:
-        raise SystemExit(f"error: {cfg.data.manifest} has no clips in split {cfg.eval.split!r}")
-    predictions, metrics = evaluate_split(
-        model, records, spice=cfg.eval.spice, desc=f"evaluate {cfg.eval.split}", **eval_settings(cfg, model_cfg)
-    )
-    write_eval(args.ckpt / "eval", cfg.eval.split, predictions, metrics)
+    try:
+        opened = open_model(args.ckpt, args.overrides, pick_device(args.device))
+        run = opened.run_config
+        manifest = args.manifest or (Path(run.data.manifest) if run is not None else None)
+        if manifest is None:
+            raise ValueError(f"{args.ckpt} is a model directory: give the clips to score with --manifest FILE")
+        split = args.split or (run.eval.split if run is not None else "test")
+        records = read_manifest(manifest, split)
+        if not records:
+            raise ValueError(f"{manifest} has no clips in split {split!r}")
+    except (ModelDirError, ManifestError, ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+    predictions, metrics = evaluate_split(opened.model, records, opened.inference, opened.config.image_size,
+                                          spice=args.spice, desc=f"evaluate {split}")
+    out_dir = (opened.model_dir.parent if run is not None else opened.model_dir) / "eval"
+    write_eval(out_dir, split, predictions, metrics)
     print(json.dumps(metrics, indent=1))
     return metrics
 

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-from safetensors.torch import save_file
 
 torch.set_num_threads(1)
 
@@ -17,19 +15,15 @@ torch.set_num_threads(1)
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model directory in our format, built like the bundled one but without its (slow) image stage."""
     from simvlg_video.data_tools import shapes
-    from simvlg_video.data_tools.build_tiny_image_model import TINY_MODEL
+    from simvlg_video.data_tools.build_tiny_image_model import tiny_model_config
     from simvlg_video.data_tools.tiny_lm import train_tiny_lm
     from simvlg_video.model.model_dir import build_captioner, save_model_dir
 
     out = tmp_path_factory.mktemp("tiny_model")
     torch.manual_seed(0)
     train_tiny_lm(shapes.caption_groups(), out / "lm", steps=3, batch_size=8, show_progress=False)
-    cfg = OmegaConf.create(TINY_MODEL)
-    cfg.vit.weights = None
-    model = build_captioner(cfg, out)
-    save_file({k: v.contiguous() for k, v in model.vit.state_dict().items()}, out / "vit.safetensors")
-    cfg.vit.weights = "vit.safetensors"
-    save_model_dir(model, cfg, out)
+    cfg = tiny_model_config()
+    save_model_dir(build_captioner(cfg, out), cfg, out)
     return out
 
 

@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from transformers import OPTForCausalLM
 
-from simvlg_video.data_tools.tiny_lm import build_word_tokenizer, tiny_opt_config
+from simvlg_video.data_tools.tiny_lm import tiny_opt_config
+from simvlg_video.model.connector import ConnectorConfig
+from simvlg_video.model.lm import LMConfig, build_word_tokenizer
+from simvlg_video.model.model_dir import ModelConfig
+from simvlg_video.model.vit import VitConfig
 
 VIT = dict(width=32, depth=3, heads=4, mlp=128, patch=8, image=32)
 CONNECTOR = dict(hidden=24, layers=2, heads=4, intermediate=48, max_positions=64, r=4)
@@ -33,25 +36,22 @@ IGNORED_EXTRAS = (
 )
 
 
-def tiny_model_config() -> DictConfig:
-    """The architecture config the tiny reference files fit (the schema of a model directory's model.yaml)."""
-    return OmegaConf.create({
-        "vit": {
-            "preset": "tiny",
-            "overrides": {"img_size": VIT["image"], "patch_size": VIT["patch"], "embed_dim": VIT["width"],
-                          "depth": VIT["depth"], "num_heads": VIT["heads"], "mlp_ratio": VIT["mlp"] / VIT["width"]},
-            "weights": None,
-        },
-        "connector": {
-            "hidden_size": CONNECTOR["hidden"], "num_layers": CONNECTOR["layers"], "num_heads": CONNECTOR["heads"],
-            "intermediate_size": CONNECTOR["intermediate"], "max_position_embeddings": CONNECTOR["max_positions"],
-            "r": CONNECTOR["r"], "merge_mode": "mean",
-        },
-        "lm": {"path": None, "prompt": "", "caption_end": "\n", "max_text_tokens": 32},
-        "image_size": VIT["image"],
-        "adapter": None,
-        "trainable": ["ln_vision", "VL_proj", "connector", "opt_proj"],
-    })
+def tiny_model_config() -> ModelConfig:
+    """The architecture the tiny reference files fit (a model directory's model.yaml, frozen parts not yet given)."""
+    return ModelConfig(
+        vit=VitConfig(
+            preset="tiny",
+            overrides={"img_size": VIT["image"], "patch_size": VIT["patch"], "embed_dim": VIT["width"],
+                       "depth": VIT["depth"], "num_heads": VIT["heads"], "mlp_ratio": VIT["mlp"] / VIT["width"]},
+        ),
+        connector=ConnectorConfig(
+            hidden_size=CONNECTOR["hidden"], num_layers=CONNECTOR["layers"], num_heads=CONNECTOR["heads"],
+            intermediate_size=CONNECTOR["intermediate"], max_position_embeddings=CONNECTOR["max_positions"],
+            r=CONNECTOR["r"], merge_mode="mean",
+        ),
+        lm=LMConfig(prompt="", caption_end="\n", max_text_tokens=32),
+        image_size=VIT["image"],
+    )
 
 
 def _random(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -156,7 +156,7 @@ class ReferenceFiles:
     ckpt: Path
     vit_weights: Path
     lm_path: Path
-    model_cfg: DictConfig
+    model_cfg: ModelConfig
     state: dict[str, torch.Tensor]  # the checkpoint's state dict as written
     vit_state: dict[str, torch.Tensor]  # the ViT file's tensors as written (with prefix, if any)
 

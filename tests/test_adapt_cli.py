@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
-from adapt_runs import TINY_RUN, run_module
+from adapt_runs import TINY_RUN, records, run_module
+from simvlg_video.model.model_dir import load_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +26,10 @@ def run_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.mark.slow
 def test_run_directory_layout(run_dir: Path):
     for name in ("config.yaml", "metrics.jsonl", "eval/test_predictions.json", "eval/test_metrics.json",
-                 "eval/test_image_model_predictions.json", "model/model.yaml", "model/trainable.safetensors"):
+                 "eval/test_image_model_predictions.json", "model/model.yaml", "model/weights.safetensors"):
         assert (run_dir / name).is_file(), name
+    pictures = sorted((run_dir / "visualize").glob("*.png"))
+    assert len(pictures) == 3 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pictures)
     assert any((run_dir / "checkpoints").iterdir())
     metrics = json.loads((run_dir / "eval/test_metrics.json").read_text())["metrics"]
     assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "motion_acc", "object_acc"} <= metrics.keys()
@@ -58,10 +62,39 @@ def test_evaluate_rescores_the_run(run_dir: Path):
 def test_adapter_none_trains_the_rest(tiny_model_dir: Path, tmp_path: Path):
     """The floor of an ablation: no adapter modules, so `adapters` in train.trainable has nothing to train."""
     result = run_module("simvlg_video.adapt", "--image-ckpt", str(tiny_model_dir), *TINY_RUN, "adapter=none",
-                        "eval.before=false", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+                        "eval.before=false", "eval.visualize=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = OmegaConf.load(tmp_path / "run" / "model" / "model.yaml")
-    assert list(saved.trainable) == ["ln_vision", "VL_proj", "connector", "opt_proj"]
+    assert saved.adapter._target_ == "simvlg_video.adapters.placements.NoAdapter"
+    image_model, _ = load_model_dir(tiny_model_dir)
+    expected = sum(p.numel() for name in ("ln_vision", "VL_proj", "connector", "opt_proj")
+                   for p in getattr(image_model, name).parameters())
+    assert records(tmp_path / "run", "summary")[-1]["trainable"] == expected
+
+
+@pytest.mark.slow
+def test_a_narrowed_trainable_set_exports_a_whole_model(tiny_model_dir: Path, tmp_path: Path):
+    """Only the adapters train, yet the exported model holds the image model's connector and projections and
+    captions exactly as the run's own predictions."""
+    run = tmp_path / "run"
+    result = run_module("simvlg_video.adapt", "--image-ckpt", str(tiny_model_dir), *TINY_RUN, "train.trainable=[adapters]",
+                        "eval.before=false", "eval.visualize=0", "train.lr=0.05", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported, _ = load_model_dir(run / "model")
+    image_model, _ = load_model_dir(tiny_model_dir)
+    for name in ("connector", "opt_proj", "VL_proj", "ln_vision", "vit"):
+        for key, tensor in getattr(image_model, name).state_dict().items():
+            assert torch.equal(getattr(exported, name).state_dict()[key], tensor), f"{name}.{key}"
+    assert not torch.equal(exported.time_pool.out.weight, torch.zeros_like(exported.time_pool.out.weight))
+
+    predictions = json.loads((run / "eval/test_predictions.json").read_text())
+    manifest = Path(OmegaConf.load(run / "config.yaml").data.manifest)
+    rows = {json.loads(line)["clip_id"]: json.loads(line) for line in manifest.read_text().splitlines()}
+    videos = [str(manifest.parent / rows[p["clip_id"]]["video"]) for p in predictions]
+    captioned = run_module("simvlg_video.caption", "--ckpt", str(run / "model"), *videos, cwd=tmp_path)
+    assert captioned.returncode == 0, captioned.stderr[-3000:]
+    printed = dict(line.split("\t", 1) for line in captioned.stdout.strip().splitlines())
+    assert [printed[v] for v in videos] == [p["caption"] for p in predictions]
 
 
 def test_missing_image_checkpoint_is_one_line(tmp_path: Path):
@@ -97,6 +130,6 @@ def test_runs_table_lists_finished_and_unfinished_runs(run_dir: Path, tmp_path: 
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
     summary = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
     cider = 100 * summary["adapted"]["CIDEr"]
-    assert rows[0].startswith(f"| run | reference (time: none) | {cider:.1f} |")
+    assert rows[0].startswith(f"| run | merged_tokens (time: sinusoidal, space: sinusoidal) | {cider:.1f} |")
     assert f"| {summary['train_videos_per_s']:.1f} | " in rows[0] and "(process RSS) |" in rows[0]
-    assert rows[1].startswith("| crashed | reference (time: none) | unfinished |")
+    assert rows[1].startswith("| crashed | merged_tokens (time: sinusoidal, space: sinusoidal) | unfinished |")

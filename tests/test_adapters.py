@@ -8,17 +8,13 @@ from timm.models.eva import EvaBlock
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from simvlg_video.adapters import (
-    TemporalAttentionMerge,
-    TemporalEvaBlock,
-    adapter_parameters,
-    add_temporal_adapters,
-    num_frames_context,
-    remove_temporal_adapters,
-)
-from simvlg_video.model.vit import build_vit, vit_tokens
+from simvlg_video.adapters import Reference, TemporalAttentionMerge, remove_temporal_adapters
+from simvlg_video.adapters.patch import TemporalEvaBlock
+from simvlg_video.model.adapter_protocol import AttentionMap, adapter_modules, adapter_parameters, no_decay_parameter_names
+from simvlg_video.model.vit import build_vit, clip_length, vit_tokens
 
 ADAPTER = dict(qk_dim=32, num_heads=4)
+MODULE = dict(ADAPTER, time_encoding="none", max_frames=64)
 PLACEMENTS = [{"blocks": "all"}, {"blocks": "last_k", "last_k": 2}, {"blocks": [0]}]
 ADAPTER_TENSORS = ("query.weight", "query.bias", "key.weight", "key.bias", "alpha")
 
@@ -28,9 +24,14 @@ def tiny_vit() -> nn.Module:
     return build_vit("tiny", img_size=32, embed_dim=64, depth=3).eval()
 
 
+def add_temporal_adapters(vit: nn.Module, **settings) -> list[int]:
+    """The reference placement's ViT patch with the given settings."""
+    return Reference(**settings).patch_vit(vit)
+
+
 def patched_tokens(vit: nn.Module, clips: torch.Tensor) -> torch.Tensor:
     """(B, T, 3, H, W) -> (B, T, N, C) through a (patched) ViT."""
-    with num_frames_context(vit, clips.shape[1]):
+    with clip_length(vit, clips.shape[1]):
         return vit_tokens(vit, clips.flatten(0, 1)).unflatten(0, clips.shape[:2])
 
 
@@ -57,7 +58,9 @@ def naive_merge(module: TemporalAttentionMerge, x: torch.Tensor, num_frames: int
 
 
 def test_parameter_count_at_eva_g_width_matches_the_reference():
-    module = TemporalAttentionMerge(1408)
+    defaults = Reference()  # the placement's defaults are the reference module's
+    module = TemporalAttentionMerge(1408, defaults.qk_dim, defaults.num_heads, defaults.time_encoding,
+                                    defaults.max_frames)
     assert sum(p.numel() for p in module.parameters()) == 721_409
     assert sorted(module.state_dict()) == sorted(ADAPTER_TENSORS)
     assert module.alpha.shape == () and module.alpha.item() == 0.0
@@ -65,7 +68,7 @@ def test_parameter_count_at_eva_g_width_matches_the_reference():
 
 def test_module_computes_the_reference_formula():
     torch.manual_seed(1)
-    module = TemporalAttentionMerge(64, **ADAPTER)
+    module = TemporalAttentionMerge(64, **MODULE)
     with torch.no_grad():
         module.alpha.fill_(0.9)
     x = torch.randn(2 * 3, 5, 64)
@@ -74,12 +77,12 @@ def test_module_computes_the_reference_formula():
 
 def test_module_rejects_a_batch_not_made_of_whole_clips():
     with pytest.raises(ValueError, match="7 frames cannot be split into clips of 2"):
-        TemporalAttentionMerge(64, **ADAPTER)(torch.randn(7, 5, 64), 2)
+        TemporalAttentionMerge(64, **MODULE)(torch.randn(7, 5, 64), 2)
 
 
 def test_module_rejects_heads_that_do_not_divide_the_widths():
     with pytest.raises(ValueError, match="divisible by num_heads"):
-        TemporalAttentionMerge(64, qk_dim=30, num_heads=4)
+        TemporalAttentionMerge(64, qk_dim=30, num_heads=4, time_encoding="none", max_frames=64)
 
 
 # --- patched ViT: identity at initialisation and what an open gate does ---
@@ -167,25 +170,36 @@ def test_state_dict_is_the_base_plus_the_adapter_tensors_and_base_weights_still_
     assert all(torch.equal(vit.state_dict()[k], v) for k, v in base.items())
 
 
-def test_adapter_parameters_are_declared_by_the_adapters():
+def test_adapters_are_found_by_the_protocol_not_by_class():
     vit = tiny_vit()
     add_temporal_adapters(vit, blocks="last_k", last_k=2, **ADAPTER)
     names = [name for name, _ in adapter_parameters(vit)]
     assert sorted(names) == sorted(f"blocks.{i}.temporal_merge.{t}" for i in (1, 2) for t in ADAPTER_TENSORS)
+    assert no_decay_parameter_names(vit) == {f"blocks.{i}.temporal_merge.{t}" for i in (1, 2)
+                                             for t in ("alpha", "query.bias", "key.bias")}
 
-    class HalfAdapter(nn.Module):
-        """Declares only one of its two parameters: the protocol, not the names, decides."""
+    class Scaler(nn.Module):
+        """Any module that keeps the protocol is an adapter: its parameters train, it names its undecayed ones."""
 
         def __init__(self):
             super().__init__()
-            self.scale = nn.Parameter(torch.ones(3))
-            self.fixed = nn.Parameter(torch.ones(3))
+            self.gate = nn.Parameter(torch.zeros(3, 3))
+            self.mix = nn.Parameter(torch.ones(3, 3))
 
-        def adapter_params(self) -> list[str]:
-            return ["scale"]
+        def no_decay_params(self) -> list[str]:
+            return ["gate"]
 
-    holder = nn.Sequential(nn.Linear(3, 3), HalfAdapter())
-    assert [(n, p) for n, p in adapter_parameters(holder)] == [("1.scale", holder[1].scale)]
+        def set_plain_attention(self, plain: bool) -> None: ...
+
+        def record_attention(self, on: bool) -> None: ...
+
+        def attention_map(self) -> AttentionMap | None:
+            return None
+
+    holder = nn.Sequential(nn.Linear(3, 3), Scaler())
+    assert [name for name, _ in adapter_modules(holder)] == ["1"]
+    assert [name for name, _ in adapter_parameters(holder)] == ["1.gate", "1.mix"]
+    assert no_decay_parameter_names(holder) == {"1.gate"}
 
 
 def test_only_adapter_parameters_receive_gradients_when_only_adapters_train():
@@ -227,34 +241,38 @@ def test_remove_restores_classes_keys_and_outputs_and_allows_patching_again():
 def test_patched_block_without_num_frames_fails_clearly():
     vit = tiny_vit()
     add_temporal_adapters(vit, **ADAPTER)
-    with pytest.raises(RuntimeError, match="num_frames_context"):
+    with pytest.raises(RuntimeError, match="clip_length"):
         vit_tokens(vit, torch.randn(2, 3, 32, 32))
 
 
-def test_num_frames_context_nests_restores_and_validates():
+def test_clip_length_nests_restores_and_validates():
     vit = tiny_vit()
     add_temporal_adapters(vit, **ADAPTER)
     frames = torch.randn(4, 3, 32, 32)
-    with num_frames_context(vit, 2):
-        with num_frames_context(vit, 4):
+    with clip_length(vit, 2):
+        with clip_length(vit, 4):
             vit_tokens(vit, frames)
         with pytest.raises(ValueError, match="4 frames cannot be split into clips of 3"):
-            with num_frames_context(vit, 3):
+            with clip_length(vit, 3):
                 vit_tokens(vit, frames)
         vit_tokens(vit, frames)  # back to 2 after the inner contexts, even the failed one
-    with pytest.raises(RuntimeError, match="num_frames_context"):
+    with pytest.raises(RuntimeError, match="clip_length"):
         vit_tokens(vit, frames)
     for bad in (0, 2.0, True):
         with pytest.raises(ValueError, match="positive int"):
-            with num_frames_context(vit, bad):
+            with clip_length(vit, bad):
                 pass
 
 
-def test_num_frames_context_set_before_patching_reaches_the_adapters():
+@torch.no_grad()
+def test_clip_length_set_before_patching_reaches_the_adapters():
     vit = tiny_vit()
-    with num_frames_context(vit, 2):
+    clips = torch.randn(1, 2, 3, 32, 32)
+    with clip_length(vit, 2):
         add_temporal_adapters(vit, **ADAPTER)
-        vit_tokens(vit, torch.randn(2, 3, 32, 32))
+        open_gates(vit)
+        early = vit_tokens(vit, clips.flatten(0, 1))
+    assert torch.equal(early.unflatten(0, (1, 2)), patched_tokens(vit, clips))
 
 
 @pytest.mark.parametrize(
@@ -304,7 +322,7 @@ def test_vision_transformer_blocks_patch_with_identity_at_init():
     expected = vit.forward_features(frame)
     add_temporal_adapters(vit, **ADAPTER)
     clips = frame[:, None].expand(-1, 3, -1, -1, -1).flatten(0, 1)
-    with num_frames_context(vit, 3):
+    with clip_length(vit, 3):
         actual = vit.forward_features(clips).unflatten(0, (2, 3))
         assert (actual - expected[:, None]).abs().max().item() <= 1e-5
         open_gates(vit)

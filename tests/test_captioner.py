@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from simvlg_video.adapters.placements import reference
+from simvlg_video.adapters.placements import Reference
 from simvlg_video.model.freeze import apply_freeze_policy
 from simvlg_video.model.model_dir import load_model_dir
 
@@ -23,7 +23,7 @@ def test_labels_cover_only_caption_tokens(tiny_model_dir):
 
 def test_gradients_reach_exactly_the_trainable_modules(tiny_model_dir):
     model, _ = load_model_dir(tiny_model_dir)
-    reference(model, qk_dim=32, num_heads=4)
+    Reference(qk_dim=32, num_heads=4).apply(model)
     apply_freeze_policy(model, TRAINABLE)
     for block in model.vit.blocks:  # open the gates so gradients reach the adapters' projections too
         block.temporal_merge.alpha.data.fill_(0.5)

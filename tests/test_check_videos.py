@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
@@ -13,7 +12,7 @@ from simvlg_video.data import sampling
 from simvlg_video.data.dataset import VideoClipDataset
 from simvlg_video.data.manifest import read_manifest, write_manifest
 from simvlg_video.data_tools.check_videos import main as check
-from simvlg_video.data_tools.make_shapes import write_video
+from simvlg_video.data.video_writer import write_video
 
 FPS = 8
 
@@ -25,12 +24,7 @@ def frames(count: int, seed: int) -> np.ndarray:
 def write_corrupt_tail(path: Path) -> None:
     """An MP4 whose index (moov, written first) is intact but whose last half of frame data is zeros: it probes
     fine and fails only when decoded."""
-    with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as output:
-        stream = output.add_stream("libx264", rate=FPS)
-        stream.height, stream.width, stream.pix_fmt = 48, 64, "yuv420p"
-        for frame in frames(24, seed=9):
-            output.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        output.mux(stream.encode(None))
+    write_video(path, frames(24, seed=9), FPS, container_format="mp4", container_options={"movflags": "+faststart"})
     data = bytearray(path.read_bytes())
     data[len(data) // 2:] = bytes(len(data) - len(data) // 2)
     path.write_bytes(bytes(data))
@@ -46,8 +40,8 @@ def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("check")
     videos = root / "videos"
     videos.mkdir()
-    write_video(frames(24, seed=1), videos / "good.mp4", FPS, "libx264", "mp4")  # 3.0 s
-    write_video(frames(16, seed=2), videos / "good.avi", FPS, "libx264", "avi")
+    write_video(videos / "good.mp4", frames(24, seed=1), FPS)  # 3.0 s
+    write_video(videos / "good.avi", frames(16, seed=2), FPS)
     (videos / "empty.mp4").write_bytes(b"")
     (videos / "garbage.mp4").write_bytes(np.random.default_rng(3).bytes(4096))
     write_corrupt_tail(videos / "tail.mp4")

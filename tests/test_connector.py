@@ -8,9 +8,13 @@ import torch
 import torch.nn.functional as F
 from transformers import BertModel
 
-from simvlg_video.model.connector import apply_tome, build_tome_connector
+from simvlg_video.model.connector import ConnectorConfig, apply_tome, build_tome_connector
 
 TINY = dict(hidden_size=32, num_heads=4, intermediate_size=64)
+
+
+def make_connector(attn_implementation: str = "sdpa", **settings):
+    return build_tome_connector(ConnectorConfig(**settings), attn_implementation)
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +113,7 @@ def reference_connector(connector, inputs_embeds, r_per_layer, mode):
 @pytest.mark.parametrize("mode", ["mean", "weighted"])
 def test_matches_loop_reference(mode, attn_implementation):
     r = [3, 4, 2]
-    connector = build_tome_connector(
+    connector = make_connector(
         num_layers=3, r=r, merge_mode=mode, attn_implementation=attn_implementation, **TINY
     ).eval()
     perturb_weights(connector)
@@ -124,7 +128,7 @@ def test_matches_loop_reference(mode, attn_implementation):
 
 @pytest.mark.parametrize("mode", ["mean", "weighted"])
 def test_r_zero_equals_unpatched_bert_exactly(mode):
-    connector = build_tome_connector(num_layers=2, r=0, merge_mode=mode, **TINY).eval()
+    connector = make_connector(num_layers=2, r=0, merge_mode=mode, **TINY).eval()
     perturb_weights(connector)
     plain = plain_bert_like(connector).eval()
     inputs = torch.randn(2, 13, 32)
@@ -133,7 +137,7 @@ def test_r_zero_equals_unpatched_bert_exactly(mode):
 
 
 def test_state_dict_has_hugging_face_names_without_word_embeddings():
-    connector = build_tome_connector(num_layers=2, **TINY)
+    connector = make_connector(num_layers=2, **TINY)
     plain = BertModel(connector.config, add_pooling_layer=False)
     expected = set(plain.state_dict()) - {"embeddings.word_embeddings.weight"}
     assert set(connector.state_dict()) == expected
@@ -154,7 +158,7 @@ def test_state_dict_has_hugging_face_names_without_word_embeddings():
 
 
 def test_reference_token_counts_over_twelve_layers():
-    connector = build_tome_connector(num_layers=12, r=19, **TINY).eval()
+    connector = make_connector(num_layers=12, r=19, **TINY).eval()
     expected = [257, 238, 219, 200, 181, 162, 143, 124, 105, 86, 67, 48, 29]
     assert connector.merge_schedule(257) == expected
     assert connector.num_output_tokens(257) == 29
@@ -171,14 +175,14 @@ def test_reference_token_counts_over_twelve_layers():
 
 
 def test_r_list_and_capping():
-    connector = build_tome_connector(num_layers=3, r=[10, 0, 1], **TINY).eval()
+    connector = make_connector(num_layers=3, r=[10, 0, 1], **TINY).eval()
     assert connector.merge_schedule(9) == [9, 5, 5, 4]
     with torch.no_grad():
         assert connector(torch.randn(1, 9, 32)).shape == (1, 4, 32)
 
 
 def test_weighted_mode_tracks_sizes_that_sum_to_the_input_count():
-    connector = build_tome_connector(num_layers=3, r=4, merge_mode="weighted", **TINY).eval()
+    connector = make_connector(num_layers=3, r=4, merge_mode="weighted", **TINY).eval()
     with torch.no_grad():
         connector(torch.randn(3, 21, 32))
     final_sizes = connector.tome.sizes[-1]
@@ -188,7 +192,7 @@ def test_weighted_mode_tracks_sizes_that_sum_to_the_input_count():
 
 def test_merge_metric_is_the_layer_keys():
     """Two tokens whose keys agree but whose hidden states differ get merged; a pair similar only in hidden state not."""
-    connector = build_tome_connector(num_layers=1, r=1, **TINY).eval()
+    connector = make_connector(num_layers=1, r=1, **TINY).eval()
     perturb_weights(connector)
     with torch.no_grad():
         connector.embeddings.position_embeddings.weight.zero_()
@@ -208,14 +212,14 @@ def test_merge_metric_is_the_layer_keys():
 
 @pytest.mark.parametrize("mode", ["mean", "weighted"])
 def test_gradients_reach_every_parameter(mode):
-    connector = build_tome_connector(num_layers=2, r=3, merge_mode=mode, **TINY).train()
+    connector = make_connector(num_layers=2, r=3, merge_mode=mode, **TINY).train()
     connector(torch.randn(2, 15, 32)).square().mean().backward()
     for name, parameter in connector.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
 def test_gradient_checkpointing_gives_the_same_gradients_in_weighted_mode():
-    connector = build_tome_connector(num_layers=3, r=3, merge_mode="weighted", **TINY).eval()
+    connector = make_connector(num_layers=3, r=3, merge_mode="weighted", **TINY).eval()
     perturb_weights(connector)
     checkpointed = copy.deepcopy(connector)
     checkpointed.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -232,7 +236,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_in_weighted_mode():
 
 @pytest.mark.parametrize("mode", ["mean", "weighted"])
 def test_bf16_forward_and_backward(mode):
-    connector = build_tome_connector(num_layers=2, r=4, merge_mode=mode, **TINY).to(torch.bfloat16)
+    connector = make_connector(num_layers=2, r=4, merge_mode=mode, **TINY).to(torch.bfloat16)
     output = connector(torch.randn(2, 17, 32, dtype=torch.bfloat16))
     assert output.shape == (2, 9, 32) and output.dtype == torch.bfloat16
     assert torch.isfinite(output).all()
@@ -243,7 +247,7 @@ def test_bf16_forward_and_backward(mode):
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 def test_bf16_autocast_over_fp32_weights(attn_implementation):
     """Under autocast the attention logits are bf16 while merged states and sizes stay fp32; the bias must fit both."""
-    connector = build_tome_connector(
+    connector = make_connector(
         num_layers=2, r=4, merge_mode="weighted", attn_implementation=attn_implementation, **TINY
     )
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -254,7 +258,7 @@ def test_bf16_autocast_over_fp32_weights(attn_implementation):
 
 
 def test_apply_tome_patches_in_place_and_keeps_weights():
-    connector = build_tome_connector(num_layers=2, r=0, **TINY)
+    connector = make_connector(num_layers=2, r=0, **TINY)
     plain = plain_bert_like(connector)
     before = {name: parameter for name, parameter in plain.named_parameters()}
     patched = apply_tome(plain, r=2)
@@ -267,7 +271,7 @@ def test_apply_tome_patches_in_place_and_keeps_weights():
 
 
 def test_bad_use_gets_clear_errors():
-    connector = build_tome_connector(num_layers=2, max_position_embeddings=16, r=1, **TINY)
+    connector = make_connector(num_layers=2, max_position_embeddings=16, r=1, **TINY)
     with pytest.raises(ValueError, match=r"inputs_embeds must be \(B, N, 32\)"):
         connector(torch.randn(1, 5, 16))
     with pytest.raises(ValueError, match="max_position_embeddings=16"):
@@ -275,16 +279,16 @@ def test_bad_use_gets_clear_errors():
     with pytest.raises(RuntimeError, match="record_groups"):
         connector.last_merge_groups
     with pytest.raises(ValueError, match="merge mode"):
-        build_tome_connector(num_layers=1, merge_mode="max", **TINY)
+        make_connector(num_layers=1, merge_mode="max", **TINY)
     with pytest.raises(ValueError, match="one per layer"):
-        build_tome_connector(num_layers=2, r=[1, 2, 3], **TINY)
+        make_connector(num_layers=2, r=[1, 2, 3], **TINY)
     with pytest.raises(TypeError, match="BertModel"):
         apply_tome(torch.nn.Linear(2, 2), r=1)
 
 
 def test_tracked_positions_are_the_mean_place_of_each_merged_group():
     torch.manual_seed(0)
-    connector = build_tome_connector(hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64,
+    connector = make_connector(hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64,
                                      max_position_embeddings=64, r=[5, 4, 3]).eval()
     positions = torch.rand(2, 33, 2)
     connector.tome.record_groups = True

@@ -3,8 +3,8 @@
 Each stand-in has annotation files in the official schema and small real videos named as in the real dataset (one
 video left out, so the check step has something to filter). The commands are the documented ones: convert,
 check_videos, adapt with `data=<dataset> data.root=ROOT` (plus overrides that make the run tiny), and for
-ActivityNet also evaluate, whose metrics must equal pycocoevalcap's on references read straight from the official
-files.
+ActivityNet also evaluate (on the run directory, and on its exported model directory with --manifest), whose metrics
+must equal pycocoevalcap's on references read straight from the official files.
 """
 
 from __future__ import annotations
@@ -15,18 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from adapt_runs import run_module
 from test_paragraph import METRICS, pycocoevalcap_scores
 
-import simvlg_video
+from simvlg_video.adapt import clip_data
+from simvlg_video.configs import register_schemas
 from simvlg_video.data import sampling
-from simvlg_video.data.source import resolve_manifest
-from simvlg_video.data_tools.make_shapes import write_video
-
-CONFIG_DIR = Path(simvlg_video.__file__).parent / "configs"
+from simvlg_video.data.clips import DataConfigError
+from simvlg_video.data.video_writer import write_video
+from simvlg_video.model.model_dir import MODEL_CONFIG, WEIGHTS, read_model_config
 
 FPS = 8
 CONTAINERS = {".mp4": "mp4", ".avi": "avi", ".mkv": "matroska"}
@@ -44,7 +44,7 @@ def encode(path: Path, seconds: float, seed: int) -> None:
     for t in range(count):
         frames[t, 10:26, 2 + 2 * t:18 + 2 * t] = rng.integers(0, 256, 3, dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_video(frames, path, FPS, "libx264", CONTAINERS[path.suffix])
+    write_video(path, frames, FPS, codec="libx264", container_format=CONTAINERS[path.suffix])
 
 
 def write_json(path: Path, value: object) -> Path:
@@ -148,15 +148,26 @@ def test_documented_commands_complete(dataset: str, tiny_model_dir: Path, tmp_pa
     assert set(METRICS) <= metrics.keys() and not any(key.startswith("paragraph/") for key in metrics)
     config = (run_dir / "config.yaml").read_text()
     assert "steps: 2" in config and "lr: 1.0e-05" in config  # the recipe, with the tiny overrides on top
+    # The exported model directory: its two files, the frozen LLM pointed at (not copied), the run's eval settings.
+    assert sorted(p.name for p in (run_dir / "model").iterdir()) == sorted([MODEL_CONFIG, WEIGHTS])
+    exported = read_model_config(run_dir / "model" / MODEL_CONFIG)
+    assert exported.lm.path == str((tiny_model_dir / "lm").resolve()) and set(exported.frozen) == {"lm"}
+    inference = exported.inference
+    assert (inference["num_frames"], inference["num_beams"], inference["max_new_tokens"]) == (4, 1, 4)
+    assert inference["precision"] == "fp32" and inference["sampler"]["_target_"] == "simvlg_video.data.sampling.head"
 
 
 @pytest.mark.slow
 @pytest.mark.java
 def test_activitynet_evaluate_equals_pycocoevalcap_on_the_official_files(tiny_model_dir: Path, tmp_path: Path):
     run_dir = documented_run("activitynet", tiny_model_dir, tmp_path)
+    adapted = json.loads((run_dir / "eval/val_predictions.json").read_text())
+    for name in ("val_predictions.json", "val_metrics.json"):  # evaluate must write them itself
+        (run_dir / "eval" / name).unlink()
     run_ok("simvlg_video.evaluate", "--ckpt", str(run_dir), cwd=tmp_path)
     metrics = json.loads((run_dir / "eval/val_metrics.json").read_text())["metrics"]
     predictions = json.loads((run_dir / "eval/val_predictions.json").read_text())
+    assert predictions == adapted  # the exported model, with the settings it stores, captions as the run did
     captions = {row["clip_id"]: row["caption"] for row in predictions}
 
     # Ground truth straight from val_1.json / val_2.json: every segment that lies in a downloaded video.
@@ -178,9 +189,18 @@ def test_activitynet_evaluate_equals_pycocoevalcap_on_the_official_files(tiny_mo
     assert {name: metrics[f"paragraph/{name}"] for name in METRICS} == paragraph_level
     assert metrics["paragraph/videos"] == 2
 
+    # The model directory on its own: the clips come from --manifest, settings from model.yaml and the command line.
+    manifest = tmp_path / "activitynet" / "manifest.checked.jsonl"
+    run_ok("simvlg_video.evaluate", "--ckpt", str(run_dir / "model"), "--manifest", str(manifest), "--split", "val",
+           "num_beams=1", "max_new_tokens=4", cwd=tmp_path)
+    model_eval = run_dir / "model" / "eval"
+    assert json.loads((model_eval / "val_predictions.json").read_text()) == predictions
+    assert json.loads((model_eval / "val_metrics.json").read_text())["metrics"] == metrics
+
 
 def composed(*overrides: str) -> DictConfig:
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    register_schemas()
+    with initialize_config_module("simvlg_video.configs", version_base="1.3"):
         return compose("adapt", overrides=list(overrides))
 
 
@@ -191,7 +211,10 @@ def test_data_config_brings_the_published_recipe(dataset: str):
     assert (cfg.data.num_frames, cfg.data.hflip, list(cfg.data.crop_scale)) == (4, True, [0.5, 1.0])
     assert (instantiate(cfg.sampler.train).func, instantiate(cfg.sampler.eval).func) == (sampling.headtail,
                                                                                           sampling.head)
-    assert cfg.adapter.blocks == "all"
+    assert cfg.adapter._target_ == "simvlg_video.adapters.placements.MergedTokens"  # the toolkit's placement
+    paper = composed(f"data={dataset}", "data.root=/datasets/x", "adapter=reference").adapter
+    assert (paper._target_, paper.blocks, paper.time_encoding) == (
+        "simvlg_video.adapters.placements.Reference", "all", "none")  # the published module, blind to frame order
     train = cfg.train
     assert (train.steps, train.batch_size, train.lr, train.weight_decay) == (50000, 4, 1e-5, 0.05)
     assert (train.warmup_steps, train.warmup_start_lr, train.min_lr, train.grad_clip) == (1000, 1e-8, 1e-6, None)
@@ -208,21 +231,21 @@ def test_command_line_beats_the_recipe_and_the_recipe_can_be_dropped():
 
 
 def test_missing_root_is_named():
-    with pytest.raises(ValueError, match=r"Missing mandatory value: data.root.*data.root=/path/to/dataset"):
-        resolve_manifest(composed("data=msrvtt").data)
+    with pytest.raises(SystemExit, match=r"^error: data\.root is not set; .*data\.root=/path/to/dataset"):
+        clip_data(composed("data=msrvtt"))
 
 
 def test_missing_checked_manifest_is_named(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match=r"data.manifest: .*manifest.checked.jsonl does not exist"):
-        resolve_manifest(composed("data=activitynet", f"data.root={tmp_path}").data)
+    data = clip_data(composed("data=activitynet", f"data.root={tmp_path}"))
+    with pytest.raises(DataConfigError, match=r"data.manifest: .*manifest.checked.jsonl does not exist"):
+        data.manifest_path()
 
 
-@pytest.mark.parametrize(
-    ("manifest", "message"),
-    [(None, r"data.manifest and data.synthetic are both null"), ("???", r"data.manifest is not set \(\?\?\?\)")],
-)
-def test_real_data_config_without_a_manifest_is_named(manifest: str | None, message: str):
-    data = composed("data=msvd", "data.root=/r").data
-    data.manifest = manifest
-    with pytest.raises(ValueError, match=message):
-        resolve_manifest(data)
+def test_real_data_config_without_a_manifest_is_named():
+    cfg = composed("data=msvd", "data.root=/r")
+    cfg.data.manifest = None
+    with pytest.raises(DataConfigError, match=r"data.manifest and data.synthetic are both null"):
+        clip_data(cfg).manifest_path()
+    cfg.data.manifest = "???"
+    with pytest.raises(SystemExit, match=r"^error: data\.manifest is not set; give it on the command line"):
+        clip_data(cfg)

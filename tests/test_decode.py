@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from simvlg_video.data.decode import VideoDecodeError, count_frames, probe_video, read_frames
+from simvlg_video.data.video_writer import write_video
 
 BACKENDS = ["decord", "pyav", "auto"]
 NUM_FRAMES = 20
@@ -44,17 +45,8 @@ def frame_number(frame: np.ndarray) -> int:
 
 def write_numbered_video(path: Path, container_format: str | None = None, width: int = 64) -> Path:
     """Encode NUM_FRAMES numbered frames with libx264 (B-frames on, a keyframe every 8 frames)."""
-    with av.open(str(path), "w", format=container_format) as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = width, 32, "yuv420p"
-        stream.options = {"crf": "10", "g": "8"}
-        for number in range(NUM_FRAMES):
-            frame = av.VideoFrame.from_ndarray(numbered_frame(number, width=width), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    frames = (numbered_frame(number, width=width) for number in range(NUM_FRAMES))
+    return write_video(path, frames, FPS, encoder_options={"crf": "10", "g": "8"}, container_format=container_format)
 
 
 @pytest.fixture(scope="module")
@@ -177,17 +169,8 @@ def test_bad_arguments_raise_value_error(numbered_mp4: Path) -> None:
 def write_long_gop_video(path: Path, num_frames: int = 60, gop: int = 25, open_gop: bool = False) -> Path:
     """Numbered frames with B-frames and a keyframe every ``gop`` frames (optionally open GOPs)."""
     params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=3:b-adapt=0" + (":open-gop=1" if open_gop else "")
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
-        stream.options = {"crf": "10", "g": str(gop), "sc_threshold": "0", "x264-params": params}
-        for number in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(numbered_frame(number % 32), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return write_video(path, (numbered_frame(number % 32) for number in range(num_frames)), FPS,
+                       encoder_options={"crf": "10", "g": str(gop), "sc_threshold": "0", "x264-params": params})
 
 
 @pytest.mark.parametrize("open_gop", [False, True])
@@ -209,10 +192,10 @@ def test_bikes_sample_with_six_keyframes_reads_the_same_through_seeks() -> None:
 
 
 def test_rotated_file_is_turned_upright_and_auto_does_not_trust_decord(tmp_path: Path) -> None:
-    from simvlg_video.data_tools.make_broken_videos import write_video
+    from simvlg_video.data_tools.make_broken_videos import write_h264
 
     frame = numbered_frame(5)
-    path = write_video(tmp_path / "rotated.mp4", [frame] * 3, rotation=90)
+    path = write_h264(tmp_path / "rotated.mp4", [frame] * 3, rotation=90)
     upright = read_frames(path, [1], "pyav")[0]
     assert upright.shape == (64, 32, 3)
     assert frame_number(np.rot90(upright, -1)) == 5  # turned counter-clockwise by 90 degrees, as players show it

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from simvlg_video.adapters import adapter_modules, adapter_parameters, add_temporal_adapters, num_frames_context
+from simvlg_video.adapters import Reference
+from simvlg_video.model.adapter_protocol import adapter_modules, adapter_parameters
 from simvlg_video.model.freeze import apply_freeze_policy
-from simvlg_video.model.vit import build_vit, vit_tokens
+from simvlg_video.model.vit import build_vit, clip_length, vit_tokens
 
 REFERENCE_TRAINABLE = ["adapters", "ln_vision", "VL_proj", "connector", "opt_proj"]
 
@@ -20,7 +21,7 @@ class SmallCaptioner(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.vit = build_vit("tiny", img_size=32, embed_dim=64, depth=3, drop_path_rate=0.5)
-        add_temporal_adapters(self.vit, blocks="last_k", last_k=2, qk_dim=32, num_heads=4)
+        Reference(blocks="last_k", last_k=2, qk_dim=32, num_heads=4).patch_vit(self.vit)
         self.ln_vision = nn.LayerNorm(64)
         self.VL_proj = nn.Linear(64, 32)
         self.connector = nn.Sequential(nn.Linear(32, 32), nn.Dropout(0.5), nn.Linear(32, 32))
@@ -28,7 +29,7 @@ class SmallCaptioner(nn.Module):
         self.lm = nn.Sequential(nn.Linear(48, 48), nn.Dropout(0.5), nn.Linear(48, 10))
 
     def vision(self, clips: torch.Tensor) -> torch.Tensor:
-        with num_frames_context(self.vit, clips.shape[1]):
+        with clip_length(self.vit, clips.shape[1]):
             tokens = vit_tokens(self.vit, clips.flatten(0, 1)).unflatten(0, clips.shape[:2])
         return tokens.mean(dim=1)
 

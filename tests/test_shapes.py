@@ -18,12 +18,6 @@ from simvlg_video.data_tools.make_shapes import (
 )
 from simvlg_video.data_tools.shapes import (
     COLOUR_RGB,
-    COLOUR_WORDS,
-    COLOURS,
-    MOTION_KEYWORDS,
-    MOTIONS,
-    SHAPE_WORDS,
-    SHAPES,
     caption_corpus,
     image_captions,
     render_frames,
@@ -31,7 +25,16 @@ from simvlg_video.data_tools.shapes import (
     sample_clip_spec,
     video_captions,
 )
-from simvlg_video.eval.shape_accuracy import parse_motion, parse_object
+from simvlg_video.eval.shape_accuracy import (
+    COLOUR_WORDS,
+    COLOURS,
+    MOTION_KEYWORDS,
+    MOTIONS,
+    SHAPE_WORDS,
+    SHAPES,
+    parse_motion,
+    parse_object,
+)
 
 SIZE, FRAMES = 64, 16
 

@@ -84,8 +84,8 @@ class CaptionerSizes:
 
 
 def _pool_tokens(model: nn.Module) -> int | None:
-    pool = getattr(model, "temporal_pool", None)
-    if pool is None:
+    pool = model.time_pool
+    if pool.pools_vit_tokens:
         return None
     if pool.num_output_tokens is not None:
         raise ValueError("FLOP count assumes the temporal token pool keeps the connector's token count")

@@ -4,7 +4,7 @@
         [--frames 8] [--clips 24] [--workers 2] [--threads 8] [--size 224] [--device auto] [--json OUT]
 
 Each file is loaded ``--clips`` times as an evaluation clip (deterministic frames) through the real pipeline:
-``VideoClipDataset`` -> ``build_loader`` (worker processes for CPU backends, decoder threads for nvdec) ->
+``clip_loader`` (worker processes for CPU backends, decoder threads for nvdec) ->
 ``FrameTransform`` on ``--device``. The baseline, in the same run, is what a first implementation does: PyAV
 decodes every frame from the start of the file into RGB, the sampled ones are kept, and each frame is resized,
 cropped and normalised on its own on the CPU, in a plain loop (``--baseline-workers 0``) or in DataLoader
@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 
 from simvlg_video.data import sampling
-from simvlg_video.data.dataset import VideoClipDataset, build_loader
+from simvlg_video.data.dataset import ClipReading, clip_loader
 from simvlg_video.data.manifest import ClipRecord, read_manifest
 from simvlg_video.data.transforms import CLIP_MEAN, CLIP_STD, FrameTransform
 
@@ -83,10 +83,10 @@ def _timed(batches, on_batch) -> tuple[float, int, int, float]:
 
 
 def measure_pipeline(record: ClipRecord, backend: str, sampler_name: str, args, device: torch.device) -> Row:
-    dataset = VideoClipDataset(_copies(record, args.clips), args.frames, SAMPLERS[sampler_name], train=False,
-                               backend=backend, decode_timeout=args.timeout)
-    loader = build_loader(dataset, args.batch_size, shuffle=False, num_workers=args.workers, seed=0,
-                          max_skip_fraction=1.0, decode_threads=args.threads)
+    reading = ClipReading(args.frames, backend, args.timeout, max_skip_fraction=1.0)
+    loader = clip_loader(_copies(record, args.clips), reading, SAMPLERS[sampler_name], train=False,
+                         batch_size=args.batch_size, num_workers=args.workers, decode_threads=args.threads)
+    dataset = loader.dataset
     transform = FrameTransform(size=args.size)
 
     def consume(batch):

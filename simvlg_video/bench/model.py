@@ -6,7 +6,7 @@
 Training steps (`caption_loss` forward + backward + AdamW, B videos x T frames, random caption tokens) are timed for
 each variant in one process, on one model:
 
-* ``reference``: the reference-style port: plain matmul-softmax-matmul attention everywhere, frozen weights in fp16
+* ``port``: a plain port of the reference code: matmul-softmax-matmul attention everywhere, frozen weights in fp16
   under fp16 autocast with a GradScaler, adapters in all blocks (so autograd runs through the whole ViT), AdamW
   without the fused kernel.
 * ``merged``: the merged-token placement (frozen ViT and connector per frame, one temporal token pool with
@@ -18,7 +18,7 @@ each variant in one process, on one model:
 
 Reported per variant: s/step, videos/s, peak GPU memory, model FLOPs per step (see `bench/flops.py` for the formula)
 and model FLOP utilisation against a bf16 matrix product measured in the same run, host syncs in one step, and the
-ratios to the reference-style variant. Then the ViT forward alone (no grad, bf16) and beam-search generation.
+ratios to the plain port. Then the ViT forward alone (no grad, bf16) and beam-search generation.
 """
 
 from __future__ import annotations
@@ -33,17 +33,17 @@ from pathlib import Path
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
-from simvlg_video.adapters.patch import adapter_parameters, add_temporal_adapters, remove_temporal_adapters
-from simvlg_video.adapters.placements import merged_tokens
+from simvlg_video.adapters.patch import remove_temporal_adapters
+from simvlg_video.adapters.placements import MergedTokens, Reference
 from simvlg_video.bench.flops import CaptionerSizes, training_step_flops, vit_forward_flops
 from simvlg_video.bench.model_report import Report, TrainResult, format_report
 from simvlg_video.bench.timing import count_host_syncs, matmul_rate, peak_memory_gib, reset_memory, seconds_per_call
-from simvlg_video.data_tools.tiny_lm import build_word_tokenizer
-from simvlg_video.model.captioner import VideoCaptioner
-from simvlg_video.model.connector import build_tome_connector
-from simvlg_video.model.freeze import ADAPTERS, apply_freeze_policy
-from simvlg_video.model.lm import CaptionText
-from simvlg_video.model.performance import cast_frozen_, compile_vit_blocks, set_fused_attention
+from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_parameters
+from simvlg_video.model.captioner import MeanOverTime, VideoCaptioner
+from simvlg_video.model.connector import ConnectorConfig, build_tome_connector
+from simvlg_video.model.freeze import apply_freeze_policy
+from simvlg_video.model.lm import CaptionText, build_word_tokenizer
+from simvlg_video.model.speed import cast_frozen_, compile_vit_blocks, set_fused_attention
 from simvlg_video.model.vit import build_vit, vit_tokens
 from simvlg_video.train.optim import build_optimizer, parameter_groups
 
@@ -90,7 +90,7 @@ def build_random_captioner(sizes: Sizes, device: torch.device) -> VideoCaptioner
     )
     with torch.device(device):
         vit = build_vit(sizes.vit_preset, **sizes.vit_overrides)
-        connector = build_tome_connector(**sizes.connector)
+        connector = build_tome_connector(ConnectorConfig(**sizes.connector))
         lm = OPTForCausalLM(lm_config)
         return VideoCaptioner(vit, connector, lm, CaptionText(tokenizer), sizes.connector["hidden_size"])
 
@@ -100,18 +100,18 @@ class Variant:
     name: str
     blocks: str  # "all" | "last_k" | "none" | "merged"
     last_k: int | None = None
-    reference_style: bool = False
+    plain_port: bool = False  # the reference code ported as it is: naive attention, fp16 + grad scaler
 
 
 def parse_variant(name: str) -> Variant:
-    """`reference`, `all`, `merged`, `none` or `lastK` (e.g. last8)."""
-    if name == "reference":
-        return Variant(name, "all", reference_style=True)
+    """`port`, `all`, `merged`, `none` or `lastK` (e.g. last8)."""
+    if name == "port":
+        return Variant(name, "all", plain_port=True)
     if name in ("all", "none", "merged"):
         return Variant(name, name)
     if name.startswith("last") and name[4:].isdigit() and int(name[4:]) > 0:
         return Variant(name, "last_k", int(name[4:]))
-    raise ValueError(f"unknown variant {name!r}: use reference, all, merged, none or lastK (e.g. last8)")
+    raise ValueError(f"unknown variant {name!r}: use port, all, merged, none or lastK (e.g. last8)")
 
 
 @dataclass
@@ -123,34 +123,33 @@ class Options:
     warmup: int
     compile: bool = False
     checkpointing: bool = False
-    adapter: dict = field(default_factory=dict)  # add_temporal_adapters' qk_dim and num_heads
+    adapter: dict = field(default_factory=dict)  # the temporal modules' qk_dim and num_heads
 
 
 def configure(model: VideoCaptioner, variant: Variant, options: Options) -> tuple[torch.optim.Optimizer, object]:
     """Put the variant's adapters, precision and attention kernels on the model; returns (optimizer, grad scaler)."""
     remove_temporal_adapters(model.vit)
-    model.temporal_pool = None
+    model.time_pool = MeanOverTime()
     trainable = list(TRAINABLE)
     if variant.blocks == "merged":
-        merged_tokens(model, num_heads=options.adapter["num_heads"], time_encoding="sinusoidal",
-                      space_encoding="sinusoidal")
+        MergedTokens(num_heads=options.adapter["num_heads"]).apply(model)
         with torch.no_grad():
-            model.temporal_pool.out.weight.normal_(std=0.01)  # an open gate, as after some training
+            model.time_pool.out.weight.normal_(std=0.01)  # an open gate, as after some training
         trainable.append(ADAPTERS)
     elif variant.blocks != "none":
-        add_temporal_adapters(model.vit, blocks=variant.blocks, last_k=variant.last_k, **options.adapter)
+        Reference(blocks=variant.blocks, last_k=variant.last_k, **options.adapter).apply(model)
         with torch.no_grad():
             for name, param in adapter_parameters(model):
                 if name.endswith("alpha"):
                     param.fill_(0.01)  # open gates, as after some training
         trainable.append(ADAPTERS)
     apply_freeze_policy(model, trainable)
-    cast_frozen_(model, torch.float16 if variant.reference_style else torch.bfloat16)
-    set_fused_attention(model, fused=not variant.reference_style)
-    model.checkpoint_vit = options.checkpointing and not variant.reference_style
-    if options.compile and not variant.reference_style:
+    cast_frozen_(model, torch.float16 if variant.plain_port else torch.bfloat16)
+    set_fused_attention(model, fused=not variant.plain_port)
+    model.checkpoint_vit = options.checkpointing and not variant.plain_port
+    if options.compile and not variant.plain_port:
         compile_vit_blocks(model)
-    if variant.reference_style:
+    if variant.plain_port:
         optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-5)
         return optimizer, torch.amp.GradScaler(next(model.parameters()).device.type)
     return build_optimizer(model, lr=1e-5), None
@@ -171,7 +170,7 @@ def bench_training(model, variant: Variant, options: Options, batch: tuple, peak
     try:
         optimizer, scaler = configure(model, variant, options)
         result.adapters = sum(hasattr(block, "temporal_merge") for block in model.vit.blocks)
-        dtype = torch.float16 if variant.reference_style else torch.bfloat16
+        dtype = torch.float16 if variant.plain_port else torch.bfloat16
         last_loss: list[torch.Tensor] = []
 
         def step() -> None:
@@ -302,8 +301,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text-tokens", type=int, default=20, help="caption tokens per video")
     parser.add_argument("--steps", type=int, help="timed steps per variant (10; tiny 2)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (3; tiny 1)")
-    parser.add_argument("--variants", default="reference,all,last8,merged,none",
-                        help="comma list: reference,all,lastK,merged,none")
+    parser.add_argument("--variants", default="port,all,last8,merged,none",
+                        help="comma list: port,all,lastK,merged,none")
     parser.add_argument("--compile", action="store_true", help="torch.compile the ViT blocks (our variants)")
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the ViT blocks")
     parser.add_argument("--vit-frames", type=int, help="frames for the ViT-forward timing, 0 to skip (128; tiny 4)")

@@ -35,22 +35,22 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def format_report(report: Report) -> str:
-    """Markdown tables of the report, ratios relative to the reference-style variant where it ran."""
+    """Markdown tables of the report, ratios relative to the plain port where it ran."""
     o = report.options
     lines = [f"device: {report.device}; measured matmul peak {report.peak_tflop_per_s:.3g} TFLOP/s",
              f"training step: B={o['batch']} videos x T={o['frames']} frames, {o['text_tokens']} text tokens, "
              f"{o['steps']} timed steps after {o['warmup']} warm-up; compile={o['compile']}, "
              f"checkpointing={o['checkpointing']}", "",
-             "| variant | adapters | s/step | videos/s | vs reference | peak GiB | memory vs reference | TFLOP/step "
+             "| variant | adapters | s/step | videos/s | vs port | peak GiB | memory vs port | TFLOP/step "
              "| TFLOP/s | MFU | host syncs/step |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    reference = next((r for r in report.training if r.variant == "reference" and r.error is None), None)
+    port = next((r for r in report.training if r.variant == "port" and r.error is None), None)
     for r in report.training:
         if r.error:
             lines.append(f"| {r.variant} | {r.adapters} | {r.error} |" + " |" * 8)
             continue
-        speed = f"{r.videos_per_s / reference.videos_per_s:.2f}x" if reference else None
-        memory = r.peak_gib / reference.peak_gib if reference and r.peak_gib and reference.peak_gib else None
+        speed = f"{r.videos_per_s / port.videos_per_s:.2f}x" if port else None
+        memory = r.peak_gib / port.peak_gib if port and r.peak_gib and port.peak_gib else None
         lines.append(
             f"| {r.variant} | {r.adapters} | {r.seconds_per_step:.4f} | {r.videos_per_s:.1f} | {_fmt(speed, 's')} "
             f"| {_fmt(r.peak_gib, '.1f')} | {_fmt(memory, '.2f')} | {r.tflop_per_step:.3g} | {r.tflop_per_s:.3g} "
@@ -71,12 +71,12 @@ def format_report(report: Report) -> str:
 
 
 def merged_summary(training: list[TrainResult]) -> list[str]:
-    """The merged-token placement against adapters in all blocks, the reference-style port and the floor (`none`:
+    """The merged-token placement against adapters in all blocks, the plain port and the floor (`none`:
     the image model with frames averaged)."""
     done = {r.variant: r for r in training if r.error is None}
     if "merged" not in done:
         return []
     merged = done["merged"].videos_per_s
-    parts = [f"{merged / done[name].videos_per_s:.2f}x the videos/s of {name}" for name in ("all", "reference", "none")
+    parts = [f"{merged / done[name].videos_per_s:.2f}x the videos/s of {name}" for name in ("all", "port", "none")
              if name in done]
     return ["", "merged: " + "; ".join(parts)] if parts else []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import av
 
 from simvlg_video.data.manifest import ClipRecord, write_manifest
 from simvlg_video.data.probe import probe_file
+from simvlg_video.data.video_writer import write_video
 
 FPS = 25
 
@@ -44,22 +45,19 @@ def encode(frames: list[av.VideoFrame], count: int, path: Path, gop: int | None,
         params += [f"keyint={gop}", f"min-keyint={gop}"]
     if bt709:
         params += ["colormatrix=bt709", "colorprim=bt709", "transfer=bt709"]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
-        options = {"preset": "veryfast", "crf": "23", "x264-params": ":".join(params)}
-        if gop:
-            # FFmpeg's own settings win over x264-params: fixed GOP length, no extra keyframes at scene changes
-            options.update({"g": str(gop), "sc_threshold": "0"})
-        stream.options = options
+    options = {"preset": "veryfast", "crf": "23", "x264-params": ":".join(params)}
+    if gop:
+        # FFmpeg's own settings win over x264-params: fixed GOP length, no extra keyframes at scene changes
+        options.update({"g": str(gop), "sc_threshold": "0"})
+
+    def played() -> Iterator[av.VideoFrame]:
         for index in range(count):
             frame = cycle[index % len(cycle)]
             frame.pts, frame.time_base = index, Fraction(1, FPS)
             frame.pict_type = av.video.frame.PictureType.NONE  # the source's keyframe type would force one here
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            yield frame
+
+    write_video(path, played(), FPS, encoder_options=options)
     return path
 
 

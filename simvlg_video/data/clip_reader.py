@@ -61,7 +61,8 @@ class ClipReader:
         self.backend = backend
         self.decode_timeout = decode_timeout
         self.nvdec_fallback = nvdec_fallback
-        self._caller = IsolatedCaller(decode_timeout) if decode_timeout is not None else None
+        self._caller = (IsolatedCaller(decode_timeout, preload=("simvlg_video.data.probe", "simvlg_video.data.decode"))
+                        if decode_timeout is not None else None)
         self._sources: dict[Path, ClipSource] = {}
         self._local = threading.local()
 
@@ -72,14 +73,15 @@ class ClipReader:
         self.__dict__.update(state)
         self._local = threading.local()
 
-    def source(self, record: ClipRecord) -> ClipSource:
+    def source(self, record: ClipRecord, needs_keyframes: bool = False) -> ClipSource:
         """Frame count, rate, keyframes and rotation: the manifest's where it has them, the rest probed (once).
 
-        A manifest frame count is used without probing when no frame rate is needed (no window in seconds);
-        manifests written by ``probe_videos`` have every field.
+        A manifest frame count is used without probing when no frame rate is needed (no window in seconds) and no
+        keyframes are (the keyframe sampler); manifests written by ``probe_videos`` have every field.
         """
         needs_fps = record.start is not None or record.end is not None
-        if record.num_frames is not None and (record.fps is not None or not needs_fps):
+        if record.num_frames is not None and (record.fps is not None or not needs_fps) and (
+                record.keyframes is not None or not needs_keyframes):
             return ClipSource(record.num_frames, record.fps, record.keyframes, record.rotation or 0)
         probe = self._probe(record.video_path)
         return ClipSource(
@@ -132,8 +134,8 @@ class ClipReader:
         except CallTimeout:
             raise VideoDecodeError(path, f"decoding did not finish within {self.decode_timeout:g} s"
                                    " (decoder process killed)") from None
-        except ChildDied:
-            raise VideoDecodeError(path, "the decoder process exited while decoding (a crash in native code)") from None
+        except ChildDied as error:
+            raise VideoDecodeError(path, str(error)) from None
 
     def _nvdec(self):
         reader = getattr(self._local, "nvdec", None)

@@ -12,23 +12,24 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.data import Sampler as IndexSampler
+from torch.utils.data import Sampler
 
 from simvlg_video.data.clip_reader import ClipReader, resolve_backend
 from simvlg_video.data.decode import VideoDecodeError
 from simvlg_video.data.manifest import ClipRecord
-from simvlg_video.data.sampling import ClipWindowError, sample_window
+from simvlg_video.data.sampling import ClipWindowError, needed_fields, sample_window
 
 logger = logging.getLogger(__name__)
 
-# A sampler as in sampling.py: (num_available, num_frames, rng, *, fps, keyframes) -> sorted indices.
-Sampler = Callable[..., list[int]]
+# A frame sampler as in sampling.py: (num_available, num_frames, rng, *, fps, keyframes) -> sorted frame indices.
+FrameSampler = Callable[..., list[int]]
 
 DEFAULT_MAX_SKIP_FRACTION = 0.5
 
@@ -56,7 +57,7 @@ class VideoClipDataset(Dataset):
         self,
         records: Sequence[ClipRecord],
         num_frames: int,
-        sampler: Sampler,
+        sampler: FrameSampler,
         train: bool,
         seed: int = 0,
         backend: str = "auto",
@@ -98,7 +99,7 @@ class VideoClipDataset(Dataset):
         else:
             caption = record.captions[0]
         try:
-            source = self.reader.source(record)
+            source = self.reader.source(record, needs_keyframes="keyframes" in needed_fields(self.sampler))
             frame_indices = sample_window(
                 self.sampler, self.num_frames, source.num_frames, fps=source.fps,
                 window=(record.start, record.end), keyframes=source.keyframes, rng=rng,
@@ -142,6 +143,7 @@ def collate_clips(items: Sequence[dict[str, Any]],
         "clip_ids": [item["clip_id"] for item in decoded],
         "frames": [item["frames"] for item in decoded],
         "captions": [item["caption"] for item in decoded],
+        "frame_indices": [item["frame_indices"] for item in decoded],
         "references": [item["captions"] for item in decoded],
         "skipped": skipped,
     }
@@ -157,10 +159,10 @@ def build_loader(
     pin_memory: bool | None = None,
     max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
     decode_threads: int = 8,
-    sampler: IndexSampler[int] | None = None,
+    order: Sampler[int] | None = None,
 ):
-    """Batches of :func:`collate_clips`, shuffled by a generator seeded by ``seed``, or in ``sampler``'s order
-    (training: :class:`~simvlg_video.train.sampler.ShardedEpochSampler`; then ``shuffle`` must be False).
+    """Batches of :func:`collate_clips`, shuffled by a generator seeded by ``seed``, or in the order an index sampler
+    gives (training: :class:`~simvlg_video.train.batches.ShardedClipOrder`; then ``shuffle`` must be False).
 
     CPU backends: a DataLoader with ``num_workers`` worker processes kept alive across epochs; ``pin_memory``
     (default: when CUDA is present) puts batches in page-locked memory so they reach the GPU asynchronously.
@@ -169,19 +171,19 @@ def build_loader(
     """
     if not 0 <= max_skip_fraction <= 1:
         raise ValueError(f"max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
-    if sampler is not None and shuffle:
-        raise ValueError("give either shuffle=True or a sampler, not both")
+    if order is not None and shuffle:
+        raise ValueError("give either shuffle=True or an order, not both")
     collate = functools.partial(collate_clips, max_skip_fraction=max_skip_fraction)
     if dataset.backend == "nvdec":
         from simvlg_video.data.threaded_loader import ThreadedClipLoader
 
         return ThreadedClipLoader(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                                  num_threads=decode_threads, collate=collate, sampler=sampler)
+                                  num_threads=decode_threads, collate=collate, order=order)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
-        sampler=sampler,
+        sampler=order,
         num_workers=num_workers,
         collate_fn=collate,
         generator=torch.Generator().manual_seed(seed),
@@ -189,3 +191,24 @@ def build_loader(
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
     )
+
+
+@dataclass(frozen=True)
+class ClipReading:
+    """How clips are read: frames per clip, decoder, and what to do with files that do not decode."""
+
+    num_frames: int
+    backend: str = "auto"  # auto | decord | pyav | nvdec (see clip_reader.py)
+    decode_timeout: float | None = 60.0  # seconds one probe or decode may take; None: no limit, no child process
+    max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION  # a batch losing more of its clips raises
+
+
+def clip_loader(records: Sequence[ClipRecord], reading: ClipReading, sampler: FrameSampler, *, train: bool,
+                batch_size: int, num_workers: int, seed: int = 0, order: Sampler[int] | None = None,
+                drop_last: bool = False, decode_threads: int = 8):
+    """The one way clips become batches, for training, evaluation, captioning and benchmarks alike (the loader's
+    `dataset` is the VideoClipDataset)."""
+    dataset = VideoClipDataset(records, reading.num_frames, sampler, train=train, seed=seed, backend=reading.backend,
+                               decode_timeout=reading.decode_timeout)
+    return build_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, seed=seed, drop_last=drop_last,
+                        max_skip_fraction=reading.max_skip_fraction, decode_threads=decode_threads, order=order)

@@ -8,7 +8,8 @@ native code (a segfault) is reported the same way instead of taking the worker d
 bytes, without pickling. The child is restarted every ``max_calls`` calls so a decoder leak cannot grow.
 
 The child runs ``python -m simvlg_video.data.isolated`` and executes functions named ``"module:function"``;
-it dies with its owner (end of input, and on Linux a parent-death signal).
+it dies with its owner (end of input, and on Linux a parent-death signal). Starting it (the interpreter, and the
+``preload`` modules: the decoders) is not part of any call's time limit: the child says when it is ready.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("<Q")
+STARTUP_LIMIT = 120.0  # seconds a new child may take to import its modules and say it is ready
 
 
 class CallTimeout(TimeoutError):
@@ -49,13 +51,14 @@ class IsolatedCaller:
     child on first use and leaves the parent's alone. Thread-safe: calls from several threads queue up.
     """
 
-    def __init__(self, timeout: float, max_calls: int = 500) -> None:
+    def __init__(self, timeout: float, max_calls: int = 500, preload: tuple[str, ...] = ()) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         if max_calls < 1:
             raise ValueError(f"max_calls must be >= 1, got {max_calls}")
         self.timeout = float(timeout)
         self.max_calls = max_calls
+        self.preload = tuple(preload)  # modules the child imports before it is ready (outside every time limit)
         self.restarts = 0  # children killed after a time-out or found dead
         self._process: subprocess.Popen | None = None
         self._owner_pid = os.getpid()
@@ -130,12 +133,21 @@ class IsolatedCaller:
             self.restarts += 1
         if self._process is None:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "simvlg_video.data.isolated", str(os.getpid())],
+                [sys.executable, "-m", "simvlg_video.data.isolated", str(os.getpid()), *self.preload],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"},
             )
             if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux: 1 MiB pipe, so frames cross in fewer system calls
                 fcntl.fcntl(self._process.stdout.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
             self._calls = 0
+            try:
+                status, detail = pickle.loads(_read_message(self._process.stdout.fileno(),
+                                                            time.monotonic() + STARTUP_LIMIT))
+            except (CallTimeout, ChildDied) as error:
+                self._kill()
+                raise ChildDied(f"the decode process did not start ({error})") from None
+            if status != "ready":
+                self._kill()
+                raise ChildDied(f"the decode process could not start: {detail}")
         return self._process
 
     def _kill(self) -> None:
@@ -177,11 +189,19 @@ def _read_into(fd: int, buffer: memoryview, deadline: float) -> None:
 # ---------------------------------------------------------------------------------------------- the child
 
 
-def _serve(parent_pid: int) -> None:
-    """Answer calls from stdin until it closes: a length-prefixed pickle in, a header (+ raw array bytes) out."""
+def _serve(parent_pid: int, preload: list[str]) -> None:
+    """Import `preload`, say ready, then answer calls from stdin until it closes: a length-prefixed pickle in, a
+    header (+ raw array bytes) out."""
     _die_with_parent(parent_pid)
     reader, writer = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # stray prints from libraries must not corrupt the answers
+    try:
+        for module in preload:
+            importlib.import_module(module)
+    except Exception as error:  # noqa: BLE001 - reported to the parent, which names it
+        _send(writer, ("failed", f"{type(error).__name__}: {error}"))
+        return
+    _send(writer, ("ready", None))
     functions: dict[str, Any] = {}
     while True:
         prefix = reader.read(_LENGTH.size)
@@ -240,4 +260,4 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]))
+    _serve(int(sys.argv[1]), sys.argv[2:])

@@ -25,6 +25,13 @@ METADATA_KEYS = ("num_frames", "fps", "duration", "width", "height", "keyframes"
 KNOWN_KEYS = (*REQUIRED_KEYS, *METADATA_KEYS, "attributes")
 
 
+def json_problem(error: json.JSONDecodeError, line: bool = True) -> str:
+    """What is wrong and where, in one phrase ("Unterminated string starting at line 3 column 7"): the parser's
+    message without its dangling "at"."""
+    where = f"line {error.lineno} column {error.colno}" if line else f"column {error.colno}"
+    return f"{error.msg.removesuffix(' at')} at {where}"
+
+
 class ManifestError(ValueError):
     """A manifest line is malformed; the message names the file, the line and the key."""
 
@@ -48,6 +55,13 @@ class ClipRecord:
     keyframes: tuple[int, ...] | None = None
     rotation: int | None = None
     attributes: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    @classmethod
+    def for_file(cls, path: str | Path) -> ClipRecord:
+        """A record for a video file on its own (no captions, the whole video): what `caption` reads."""
+        path = Path(path)
+        return cls(clip_id=str(path), video=str(path), video_path=path.resolve(), start=None, end=None, captions=(),
+                   split="test")
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest line for this record (metadata left out where unknown)."""
@@ -84,7 +98,7 @@ def read_manifest(path: str | Path, split: str | None = None) -> list[ClipRecord
             try:
                 raw = json.loads(text)
             except json.JSONDecodeError as error:
-                raise ManifestError(f"{location}: not valid JSON ({error.msg} at column {error.colno})") from None
+                raise ManifestError(f"{location}: not valid JSON ({json_problem(error, line=False)})") from None
             record = parse_record(raw, path.parent, location)
             if record.clip_id in first_line_of:
                 raise ManifestError(f"{location}: key 'clip_id': duplicate {record.clip_id!r}"

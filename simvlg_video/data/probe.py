@@ -10,8 +10,14 @@ manifest (``python -m simvlg_video.data_tools.probe_videos``) so training never 
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm import tqdm
+
+from simvlg_video.data.isolated import CallTimeout, ChildDied, IsolatedCaller
 
 
 class ProbeError(RuntimeError):
@@ -164,3 +170,32 @@ def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
+
+def probe_paths(paths: list[Path], workers: int = 4, timeout: float = 60.0,
+                show_progress: bool = True) -> dict[Path, VideoProbe | str]:
+    """Each distinct path -> its probe, or the reason it could not be probed. ``workers`` child processes."""
+    local = threading.local()
+    callers: list[IsolatedCaller] = []
+
+    def probe_one(path: Path) -> VideoProbe | str:
+        if not hasattr(local, "caller"):
+            local.caller = IsolatedCaller(timeout, preload=("simvlg_video.data.probe",))
+            callers.append(local.caller)
+        try:
+            return local.caller("simvlg_video.data.probe:probe_file", path)
+        except ProbeError as error:
+            return error.reason
+        except CallTimeout:
+            return f"probing did not finish within {timeout:g} s"
+        except ChildDied:
+            return "the probe process crashed"
+
+    unique = list(dict.fromkeys(paths))
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            results = list(tqdm(pool.map(probe_one, unique), total=len(unique), desc="probe",
+                                disable=not show_progress, dynamic_ncols=True))
+    finally:
+        for caller in callers:
+            caller.close()
+    return dict(zip(unique, results))

@@ -155,6 +155,11 @@ def at_rate(
     return [int((first + k) * step) for k in range(num_frames)]
 
 
+def needed_fields(sampler) -> tuple[str, ...]:
+    """The probed manifest fields a frame sampler (or a partial of one) cannot work without."""
+    return getattr(getattr(sampler, "func", sampler), "needs", ())
+
+
 def keyframe(
     num_available: int, num_frames: int, rng: Rng = None, *, fps: float | None = None, keyframes: Keyframes = None
 ) -> list[int]:
@@ -173,6 +178,9 @@ def keyframe(
     if not inside:
         return targets
     return [_nearest(inside, target) for target in targets]
+
+
+keyframe.needs = ("keyframes",)
 
 
 def _nearest(sorted_values: list[int], target: int) -> int:

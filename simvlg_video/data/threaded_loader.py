@@ -29,20 +29,20 @@ class ThreadedClipLoader:
     """Iterates batches of ``collate(items)`` like a DataLoader over ``dataset``.
 
     The shuffle order comes from a generator seeded by ``seed`` and advanced once per epoch, as a DataLoader's,
-    or from ``sampler`` (an iterable of dataset indices, re-read each epoch).
+    or in ``order`` (an iterable of dataset indices, re-read each epoch).
     Up to ``prefetch_batches`` batches are decoded ahead.
     """
 
     def __init__(self, dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool, num_threads: int,
                  collate: Callable[[list[dict[str, Any]]], dict[str, Any]], prefetch_batches: int = 2,
-                 sampler: Iterable[int] | None = None) -> None:
+                 order: Iterable[int] | None = None) -> None:
         if batch_size < 1 or num_threads < 1 or prefetch_batches < 1:
             raise ValueError(f"batch_size, num_threads and prefetch_batches must be >= 1, got {batch_size},"
                              f" {num_threads}, {prefetch_batches}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.sampler = sampler
+        self.order = order
         self.drop_last = drop_last
         self.collate = collate
         self.prefetch_batches = prefetch_batches
@@ -52,12 +52,12 @@ class ThreadedClipLoader:
         self.pool = _ReplaceablePool(num_threads)
 
     def __len__(self) -> int:
-        count = len(self.sampler) if self.sampler is not None else len(self.dataset)
+        count = len(self.order) if self.order is not None else len(self.dataset)
         return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        if self.sampler is not None:
-            order = list(self.sampler)
+        if self.order is not None:
+            order = list(self.order)
         elif self.shuffle:
             order = torch.randperm(len(self.dataset), generator=self.generator).tolist()
         else:

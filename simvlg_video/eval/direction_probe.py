@@ -18,11 +18,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from simvlg_video.data.dataset import VideoClipDataset
+from simvlg_video.data.dataset import clip_loader
 from simvlg_video.data.manifest import ClipRecord, read_manifest
+from simvlg_video.eval.inference import OpenedModel, open_model
 from simvlg_video.eval.shape_accuracy import parse_motion
-from simvlg_video.model.captioner import VideoCaptioner
-from simvlg_video.run_dir import eval_settings, load_run_config, load_run_model
 
 PAIRS = (("left", "right"), ("up", "down"), ("grow", "shrink"))
 
@@ -39,27 +38,28 @@ def ridge_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, te
 
 
 @torch.no_grad()
-def soft_prompts(model: VideoCaptioner, records: list[ClipRecord], settings: dict) -> np.ndarray:
-    """The flattened soft prompt of each clip, frames sampled and transformed as the run evaluates."""
+def soft_prompts(opened: OpenedModel, records: list[ClipRecord]) -> np.ndarray:
+    """The flattened soft prompt of each clip, frames sampled and transformed as the model evaluates."""
+    model, inference = opened.model, opened.inference
     device = next(model.parameters()).device
-    dataset = VideoClipDataset(records, num_frames=settings["num_frames"], sampler=settings["sampler"], train=False,
-                               backend=settings["backend"], decode_timeout=settings["decode_timeout"])
-    model.eval()
+    transform = inference.transform(opened.config.image_size)
+    loader = clip_loader(records, inference.reading, inference.frame_sampler, train=False,
+                         batch_size=inference.batch_size, num_workers=inference.num_workers)
     rows = []
-    for index in tqdm(range(len(records)), desc="soft prompts", dynamic_ncols=True):
-        item = dataset[index]
-        if "error" in item:
-            raise SystemExit(f"error: cannot decode {item['video']}: {item['error']}")
-        frames = settings["transform"]([torch.as_tensor(np.asarray(item["frames"]))], device=device)
-        rows.append(model.encode(frames)[0].float().flatten().cpu().numpy())
-    return np.stack(rows)
+    for batch in tqdm(loader, desc="soft prompts", dynamic_ncols=True):
+        if batch["skipped"]:
+            failed = batch["skipped"][0]
+            raise SystemExit(f"error: cannot decode {failed['video']}: {failed['reason']}")
+        rows.append(model.encode(transform(batch["frames"], device=device)).float().flatten(1).cpu().numpy())
+    return np.concatenate(rows)
 
 
 def probe_run(run_dir: Path, train_clips: int = 240) -> list[dict]:
     """One row per opposite pair: probe accuracy (train, test) and the run's caption accuracy on the test clips."""
-    cfg = load_run_config(run_dir)
-    model, model_cfg = load_run_model(run_dir)
-    settings = eval_settings(cfg, model_cfg)
+    opened = open_model(run_dir)
+    cfg = opened.run_config
+    if cfg is None:
+        raise SystemExit(f"error: {run_dir} is a model directory; the probe needs the run directory around it")
     records = read_manifest(cfg.data.manifest)
     predictions_file = run_dir / "eval" / f"{cfg.eval.split}_predictions.json"
     if not predictions_file.is_file():
@@ -73,8 +73,8 @@ def probe_run(run_dir: Path, train_clips: int = 240) -> list[dict]:
             continue
         train = train[:train_clips]
         train_acc, test_acc = ridge_probe(
-            soft_prompts(model, train, settings), np.array([r.attributes["motion"] == pair[0] for r in train]),
-            soft_prompts(model, test, settings), np.array([r.attributes["motion"] == pair[0] for r in test]))
+            soft_prompts(opened, train), np.array([r.attributes["motion"] == pair[0] for r in train]),
+            soft_prompts(opened, test), np.array([r.attributes["motion"] == pair[0] for r in test]))
         said = [parse_motion(captions.get(r.clip_id, "")) == r.attributes["motion"] for r in test]
         rows.append({"pair": "/".join(pair), "train_clips": len(train), "test_clips": len(test),
                      "probe_train_acc": train_acc, "probe_test_acc": test_acc, "caption_acc": float(np.mean(said))})

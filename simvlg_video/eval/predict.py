@@ -4,34 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from simvlg_video.data.dataset import VideoClipDataset, build_loader
+from simvlg_video.data.dataset import clip_loader
 from simvlg_video.data.manifest import ClipRecord
-from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.eval.coco import score_captions
+from simvlg_video.eval.inference import InferenceConfig
 from simvlg_video.eval.paragraph import is_paragraph_set, paragraph_scores
 from simvlg_video.eval.shape_accuracy import shape_accuracy
 from simvlg_video.model.captioner import VideoCaptioner
-from simvlg_video.train.distributed import World, broadcast, gather
-from simvlg_video.train.fsdp import gathered_root, is_sharded
-from simvlg_video.train.loop import autocast_for
+from simvlg_video.model.parallel import gathered_root, is_sharded
+from simvlg_video.world import World, autocast_for, broadcast, gather
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Generation:
-    """Decoding settings (the reference: beam 5, 5 to 20 new tokens)."""
-
-    num_beams: int = 5
-    min_new_tokens: int = 5
-    max_new_tokens: int = 20
 
 
 @dataclass
@@ -40,31 +30,16 @@ class Predictions:
     skipped: list[dict] = field(default_factory=list)
 
 
-def predict(
-    model: VideoCaptioner,
-    records: list[ClipRecord],
-    sampler: Callable,
-    num_frames: int,
-    transform: FrameTransform,
-    generation: Generation,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    precision: str = "fp32",
-    backend: str = "auto",
-    decode_timeout: float | None = None,
-    max_skip_fraction: float = 1.0,
-    desc: str = "caption",
-    synced: bool = False,
-) -> Predictions:
+def predict(model: VideoCaptioner, records: list[ClipRecord], inference: InferenceConfig, image_size: int, *,
+            desc: str = "caption", synced: bool = False) -> Predictions:
     """One caption per clip (deterministic frame sampling); clips that fail to decode are skipped and listed.
 
     `synced` (FSDP): every batch runs the model, even one whose clips all failed (on a blank clip whose caption
     is dropped), so all ranks join the same number of parameter gathers."""
     device = next(model.parameters()).device
-    dataset = VideoClipDataset(records, num_frames=num_frames, sampler=sampler, train=False, backend=backend,
-                               decode_timeout=decode_timeout)
-    loader = build_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, seed=0,
-                          max_skip_fraction=max_skip_fraction)
+    loader = clip_loader(records, inference.reading, inference.frame_sampler, train=False,
+                         batch_size=inference.batch_size, num_workers=inference.num_workers)
+    transform = inference.transform(image_size)
     result = Predictions()
     model.eval()
     for batch in tqdm(loader, desc=desc, dynamic_ncols=True):
@@ -74,9 +49,9 @@ def predict(
         if batch["clip_ids"]:
             frames = transform(batch["frames"], device=device)
         else:
-            frames = torch.zeros(1, num_frames, 3, transform.size, transform.size, device=device)
-        with autocast_for(device, precision):
-            captions = model.generate(frames, **vars(generation), synced=synced)
+            frames = torch.zeros(1, inference.num_frames, 3, image_size, image_size, device=device)
+        with autocast_for(device, inference.precision):
+            captions = model.generate(frames, **inference.generation, synced=synced)
         result.captions.update(zip(batch["clip_ids"], captions))
     model.train(False)
     return result
@@ -108,17 +83,17 @@ def write_eval(out_dir: Path, split: str, predictions: Predictions, metrics: dic
 
 
 @torch.no_grad()
-def evaluate_split(model: VideoCaptioner, records: list[ClipRecord], world: World = World(),
-                   **kwargs) -> tuple[Predictions, dict[str, float]]:
+def evaluate_split(model: VideoCaptioner, records: list[ClipRecord], inference: InferenceConfig, image_size: int,
+                   world: World = World(), *, spice: bool = False,
+                   desc: str = "evaluate") -> tuple[Predictions, dict[str, float]]:
     """Caption and score `records`; under torchrun each rank captions every world_size-th clip, rank 0 scores
     the gathered captions and every rank gets the metrics."""
-    spice = kwargs.pop("spice", False)
     shard = records[world.rank :: world.world_size]
     synced = is_sharded(model)
     if synced:  # the same number of batches on every rank: pad with repeats (same clip id, same caption)
         shard += [records[-1]] * (-(-len(records) // world.world_size) - len(shard))
     with gathered_root(model):
-        mine = predict(model, shard, synced=synced, **kwargs) if shard else Predictions()
+        mine = predict(model, shard, inference, image_size, desc=desc, synced=synced) if shard else Predictions()
     predictions = Predictions()
     for part in gather(mine, world):
         predictions.captions.update(part.captions)

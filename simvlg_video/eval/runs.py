@@ -16,6 +16,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from simvlg_video.adapters.placements import PLACEMENTS
+from simvlg_video.data.manifest import json_problem
+
 COLUMNS = ("CIDEr", "BLEU-4", "motion_acc", "direction_acc", "object_acc")
 
 
@@ -39,9 +42,12 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 
 def adapter_label(cfg) -> str:
-    """`none`, `reference`, `merged_tokens`, with the time encoding and the patched blocks where they apply."""
+    """`none`, `reference`, `merged_tokens` (the `adapter=` choice), with the time and space codes and the patched
+    blocks where they apply."""
     adapter = cfg.get("adapter") or {}
-    name = str(adapter.get("_target_", "none")).rsplit(".", 1)[-1]
+    target = str(adapter.get("_target_", ""))
+    name = next((choice for choice, placement in PLACEMENTS.items()
+                 if target == f"{placement.__module__}.{placement.__qualname__}"), target.rsplit(".", 1)[-1] or "none")
     details = []
     if adapter.get("blocks") not in (None, "all"):
         details.append(f"blocks={adapter.blocks}" if adapter.blocks != "last_k" else f"last {adapter.last_k}")
@@ -60,7 +66,7 @@ def read_log(log: Path) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise SystemExit(f"error: {log}:{number}: not a JSON line ({err.msg})") from None
+            raise SystemExit(f"error: {log}:{number}: not a JSON line ({json_problem(err, line=False)})") from None
         if not isinstance(record, dict):
             raise SystemExit(f"error: {log}:{number}: expected a JSON object, got {type(record).__name__}")
         records.append(record)

@@ -1,24 +1,38 @@
 """Accuracy of generated captions on the synthetic motion set: did the model name the right motion and object?
 
-Captions are parsed with the keyword tables of `simvlg_video.data_tools.shapes`, the same tables the
-training captions are written from. A caption that names several motions (or shapes, or colours) parses to
+Captions are parsed with the keyword tables below, the same tables the synthetic set's captions are written from
+(`simvlg_video.data_tools.shapes`). A caption that names several motions (or shapes, or colours) parses to
 None and counts as wrong: hedging between "left" and "right" is not knowing the direction.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
-from simvlg_video.data_tools.shapes import (
-    COLOUR_WORDS,
-    COLOURS,
-    DIRECTIONAL_MOTIONS,
-    MOTION_KEYWORDS,
-    MOTIONS,
-    SHAPE_WORDS,
-    SHAPES,
-    caption_words,
-)
+SHAPES = ("circle", "square", "triangle")
+COLOURS = ("red", "green", "blue", "yellow")
+MOTIONS = ("still", "left", "right", "up", "down", "grow", "shrink")
+DIRECTIONAL_MOTIONS = ("left", "right", "up", "down", "grow", "shrink")
+
+# The words that signal each motion: the single source for the synthetic set's captions (data_tools.shapes writes
+# them from these words) and for parsing captions back. Every caption template contains keywords of one motion.
+MOTION_KEYWORDS = {
+    "still": ("still", "motionless", "stationary"),
+    "left": ("left", "leftward", "leftwards"),
+    "right": ("right", "rightward", "rightwards"),
+    "up": ("up", "upward", "upwards", "rise", "rises", "rising"),
+    "down": ("down", "downward", "downwards", "fall", "falls", "falling"),
+    "grow": ("grow", "grows", "growing", "bigger", "larger", "expand", "expands", "expanding"),
+    "shrink": ("shrink", "shrinks", "shrinking", "smaller", "contract", "contracts", "contracting"),
+}
+SHAPE_WORDS = {shape: (shape, shape + "s") for shape in SHAPES}
+COLOUR_WORDS = {colour: (colour,) for colour in COLOURS}
+
+
+def caption_words(caption: str) -> list[str]:
+    """Lowercase words of a caption, punctuation dropped: the unit the keyword tables match."""
+    return re.findall(r"[a-z]+", caption.lower())
 
 
 def _single_match(words: set[str], table: Mapping[str, tuple[str, ...]]) -> str | None:

@@ -2,6 +2,10 @@
 
 Attribute names follow the reference image model (`ln_vision`, `VL_proj`, `opt_proj`) so checkpoints map one to one;
 `vit`, `connector` and `lm` keep the parameter names of their timm / transformers classes.
+
+Pooling over time is a stage of its own, `time_pool`: the plain mean of the frames' ViT tokens before the connector
+(the reference, and the image model: one frame is its own mean) unless a placement puts a pool of the connector's
+per-frame merged tokens there (`simvlg_video.adapters`).
 """
 
 from __future__ import annotations
@@ -9,9 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from simvlg_video.adapters.patch import num_frames_context
 from simvlg_video.model.lm import CaptionText
-from simvlg_video.model.vit import token_positions, vit_tokens
+from simvlg_video.model.vit import clip_length, token_positions, vit_tokens
 
 
 def first_trainable_block(vit: nn.Module) -> int | None:
@@ -28,6 +31,16 @@ def first_trainable_block(vit: nn.Module) -> int | None:
     return None
 
 
+class MeanOverTime(nn.Module):
+    """The reference's pooling over time: the plain mean of the frames' ViT tokens, before the connector."""
+
+    pools_vit_tokens = True  # pools (B, T, N, C) ViT tokens into (B, N, C); the connector then runs once per clip
+    uses_positions = False
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens.mean(dim=1)
+
+
 class VideoCaptioner(nn.Module):
     """SimVLG-style captioner applied to clips of T frames; with T=1 it is the image model."""
 
@@ -37,23 +50,21 @@ class VideoCaptioner(nn.Module):
         self.ln_vision = nn.LayerNorm(vit.embed_dim)
         self.VL_proj = nn.Linear(vit.embed_dim, connector_width)
         self.connector = connector
+        self.time_pool: nn.Module = MeanOverTime()
         self.opt_proj = nn.Linear(connector_width, lm.get_input_embeddings().embedding_dim)
         self.lm = lm
         self.text = text
-        # Set by the merged_tokens placement: pools per-frame connector outputs across time (None: average the
-        # frames' ViT tokens before the connector, as the reference does).
-        self.temporal_pool: nn.Module | None = None
         # Activation checkpointing of the ViT blocks that run with autograd: less memory, one more ViT forward.
         self.checkpoint_vit = False
 
     def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) -> per-frame ViT tokens (B, T, N, C); adapters inside the ViT see all T frames of a clip."""
         batch, num_frames = frames.shape[:2]
-        with num_frames_context(self.vit, num_frames):
+        with clip_length(self.vit, num_frames):
             tokens = vit_tokens(
                 self.vit, frames.flatten(0, 1), grad_from_block=first_trainable_block(self.vit),
                 checkpoint_blocks=self.checkpoint_vit,
-                recompute_context=lambda: num_frames_context(self.vit, num_frames),
+                recompute_context=lambda: clip_length(self.vit, num_frames),
             )
         return tokens.unflatten(0, (batch, num_frames))
 
@@ -70,12 +81,13 @@ class VideoCaptioner(nn.Module):
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) normalised frames -> soft prompt (B, tokens, LM width)."""
         tokens = self.frame_tokens(frames)
-        if self.temporal_pool is None:
-            return self.opt_proj(self.connect(tokens.mean(dim=1)))
-        uses_positions = self.temporal_pool.uses_positions
-        per_frame = self.connect(tokens.flatten(0, 1), track_positions=uses_positions).unflatten(0, tokens.shape[:2])
-        positions = self.connector.last_token_positions().unflatten(0, tokens.shape[:2]) if uses_positions else None
-        return self.opt_proj(self.temporal_pool(per_frame, positions))
+        pool = self.time_pool
+        if pool.pools_vit_tokens:
+            return self.opt_proj(self.connect(pool(tokens)))
+        clips = tokens.shape[:2]
+        per_frame = self.connect(tokens.flatten(0, 1), track_positions=pool.uses_positions).unflatten(0, clips)
+        positions = self.connector.last_token_positions().unflatten(0, clips) if pool.uses_positions else None
+        return self.opt_proj(pool(per_frame, positions))
 
     def embed_with_soft_prompt(self, soft_prompt: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """LM input embeddings: the soft prompt followed by the embedded text tokens."""

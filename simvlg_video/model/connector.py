@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -208,20 +209,24 @@ def apply_tome(bert: BertModel, r: int | Sequence[int], merge_mode: str = "mean"
     return bert
 
 
-def build_tome_connector(
-    hidden_size: int = 768,
-    num_layers: int = 12,
-    num_heads: int = 12,
-    intermediate_size: int = 3072,
-    max_position_embeddings: int = 512,
-    r: int | Sequence[int] = 19,
-    merge_mode: str = "mean",
-    hidden_dropout: float = 0.1,
-    attention_dropout: float = 0.1,
-    layer_norm_eps: float = 1e-12,
-    attn_implementation: str = "sdpa",
-) -> ToMeBertModel:
-    """A randomly initialised BERT encoder patched with ToMe; defaults are the reference (bert-base, r=19).
+@dataclass
+class ConnectorConfig:
+    """The ToMe connector of a model directory (`connector:` in model.yaml); defaults are the reference's bert-base."""
+
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512  # >= the ViT's tokens (257 for ViT-g at 224 px)
+    r: Any = 19  # tokens merged per layer: one int for every layer or a list, one per layer (257 -> 29 at r=19)
+    merge_mode: str = "mean"  # mean: the reference's plain mean | weighted: ToMe's size-weighted merge + log(size)
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12  # BERT's
+
+
+def build_tome_connector(cfg: ConnectorConfig, attn_implementation: str = "sdpa") -> ToMeBertModel:
+    """A randomly initialised BERT encoder patched with ToMe.
 
     Word embeddings are dropped (the state dict has no ``embeddings.word_embeddings.weight``); every other parameter
     keeps its Hugging Face ``BertModel`` name. "sdpa" and "eager" attention both accept the proportional-attention
@@ -229,16 +234,16 @@ def build_tome_connector(
     """
     config = BertConfig(
         vocab_size=1,  # replaced below; avoids allocating a 30522-row table that is never used
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        hidden_dropout_prob=hidden_dropout,
-        attention_probs_dropout_prob=attention_dropout,
-        layer_norm_eps=layer_norm_eps,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        hidden_dropout_prob=cfg.hidden_dropout,
+        attention_probs_dropout_prob=cfg.attention_dropout,
+        layer_norm_eps=cfg.layer_norm_eps,
         attn_implementation=attn_implementation,
     )
     bert = BertModel(config, add_pooling_layer=False)
     bert.embeddings.word_embeddings = _NoWordEmbeddings()
-    return apply_tome(bert, r, merge_mode)
+    return apply_tome(bert, cfg.r if isinstance(cfg.r, int) else list(cfg.r), cfg.merge_mode)

@@ -14,9 +14,7 @@ from functools import partial
 
 from torch import nn
 
-from simvlg_video.adapters.patch import adapter_modules, adapter_parameters
-
-ADAPTERS = "adapters"
+from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_modules, adapter_parameters
 
 
 def _stay_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:

@@ -2,23 +2,74 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+PAD, UNK, BOS, END = "<pad>", "<unk>", "<s>", "\n"
+
+
+@dataclass
+class LMConfig:
+    """The frozen LLM of a model directory (`lm:` in model.yaml) and how captions are written for it."""
+
+    path: str | None = None  # a local Hugging Face folder (config.json, weights, tokenizer), relative to the model
+    # directory or absolute
+    prompt: str = ""  # text between the soft prompt and the caption ("a photo of" in some captioners; none here)
+    caption_end: str = "\n"  # appended to every caption; OPT's end-of-caption token in the reference
+    max_text_tokens: int = 32  # the reference's limit on prompt + caption tokens in training
+
+
+def _checked_folder(path: Path) -> Path:
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"language model folder {path} has no config.json (expected a Hugging Face model folder)")
+    return path
 
 
 def load_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a local Hugging Face folder (never from a hub)."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"language model folder {path} has no config.json (expected a Hugging Face model folder)")
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    """Load a causal LM straight into `dtype` and its tokenizer from a local Hugging Face folder (never a hub)."""
+    path = _checked_folder(Path(path))
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    return lm, load_tokenizer(path)
+
+
+def lm_skeleton(path: str | Path) -> PreTrainedModel:
+    """The LM a folder describes, built on the meta device from its config.json: names and shapes, no weights."""
+    config = AutoConfig.from_pretrained(_checked_folder(Path(path)), local_files_only=True)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer in {path} has no pad token; captions in a batch must be padded")
-    return lm, tokenizer
+    return tokenizer
+
+
+def build_word_tokenizer(corpus: Sequence[str]) -> PreTrainedTokenizerFast:
+    """Whitespace word-level tokenizer for tiny or random-weight LMs; BOS is prepended like OPT's and "\\n" ends a
+    caption like the reference's."""
+    words = sorted({word for text in corpus for word in text.split()})
+    vocab = {token: index for index, token in enumerate([PAD, UNK, BOS, END, *words])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.add_special_tokens([AddedToken(END, normalized=False, special=True)])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=END, unk_token=UNK, pad_token=PAD)
 
 
 @dataclass

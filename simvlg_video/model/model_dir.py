@@ -1,102 +1,199 @@
-"""Our own model directory: `model.yaml` (how to build it, where its frozen parts live) + trainable tensors.
+"""Our model directory: a whole captioner, with nothing lost and nothing silently changed.
 
 ```
-MODEL_DIR/model.yaml               vit / connector / lm / adapter config, `trainable` module list
-MODEL_DIR/trainable.safetensors    the tensors of the `trainable` modules (names as in the model's state dict)
+MODEL_DIR/model.yaml               what to build (read into `ModelConfig`), where its frozen parts live, their
+                                   fingerprints, and how it captions by default
+MODEL_DIR/weights.safetensors      every tensor that is not read from a frozen file, whatever trained last
 ```
-Frozen parts are pointers (`vit.weights`, `lm.path`), relative to the directory or absolute, so a video model
-exported from an image model does not copy the ViT or the LLM.
+Frozen parts are pointers (`vit.weights`, a weights file; `lm.path`, a Hugging Face folder), relative to the
+directory or absolute, so a video model exported from an image model does not copy the ViT or the LLM. Each pointer
+carries a fingerprint, checked on every load. Loading is strict: a missing, unexpected or mis-shaped tensor is an
+error naming it; no tensor may be absent.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from safetensors.torch import save_file
 from torch import nn
 
-from simvlg_video.adapters.patch import adapter_parameters
+from simvlg_video.model.adapter_protocol import adapter_modules
 from simvlg_video.model.captioner import VideoCaptioner
-from simvlg_video.model.connector import build_tome_connector
-from simvlg_video.model.lm import CaptionText, load_lm
-from simvlg_video.model.state import check_tensors, read_tensors
-from simvlg_video.model.vit import build_vit
+from simvlg_video.model.connector import ConnectorConfig, build_tome_connector
+from simvlg_video.model.fingerprint import FrozenSourceChanged, check_fingerprint, fingerprint
+from simvlg_video.model.parallel import whole_on_cpu
+from simvlg_video.model.lm import CaptionText, LMConfig, lm_skeleton, load_lm, load_tokenizer
+from simvlg_video.model.tensor_io import check_tensors, read_safetensors
+from simvlg_video.model.vit import VitConfig, build_vit
 from simvlg_video.model.vit_weights import load_vit_weights
 
 MODEL_CONFIG = "model.yaml"
-TRAINABLE_TENSORS = "trainable.safetensors"
-ADAPTERS = "adapters"
+WEIGHTS = "weights.safetensors"
+FORMAT = 2  # 1: the first layout (only the tensors of the modules that trained), never loaded
 
 
-def _resolve(base_dir: Path, path: str) -> Path:
+class ModelDirError(ValueError):
+    """A path that is not a model directory this version reads, or one whose files do not fit each other."""
+
+
+@dataclass
+class ModelConfig:
+    """model.yaml: one typed section per part of the captioner."""
+
+    vit: VitConfig = field(default_factory=VitConfig)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    image_size: int = 224  # frames are resized and cropped to this
+    adapter: Any = None  # placement settings (`_target_`: simvlg_video.adapters.placements.*); None: the image model
+    inference: Any = None  # how the model captions unless told otherwise (frames, sampler, decoding; see
+    # simvlg_video.eval.inference); None: the reference recipe's evaluation settings
+    frozen: dict[str, Any] = field(default_factory=dict)  # "vit" / "lm": fingerprints of the frozen sources
+    stored: dict[str, Any] = field(default_factory=dict)  # fingerprint of weights.safetensors (written with it)
+    format: int = FORMAT
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+    """MODEL_DIR/model.yaml (or a model config .yaml) checked against `ModelConfig`: unknown keys, wrong types and
+    missing values are errors naming the file and the key."""
+    path = Path(path)
+    try:
+        raw = OmegaConf.load(path)
+        if path.name == MODEL_CONFIG and raw.get("format") != FORMAT:
+            raise ModelDirError(f"{path} is a model directory in format {raw.get('format', 1)}; this version reads "
+                                f"format {FORMAT}: rebuild it (adapt or import it again)")
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), raw))
+    except OmegaConfBaseException as error:
+        raise ModelDirError(f"{path}: {str(error).splitlines()[0]}") from None
+
+
+def resolve(base_dir: Path, path: str) -> Path:
+    """A pointer of model.yaml as a path: relative ones are relative to the model directory."""
     return Path(path) if Path(path).is_absolute() else (base_dir / path).resolve()
 
 
-def build_captioner(cfg: DictConfig, base_dir: Path) -> VideoCaptioner:
-    """Build the model a config describes, loading its frozen parts; trainable tensors are left as initialised."""
-    vit = build_vit(cfg.vit.preset, **cfg.vit.get("overrides", {}))
-    if cfg.vit.get("weights"):
-        load_vit_weights(vit, _resolve(base_dir, cfg.vit.weights))
-    connector = build_tome_connector(**cfg.connector)
-    lm, tokenizer = load_lm(_resolve(base_dir, cfg.lm.path))
-    text = CaptionText(tokenizer, cfg.lm.prompt, cfg.lm.caption_end, cfg.lm.max_text_tokens)
-    model = VideoCaptioner(vit, connector, lm, text, connector_width=cfg.connector.hidden_size)
-    if cfg.get("adapter") is not None:
-        instantiate(cfg.adapter)(model)
+def frozen_sources(cfg: ModelConfig, base_dir: Path) -> dict[str, Path]:
+    """{"vit": weights file (when the ViT is not stored in the directory), "lm": LLM folder}."""
+    if not cfg.lm.path:
+        raise ModelDirError("the model has no lm.path: the LLM's Hugging Face folder must be given")
+    sources = {"lm": resolve(base_dir, cfg.lm.path)}
+    if cfg.vit.weights:
+        sources["vit"] = resolve(base_dir, cfg.vit.weights)
+    return sources
+
+
+def build_captioner(cfg: ModelConfig, base_dir: Path, dtype: torch.dtype = torch.float32,
+                    meta: bool = False) -> VideoCaptioner:
+    """The captioner `cfg` describes, its frozen parts loaded straight into `dtype` (the ViT and the LLM never exist
+    at a wider precision); everything else as initialised, in fp32. `meta=True` builds names and shapes only, on
+    the meta device, reading no weights."""
+    sources = frozen_sources(cfg, base_dir)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("meta") if meta else torch.device("cpu"):
+            vit = build_vit(cfg.vit.preset, **cfg.vit.overrides)
+    finally:
+        torch.set_default_dtype(previous)
+    if "vit" in sources and not meta:
+        load_vit_weights(vit, sources["vit"])
+    with torch.device("meta") if meta else torch.device("cpu"):
+        connector = build_tome_connector(cfg.connector)
+    lm = lm_skeleton(sources["lm"]) if meta else load_lm(sources["lm"], dtype)[0]
+    text = CaptionText(load_tokenizer(sources["lm"]), cfg.lm.prompt, cfg.lm.caption_end, cfg.lm.max_text_tokens)
+    with torch.device("meta") if meta else torch.device("cpu"):
+        model = VideoCaptioner(vit, connector, lm, text, connector_width=cfg.connector.hidden_size)
+        if cfg.adapter is not None:
+            instantiate(cfg.adapter).apply(model)
     return model
 
 
-def trainable_tensors(model: nn.Module, modules: list[str]) -> dict[str, torch.Tensor]:
-    """The live tensors a model directory stores: every tensor of the named submodules (`adapters` = all adapters)."""
-    tensors: dict[str, torch.Tensor] = {}
-    for module_name in modules:
-        if module_name == ADAPTERS:
-            tensors.update(adapter_parameters(model))
-            continue
-        if not hasattr(model, module_name):
-            raise KeyError(f"model has no submodule {module_name!r} (has: {[n for n, _ in model.named_children()]})")
-        for name, tensor in getattr(model, module_name).state_dict(keep_vars=True).items():
-            tensors[f"{module_name}.{name}"] = tensor
-    return tensors
+def _from_frozen_source(name: str, cfg: ModelConfig, adapter_prefixes: tuple[str, ...]) -> bool:
+    if name.startswith("lm."):
+        return True
+    return bool(cfg.vit.weights) and name.startswith("vit.") and not name.startswith(adapter_prefixes)
 
 
-def load_model_dir(path: str | Path) -> tuple[VideoCaptioner, DictConfig]:
-    """Build and load a model directory, refusing tensors that are missing, unexpected or mis-shaped."""
+def stored_tensors(model: nn.Module, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Every state-dict tensor of `model` that no frozen source provides (live tensors; FSDP shards as they are)."""
+    prefixes = tuple(f"{name}." for name, _ in adapter_modules(model))
+    return {name: tensor for name, tensor in model.state_dict(keep_vars=True).items()
+            if not _from_frozen_source(name, cfg, prefixes)}
+
+
+def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[VideoCaptioner, ModelConfig]:
+    """Check the frozen sources' fingerprints, build, and load the stored tensors, refusing any that are missing,
+    unexpected or mis-shaped. The ViT and the LLM are loaded in `dtype` (a run's compute dtype)."""
     path = Path(path)
     config_file = path / MODEL_CONFIG
+    if not path.is_dir():
+        raise ModelDirError(f"{path} is not a model directory (not a folder)")
     if not config_file.is_file():
-        raise FileNotFoundError(f"{path} is not a model directory: {MODEL_CONFIG} not found")
-    cfg = OmegaConf.load(config_file)
-    model = build_captioner(cfg, path)
-    stored = read_tensors(path / TRAINABLE_TENSORS)
-    targets = trainable_tensors(model, list(cfg.trainable))
-    check_tensors({k: v.shape for k, v in targets.items()}, stored, str(path / TRAINABLE_TENSORS))
+        raise ModelDirError(f"{path} is not a model directory: it has no {MODEL_CONFIG} (a model directory holds "
+                            f"{MODEL_CONFIG} and {WEIGHTS}; `adapt` and `lavis_checkpoint` write them)")
+    cfg = read_model_config(config_file)
+    for label, source in frozen_sources(cfg, path).items():
+        if label not in cfg.frozen:
+            raise ModelDirError(f"{config_file} has no fingerprint for its frozen {label} ({source})")
+        if not source.exists():
+            raise ModelDirError(f"{config_file}: the frozen {label} {source} does not exist")
+        check_fingerprint(f"the frozen {label} of {path}:", source, cfg.frozen[label])
+    model = build_captioner(cfg, path, dtype)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise ModelDirError(f"{path} has no {WEIGHTS}")
+    if cfg.stored != fingerprint(weights)[weights.name]:
+        raise ModelDirError(f"{weights} is not the file {config_file} was written with (a write was interrupted, "
+                            "or one of the two files was replaced)")
+    stored = read_safetensors(weights)
+    targets = stored_tensors(model, cfg)
+    check_tensors({name: t.shape for name, t in targets.items()}, stored, str(weights))
     with torch.no_grad():
         for name, tensor in stored.items():
             targets[name].copy_(tensor)
     return model, cfg
 
 
-def save_model_dir(model: nn.Module, cfg: DictConfig, out_dir: str | Path, base_dir: Path | None = None,
+def save_model_dir(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, base_dir: Path | None = None,
                    tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write `cfg` and the trainable tensors (`tensors` when given, e.g. gathered from FSDP shards, else the
-    model's); frozen pointers relative to `base_dir` become absolute."""
+    """Write `cfg` and every stored tensor (`tensors` when given, e.g. gathered from FSDP shards, else the model's).
+
+    Frozen pointers relative to `base_dir` (the directory the model was loaded from) become absolute; the
+    fingerprints recorded when it was loaded are kept, those of new pointers are taken now. The directory is written
+    under temporary names and renamed when complete; model.yaml records the weights file's fingerprint, so a
+    directory left inconsistent by a crash is refused on load rather than used.
+    """
     out_dir = Path(out_dir)
+    base_dir = out_dir if base_dir is None else Path(base_dir)
+    cfg = OmegaConf.to_object(OmegaConf.structured(cfg))  # a copy
+    for label, source in frozen_sources(cfg, base_dir).items():
+        if label not in cfg.frozen:
+            cfg.frozen[label] = fingerprint(source)
+        if base_dir != out_dir:
+            if label == "lm":
+                cfg.lm.path = str(source)
+            else:
+                cfg.vit.weights = str(source)
+    tensors = whole_on_cpu(stored_tensors(model, cfg) if tensors is None else tensors)
+    described = stored_tensors(build_captioner(cfg, base_dir, meta=True), cfg)  # what a load will expect
+    check_tensors({name: t.shape for name, t in described.items()}, tensors,
+                  f"the tensors to save in {out_dir} (against its model.yaml: is the adapter recorded in the config?)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    if base_dir is not None:
-        if cfg.vit.get("weights"):
-            cfg.vit.weights = str(_resolve(base_dir, cfg.vit.weights))
-        cfg.lm.path = str(_resolve(base_dir, cfg.lm.path))
-    if tensors is None:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in trainable_tensors(model, list(cfg.trainable)).items()}
-    tmp_tensors = out_dir / (TRAINABLE_TENSORS + ".tmp")
-    save_file(tensors, tmp_tensors)
-    tmp_tensors.replace(out_dir / TRAINABLE_TENSORS)
-    tmp_config = out_dir / (MODEL_CONFIG + ".tmp")
-    OmegaConf.save(cfg, tmp_config)
-    tmp_config.replace(out_dir / MODEL_CONFIG)
+    temporary = out_dir / (WEIGHTS + ".partial")
+    save_file(tensors, temporary)
+    cfg.stored = fingerprint(temporary)[temporary.name]
+    config_text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    temporary.replace(out_dir / WEIGHTS)  # the pair is checked on load: a crash between these two lines is noticed
+    (out_dir / (MODEL_CONFIG + ".partial")).write_text(config_text, encoding="utf-8")
+    (out_dir / (MODEL_CONFIG + ".partial")).replace(out_dir / MODEL_CONFIG)
     return out_dir
+
+
+__all__ = ["FORMAT", "FrozenSourceChanged", "ModelConfig", "ModelDirError", "build_captioner", "load_model_dir",
+           "read_model_config", "save_model_dir", "stored_tensors"]

@@ -5,12 +5,16 @@ Presets:
   q/v biases, absolute position embedding, CLS token; 224x224 -> 257 tokens.
 * ``tiny`` - the same block type at a toy size for tests and the demo: 64x64, patch 8, width 96, 4 blocks, 4 heads
   -> 65 tokens.
+
+Temporal adapters patched into the blocks see the frames of a clip as consecutive rows of the batch; how many frames
+make a clip is per-forward state, set with :func:`clip_length` around the forward.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 import timm
@@ -26,10 +30,24 @@ _TOKENS_ONLY = dict(num_classes=0, global_pool="", use_fc_norm=False, use_post_t
 _TINY = dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=4, mlp_ratio=4.0)
 
 PRESETS = ("eva_vit_g", "tiny")
+_CLIP = "_clip_state"  # the per-forward dict a ViT shares with its patched blocks
+
+
+@dataclass
+class VitConfig:
+    """The vision encoder of a model directory (`vit:` in model.yaml)."""
+
+    preset: str = "eva_vit_g"  # the reference's EVA-CLIP ViT-g/14 (39 blocks), or "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)  # constructor arguments replaced (img_size, depth, ...)
+    weights: str | None = None  # frozen weights file (BLIP-2's eva_vit_g.pth, or .safetensors), relative to the
+    # model directory or absolute; None: the ViT's tensors are stored in the model directory itself
 
 
 def build_vit(preset: str, **overrides: Any) -> Eva:
-    """A randomly initialised ViT for `preset`; `overrides` replace its constructor arguments (e.g. img_size, depth)."""
+    """A randomly initialised ViT for `preset`; `overrides` replace its constructor arguments (e.g. img_size, depth).
+
+    Parameters take torch's default dtype and device, so a caller can build straight into bf16 or on the meta device.
+    """
     if preset == "eva_vit_g":
         # The 40th block of EVA-g is dropped, as in BLIP-2.
         vit = timm.create_model("eva_giant_patch14_224", pretrained=False, **{"depth": 39, **_TOKENS_ONLY, **overrides})
@@ -44,6 +62,32 @@ def build_vit(preset: str, **overrides: Any) -> Eva:
                 "its output must be the raw tokens"
             )
     return vit
+
+
+def clip_state(vit: nn.Module) -> dict:
+    """The ViT's per-forward state dict (`{"num_frames": T or None}`), created on first use; patched blocks keep a
+    reference to the same dict."""
+    if not hasattr(vit, _CLIP):
+        setattr(vit, _CLIP, {"num_frames": None})
+    return getattr(vit, _CLIP)
+
+
+@contextmanager
+def clip_length(vit: nn.Module, num_frames: int) -> Iterator[None]:
+    """Within the block, the ViT's batch holds clips of `num_frames` consecutive frames (what temporal adapters read).
+
+    Works on a ViT without adapters too (then nothing reads it). The previous value is restored on exit, so contexts
+    nest.
+    """
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+    state = clip_state(vit)
+    previous = state["num_frames"]
+    state["num_frames"] = num_frames
+    try:
+        yield
+    finally:
+        state["num_frames"] = previous
 
 
 def token_positions(vit: Eva) -> torch.Tensor:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from simvlg_video.model.state import load_checked, read_tensors
+from simvlg_video.model.tensor_io import copy_into, read_tensors
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,9 @@ def eva_state_dict(tensors: Mapping[str, torch.Tensor], depth: int, source: str)
 
 
 def load_vit_weights(vit: nn.Module, path: str | Path) -> None:
-    """Load `path` (.safetensors or a torch state dict, e.g. BLIP-2's `eva_vit_g.pth`) into `vit`, names checked."""
+    """Load `path` (.safetensors or a torch state dict, e.g. BLIP-2's `eva_vit_g.pth`) into `vit` (an unpatched
+    ViT), names and shapes checked; tensors are read from the memory-mapped file as they are copied, in `vit`'s
+    dtype."""
     source = str(path)
     tensors = eva_state_dict(read_tensors(path), len(vit.blocks), source)
-    load_checked(vit, tensors, source)
+    copy_into(vit, tensors, source)

@@ -1,4 +1,5 @@
-"""Training checkpoints: RUN_DIR/checkpoints/<step>/ holding everything a run needs to continue exactly.
+"""Training checkpoints, RUN_DIR/checkpoints/<step>/ holding everything a run needs to continue exactly, and where a
+run starts: a fresh run directory, or the newest complete checkpoint of an interrupted one.
 
 ```
 checkpoints/00001000/trainable.safetensors   trainable tensors (full, also when FSDP shards them)
@@ -9,6 +10,12 @@ checkpoints/best.json                        {"step", "metric", "value"} of the 
 A folder is written as `<step>.partial` and renamed when complete, and removed by renaming it to `.deleting` first,
 so a process killed at any moment never leaves a folder that looks complete but is not. Rank 0 writes; every rank
 takes part in gathering (FSDP tensors, per-rank state).
+
+    python -m simvlg_video.adapt hydra.run.dir=RUN_DIR resume=auto [the run's overrides]
+
+A resumed run must be the same run: its settings are compared with RUN_DIR/config.yaml and any difference is
+named and refused, before anything in the run directory is touched. A fresh run never writes into a directory that
+already holds checkpoints.
 """
 
 from __future__ import annotations
@@ -18,18 +25,20 @@ import logging
 import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 from torch import nn
 
-from simvlg_video.model.model_dir import trainable_tensors
-from simvlg_video.model.state import read_tensors
-from simvlg_video.train.distributed import World, barrier, broadcast, gather, unwrap
-from simvlg_video.train.fsdp import is_sharded
+from simvlg_video.model.parallel import is_sharded, unwrap, whole_on_cpu
+from simvlg_video.model.tensor_io import read_safetensors
+from simvlg_video.train.run_log import RunLog
+from simvlg_video.world import World, barrier, broadcast, gather
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +63,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def full_trainable_tensors(model: nn.Module, trainable: list[str]) -> dict[str, torch.Tensor]:
-    """The trainable tensors whole, on the CPU; FSDP shards are gathered (a collective: call on every rank)."""
-    tensors = trainable_tensors(unwrap(model), trainable)
-    return {name: (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu().contiguous()
-            for name, t in tensors.items()}
+def trainable_tensors(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The live parameters that train (FSDP shards as they are)."""
+    return {name: p for name, p in unwrap(model).named_parameters() if p.requires_grad}
 
 
 class Checkpoints:
@@ -87,14 +94,14 @@ class Checkpoints:
         path = self.folder / BEST
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def save(self, step: int, model: nn.Module, trainable: list[str], optimizer: torch.optim.Optimizer,
-             state: dict[str, Any], rank_state: dict[str, Any], best: dict | None = None) -> Path:
+    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+             rank_state: dict[str, Any], best: dict | None = None) -> Path:
         """Write checkpoint `step`; `state` is shared by the ranks, `rank_state` is this rank's (data position...).
 
         With `best` ({"metric", "value"}), this checkpoint is the best so far and is kept whatever `keep_last` says.
         """
         inner = unwrap(model)
-        tensors = full_trainable_tensors(inner, trainable)
+        tensors = whole_on_cpu(trainable_tensors(inner))
         full_state = {**state, "step": step, "world_size": self.world.world_size,
                       "optimizer": self._optimizer_state(inner, optimizer),
                       "ranks": gather({**rank_state, "rng": rng_state()}, self.world)}
@@ -114,8 +121,7 @@ class Checkpoints:
         barrier(self.world)
         return final
 
-    def load(self, path: Path, model: nn.Module, trainable: list[str],
-             optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
         """Load tensors and optimiser state into the live objects and restore this rank's RNG states; returns
         (shared state, this rank's state)."""
         state = torch.load(path / STATE, map_location="cpu", weights_only=False)
@@ -123,8 +129,8 @@ class Checkpoints:
             raise SystemExit(f"error: checkpoint {path} was written by {state['world_size']} processes; resume it "
                              f"with the same number (got {self.world.world_size}): each keeps its own data position")
         inner = unwrap(model)
-        targets = trainable_tensors(inner, trainable)
-        stored = read_tensors(path / TRAINABLE)
+        targets = trainable_tensors(inner)
+        stored = read_safetensors(path / TRAINABLE)
         if set(stored) != set(targets):
             raise SystemExit(f"error: checkpoint {path / TRAINABLE} does not match the model: missing "
                              f"{sorted(set(targets) - set(stored))[:5]}, unexpected {sorted(set(stored) - set(targets))[:5]}")
@@ -184,3 +190,65 @@ def _place_like(full: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
         return distribute_tensor(full.to(target.dtype), target.device_mesh, target.placements)
     return full.to(target.device, target.dtype)
+
+
+def resume_point(cfg: DictConfig, checkpoints: Checkpoints, run_dir: Path) -> Path | None:
+    """The checkpoint to continue: `resume=auto` the newest complete one in the run directory (none: start
+    fresh), `resume=PATH` that checkpoint folder, `resume=null` none (a run directory with checkpoints is refused)."""
+    if cfg.resume in (None, False):
+        if checkpoints.complete():
+            raise SystemExit(f"error: {run_dir} already holds checkpoints; continue it with resume=auto or choose "
+                             "another run directory")
+        return None
+    if cfg.resume == "auto":
+        return checkpoints.latest()
+    folder = Path(cfg.resume).expanduser()
+    if folder not in checkpoints.complete():
+        raise SystemExit(f"error: resume={folder}: not a complete checkpoint of {run_dir} "
+                         f"(complete: {[p.name for p in checkpoints.complete()] or 'none'})")
+    return folder
+
+
+def changed_settings(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """`key: old -> new` for every leaf setting that differs between two resolved configs."""
+    changes = []
+    for key in sorted(set(saved) | set(current), key=str):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += changed_settings(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return changes
+
+
+def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
+    """A resumed run must be the run it continues: any changed setting other than `resume` is refused."""
+    saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
+    current = OmegaConf.to_container(cfg, resolve=True)
+    changes = [c for c in changed_settings(saved, current) if not c.startswith("resume:")]
+    if changes:
+        raise SystemExit(f"error: resuming {run_dir} with other settings than its config.yaml:\n  "
+                         + "\n  ".join(changes) + "\nresume with the run's own overrides")
+
+
+@dataclass
+class RunFiles:
+    """The run directory's checkpoints, the one to resume from (None: a fresh start), and the run's log."""
+
+    checkpoints: Checkpoints
+    resume_from: Path | None
+    log: RunLog
+
+
+def open_run(cfg: DictConfig, run_dir: Path, world: World) -> RunFiles:
+    """Open a run directory; the run's log drops the records a killed attempt wrote past the checkpoint it resumes
+    from. Writes config.yaml for a fresh run (a resumed one must match it)."""
+    checkpoints = Checkpoints(run_dir, world, keep_last=cfg.train.keep_checkpoints)
+    resume_from = resume_point(cfg, checkpoints, run_dir)
+    if resume_from is not None:
+        check_same_config(cfg, run_dir)
+    elif world.is_main:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    # resume=auto before any checkpoint was written starts over: the killed attempt's records are dropped.
+    resume_step = int(resume_from.name) if resume_from is not None else (0 if cfg.resume == "auto" else None)
+    return RunFiles(checkpoints, resume_from, RunLog(run_dir, world, cfg.train.tensorboard, resume_step=resume_step))

@@ -3,12 +3,15 @@
 Every global batch (micro-batches x ranks) is normalised by its total number of caption tokens, so the loss and the
 gradients equal those of one process taking the whole batch at once: the choice of world size and accumulation
 changes speed, not results. The host never waits for the device except at log steps (loss, counters) and once at
-the end.
+the end. Trouble is watched without stalling: a step whose global gradient norm is not finite is skipped on the
+device and counted (all ranks agree: the norm is taken after the gradients are reduced), and too many in a row stop
+the run; a gradient norm far above its running average is flagged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import resource
 import sys
@@ -21,10 +24,81 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from simvlg_video.train.distributed import World, sum_over_ranks, unwrap
-from simvlg_video.train.guards import GradNormWatch, NonFiniteGuard
+from simvlg_video.model.parallel import unwrap
+from simvlg_video.train.optim import build_optimizer, warmup_cosine
+from simvlg_video.world import World, autocast_for, sum_over_ranks
+
+log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, list[str]]
+
+
+class TooManyNonFiniteSteps(RuntimeError):
+    """Several steps in a row had a non-finite loss or gradient: the run stops instead of spinning on bad data."""
+
+
+class NonFiniteGuard:
+    """Counts skipped steps and the longest run of consecutive ones; `check` raises past `max_in_a_row`."""
+
+    def __init__(self, max_in_a_row: int, device: torch.device):
+        if max_in_a_row < 1:
+            raise ValueError(f"max_in_a_row must be >= 1, got {max_in_a_row}")
+        self.max_in_a_row = max_in_a_row
+        self.skipped = torch.zeros((), dtype=torch.int64, device=device)
+        self.current_run = torch.zeros_like(self.skipped)
+        self.longest_run = torch.zeros_like(self.skipped)
+
+    def update(self, bad: torch.Tensor) -> None:
+        """Record one step; `bad` is a bool scalar tensor (True: the step was skipped)."""
+        bad = bad.to(torch.int64)
+        self.skipped += bad
+        self.current_run.mul_(bad).add_(bad)
+        torch.maximum(self.longest_run, self.current_run, out=self.longest_run)
+
+    def check(self, step: int) -> None:
+        longest = int(self.longest_run)
+        if longest >= self.max_in_a_row:
+            raise TooManyNonFiniteSteps(
+                f"{longest} steps in a row had a non-finite loss or gradient (limit train.max_nonfinite_in_a_row="
+                f"{self.max_in_a_row}), the last at step {step}; the weights are those of the last finite step")
+
+    def state_dict(self) -> dict:
+        return {"skipped": int(self.skipped), "current_run": int(self.current_run),
+                "longest_run": int(self.longest_run)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("skipped", "current_run", "longest_run"):
+            getattr(self, key).fill_(int(state[key]))
+
+
+class GradNormWatch:
+    """Flags a logged gradient norm far above the running average of earlier ones (a run starting to diverge)."""
+
+    def __init__(self, factor: float = 10.0, warmup_logs: int = 3, smoothing: float = 0.9):
+        self.factor = factor
+        self.warmup_logs = warmup_logs
+        self.smoothing = smoothing
+        self.average: float | None = None
+        self.seen = 0
+
+    def is_spike(self, grad_norm: float, step: int) -> bool:
+        if not math.isfinite(grad_norm):
+            return False  # a skipped step, counted by NonFiniteGuard
+        spike = self.seen >= self.warmup_logs and self.average is not None and grad_norm > self.factor * self.average
+        if spike:
+            log.warning("gradient norm %.3g at step %d is over %gx its running average %.3g: the run may be diverging",
+                        grad_norm, step, self.factor, self.average)
+        else:
+            self.average = grad_norm if self.average is None else \
+                self.smoothing * self.average + (1 - self.smoothing) * grad_norm
+        self.seen += 1
+        return spike
+
+    def state_dict(self) -> dict:
+        return {"average": self.average, "seen": self.seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.average, self.seen = state["average"], int(state["seen"])
 
 
 @dataclass
@@ -47,58 +121,116 @@ class FitResult:
 
 
 @dataclass
-class StepSettings:
-    """How one optimiser step is taken."""
+class TrainConfig:
+    """`train:` of a run. The defaults are the demo's (the tiny model on the shapes set); each dataset's
+    `configs/experiment/` file holds its published recipe."""
 
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs a GradScaler)
-    grad_clip: float | None = 1.0
-    accumulation: int = 1  # micro-batches per optimiser step on each rank
+    steps: int = 600
+    batch_size: int = 16  # clips per process and micro-batch
+    accumulation: int = 1  # micro-batches per optimiser step: global batch = batch_size x accumulation x processes
+    strategy: str = "ddp"  # under torchrun: ddp (a replica per GPU) | fsdp (parameters sharded: models that do not fit)
+    lr: float = 5e-4
+    weight_decay: float = 0.05  # AdamW; never on biases, norms, gates and code tables
+    warmup_steps: int = 50
+    warmup_start_lr: float = 1e-6
+    min_lr: float = 1e-5  # cosine from lr down to this at the last step
+    grad_clip: float | None = 1.0  # None: no clipping (the reference's)
+    num_workers: int = 2  # loader processes per training process
     log_every: int = 10
+    checkpoint_every: int = 200  # steps between checkpoints (one is also written at the end)
+    keep_checkpoints: int = 2  # the newest ones kept; the best by validation (eval.best_metric) is kept as well
+    eval_every: int = 0  # validate on eval.val_split every N steps (0: no validation during training)
+    max_nonfinite_in_a_row: int = 5  # this many skipped (non-finite) steps in a row stop the run, saving the last
+    # good state
+    grad_norm_spike: float = 10.0  # warn when a logged grad norm exceeds this multiple of its running average
+    dropout: float | None = None  # None: the image model's; a number sets every trainable dropout layer (0: runs on
+    # any number of processes give the same losses)
+    tensorboard: bool = True  # RUN_DIR/tensorboard scalars besides metrics.jsonl
+    activation_checkpointing: bool = False  # recompute the ViT blocks that train in backward: less memory
+    compile: bool = False  # torch.compile each ViT block (GPU runs; the first steps compile)
+    trainable: list[str] = field(default_factory=lambda: ["adapters", "ln_vision", "VL_proj", "connector", "opt_proj"])
+    # what trains (adapters = every temporal adapter); everything else is frozen
+
+    def __post_init__(self) -> None:
+        """Settings that cannot work together are refused before anything runs."""
+        if self.steps < 1 or self.batch_size < 1 or self.accumulation < 1:
+            raise ValueError(f"train.steps, train.batch_size and train.accumulation must be >= 1 (got {self.steps}, "
+                             f"{self.batch_size}, {self.accumulation})")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(f"train.warmup_steps ({self.warmup_steps}) must be between 0 and train.steps "
+                             f"({self.steps})")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"train.strategy must be ddp or fsdp, got {self.strategy!r}")
 
 
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on the model's device, or nothing for fp32."""
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision not in dtypes:
-        raise ValueError(f"precision must be one of fp32, bf16, fp16; got {precision!r}")
-    return torch.autocast(device_type=device.type, dtype=dtypes[precision])
+@dataclass
+class Session:
+    """What a training run steps with besides the model and its batches; all of it is restored on resume."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train: TrainConfig
+    precision: str
+    guard: NonFiniteGuard
+    grad_watch: GradNormWatch
+    scaler: torch.amp.GradScaler | None = None
+
+    @classmethod
+    def create(cls, model: nn.Module, train: TrainConfig, precision: str = "fp32") -> Session:
+        """AdamW over the model's trainable parameters, warmup then cosine, a grad scaler for fp16, fresh guards."""
+        optimizer = build_optimizer(model, lr=train.lr, weight_decay=train.weight_decay)
+        scheduler = warmup_cosine(optimizer, train.warmup_steps, train.steps, train.warmup_start_lr, train.min_lr)
+        device = next(unwrap(model).parameters()).device
+        return cls(optimizer, scheduler, train, precision, NonFiniteGuard(train.max_nonfinite_in_a_row, device),
+                   GradNormWatch(train.grad_norm_spike),
+                   torch.amp.GradScaler(device.type) if precision == "fp16" else None)
+
+    def state_dict(self) -> dict:
+        """Schedule, guards and grad scaler (the optimiser's state is saved with the model's tensors)."""
+        return {"scheduler": self.scheduler.state_dict(), "guard": self.guard.state_dict(),
+                "grad_watch": self.grad_watch.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.guard.load_state_dict(state["guard"])
+        self.grad_watch.load_state_dict(state["grad_watch"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+
+
+@dataclass
+class Hooks:
+    """Called by `fit`: `on_log(record)` every log_every steps (rank 0), `on_step_end(step)` after every step on
+    every rank (checkpoints, validation)."""
+
+    on_log: Callable[[dict], None] | None = None
+    on_step_end: Callable[[int], None] | None = None
 
 
 def fit(
     model: nn.Module,
     batches: Iterator[Batch],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    session: Session,
     steps: int,
-    settings: StepSettings | None = None,
+    world: World = World(),
     *,
     start_step: int = 0,
-    scaler: torch.amp.GradScaler | None = None,
-    world: World = World(),
-    guard: NonFiniteGuard | None = None,
-    grad_watch: GradNormWatch | None = None,
-    on_log: Callable[[dict], None] | None = None,
-    on_step_end: Callable[[int], None] | None = None,
+    hooks: Hooks = Hooks(),
     desc: str = "train",
     show_progress: bool = True,
 ) -> FitResult:
     """Train from `start_step` to `steps`; `model` may be wrapped in DDP or sharded by FSDP.
 
     A step whose global gradient norm is not finite is skipped on the device (the fused AdamW's `found_inf`, as
-    GradScaler uses it) and counted by `guard`, which stops the run after too many in a row. `on_log` gets a record
-    every `log_every` steps (rank 0 only); `on_step_end(step)` runs on every rank after each step (checkpoints,
-    validation).
+    GradScaler uses it) and counted by the session's guard, which stops the run after too many in a row.
     """
-    settings = settings or StepSettings()
+    settings, optimizer, scheduler, guard = session.train, session.optimizer, session.scheduler, session.guard
     if settings.accumulation < 1:
         raise ValueError(f"accumulation must be >= 1, got {settings.accumulation}")
-    if settings.precision == "fp16" and scaler is None:
+    if session.precision == "fp16" and session.scaler is None:
         raise ValueError("precision fp16 needs a GradScaler (fp16 gradients underflow without loss scaling)")
     device = next(unwrap(model).parameters()).device
-    guard = guard or NonFiniteGuard(max_in_a_row=10**9, device=device)
-    grad_watch = grad_watch or GradNormWatch()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     step_losses: list[torch.Tensor] = []
     result = FitResult()
@@ -111,23 +243,23 @@ def fit(
         waiting = time.perf_counter()
         micro_batches = [next(batches) for _ in range(settings.accumulation)]
         interval.data_wait += time.perf_counter() - waiting
-        loss, grad_norm, bad = _optimiser_step(model, micro_batches, optimizer, scaler, params, settings, world)
+        loss, grad_norm, bad = _optimiser_step(model, micro_batches, session, params, world)
         scheduler.step()
         guard.update(bad)
         step_losses.append(loss)
         interval.add(sum(frames.shape[0] for frames, _ in micro_batches), grad_norm, bad)
         if (step + 1) % settings.log_every == 0 or step + 1 == steps:
             record = interval.record(step + 1, loss, grad_norm, scheduler.get_last_lr()[0], world)
-            record["grad_norm_spike"] = grad_watch.is_spike(record["grad_norm_max"], step + 1)
+            record["grad_norm_spike"] = session.grad_watch.is_spike(record["grad_norm_max"], step + 1)
             result.videos += record.pop("videos")
             result.data_wait_seconds += record["data_wait_s"]
             progress.set_postfix(loss=f"{record['loss']:.3f}")
-            if on_log is not None and world.is_main:
-                on_log(record)
+            if hooks.on_log is not None and world.is_main:
+                hooks.on_log(record)
             guard.check(step + 1)
-        if on_step_end is not None:  # checkpoints and validation: not training time
+        if hooks.on_step_end is not None:  # checkpoints and validation: not training time
             paused = time.perf_counter()
-            on_step_end(step + 1)
+            hooks.on_step_end(step + 1)
             model.train()  # validation leaves the model in eval mode (frozen parts stay in eval regardless)
             interval.started += time.perf_counter() - paused
             started += time.perf_counter() - paused
@@ -141,9 +273,11 @@ def fit(
     return result
 
 
-def _optimiser_step(model, micro_batches, optimizer, scaler, params, settings, world):
+def _optimiser_step(model: nn.Module, micro_batches: list[Batch], session: Session, params: list[nn.Parameter],
+                    world: World) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward/backward over the micro-batches, clip, step; returns (this rank's share of the loss, global grad
     norm, bool tensor: step skipped)."""
+    optimizer, scaler, settings = session.optimizer, session.scaler, session.train
     inner = unwrap(model)
     local_targets = sum(inner.text.num_targets(captions) for _, captions in micro_batches)
     num_targets = int(sum_over_ranks(torch.tensor(local_targets), world))
@@ -153,7 +287,7 @@ def _optimiser_step(model, micro_batches, optimizer, scaler, params, settings, w
         last = index == len(micro_batches) - 1
         no_sync = getattr(model, "no_sync", None) if not last else None
         with no_sync() if no_sync is not None else contextlib.nullcontext():
-            with autocast_for(frames.device, settings.precision):
+            with autocast_for(frames.device, session.precision):
                 loss = model(frames, captions, num_targets=num_targets)
             # DDP and FSDP average gradients over ranks; each rank's loss is already its share of the global mean.
             scaled = loss * world.world_size

@@ -1,8 +1,8 @@
 """AdamW over the trainable parameters, and the reference learning-rate schedule (linear warmup, then cosine).
 
-Weight decay follows the reference recipe: none on biases, norm weights and scalar gates (every tensor with fewer
-than two dimensions), `weight_decay` on the matrices. Decaying a zero-initialised adapter gate towards zero would
-fight the very signal that opens it.
+Weight decay follows the reference recipe: none on biases and norm weights (every tensor with fewer than two
+dimensions), `weight_decay` on the matrices, except those an adapter declares its own (its zero-initialised gate,
+its frame-code table): decaying a gate towards zero would fight the very signal that opens it.
 """
 
 from __future__ import annotations
@@ -12,20 +12,26 @@ import math
 import torch
 from torch import nn
 
+from simvlg_video.model.adapter_protocol import no_decay_parameter_names
+from simvlg_video.model.parallel import unwrap
+
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters split into a decayed group (ndim >= 2) and an undecayed one (biases, norms, gates).
+    """Trainable parameters split into a decayed group (matrices) and an undecayed one (biases, norms, and what the
+    adapters exempt: gates, code tables).
 
     Each group carries `param_names` beside `params` (the key torch's optimisers use for names), so an optimiser's
     state dict says which tensor each slot belongs to. Empty groups are left out.
     """
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    model = unwrap(model)
+    exempt = no_decay_parameter_names(model)
     decay: dict[str, nn.Parameter] = {}
     no_decay: dict[str, nn.Parameter] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay)[name] = param
+            (decay if param.ndim >= 2 and name not in exempt else no_decay)[name] = param
     if not decay and not no_decay:
         raise ValueError(f"{type(model).__name__} has no parameter with requires_grad=True; nothing to optimise")
     groups = []

@@ -10,8 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from simvlg_video.runtime import JsonlLog
-from simvlg_video.train.distributed import World
+from simvlg_video.world import JsonlLog, World
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"

@@ -1,0 +1,80 @@
+"""The Hydra config tree (the YAML files beside this one) and the typed schemas those files extend.
+
+Defaults live in code, once, beside what they configure: the `train:` settings in `train.loop.TrainConfig`, the
+clips in `data.clips.ClipData`, each adapter placement in `adapters.placements`, and this file's `AdaptConfig` for
+the rest of `adapt`. :func:`register_schemas` puts them into Hydra's ConfigStore under `schema/`; the YAML files
+name them first in their defaults lists, so every key has a type, a misspelt key is an error, and a YAML file only
+says what differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from simvlg_video.adapters.placements import PLACEMENTS
+from simvlg_video.data.clips import ClipData
+from simvlg_video.train.loop import TrainConfig
+
+
+@dataclass
+class DatasetFolder(ClipData):
+    """The shared base of `data=msrvtt|msvd|activitynet`: a dataset converted into ROOT and checked there
+    (`data_tools.convert ... --root ROOT`, then `data_tools.check_videos`)."""
+
+    root: str | None = MISSING  # must be given: data.root=/path/to/dataset
+    manifest: str | None = "${data.root}/manifest.checked.jsonl"
+
+
+@dataclass
+class EvalConfig:
+    """`eval:` of adapt: what is scored, and how captions are decoded (the demo's defaults; recipes set beam 5,
+    5 to 20 new tokens)."""
+
+    split: str = "test"
+    val_split: str = "val"  # for train.eval_every
+    best_metric: str = "CIDEr"  # which validation score picks the best checkpoint (higher is better)
+    batch_size: int = 32
+    num_beams: int = 5
+    min_new_tokens: int = 1
+    max_new_tokens: int = 12
+    spice: bool = False  # SPICE needs Stanford CoreNLP, downloaded at run time
+    before: bool = True  # also score the image model (frames averaged, no adapters) for a before/after table
+    visualize: int = 3  # draw this many test clips into RUN_DIR/visualize/ at the end (0: none)
+
+
+@dataclass
+class AdaptConfig:
+    """`python -m simvlg_video.adapt`: everything but the groups (`data=`, `sampler=`, `adapter=`, `experiment=`)."""
+
+    image_ckpt: str | None = None  # our model directory, or the reference's checkpoint file (.pth, with the next
+    # two keys); None: the bundled tiny image model
+    vit_weights: str | None = None  # with a .pth image_ckpt: the frozen ViT weights (BLIP-2's eva_vit_g.pth)
+    lm_path: str | None = None  # with a .pth image_ckpt: local Hugging Face folder of the LLM (e.g. opt-2.7b)
+    model_config: str = "simvlg_opt2.7b"  # with a .pth image_ckpt: the architecture (configs/model/ name or .yaml)
+    allow_pickle: bool = False  # UNSAFE if true: let a .pth image_ckpt unpickle non-tensor objects (trusted files)
+    seed: int = 0
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 | fp16: frozen weights loaded in it, autocast in it
+    run_dir: str = "${hydra:runtime.output_dir}"
+    resume: Any = None  # auto: continue the newest complete checkpoint in run_dir (give hydra.run.dir=RUN_DIR and
+    # the run's overrides); a checkpoint folder: that one; None: a fresh run
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    data: Any = None
+    sampler: Any = None
+    adapter: Any = None
+
+
+def register_schemas() -> None:
+    """Store the schemas the YAML files extend (`schema/adapt`, `schema/data`, `schema/dataset_folder`,
+    `schema/adapter/<name>`)."""
+    store = ConfigStore.instance()
+    store.store(group="schema", name="adapt", node=AdaptConfig)
+    store.store(group="schema", name="data", node=ClipData)
+    store.store(group="schema", name="dataset_folder", node=DatasetFolder)
+    for name, placement in PLACEMENTS.items():
+        store.store(group="schema/adapter", name=name, node=placement)

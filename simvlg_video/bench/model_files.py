@@ -1,0 +1,158 @@
+"""Cost of the model files at full size: importing a reference checkpoint as a model directory, and loading it.
+
+    python -m simvlg_video.bench.model_files --work DIR [--keep] [--json OUT]
+
+Writes random-weight files of the real sizes into DIR (BLIP-2's EVA ViT-g state dict with its 40 blocks in fp16,
+an OPT-2.7B Hugging Face folder in fp16 shards, the reference's training checkpoint with its trainable tensors and
+optimiser state), then times in fresh processes, one after the other:
+
+* the import (`python -m simvlg_video.model.lavis_checkpoint ...`): checks names and shapes, copies the checkpoint's
+  tensors, fingerprints the frozen files;
+* loading the model directory it wrote in bf16, as a `precision=bf16` run does (frozen parts straight into bf16).
+
+Each row: wall seconds and the process's peak resident memory (the kernel's high-water mark, file pages it mapped
+included). Values of the weights do not matter to either cost, only their sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import OPTConfig, OPTForCausalLM
+
+from simvlg_video.model.lavis_checkpoint import load_model_config, reference_name
+from simvlg_video.model.lm import build_word_tokenizer
+from simvlg_video.model.model_dir import build_captioner, stored_tensors
+from simvlg_video.model.vit import build_vit
+
+OPT_2_7B = dict(hidden_size=2560, num_hidden_layers=32, num_attention_heads=32, ffn_dim=10240, vocab_size=50272,
+                max_position_embeddings=2048, word_embed_proj_dim=2560)
+SHARD_BYTES = 2 * 2**30  # the LLM's safetensors shards, as Hugging Face splits them
+# --tiny: the same files at toy sizes (the test suite runs it)
+TINY_OPT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, vocab_size=300,
+                max_position_embeddings=64, word_embed_proj_dim=32)
+TINY_MODEL = """vit: {preset: tiny, overrides: {img_size: 32, embed_dim: 32, depth: 3}}
+connector: {hidden_size: 32, num_layers: 2, num_heads: 4, intermediate_size: 64, max_position_embeddings: 64, r: 4}
+image_size: 32
+"""
+
+
+def _random_like(meta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.randn(meta.shape, dtype=torch.float32).to(dtype)
+
+
+def write_vit_file(path: Path, model_config: str) -> Path:
+    """BLIP-2's eva_vit_g.pth: the ViT with one block more than the captioner uses (EVA-g's 40th), fp16."""
+    cfg = load_model_config(model_config)
+    with torch.device("meta"):
+        vit = build_vit(cfg.vit.preset, **{**cfg.vit.overrides, "depth": len(build_vit(
+            cfg.vit.preset, **cfg.vit.overrides).blocks) + 1})
+    torch.save({name: _random_like(t, torch.float16) for name, t in vit.state_dict().items()}, path)
+    return path
+
+
+def write_lm_folder(folder: Path, sizes: dict) -> Path:
+    """An OPT folder (OPT-2.7B's sizes): config.json, a tokenizer, fp16 weights in shards with their index."""
+    folder.mkdir(parents=True)
+    tokenizer = build_word_tokenizer(["a caption"])
+    tokenizer.save_pretrained(folder)
+    config = OPTConfig(**sizes, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, torch_dtype="float16")
+    config.save_pretrained(folder)
+    with torch.device("meta"):
+        names = {name: t for name, t in OPTForCausalLM(config).state_dict().items() if name != "lm_head.weight"}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    for name, meta in names.items():
+        if sum(t.numel() * 2 for t in shards[-1].values()) + meta.numel() * 2 > SHARD_BYTES:
+            shards.append({})
+        shards[-1][name] = _random_like(meta, torch.float16)
+    weight_map = {}
+    for index, shard in enumerate(shards, start=1):
+        file = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, folder / file, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, file))
+        shard.clear()
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
+
+
+def write_reference_checkpoint(path: Path, lm_folder: Path, model_config: str) -> Path:
+    """The reference's training checkpoint: every trainable tensor (fp32) under its names, and AdamW's state."""
+    cfg = load_model_config(model_config)
+    cfg.lm.path = str(lm_folder)
+    tensors = stored_tensors(build_captioner(cfg, path.parent, meta=True), cfg)
+    model = {reference_name(name): _random_like(t, torch.float32) for name, t in tensors.items()
+             if not name.startswith("vit.")}
+    state = {index: {"step": torch.tensor(1.0), "exp_avg": torch.zeros_like(t), "exp_avg_sq": torch.zeros_like(t)}
+             for index, t in enumerate(model.values())}
+    torch.save({"model": model, "optimizer": {"state": state, "param_groups": []}, "iters": 250000}, path)
+    return path
+
+
+def timed(command: list[str]) -> dict:
+    """Wall seconds and peak resident memory (GiB) of one child process, from its own resource usage."""
+    with tempfile.TemporaryFile() as errors:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            errors.seek(0)
+            raise SystemExit(f"error: {' '.join(command)} failed:\n{errors.read().decode()[-3000:]}")
+    return {"seconds": round(seconds, 2), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="folder for the files (about 9 GB)")
+    parser.add_argument("--only", choices=("import", "load"), help="measure one of the two commands")
+    parser.add_argument("--keep", action="store_true", help="keep the files for another run")
+    parser.add_argument("--tiny", action="store_true", help="toy sizes (the code path, not the cost)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    work = args.work
+    vit, lm, ckpt, out = work / "eva_vit_g.pth", work / "opt-2.7b", work / "simvlg_image.pth", work / "model"
+    model_config = "simvlg_opt2.7b"
+    if args.tiny:
+        model_config = str(work / "tiny_model.yaml")
+    if not lm.is_dir():
+        work.mkdir(parents=True, exist_ok=True)
+        print("writing random-weight files ...", flush=True)
+        if args.tiny:
+            Path(model_config).write_text(TINY_MODEL)
+        write_vit_file(vit, model_config)
+        write_lm_folder(lm, TINY_OPT if args.tiny else OPT_2_7B)
+        write_reference_checkpoint(ckpt, lm, model_config)
+    sizes = {p.name: round(sum(f.stat().st_size for f in ([p] if p.is_file() else p.rglob("*"))) / 2**30, 2)
+             for p in (vit, lm, ckpt)}
+    figures: dict = {"files_gib": sizes, "cpu_threads": torch.get_num_threads()}
+    if args.only in (None, "import"):
+        shutil.rmtree(out, ignore_errors=True)
+        figures["import"] = timed([sys.executable, "-m", "simvlg_video.model.lavis_checkpoint", str(ckpt),
+                                   "--vit-weights", str(vit), "--lm-path", str(lm), "--out", str(out),
+                                   "--model-config", model_config])
+    if args.only in (None, "load") and out.is_dir():
+        load = (f"import torch; from simvlg_video.model.model_dir import load_model_dir; "
+                f"load_model_dir({str(out)!r}, dtype=torch.bfloat16)")
+        figures["load_bf16"] = timed([sys.executable, "-c", load])
+    if not args.keep:
+        shutil.rmtree(work)
+    print(json.dumps(figures, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""What captioning needs besides the model: how frames are sampled and read, how captions are decoded, in which
+precision; and opening a trained model (a model directory, or a run directory holding one) to caption with it.
+
+A run writes its evaluation settings into the model directory it exports (model.yaml, `inference:`), so `caption`,
+`evaluate` and `visualize` reproduce the captions of the run's own predictions; a model without them (an imported
+reference checkpoint) captions with the reference recipe's evaluation settings, the defaults below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from simvlg_video.data.dataset import ClipReading, FrameSampler
+from simvlg_video.data.transforms import FrameTransform
+from simvlg_video.model.captioner import VideoCaptioner
+from simvlg_video.model.model_dir import MODEL_CONFIG, ModelConfig, ModelDirError, load_model_dir
+from simvlg_video.world import compute_dtype
+
+RUN_CONFIG = "config.yaml"
+RUN_MODEL = "model"
+
+
+@dataclass
+class InferenceConfig:
+    """How a model captions; the defaults are the reference recipe's evaluation (REFERENCE.md section 2)."""
+
+    num_frames: int = 4
+    sampler: Any = field(default_factory=lambda: {"_target_": "simvlg_video.data.sampling.head", "_partial_": True})
+    # the frame sampler (deterministic in evaluation): the first frame of each of num_frames segments
+    backend: str = "auto"  # decoder: auto | decord | pyav | nvdec
+    decode_timeout: float | None = 60.0  # seconds one decode may take before the clip is reported and skipped
+    num_beams: int = 5
+    min_new_tokens: int = 5
+    max_new_tokens: int = 20
+    batch_size: int = 32
+    num_workers: int = 2
+    precision: str = "fp32"  # fp32 | bf16 | fp16: frozen weights loaded in it, generation under its autocast
+
+    @property
+    def reading(self) -> ClipReading:
+        """Every clip that decodes is captioned: skipped clips are reported, never a reason to stop."""
+        return ClipReading(self.num_frames, self.backend, self.decode_timeout, max_skip_fraction=1.0)
+
+    @property
+    def frame_sampler(self) -> FrameSampler:
+        return instantiate(self.sampler)
+
+    @property
+    def generation(self) -> dict[str, int]:
+        return {"num_beams": self.num_beams, "min_new_tokens": self.min_new_tokens,
+                "max_new_tokens": self.max_new_tokens}
+
+    def transform(self, image_size: int) -> FrameTransform:
+        return FrameTransform(size=image_size)
+
+
+def read_inference_config(stored: Any, overrides: list[str] = (), source: str = "") -> InferenceConfig:
+    """`stored` (a model.yaml's `inference:`, None for the defaults) with `key=value` overrides, type-checked."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(InferenceConfig), stored or {},
+                                 OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        known = ", ".join(f.name for f in fields(InferenceConfig))
+        raise ValueError(f"{source or 'inference settings'}: {str(error).splitlines()[0]} (settings: {known})") from None
+
+
+@dataclass
+class OpenedModel:
+    """A model ready to caption, with its configuration and where it came from."""
+
+    model: VideoCaptioner
+    config: ModelConfig
+    inference: InferenceConfig
+    model_dir: Path
+    run_config: Any = None  # the run's config.yaml when opened through a run directory
+
+
+def find_model_dir(path: str | Path) -> tuple[Path, Path | None]:
+    """(model directory, run directory or None) for a path that is either."""
+    path = Path(path)
+    if (path / RUN_CONFIG).is_file() and (path / RUN_MODEL / MODEL_CONFIG).is_file():
+        return path / RUN_MODEL, path
+    if (path / MODEL_CONFIG).is_file():
+        return path, None
+    if (path / RUN_CONFIG).is_file():
+        raise ModelDirError(f"{path} is a run directory without an exported model ({path / RUN_MODEL} is missing: "
+                            "the run did not finish; continue it with resume=auto)")
+    raise ModelDirError(f"{path} is neither a model directory ({MODEL_CONFIG}) nor a run directory ({RUN_CONFIG} "
+                        f"and {RUN_MODEL}/)")
+
+
+def open_model(path: str | Path, overrides: list[str] = (), device: torch.device | None = None) -> OpenedModel:
+    """Load a model directory, or a run directory's exported model, for captioning: frozen weights in the
+    precision it computes in, on `device`."""
+    model_dir, run_dir = find_model_dir(path)
+    config_file = model_dir / MODEL_CONFIG
+    stored = OmegaConf.load(config_file).get("inference")
+    inference = read_inference_config(stored, overrides, str(config_file))
+    model, config = load_model_dir(model_dir, dtype=compute_dtype(inference.precision))
+    if device is not None:
+        model.to(device)
+    model.eval()
+    run_config = OmegaConf.load(run_dir / RUN_CONFIG) if run_dir is not None else None
+    return OpenedModel(model, config, inference, model_dir, run_config)

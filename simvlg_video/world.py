@@ -1,0 +1,143 @@
+"""The process's world: its rank among torchrun's processes, its device, its precision, its seed, its log file.
+
+The one leaf module of the package: everything else may import it, it imports nothing of ours.
+
+Launched by `torchrun --nproc_per_node N -m simvlg_video.adapt ...`, every process reads RANK / WORLD_SIZE /
+LOCAL_RANK from the environment. One process group serves CPU tensors through gloo and GPU tensors through NCCL,
+so host-side counts never wait for the device. Without torchrun every collective here is a no-op on one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_world(timeout_s: float = 1800) -> World:
+    """Join the process group torchrun set up (once per process); one process: World()."""
+    if not launched_by_torchrun():
+        return World()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+            backend = "cpu:gloo,cuda:nccl"
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return World(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def shutdown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def pick_device(name: str, world: World = World()) -> torch.device:
+    """`auto` is CUDA when present, else CPU; asking for CUDA without a GPU is an error, not a fallback.
+
+    Under torchrun each process drives the GPU numbered by its LOCAL_RANK (device=cpu keeps every process on CPU).
+    """
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name} was asked for but no CUDA GPU is available")
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", world.local_rank) if world.distributed else torch.device("cuda")
+    return torch.device("cpu" if name == "auto" else name)
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype a run computes in: what its frozen weights are loaded as and what autocast runs."""
+    if precision not in PRECISION_DTYPES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return PRECISION_DTYPES[precision]
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on the model's device, or nothing for fp32."""
+    dtype = compute_dtype(precision)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def broadcast(value: Any, world: World) -> Any:
+    """Rank 0's `value` on every rank (a picklable object)."""
+    if not world.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(value: Any, world: World) -> list[Any]:
+    """Every rank's `value`, in rank order, on every rank."""
+    if not world.distributed:
+        return [value]
+    values: list[Any] = [None] * world.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def sum_over_ranks(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """The element-wise sum over ranks (a new tensor; `tensor` itself is left as it is)."""
+    if not world.distributed:
+        return tensor.clone()
+    total = tensor.clone()
+    dist.all_reduce(total)
+    return total
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+class JsonlLog:
+    """Appends one JSON object per line (RUN_DIR/metrics.jsonl), flushed at once so a crash loses nothing."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, record: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
