@@ -21,6 +21,8 @@ from simvlg_video.model.model_dir import (
     save_model_dir,
 )
 from simvlg_video.model.tensor_io import StateDictMismatch
+from simvlg_video.model.vit import build_vit
+from simvlg_video.model.vit_weights import fill_unsaved_buffers
 
 
 def rewrite_weights(model_dir, tensors) -> None:
@@ -48,6 +50,8 @@ def test_export_import_round_trip_is_bit_exact(tiny_model_dir, tmp_path):
         assert torch.equal(expected[name], actual[name]), name
     assert loaded_cfg.adapter == cfg.adapter
     assert loaded_cfg.lm.path == str(tiny_model_dir / "lm")  # the pointer now leads back to the image model's LM
+    # as readable as any new file (safetensors alone writes 0600: a model others on a cluster could not read)
+    assert (tmp_path / "video" / WEIGHTS).stat().st_mode == (tmp_path / "video" / MODEL_CONFIG).stat().st_mode
 
 
 def test_every_tensor_not_behind_a_frozen_pointer_is_stored(tiny_model_dir, tmp_path):
@@ -79,6 +83,35 @@ def test_a_vit_behind_a_pointer_is_not_copied_but_its_adapters_are(tiny_model_di
     assert set(read_model_config(tmp_path / "video" / MODEL_CONFIG).frozen) == {"vit", "lm"}
     loaded, _ = load_model_dir(tmp_path / "video")
     assert torch.equal(loaded.vit.blocks[3].mlp.fc1.weight, model.vit.blocks[3].mlp.fc1.weight)
+
+
+def test_a_vit_from_its_file_has_the_files_tensors_and_its_computed_buffers(tiny_model_dir, tmp_path):
+    """The ViT behind a pointer is built without a random initialisation: every tensor, buffers included, and its
+    output equal those of the ViT that wrote the file."""
+    model, cfg = load_model_dir(tiny_model_dir)
+    save_file({k: v.contiguous() for k, v in model.vit.state_dict().items()}, tmp_path / "vit.safetensors")
+    cfg.vit.weights, cfg.frozen = str(tmp_path / "vit.safetensors"), {}
+    save_model_dir(model, cfg, tmp_path / "pointer", base_dir=tiny_model_dir)
+    loaded, _ = load_model_dir(tmp_path / "pointer")
+    expected = dict(model.vit.named_buffers()) | dict(model.vit.named_parameters())
+    actual = dict(loaded.vit.named_buffers()) | dict(loaded.vit.named_parameters())
+    assert expected.keys() == actual.keys() and any(name.endswith("attn.k_bias") for name in actual)
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    frames = torch.randn(2, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded.vit.forward_features(frames), model.vit.forward_features(frames))
+
+
+def test_buffers_no_file_holds_are_computed_or_refused():
+    vit = build_vit("tiny", img_size=32, embed_dim=32, depth=2)
+    with torch.no_grad():
+        vit.blocks[1].attn.k_bias.fill_(float("nan"))
+    fill_unsaved_buffers(vit)
+    assert torch.equal(vit.blocks[1].attn.k_bias, torch.zeros_like(vit.blocks[1].attn.k_bias))
+    vit.blocks[0].register_buffer("scratch", torch.ones(2), persistent=False)
+    with pytest.raises(RuntimeError, match=r"blocks\.0\.scratch"):
+        fill_unsaved_buffers(vit)
 
 
 def test_a_model_whose_config_does_not_describe_it_is_not_saved(tiny_model_dir, tmp_path):

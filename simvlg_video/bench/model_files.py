@@ -11,7 +11,7 @@ optimiser state), then times in fresh processes, one after the other:
 * loading the model directory it wrote in bf16, as a `precision=bf16` run does (frozen parts straight into bf16).
 
 Each row: wall seconds and the process's peak resident memory (the kernel's high-water mark, file pages it mapped
-included). Values of the weights do not matter to either cost, only their sizes.
+included, the child's own: not the forking parent's). Values of the weights do not matter to either cost, only their sizes.
 """
 
 from __future__ import annotations
@@ -99,18 +99,35 @@ def write_reference_checkpoint(path: Path, lm_folder: Path, model_config: str) -
     return path
 
 
-def timed(command: list[str]) -> dict:
-    """Wall seconds and peak resident memory (GiB) of one child process, from its own resource usage."""
-    with tempfile.TemporaryFile() as errors:
+# Runs the measured code in a fresh interpreter and writes its own high-water mark (VmHWM) at exit. The kernel's
+# ru_maxrss is no use here: exec keeps the forking parent's peak in it, so a child would report this script's size.
+_PEAK_WRAPPER = """
+import atexit, os, runpy, sys
+def report_peak():
+    with open("/proc/self/status") as status:
+        kib = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["SIMVLG_PEAK_FILE"], "w") as out:
+        out.write(kib)
+atexit.register(report_peak)
+kind, target, *sys.argv[1:] = sys.argv[1:]
+exec(target) if kind == "-c" else runpy.run_module(target, run_name="__main__", alter_sys=True)
+"""
+
+
+def timed(kind: str, target: str, *args: str) -> dict:
+    """Wall seconds and peak resident memory (GiB) of `python -m target args` (kind "-m") or `python -c target`."""
+    with tempfile.TemporaryFile() as errors, tempfile.TemporaryDirectory() as scratch:
+        peak_file = Path(scratch) / "peak_kib"
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
-        _, status, usage = os.wait4(process.pid, 0)
+        process = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, kind, target, *args],
+                                 stdout=subprocess.DEVNULL, stderr=errors,
+                                 env={**os.environ, "SIMVLG_PEAK_FILE": str(peak_file)})
         seconds = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode != 0:
             errors.seek(0)
-            raise SystemExit(f"error: {' '.join(command)} failed:\n{errors.read().decode()[-3000:]}")
-    return {"seconds": round(seconds, 2), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2)}
+            raise SystemExit(f"error: {kind} {target} {' '.join(args)} failed:\n{errors.read().decode()[-3000:]}")
+        peak_gib = int(peak_file.read_text()) / 2**20
+    return {"seconds": round(seconds, 2), "peak_rss_gib": round(peak_gib, 2)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -139,13 +156,12 @@ def main(argv: list[str] | None = None) -> dict:
     figures: dict = {"files_gib": sizes, "cpu_threads": torch.get_num_threads()}
     if args.only in (None, "import"):
         shutil.rmtree(out, ignore_errors=True)
-        figures["import"] = timed([sys.executable, "-m", "simvlg_video.model.lavis_checkpoint", str(ckpt),
-                                   "--vit-weights", str(vit), "--lm-path", str(lm), "--out", str(out),
-                                   "--model-config", model_config])
+        figures["import"] = timed("-m", "simvlg_video.model.lavis_checkpoint", str(ckpt), "--vit-weights", str(vit),
+                                  "--lm-path", str(lm), "--out", str(out), "--model-config", model_config)
     if args.only in (None, "load") and out.is_dir():
         load = (f"import torch; from simvlg_video.model.model_dir import load_model_dir; "
                 f"load_model_dir({str(out)!r}, dtype=torch.bfloat16)")
-        figures["load_bf16"] = timed([sys.executable, "-c", load])
+        figures["load_bf16"] = timed("-c", load)
     if not args.keep:
         shutil.rmtree(work)
     print(json.dumps(figures, indent=1))

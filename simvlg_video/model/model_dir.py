@@ -21,7 +21,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from safetensors.torch import save_file
 from torch import nn
 
 from simvlg_video.model.adapter_protocol import adapter_modules
@@ -30,9 +29,9 @@ from simvlg_video.model.connector import ConnectorConfig, build_tome_connector
 from simvlg_video.model.fingerprint import FrozenSourceChanged, check_fingerprint, fingerprint
 from simvlg_video.model.parallel import whole_on_cpu
 from simvlg_video.model.lm import CaptionText, LMConfig, lm_skeleton, load_lm, load_tokenizer
-from simvlg_video.model.tensor_io import check_tensors, read_safetensors
+from simvlg_video.model.tensor_io import check_tensors, read_safetensors, write_safetensors
 from simvlg_video.model.vit import VitConfig, build_vit
-from simvlg_video.model.vit_weights import load_vit_weights
+from simvlg_video.model.vit_weights import fill_unsaved_buffers, load_vit_weights
 
 MODEL_CONFIG = "model.yaml"
 WEIGHTS = "weights.safetensors"
@@ -94,15 +93,18 @@ def build_captioner(cfg: ModelConfig, base_dir: Path, dtype: torch.dtype = torch
     at a wider precision); everything else as initialised, in fp32. `meta=True` builds names and shapes only, on
     the meta device, reading no weights."""
     sources = frozen_sources(cfg, base_dir)
+    vit_from_file = "vit" in sources and not meta
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta") if meta else torch.device("cpu"):
+    try:  # a ViT whose weights come from a file is never randomly initialised (21 s for EVA-g on 2 cores)
+        with torch.device("meta") if meta or vit_from_file else torch.device("cpu"):
             vit = build_vit(cfg.vit.preset, **cfg.vit.overrides)
     finally:
         torch.set_default_dtype(previous)
-    if "vit" in sources and not meta:
+    if vit_from_file:
+        vit = vit.to_empty(device="cpu")
         load_vit_weights(vit, sources["vit"])
+        fill_unsaved_buffers(vit)
     with torch.device("meta") if meta else torch.device("cpu"):
         connector = build_tome_connector(cfg.connector)
     lm = lm_skeleton(sources["lm"]) if meta else load_lm(sources["lm"], dtype)[0]
@@ -186,7 +188,7 @@ def save_model_dir(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, base
                   f"the tensors to save in {out_dir} (against its model.yaml: is the adapter recorded in the config?)")
     out_dir.mkdir(parents=True, exist_ok=True)
     temporary = out_dir / (WEIGHTS + ".partial")
-    save_file(tensors, temporary)
+    write_safetensors(tensors, temporary)
     cfg.stored = fingerprint(temporary)[temporary.name]
     config_text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
     temporary.replace(out_dir / WEIGHTS)  # the pair is checked on load: a crash between these two lines is noticed

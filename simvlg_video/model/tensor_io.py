@@ -7,6 +7,7 @@ read only when it is copied into the model, and names and shapes can be checked 
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import re
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,15 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise NotATensorFile(f"{path} does not hold a plain state dict of tensors (found {type(obj).__name__})")
     return dict(obj)
+
+
+def write_safetensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """`safetensors.torch.save_file`, with the permissions any new file gets (safetensors writes 0600, which would
+    hide a model directory from the other users of a shared cluster)."""
+    save_file(dict(tensors), path)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -70,3 +70,17 @@ def load_vit_weights(vit: nn.Module, path: str | Path) -> None:
     source = str(path)
     tensors = eva_state_dict(read_tensors(path), len(vit.blocks), source)
     copy_into(vit, tensors, source)
+
+
+def fill_unsaved_buffers(vit: nn.Module) -> None:
+    """After `to_empty`, compute the buffers a state dict does not hold (EVA's zero k bias) with each timm module's
+    own `init_non_persistent_buffers`. A buffer that no module fills is an error, never left as uninitialised memory."""
+    saved = set(vit.state_dict())
+    unsaved = {name for name, _ in vit.named_buffers() if name not in saved}
+    for prefix, module in vit.named_modules():
+        if hasattr(module, "init_non_persistent_buffers"):
+            module.init_non_persistent_buffers()
+            unsaved -= {f"{prefix}.{name}" if prefix else name for name, _ in module.named_buffers(recurse=False)}
+    if unsaved:
+        raise RuntimeError(f"the ViT has buffers that neither its weights file nor its modules fill: {sorted(unsaved)}")
+

@@ -32,11 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import save_file
 from torch import nn
 
 from simvlg_video.model.parallel import is_sharded, unwrap, whole_on_cpu
-from simvlg_video.model.tensor_io import read_safetensors
+from simvlg_video.model.tensor_io import read_safetensors, write_safetensors
 from simvlg_video.train.run_log import RunLog
 from simvlg_video.world import World, barrier, broadcast, gather
 
@@ -110,7 +109,7 @@ class Checkpoints:
             partial = final.with_name(final.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
-            save_file(tensors, partial / TRAINABLE)
+            write_safetensors(tensors, partial / TRAINABLE)
             torch.save(full_state, partial / STATE)
             if final.exists():
                 self._remove(final)
