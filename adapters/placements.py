@@ -18,7 +18,7 @@ from simvlg_video.adapters.token_pool import TemporalTokenPool
 
 @dataclass
 class Reference:
-    """The paper-faithful placement (REFERENCE.md section 2): a temporal module between attention and MLP of the
+    """The paper-faithful placement: the reference's temporal module between attention and MLP of the
     chosen ViT blocks, scalar gate 0, frames averaged after the ViT. With `time_encoding="none"` it is exactly the
     reference, which cannot tell frame order."""
 

@@ -17,7 +17,6 @@ import numpy as np
 
 from simvlg_video.eval.shape_accuracy import (  # the vocabulary captions are written in and parsed with
     COLOURS,
-    MOTION_KEYWORDS,
     MOTIONS,
     SHAPES,
 )

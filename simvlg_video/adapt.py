@@ -38,7 +38,13 @@ from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_parameters
 from simvlg_video.model.freeze import apply_freeze_policy
 from simvlg_video.model.lavis_checkpoint import import_lavis_checkpoint, load_model_config
 from simvlg_video.model.fingerprint import FrozenSourceChanged
-from simvlg_video.model.model_dir import ModelDirError, load_model_dir, read_model_config, save_model_dir, stored_tensors
+from simvlg_video.model.model_dir import (
+    ModelDirError,
+    load_model_dir,
+    read_model_config,
+    save_model_dir,
+    stored_tensors,
+)
 from simvlg_video.model.parallel import is_sharded, whole_on_cpu
 from simvlg_video.model.speed import apply_speed_settings
 from simvlg_video.model.tensor_io import NotATensorFile, StateDictMismatch
@@ -46,7 +52,16 @@ from simvlg_video.train.checkpoint import open_run
 from simvlg_video.train.launch import flags_to_overrides, launch_overrides
 from simvlg_video.train.loop import TrainConfig, reset_peak_memory
 from simvlg_video.train.trainer import TrainingRun, train
-from simvlg_video.world import World, broadcast, compute_dtype, init_world, pick_device, seed_everything, shutdown
+from simvlg_video.world import (
+    World,
+    broadcast,
+    compute_dtype,
+    init_world,
+    pick_device,
+    seed_everything,
+    share_cpu_with_loaders,
+    shutdown,
+)
 
 log = logging.getLogger("simvlg_video.adapt")
 # Bad input, named by the code that found it: reported as one line, never a traceback.
@@ -153,6 +168,7 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
     if not world.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     device = pick_device(cfg.device, world)
+    threads = share_cpu_with_loaders(device, cfg.train.num_workers)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -161,7 +177,8 @@ def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
     samplers = [instantiate(cfg.sampler.train), instantiate(cfg.sampler.eval)]
     manifest = shared_manifest(data, samplers, world)
     cfg.data.manifest = str(manifest.resolve())  # the run's config names the exact data it used
-    files = open_run(cfg, run_dir, world)
+    files = open_run(cfg, run_dir, world)  # a refused resume stops here, having written nothing
+    log.info("compute threads: %d", threads)
     resumed_at = int(files.resume_from.name) if files.resume_from is not None else None
     finished = run_summary(run_dir) if resumed_at == cfg.train.steps else None
     if finished is not None:  # resuming a sweep: this job had completed
@@ -278,7 +295,7 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     arguments = flags_to_overrides(sys.argv[1:], {"--image-ckpt": "image_ckpt"})
     world = init_world()
-    sys.argv = [sys.argv[0], *arguments, *launch_overrides(arguments, world)]
+    sys.argv = [sys.argv[0], *launch_overrides(arguments, world), *arguments]  # the user's arguments win
     try:
         main()
     finally:

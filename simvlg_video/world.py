@@ -78,11 +78,31 @@ def pick_device(name: str, world: World = World()) -> torch.device:
     return torch.device("cpu" if name == "auto" else name)
 
 
+def share_cpu_with_loaders(device: torch.device, num_workers: int) -> int:
+    """On a CPU, the loader's worker processes and torch's compute threads share the cores: each worker gets one,
+    compute the rest (at least one thread; on 2 cores with 2 workers, 1 thread trained 25% faster than 2). A GPU
+    run keeps torch's default. Returns the compute thread count."""
+    if device.type == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores - num_workers))
+    return torch.get_num_threads()
+
+
 def compute_dtype(precision: str) -> torch.dtype:
     """The dtype a run computes in: what its frozen weights are loaded as and what autocast runs."""
     if precision not in PRECISION_DTYPES:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     return PRECISION_DTYPES[precision]
+
+
+def cpu_runs_bf16() -> bool:
+    """Whether this CPU has bf16 matrix kernels (AVX512-BF16 or AMX); without them (AVX2 only) bf16 matmuls ran
+    5-7x slower than fp32 on a 2-core x86_64 CPU."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -14,13 +14,13 @@ import pytest
 import torch
 import yaml
 from adapt_runs import compose_adapt as compose_config
+from adapt_runs import installed_wheel
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers import OPTConfig
 
 from simvlg_video.data.clips import ClipData
 from simvlg_video.data.manifest import write_manifest
-from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.data_tools.make_shapes import make_shapes_dataset
 from simvlg_video.model.adapter_protocol import adapter_parameters
 from simvlg_video.model.lavis_checkpoint import load_model_config
@@ -173,18 +173,13 @@ def test_model_configs_describe_the_reference_architecture(name: str, tmp_path: 
 @pytest.mark.slow
 def test_an_installed_wheel_finds_its_configs(tmp_path: Path) -> None:
     """Not the editable checkout: a wheel installed into a folder of its own composes the same config tree."""
-    repo = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path / "wheel")], check=True, capture_output=True)
-    wheel = next((tmp_path / "wheel").glob("*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"),
-                    str(wheel)], check=True, capture_output=True)
-    env = {"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}
+    site = installed_wheel(tmp_path)
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
     shown = subprocess.run([sys.executable, "-m", "simvlg_video.adapt", "--cfg", "job", "adapter=reference"],
                            cwd=tmp_path, env=env, capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr[-2000:]
     located = subprocess.run([sys.executable, "-c", "import simvlg_video.configs as c; print(c.__file__)"],
                              cwd=tmp_path, env=env, capture_output=True, text=True).stdout
-    assert located.startswith(str(tmp_path / "site"))
+    assert located.startswith(str(site))
     cfg = yaml.safe_load(shown.stdout)
     assert cfg["adapter"]["_target_"] == "simvlg_video.adapters.placements.Reference" and cfg["train"]["steps"] > 0

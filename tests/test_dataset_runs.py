@@ -154,7 +154,7 @@ def test_documented_commands_complete(dataset: str, tiny_model_dir: Path, tmp_pa
     assert exported.lm.path == str((tiny_model_dir / "lm").resolve()) and set(exported.frozen) == {"lm"}
     inference = exported.inference
     assert (inference["num_frames"], inference["num_beams"], inference["max_new_tokens"]) == (4, 1, 4)
-    assert inference["precision"] == "fp32" and inference["sampler"]["_target_"] == "simvlg_video.data.sampling.head"
+    assert inference["precision"] == "fp32" and inference["sampler"]["_target_"] == "simvlg_video.data.sampling.uniform"
 
 
 @pytest.mark.slow
@@ -209,8 +209,11 @@ def test_data_config_brings_the_published_recipe(dataset: str):
     cfg = composed(f"data={dataset}", "data.root=/datasets/x")
     assert cfg.data.manifest == "/datasets/x/manifest.checked.jsonl" and cfg.data.synthetic is None
     assert (cfg.data.num_frames, cfg.data.hflip, list(cfg.data.crop_scale)) == (4, True, [0.5, 1.0])
-    assert (instantiate(cfg.sampler.train).func, instantiate(cfg.sampler.eval).func) == (sampling.headtail,
-                                                                                          sampling.head)
+    assert (instantiate(cfg.sampler.train).func, instantiate(cfg.sampler.eval).func) == (sampling.uniform,
+                                                                                          sampling.uniform)
+    published = composed(f"data={dataset}", "data.root=/datasets/x", "sampler=headtail").sampler
+    assert (instantiate(published.train).func, instantiate(published.eval).func) == (sampling.headtail,
+                                                                                      sampling.head)
     assert cfg.adapter._target_ == "simvlg_video.adapters.placements.MergedTokens"  # the toolkit's placement
     paper = composed(f"data={dataset}", "data.root=/datasets/x", "adapter=reference").adapter
     assert (paper._target_, paper.blocks, paper.time_encoding) == (

@@ -122,18 +122,18 @@ class FitResult:
 
 @dataclass
 class TrainConfig:
-    """`train:` of a run. The defaults are the demo's (the tiny model on the shapes set); each dataset's
-    `configs/experiment/` file holds its published recipe."""
+    """`train:` of a run. The defaults are the demo's (the tiny model on the shapes set: a constant learning rate
+    after a short warm-up); each dataset's `configs/experiment/` file holds its published recipe."""
 
-    steps: int = 600
+    steps: int = 1500
     batch_size: int = 16  # clips per process and micro-batch
     accumulation: int = 1  # micro-batches per optimiser step: global batch = batch_size x accumulation x processes
     strategy: str = "ddp"  # under torchrun: ddp (a replica per GPU) | fsdp (parameters sharded: models that do not fit)
-    lr: float = 5e-4
+    lr: float = 1e-3
     weight_decay: float = 0.05  # AdamW; never on biases, norms, gates and code tables
-    warmup_steps: int = 50
+    warmup_steps: int = 20
     warmup_start_lr: float = 1e-6
-    min_lr: float = 1e-5  # cosine from lr down to this at the last step
+    min_lr: float | None = None  # cosine from lr down to this at the last step; None: lr (a constant rate)
     grad_clip: float | None = 1.0  # None: no clipping (the reference's)
     num_workers: int = 2  # loader processes per training process
     log_every: int = 10
@@ -179,7 +179,8 @@ class Session:
     def create(cls, model: nn.Module, train: TrainConfig, precision: str = "fp32") -> Session:
         """AdamW over the model's trainable parameters, warmup then cosine, a grad scaler for fp16, fresh guards."""
         optimizer = build_optimizer(model, lr=train.lr, weight_decay=train.weight_decay)
-        scheduler = warmup_cosine(optimizer, train.warmup_steps, train.steps, train.warmup_start_lr, train.min_lr)
+        scheduler = warmup_cosine(optimizer, train.warmup_steps, train.steps, train.warmup_start_lr,
+                                  train.lr if train.min_lr is None else train.min_lr)
         device = next(unwrap(model).parameters()).device
         return cls(optimizer, scheduler, train, precision, NonFiniteGuard(train.max_nonfinite_in_a_row, device),
                    GradNormWatch(train.grad_norm_spike),
