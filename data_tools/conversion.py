@@ -1,9 +1,10 @@
 """What every dataset converter shares: strict annotation reading, finding videos by name, writing the manifest.
 
 A converter turns official annotation files into :class:`Clip` objects (no file system access beyond reading the
-annotations); :func:`write_conversion` then finds each clip's video under the data root, writes the manifest of
-DESIGN.md and returns a :class:`ConversionSummary`. Clips whose video is not found stay in the manifest (under the
-path the video would conventionally have) and are counted: ``check_videos`` is the step that filters them out.
+annotations); :func:`write_conversion` then finds each clip's video under the data root, writes the manifest
+(`simvlg_video.data.manifest`) and returns a :class:`ConversionSummary`. Clips whose video is not found stay in the
+manifest (under the path the video would conventionally have) and are counted: ``check_videos`` is the step that
+filters them out.
 """
 
 from __future__ import annotations

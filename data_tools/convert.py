@@ -1,4 +1,4 @@
-"""Convert a dataset's official annotation files into our manifest (DESIGN.md), and print a summary.
+"""Convert a dataset's official annotation files into our manifest (`simvlg_video.data.manifest`); print a summary.
 
     python -m simvlg_video.data_tools.convert msrvtt --root ROOT \
         --official train_val_videodatainfo.json test_videodatainfo.json

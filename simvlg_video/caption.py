@@ -1,7 +1,7 @@
 """Caption videos with a trained model, using the frame sampling and decoding settings it was evaluated with.
 
     python -m simvlg_video.caption --ckpt RUN_DIR_OR_MODEL_DIR VIDEO [VIDEO_OR_FOLDER ...] [--out captions.jsonl]
-                                   [num_frames=8 num_beams=3 ...]
+                                   [num_frames=8 num_beams=3 ...]   (any setting of eval.inference.InferenceConfig)
 
 Prints `path<TAB>caption` per video that decodes, and `path: reason` on stderr for each one that does not; with
 --out also writes one JSON object per captioned video. Exit status: 0 when every video was captioned, 1 when any
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from simvlg_video.data.manifest import ClipRecord
-from simvlg_video.eval.inference import open_model
+from simvlg_video.eval.inference import open_model, split_settings
 from simvlg_video.eval.predict import predict
 from simvlg_video.model.model_dir import ModelDirError
 from simvlg_video.world import pick_device
@@ -42,10 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("videos", type=Path, nargs="+", help="video files or folders of videos")
     parser.add_argument("--out", type=Path, help="also write {video, caption} JSON lines here")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda")
-    args, overrides = parser.parse_known_args(argv)
-    unknown = [item for item in overrides if "=" not in item or item.startswith("-")]
-    if unknown:
-        parser.error(f"unrecognised arguments: {' '.join(unknown)}")
+    overrides, rest = split_settings(sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(rest)
     videos = expand_videos(args.videos)
     if not videos:
         print(f"error: no video files found in {', '.join(map(str, args.videos))}", file=sys.stderr)

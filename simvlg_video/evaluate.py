@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from simvlg_video.data.manifest import ManifestError, read_manifest
-from simvlg_video.eval.inference import open_model
+from simvlg_video.eval.inference import open_model, split_settings
 from simvlg_video.eval.predict import evaluate_split, write_eval
 from simvlg_video.model.model_dir import ModelDirError
 from simvlg_video.world import pick_device
@@ -28,10 +29,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--split", help="split to score (default: the run's, else test)")
     parser.add_argument("--spice", action="store_true", help="also SPICE (needs Stanford CoreNLP's jars)")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda")
-    parser.add_argument("overrides", nargs="*", help="inference settings, e.g. num_beams=3 num_frames=8")
-    args = parser.parse_args(argv)
+    overrides, rest = split_settings(sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(rest)
     try:
-        opened = open_model(args.ckpt, args.overrides, pick_device(args.device))
+        opened = open_model(args.ckpt, overrides, pick_device(args.device))
         run = opened.run_config
         manifest = args.manifest or (Path(run.data.manifest) if run is not None else None)
         if manifest is None:

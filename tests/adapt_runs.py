@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,24 @@ def compose_adapt(*overrides: str):
     register_schemas()
     with initialize_config_module("simvlg_video.configs", version_base="1.3"):
         return compose("adapt", overrides=["run_dir=unused", *overrides])
+
+
+def installed_wheel(work: Path) -> Path:
+    """The package as users install it: a wheel built from a clean copy of the repository's files (the checkout's
+    own build/ folder could hold stale modules) and installed into a folder of its own; returns that folder."""
+    repo = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=repo, check=True,
+                            capture_output=True, text=True).stdout.splitlines()
+    source = work / "source"
+    for name in listed:
+        if (repo / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(work / "wheel")], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(work / "site"),
+                    str(next((work / "wheel").glob("*.whl")))], check=True, capture_output=True)
+    return work / "site"
 
 
 def command_env(cwd: Path) -> dict[str, str]:

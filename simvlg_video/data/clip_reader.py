@@ -73,15 +73,14 @@ class ClipReader:
         self.__dict__.update(state)
         self._local = threading.local()
 
-    def source(self, record: ClipRecord, needs_keyframes: bool = False) -> ClipSource:
+    def source(self, record: ClipRecord, needed: tuple[str, ...] = ()) -> ClipSource:
         """Frame count, rate, keyframes and rotation: the manifest's where it has them, the rest probed (once).
 
-        A manifest frame count is used without probing when no frame rate is needed (no window in seconds) and no
-        keyframes are (the keyframe sampler); manifests written by ``probe_videos`` have every field.
+        A manifest frame count is used without probing when the other `needed` fields are there too (a frame rate
+        is also needed for a window in seconds); manifests written by ``probe_videos`` have every field.
         """
-        needs_fps = record.start is not None or record.end is not None
-        if record.num_frames is not None and (record.fps is not None or not needs_fps) and (
-                record.keyframes is not None or not needs_keyframes):
+        needed = (*needed, "fps") if record.start is not None or record.end is not None else needed
+        if record.num_frames is not None and all(getattr(record, field) is not None for field in needed):
             return ClipSource(record.num_frames, record.fps, record.keyframes, record.rotation or 0)
         probe = self._probe(record.video_path)
         return ClipSource(

@@ -40,7 +40,7 @@ class ClipData:
     _recursive_: bool = field(default=False, repr=False)  # `synthetic` is instantiated only when it must generate
     root: str | None = None  # a dataset's folder, as given to `data_tools.convert --root`
     manifest: str | None = None
-    synthetic: Any = None  # `_target_` of a generator taking `out_dir` (e.g. data_tools.make_shapes.make_shapes_dataset)
+    synthetic: Any = None  # `_target_` of a generator taking `out_dir` (data_tools.make_shapes.make_shapes_dataset)
     cache_dir: str = ".cache/synthetic"  # where a synthetic set is generated, one sub-folder per generator setting
     num_frames: int = 4  # frames per clip (the reference recipe's 4)
     backend: str = "auto"  # nvdec on a GPU with PyNvVideoCodec, else decord; PyAV when those fail on a file

@@ -99,7 +99,7 @@ class VideoClipDataset(Dataset):
         else:
             caption = record.captions[0]
         try:
-            source = self.reader.source(record, needs_keyframes="keyframes" in needed_fields(self.sampler))
+            source = self.reader.source(record, needed_fields(self.sampler))
             frame_indices = sample_window(
                 self.sampler, self.num_frames, source.num_frames, fps=source.fps,
                 window=(record.start, record.end), keyframes=source.keyframes, rng=rng,

@@ -181,6 +181,7 @@ def keyframe(
 
 
 keyframe.needs = ("keyframes",)
+at_rate.needs = ("fps",)
 
 
 def _nearest(sorted_values: list[int], target: int) -> int:

@@ -63,7 +63,8 @@ def probe_run(run_dir: Path, train_clips: int = 240) -> list[dict]:
     records = read_manifest(cfg.data.manifest)
     predictions_file = run_dir / "eval" / f"{cfg.eval.split}_predictions.json"
     if not predictions_file.is_file():
-        raise SystemExit(f"error: {predictions_file} not found (run `python -m simvlg_video.evaluate --ckpt {run_dir}`)")
+        raise SystemExit(f"error: {predictions_file} not found "
+                         f"(run `python -m simvlg_video.evaluate --ckpt {run_dir}`)")
     captions = {row["clip_id"]: row["caption"] for row in json.loads(predictions_file.read_text())}
     rows = []
     for pair in PAIRS:

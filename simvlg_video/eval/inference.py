@@ -8,6 +8,7 @@ reference checkpoint) captions with the reference recipe's evaluation settings, 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,17 @@ from simvlg_video.data.dataset import ClipReading, FrameSampler
 from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.model.captioner import VideoCaptioner
 from simvlg_video.model.model_dir import MODEL_CONFIG, ModelConfig, ModelDirError, load_model_dir
-from simvlg_video.world import compute_dtype
+from simvlg_video.world import compute_dtype, cpu_runs_bf16
 
+log = logging.getLogger(__name__)
 RUN_CONFIG = "config.yaml"
 RUN_MODEL = "model"
 
 
 @dataclass
 class InferenceConfig:
-    """How a model captions; the defaults are the reference recipe's evaluation (REFERENCE.md section 2)."""
+    """How a model captions; the defaults are the reference recipe's evaluation (4 frames, the
+    first of each segment, beam 5, 5 to 20 new tokens)."""
 
     num_frames: int = 4
     sampler: Any = field(default_factory=lambda: {"_target_": "simvlg_video.data.sampling.head", "_partial_": True})
@@ -59,6 +62,14 @@ class InferenceConfig:
 
     def transform(self, image_size: int) -> FrameTransform:
         return FrameTransform(size=image_size)
+
+
+def split_settings(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(`key=value` inference settings, the other arguments): a setting is an argument whose key is a field of
+    InferenceConfig, wherever it stands on the command line."""
+    names = {f.name for f in fields(InferenceConfig)}
+    settings = [argument for argument in argv if "=" in argument and argument.partition("=")[0] in names]
+    return settings, [argument for argument in argv if argument not in settings]
 
 
 def read_inference_config(stored: Any, overrides: list[str] = (), source: str = "") -> InferenceConfig:
@@ -104,6 +115,12 @@ def open_model(path: str | Path, overrides: list[str] = (), device: torch.device
     config_file = model_dir / MODEL_CONFIG
     stored = OmegaConf.load(config_file).get("inference")
     inference = read_inference_config(stored, overrides, str(config_file))
+    chosen = any(item.startswith("precision=") for item in overrides)
+    if (device is None or device.type == "cpu") and inference.precision == "bf16" and not chosen \
+            and not cpu_runs_bf16():
+        log.info("this CPU has no bf16 kernels (AVX2 only), where bf16 runs 5-7x slower than fp32: captioning in "
+                 "fp32 (precision=bf16 to insist)")
+        inference.precision = "fp32"
     model, config = load_model_dir(model_dir, dtype=compute_dtype(inference.precision))
     if device is not None:
         model.to(device)

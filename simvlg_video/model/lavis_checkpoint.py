@@ -1,7 +1,7 @@
 """Import the reference (LAVIS-style SimVLG) image or video checkpoint as our model directory.
 
 The reference's training checkpoint is `torch.save({"model": state_dict, "optimizer": ..., "config": ..., ...})`
-holding only the trainable tensors (REFERENCE.md section 1); the frozen parts come from BLIP-2's `eva_vit_g.pth`
+holding only the trainable tensors; the frozen parts come from BLIP-2's `eva_vit_g.pth`
 and a local Hugging Face LLM folder. Names, reference -> ours:
 
     VLconnector.*                                  -> connector.*   (Hugging Face BertModel names on both sides)
