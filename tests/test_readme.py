@@ -106,22 +106,24 @@ def test_the_readme_commands_run(tiny_model_dir: Path, tmp_path: Path):
     root = tmp_path / "ROOT"
     root.mkdir()
     msrvtt_standin(root)
-    reference = write_reference_files(tmp_path / "reference", lm_path=tiny_model_dir / "lm")
+    reference = write_reference_files(tmp_path / "reference")
     make_sweep(tmp_path / "runs" / "ablation")
     places = {"ROOT": str(root), "simvlg_image.pth": str(reference.ckpt), "eva_vit_g.pth": str(reference.vit_weights),
-              "/models/opt-2.7b": str(tiny_model_dir / "lm"), "image_model": str(tmp_path / "image_model")}
+              "/models/opt-2.7b": str(reference.lm_path), "image_model": str(tmp_path / "image_model")}
     places.update({f"ROOT/{name}": str(root / name) for name in (
         "train_val_videodatainfo.json", "test_videodatainfo.json", "manifest.jsonl", "manifest.checked.jsonl")})
-    run = tmp_path / "run"
-    adapt = run_module("simvlg_video.adapt", "--image-ckpt", str(tiny_model_dir), "data=msrvtt", f"data.root={root}",
-                       *TINY_RUN, "eval.visualize=0", f"hydra.run.dir={run}", cwd=tmp_path)  # what RUN_DIR is
-    assert adapt.returncode == 0, adapt.stderr[-3000:]
+    run = tmp_path / "run"  # what RUN_DIR is: made by adapt once the commands before it wrote the manifest
     places.update({"RUN_DIR": str(run), "video.mp4": str(root / "TestVideo" / "video5.mp4"),
                    "more_videos/": str(root / "TrainValVideo"), "captions.jsonl": str(tmp_path / "captions.jsonl")})
     tiny_architecture = tmp_path / "tiny.yaml"
     OmegaConf.save(OmegaConf.structured(reference.model_cfg), tiny_architecture)
     for command in readme_commands():
         if command.startswith(RUN_HERE) and "msvd" not in command and "activitynet" not in command:
+            if "RUN_DIR" in command and not run.exists():
+                adapt = run_module("simvlg_video.adapt", "--image-ckpt", str(tiny_model_dir), "data=msrvtt",
+                                   f"data.root={root}", *TINY_RUN, "eval.visualize=0", f"hydra.run.dir={run}",
+                                   cwd=tmp_path)
+                assert adapt.returncode == 0, adapt.stderr[-3000:]
             arguments = as_run(command, places)
             if "lavis_checkpoint" in command:  # the stand-in files are tiny, not the default OPT-2.7B architecture
                 arguments += ["--model-config", str(tiny_architecture)]
