@@ -1,8 +1,8 @@
 """The Hydra config tree (the YAML files beside this one) and the typed schemas those files extend.
 
 Defaults live in code, once, beside what they configure: the `train:` settings in `train.loop.TrainConfig`, the
-clips in `data.clips.ClipData`, each adapter placement in `adapters.placements`, and this file's `AdaptConfig` for
-the rest of `adapt`. :func:`register_schemas` puts them into Hydra's ConfigStore under `schema/`; the YAML files
+clips in `data.clips.ClipData`, each adapter placement in `adapters.placements`, and this file's `AdaptConfig` and
+`PretrainConfig` for the rest of `adapt` and `pretrain`. :func:`register_schemas` puts them into Hydra's ConfigStore under `schema/`; the YAML files
 name them first in their defaults lists, so every key has a type, a misspelt key is an error, and a YAML file only
 says what differs.
 """
@@ -47,15 +47,10 @@ class EvalConfig:
 
 
 @dataclass
-class AdaptConfig:
-    """`python -m simvlg_video.adapt`: everything but the groups (`data=`, `sampler=`, `adapter=`, `experiment=`)."""
+class StageConfig:
+    """What `adapt` and `pretrain` share: one training stage's settings besides the groups (`data=`, `sampler=`,
+    `adapter=`, `experiment=`)."""
 
-    image_ckpt: str | None = None  # our model directory, or the reference's checkpoint file (.pth, with the next
-    # two keys); None: the bundled tiny image model
-    vit_weights: str | None = None  # with a .pth image_ckpt: the frozen ViT weights (BLIP-2's eva_vit_g.pth)
-    lm_path: str | None = None  # with a .pth image_ckpt: local Hugging Face folder of the LLM (e.g. opt-2.7b)
-    model_config: str = "simvlg_opt2.7b"  # with a .pth image_ckpt: the architecture (configs/model/ name or .yaml)
-    allow_pickle: bool = False  # UNSAFE if true: let a .pth image_ckpt unpickle non-tensor objects (trusted files)
     seed: int = 0
     device: str = "auto"  # auto (cuda when present) | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 | fp16: frozen weights loaded in it, autocast in it
@@ -69,11 +64,39 @@ class AdaptConfig:
     adapter: Any = None
 
 
+@dataclass
+class AdaptConfig(StageConfig):
+    """`python -m simvlg_video.adapt`: where the image model comes from."""
+
+    image_ckpt: str | None = None  # our model directory, or the reference's checkpoint file (.pth, with the next
+    # two keys); None: the bundled tiny image model
+    vit_weights: str | None = None  # with a .pth image_ckpt: the frozen ViT weights (BLIP-2's eva_vit_g.pth)
+    lm_path: str | None = None  # with a .pth image_ckpt: local Hugging Face folder of the LLM (e.g. opt-2.7b)
+    model_config: str = "simvlg_opt2.7b"  # with a .pth image_ckpt: the architecture (configs/model/ name or .yaml)
+    allow_pickle: bool = False  # UNSAFE if true: let a .pth image_ckpt unpickle non-tensor objects (trusted files)
+
+
+@dataclass
+class PretrainConfig(StageConfig):
+    """`python -m simvlg_video.pretrain`: the parts the new image model starts from (defaults: the tiny demo)."""
+
+    model_config: str = "tiny"  # the architecture: configs/model/ name (tiny, simvlg_opt2.7b) or a .yaml
+    vit_weights: str | None = None  # the frozen ViT's weights (BLIP-2's eva_vit_g.pth); None: the ViT is stored
+    # in the model directory and starts random (the tiny demo; give "vit" in train.trainable to train it)
+    bert_path: str | None = None  # local Hugging Face bert-base-uncased folder for the connector; None: random
+    lm_path: str | None = None  # the frozen LLM's local Hugging Face folder; None: the bundled tiny model's LM
+    merge_r: Any = None  # tokens merged per connector layer: an int for every layer or a list, one per layer (19:
+    # the reference, 257 -> 29; 0: no merging); None: the model config's
+    merge_mode: str | None = None  # mean (the reference) | weighted (ToMe's size-weighted merge with proportional
+    # attention); None: the model config's
+
+
 def register_schemas() -> None:
-    """Store the schemas the YAML files extend (`schema/adapt`, `schema/data`, `schema/dataset_folder`,
+    """Store the schemas the YAML files extend (`schema/adapt`, `schema/pretrain`, `schema/data`, `schema/dataset_folder`,
     `schema/adapter/<name>`)."""
     store = ConfigStore.instance()
     store.store(group="schema", name="adapt", node=AdaptConfig)
+    store.store(group="schema", name="pretrain", node=PretrainConfig)
     store.store(group="schema", name="data", node=ClipData)
     store.store(group="schema", name="dataset_folder", node=DatasetFolder)
     for name, placement in PLACEMENTS.items():

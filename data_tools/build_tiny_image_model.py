@@ -23,27 +23,21 @@ from simvlg_video.data_tools import shapes
 from simvlg_video.data_tools.lm_context_check import describe, motion_from_context
 from simvlg_video.data_tools.tiny_lm import train_tiny_lm
 from simvlg_video.eval.shape_accuracy import COLOURS, MOTIONS, SHAPES
-from simvlg_video.model.connector import ConnectorConfig
 from simvlg_video.model.freeze import apply_freeze_policy
-from simvlg_video.model.lm import LMConfig
+from simvlg_video.model.lavis_checkpoint import load_model_config
 from simvlg_video.model.model_dir import ModelConfig, build_captioner, save_model_dir
-from simvlg_video.model.vit import VitConfig
 from simvlg_video.train.loop import Session, TrainConfig, fit
 
 BUNDLED = Path(__file__).resolve().parents[1] / "simvlg_video" / "assets" / "tiny_image_model"
 
 
-
 def tiny_model_config() -> ModelConfig:
-    """The bundled model's architecture: a 64-px EVA-style ViT, a 4-layer ToMe connector (65 -> 17 tokens) and a
-    2-layer OPT in the model directory's `lm/` folder; the ViT is stored in the directory itself."""
-    return ModelConfig(
-        vit=VitConfig(preset="tiny", overrides={"embed_dim": 64}),
-        connector=ConnectorConfig(hidden_size=64, num_layers=4, num_heads=4, intermediate_size=256,
-                                  max_position_embeddings=128, r=12),
-        lm=LMConfig(path="lm"),
-        image_size=64,
-    )
+    """The bundled model's architecture (`configs/model/tiny.yaml`: a 64-px EVA-style ViT, a 4-layer ToMe connector,
+    65 -> 17 tokens), with the 2-layer OPT in the model directory's `lm/` folder; the ViT is stored in the directory
+    itself."""
+    cfg = load_model_config("tiny")
+    cfg.lm.path = "lm"
+    return cfg
 
 
 def render_image_set(count: int, size: int, seed: int) -> tuple[torch.Tensor, list[tuple[str, str]]]:

@@ -1,4 +1,5 @@
-"""Probe every video a manifest references; write the manifest of the clips that can be read, and a report.
+"""Probe every video a manifest references (and decode every image); write the manifest of the clips that can be
+read, and a report.
 
     python -m simvlg_video.data_tools.check_videos ROOT/manifest.jsonl [--out FILE] [--report FILE]
         [--workers N] [--backend auto] [--decode]
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from simvlg_video.data.decode import VideoDecodeError, probe_video, read_frames
+from simvlg_video.data.decode import VideoDecodeError, probe_video, read_frames, read_image
 from simvlg_video.data.manifest import ClipRecord, ManifestError, read_manifest, write_manifest
 from simvlg_video.data.sampling import ClipWindowError, frame_window
 
@@ -41,11 +42,15 @@ class VideoCheck:
     fps: float = 0.0
 
 
-def check_video(path: str, backend: str = "auto", decode: bool = False) -> VideoCheck:
-    """Probe one file (and with ``decode`` read its first and last frame); failures become a status, not an error."""
+def check_video(path: str, backend: str = "auto", decode: bool = False, is_image: bool = False) -> VideoCheck:
+    """Probe one file (and with ``decode`` read its first and last frame; an image is always decoded); failures
+    become a status, not an error."""
     if not os.path.exists(path):
         return VideoCheck(path, "missing", "file not found")
     try:
+        if is_image:
+            read_image(path)
+            return VideoCheck(path, "ok", num_frames=1)
         info = probe_video(path, backend)
         if info.num_frames < 1:
             return VideoCheck(path, "unreadable", "the container reports no frames")
@@ -57,22 +62,24 @@ def check_video(path: str, backend: str = "auto", decode: bool = False) -> Video
 
 
 def check_videos(paths: Sequence[str], workers: int, backend: str = "auto", decode: bool = False,
-                 show_progress: bool = True) -> dict[str, VideoCheck]:
-    """``check_video`` for every path, in ``workers`` processes (0: in this process)."""
+                 show_progress: bool = True, images: frozenset[str] = frozenset()) -> dict[str, VideoCheck]:
+    """``check_video`` for every path (those in ``images`` as still images), in ``workers`` processes (0: in this
+    process)."""
     progress = tqdm(total=len(paths), desc="check videos", unit="video", disable=not show_progress,
                     dynamic_ncols=True)
     results: dict[str, VideoCheck] = {}
     with progress:
         if workers == 0:
             for path in paths:
-                results[path] = check_video(path, backend, decode)
+                results[path] = check_video(path, backend, decode, path in images)
                 progress.update()
             return results
         # spawn: workers start clean instead of inheriting the caller's threads and open decoders
         context = multiprocessing.get_context("spawn")
         chunk = max(1, min(64, len(paths) // (workers * 8)))
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for result in pool.map(check_video, paths, [backend] * len(paths), [decode] * len(paths), chunksize=chunk):
+            for result in pool.map(check_video, paths, [backend] * len(paths), [decode] * len(paths),
+                                   [path in images for path in paths], chunksize=chunk):
                 results[result.path] = result
                 progress.update()
     return results
@@ -103,14 +110,16 @@ def filter_manifest(records: Sequence[ClipRecord], videos: dict[str, VideoCheck]
                                                                    "clip_ids": []})
             entry["clip_ids"].append(record.clip_id)
             continue
-        problem = window_problem(record, video)
+        problem = None if record.is_image else window_problem(record, video)
         if problem:
             empty_windows.append({"clip_id": record.clip_id, "video": video.path, "reason": problem})
             continue
         row = record.to_dict()
-        row.update(num_frames=video.num_frames, fps=video.fps, duration=video.num_frames / video.fps)
+        if not record.is_image:
+            row.update(num_frames=video.num_frames, fps=video.fps, duration=video.num_frames / video.fps)
         if not Path(record.video).is_absolute():
-            row["video"] = Path(os.path.relpath(record.video_path, os.path.abspath(out.parent))).as_posix()
+            row["image" if record.is_image else "video"] = Path(
+                os.path.relpath(record.video_path, os.path.abspath(out.parent))).as_posix()
         kept.append(row)
         counts["kept"] += 1
     report = {
@@ -150,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except ManifestError as error:
         sys.exit(f"error: {error}")
     paths = sorted({str(record.video_path) for record in records})
-    videos = check_videos(paths, args.workers, args.backend, args.decode, show_progress=not args.quiet)
+    images = frozenset(str(record.video_path) for record in records if record.is_image)
+    videos = check_videos(paths, args.workers, args.backend, args.decode, show_progress=not args.quiet,
+                          images=images)
     kept, report = filter_manifest(records, videos, out)
     report = {"manifest": str(args.manifest), "checked_manifest": str(out), **report}
     report_path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,12 +13,12 @@ import json
 import os
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from simvlg_video.data.manifest import SPLITS, json_problem, write_manifest
+from simvlg_video.data.manifest import IMAGE_SUFFIXES, SPLITS, json_problem, write_manifest
 
 # Extensions a downloaded video may have; the official sets use .mp4 (MSR-VTT), .avi (MSVD), .mp4/.mkv/.webm
 # (ActivityNet, fetched from YouTube).
@@ -32,7 +32,8 @@ class ConversionError(ValueError):
 
 @dataclass
 class Clip:
-    """One manifest row before its video is located. ``video_names`` are the file stems the video may have."""
+    """One manifest row before its file is located. ``video_names`` are the file stems the video may have; an image
+    row has none and names its image file in ``image`` instead."""
 
     clip_id: str
     video_names: tuple[str, ...]
@@ -41,6 +42,7 @@ class Clip:
     start: float | None = None
     end: float | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
+    image: str | None = None
 
 
 @dataclass
@@ -58,8 +60,9 @@ class ConversionSummary:
     manifest: Path
     clips_per_split: dict[str, int]
     captions_per_clip: dict[str, tuple[int, float, int]]  # split -> (min, mean, max)
-    videos_not_found: list[str]
+    videos_not_found: list[str]  # or images: see `media`
     counts: dict[str, int]
+    media: str = "videos"
 
     def format(self) -> str:
         lines = [f"wrote {self.manifest}"]
@@ -68,7 +71,7 @@ class ConversionSummary:
             lines.append(f"  {split}: {count} clips, captions per clip min {low} / mean {mean:.2f} / max {high}")
         missing = self.videos_not_found
         shown = ", ".join(missing[:SHOWN]) + (", ..." if len(missing) > SHOWN else "")
-        lines.append(f"  videos not found: {len(missing)}" + (f" ({shown})" if missing else ""))
+        lines.append(f"  {self.media} not found: {len(missing)}" + (f" ({shown})" if missing else ""))
         for reason, count in self.counts.items():
             lines.append(f"  {reason}: {count}")
         return "\n".join(lines)
@@ -142,14 +145,7 @@ def read_lavis_captions(files: Mapping[str, Path]) -> Conversion:
     source: dict[str, Path] = {}
     counts: Counter[str] = Counter()
     for split, path in files.items():
-        entries = load_json(path)
-        if not isinstance(entries, list):
-            raise ConversionError(f"{path}: expected a JSON list of {{'video', 'caption'}} objects (LAVIS caption "
-                                  f"file), got a {type(entries).__name__}")
-        for position, entry in enumerate(entries):
-            where = f"{path}: [{position}]"
-            video = field_of(entry, "video", str, where)
-            caption = field_of(entry, "caption", (str, list), where)
+        for where, video, caption in lavis_entries(path, "video"):
             texts = [caption] if isinstance(caption, str) else caption
             if not all(isinstance(text, str) for text in texts):
                 raise ConversionError(f"{where}.caption: expected a string or a list of strings, got {caption!r}")
@@ -167,6 +163,18 @@ def read_lavis_captions(files: Mapping[str, Path]) -> Conversion:
             clip = clips.setdefault(clip_id, Clip(clip_id, (clip_id,), split, []))
             clip.captions.extend(clean_captions(texts, counts))
     return Conversion(drop_uncaptioned(clips.values(), counts), counts)
+
+
+def lavis_entries(path: Path, media_key: str) -> Iterator[tuple[str, str, str | list]]:
+    """(where, file, caption) of each entry of a LAVIS caption file: a JSON list of ``{media_key: str, "caption":
+    str | [str]}`` objects, each checked; `where` names the entry for errors."""
+    entries = load_json(path)
+    if not isinstance(entries, list):
+        raise ConversionError(f"{path}: expected a JSON list of {{'{media_key}', 'caption'}} objects (LAVIS caption "
+                              f"file), got a {type(entries).__name__}")
+    for position, entry in enumerate(entries):
+        where = f"{path}: [{position}]"
+        yield where, field_of(entry, media_key, str, where), field_of(entry, "caption", (str, list), where)
 
 
 def drop_uncaptioned(clips: Iterable[Clip], counts: Counter[str]) -> list[Clip]:
@@ -196,20 +204,34 @@ def field_of(entry: Any, key: str, kind: type | tuple[type, ...], where: str) ->
 # ---------------------------------------------------------------------------------------------- videos
 
 
-class VideoIndex:
-    """Video files under a folder (searched recursively, symbolic links followed), found by file stem."""
+class MediaIndex:
+    """Video files under a folder, found by file stem, and image files, found by file name (searched recursively,
+    symbolic links followed)."""
 
     def __init__(self, folder: Path) -> None:
         if not folder.is_dir():
             raise ConversionError(f"{folder}: video folder not found")
         self.folder = folder
         self.files: dict[str, list[Path]] = {}
+        self.images: dict[str, list[Path]] = {}
         for directory, subdirs, names in os.walk(folder, followlinks=True):
             subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
             for name in sorted(names):
                 path = Path(directory) / name
-                if not name.startswith(".") and path.suffix.lower() in VIDEO_SUFFIXES:
+                if name.startswith("."):
+                    continue
+                if path.suffix.lower() in VIDEO_SUFFIXES:
                     self.files.setdefault(path.stem, []).append(path)
+                elif path.suffix.lower() in IMAGE_SUFFIXES:
+                    self.images.setdefault(name, []).append(path)
+
+    def find_image(self, name: str) -> Path | None:
+        """The one image file called ``name`` (a path's last part); None when there is none, an error when there
+        are several."""
+        found = self.images.get(PurePosixPath(name).name, [])
+        if len(found) > 1:
+            raise ConversionError(f"image {name!r} matches several files ({', '.join(map(str, found))}); keep one")
+        return found[0] if found else None
 
     def find(self, names: Sequence[str]) -> Path | None:
         """The one file whose stem is one of ``names``; None when there is none, an error when there are several."""
@@ -220,22 +242,30 @@ class VideoIndex:
         return found[0] if found else None
 
 
-def write_conversion(conversion: Conversion, videos: VideoIndex, out: Path, default_suffix: str) -> ConversionSummary:
-    """Locate each clip's video, write the manifest ``out`` and summarise.
+def write_conversion(conversion: Conversion, videos: MediaIndex, out: Path, default_suffix: str) -> ConversionSummary:
+    """Locate each clip's video (or image), write the manifest ``out`` and summarise.
 
-    Video paths are written relative to the manifest's folder when the video lies under it, else absolute. A clip
-    whose video is missing gets ``<video folder>/<first name><default_suffix>``.
+    Paths are written relative to the manifest's folder when the file lies under it, else absolute. A clip whose
+    video is missing gets ``<video folder>/<first name><default_suffix>``; an image, ``<folder>/<its name as given>``.
     """
     out = Path(os.path.abspath(out))
     rows = []
     missing: dict[str, None] = {}  # ordered set of video names
     for clip in conversion.clips:
-        path = videos.find(clip.video_names)
-        if path is None:
-            missing[clip.video_names[0]] = None
-            path = videos.folder / f"{clip.video_names[0]}{default_suffix}"
-        row = {"clip_id": clip.clip_id, "video": _manifest_path(path, out.parent), "start": clip.start,
-               "end": clip.end, "captions": clip.captions, "split": clip.split}
+        if clip.image is not None:
+            path = videos.find_image(clip.image)
+            if path is None:
+                missing[clip.image] = None
+                path = videos.folder / clip.image
+            row = {"clip_id": clip.clip_id, "image": _manifest_path(path, out.parent)}
+        else:
+            path = videos.find(clip.video_names)
+            if path is None:
+                missing[clip.video_names[0]] = None
+                path = videos.folder / f"{clip.video_names[0]}{default_suffix}"
+            row = {"clip_id": clip.clip_id, "video": _manifest_path(path, out.parent), "start": clip.start,
+                   "end": clip.end}
+        row.update(captions=clip.captions, split=clip.split)
         if clip.attributes:
             row["attributes"] = clip.attributes
         rows.append(row)
@@ -249,6 +279,7 @@ def write_conversion(conversion: Conversion, videos: VideoIndex, out: Path, defa
         captions_per_clip=_caption_counts(conversion.clips),
         videos_not_found=list(missing),
         counts=dict(conversion.counts),
+        media="images" if any(clip.image is not None for clip in conversion.clips) else "videos",
     )
 
 

@@ -6,9 +6,11 @@
         --descriptions AllVideoDescriptions.txt --mapping youtube_mapping.txt
     python -m simvlg_video.data_tools.convert activitynet --root ROOT \
         --train train.json --val-1 val_1.json --val-2 val_2.json
+    python -m simvlg_video.data_tools.convert coco --root ROOT --karpathy dataset_coco.json
+        (image lines; or --official / --lavis files: see `convert coco --help`)
 
-Videos are looked up by name anywhere under ROOT (or --videos); the manifest goes to ROOT/manifest.jsonl (or --out)
-with video paths relative to it. Clips whose video is not found are kept and counted: run
+Videos and images are looked up by name anywhere under ROOT (or --videos); the manifest goes to ROOT/manifest.jsonl
+(or --out) with paths relative to it. Clips whose file is not found are kept and counted: run
 ``python -m simvlg_video.data_tools.check_videos ROOT/manifest.jsonl`` next, which writes the manifest a run uses.
 """
 
@@ -20,8 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from simvlg_video.data_tools import convert_activitynet, convert_msrvtt, convert_msvd
-from simvlg_video.data_tools.conversion import ConversionError, ConversionSummary, VideoIndex, write_conversion
+from simvlg_video.data_tools import convert_activitynet, convert_coco, convert_msrvtt, convert_msvd
+from simvlg_video.data_tools.conversion import ConversionError, ConversionSummary, MediaIndex, write_conversion
 
 MANIFEST_NAME = "manifest.jsonl"
 # dataset name -> module with add_arguments(parser), from_arguments(args) -> Conversion, and VIDEO_SUFFIX
@@ -29,13 +31,14 @@ CONVERTERS: dict[str, ModuleType] = {
     "msrvtt": convert_msrvtt,
     "msvd": convert_msvd,
     "activitynet": convert_activitynet,
+    "coco": convert_coco,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", type=Path, required=True, help="dataset folder: holds the videos, gets the manifest")
-    common.add_argument("--videos", type=Path, help="folder searched (recursively) for the videos; default: ROOT")
+    common.add_argument("--videos", type=Path, help="folder searched (recursively) for the videos or images; default: ROOT")
     common.add_argument("--out", type=Path, help=f"manifest to write; default: ROOT/{MANIFEST_NAME}")
     parser = argparse.ArgumentParser(prog="python -m simvlg_video.data_tools.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> ConversionSummary:
     module = CONVERTERS[args.dataset]
     try:
         conversion = module.from_arguments(args)
-        videos = VideoIndex(args.videos or args.root)
+        videos = MediaIndex(args.videos or args.root)
         summary = write_conversion(conversion, videos, args.out or args.root / MANIFEST_NAME, module.VIDEO_SUFFIX)
     except ConversionError as error:
         sys.exit(f"error: {error}")

@@ -1,4 +1,5 @@
-"""Caption videos with a trained model, using the frame sampling and decoding settings it was evaluated with.
+"""Caption videos (and still images) with a trained model, using the frame sampling and decoding settings it was
+evaluated with; an image is captioned as a clip of identical frames.
 
     python -m simvlg_video.caption --ckpt RUN_DIR_OR_MODEL_DIR VIDEO [VIDEO_OR_FOLDER ...] [--out captions.jsonl]
                                    [num_frames=8 num_beams=3 ...]   (any setting of eval.inference.InferenceConfig)
@@ -15,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from simvlg_video.data.manifest import ClipRecord
+from simvlg_video.data.manifest import IMAGE_SUFFIXES, ClipRecord
 from simvlg_video.eval.inference import open_model, split_settings
 from simvlg_video.eval.predict import predict
 from simvlg_video.model.model_dir import ModelDirError
@@ -26,11 +27,11 @@ VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpe
 
 def expand_videos(paths: list[Path]) -> list[Path]:
     """Files as given (existing or not: a missing one is reported with the others); folders expanded, recursively
-    and sorted, to the video files inside them."""
+    and sorted, to the video and image files inside them."""
     videos: list[Path] = []
     for path in paths:
         if path.is_dir():
-            videos.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES))
+            videos.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES | set(IMAGE_SUFFIXES)))
         else:
             videos.append(path)
     return videos

@@ -16,16 +16,16 @@ TINY_RUN = [
 ]
 
 
-def compose_adapt(*overrides: str):
-    """adapt's config as Hydra composes it from the installed config package (`python -m simvlg_video.adapt
-    --cfg job`), with these overrides."""
+def compose_adapt(*overrides: str, config: str = "adapt"):
+    """adapt's config (or pretrain's) as Hydra composes it from the installed config package (`python -m
+    simvlg_video.adapt --cfg job`), with these overrides."""
     from hydra import compose, initialize_config_module
 
     from simvlg_video.configs import register_schemas
 
     register_schemas()
     with initialize_config_module("simvlg_video.configs", version_base="1.3"):
-        return compose("adapt", overrides=["run_dir=unused", *overrides])
+        return compose(config, overrides=["run_dir=unused", *overrides])
 
 
 def installed_wheel(work: Path) -> Path:

@@ -1,5 +1,5 @@
-"""Every config file is composed with adapt.yaml and what it configures is instantiated and used; the config tree is
-found from an installed wheel too."""
+"""Every config file is composed with adapt.yaml (or pretrain.yaml) and what it configures is instantiated and used;
+the config tree is found from an installed wheel too."""
 
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ from transformers import OPTConfig
 from simvlg_video.data.clips import ClipData
 from simvlg_video.data.manifest import write_manifest
 from simvlg_video.data_tools.make_shapes import make_shapes_dataset
+from simvlg_video.data_tools.make_stills import make_stills_dataset
 from simvlg_video.model.adapter_protocol import adapter_parameters
 from simvlg_video.model.lavis_checkpoint import load_model_config
 from simvlg_video.model.lm import build_word_tokenizer
-from simvlg_video.model.model_dir import build_captioner, load_model_dir, stored_tensors
+from simvlg_video.model.model_dir import build_captioner, load_model_dir, read_model_config, stored_tensors
 
 CONFIGS = Path(str(resources.files("simvlg_video.configs")))
 GROUPS = ("data", "sampler", "adapter", "experiment")
@@ -35,24 +36,23 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
-def compose_adapt(*overrides: str):
-    cfg = compose_config("data.root=/datasets/x", *overrides)
+PRETRAIN_EXPERIMENTS = ("simvlg_image",)  # recipes of the image stage, composed with pretrain.yaml
+
+
+def compose_adapt(*overrides: str, config: str = "adapt"):
+    cfg = compose_config("data.root=/datasets/x", *overrides, config=config)
     OmegaConf.resolve(cfg)  # every interpolation resolves
     return cfg
 
 
-def test_every_config_file_belongs_to_a_known_group() -> None:
-    found = {p.relative_to(CONFIGS).parts[0] for p in CONFIGS.rglob("*.yaml") if p.parent != CONFIGS}
-    assert found == {*GROUPS, "model"}, "a new config group needs a case in this file"
-
-
-def test_a_misspelt_or_mistyped_setting_is_refused() -> None:
-    with pytest.raises(Exception, match="train.stpes"):
-        compose_adapt("train.stpes=3")
-    with pytest.raises(Exception, match="steps"):
-        compose_adapt("train.steps=many")
-    with pytest.raises(Exception, match="num_head"):
-        compose_adapt("adapter=merged_tokens", "adapter.num_head=2")
+def test_pretrain_composes_the_image_stage_demo() -> None:
+    cfg = compose_adapt(config="pretrain")
+    data = instantiate(cfg.data)
+    assert isinstance(data, ClipData) and data.num_frames == 1 and cfg.model_config == "tiny"
+    assert cfg.adapter._target_.endswith(".NoAdapter") and "adapters" not in cfg.train.trainable
+    assert not cfg.eval.before  # the starting model is untrained
+    with pytest.raises(Exception, match="image_ckpt"):  # adapt's keys are not pretrain's
+        compose_adapt("image_ckpt=x", config="pretrain")
 
 
 @pytest.mark.parametrize("name", options("sampler"))
@@ -81,13 +81,19 @@ def test_adapter_configs_patch_a_model_that_starts_as_the_image_model(name: str,
     torch.testing.assert_close(video_model, image_model, atol=1e-5, rtol=1e-5)
 
 
-def stand_in_dataset(root: Path) -> None:
-    """A dataset folder as `check_videos` leaves it: real H.264 clips and a checked manifest."""
-    shapes = make_shapes_dataset(root / "generated", num_clips=14, seed=5, height=32, width=32, duration=0.5,
-                                 show_progress=False)
-    rows = [json.loads(line) for line in shapes.read_text().splitlines()]
-    for row in rows:
-        row["video"] = f"generated/{row['video']}"
+def stand_in_dataset(root: Path, images: bool = False) -> None:
+    """A dataset folder as `check_videos` leaves it: real H.264 clips (or JPEG images) and a checked manifest."""
+    if images:
+        stills = make_stills_dataset(root / "generated", num_images=24, seed=5, size=32, show_progress=False)
+        rows = [json.loads(line) for line in stills.read_text().splitlines()]
+        for row in rows:
+            row["image"] = f"generated/{row['image']}"
+    else:
+        shapes = make_shapes_dataset(root / "generated", num_clips=14, seed=5, height=32, width=32, duration=0.5,
+                                     show_progress=False)
+        rows = [json.loads(line) for line in shapes.read_text().splitlines()]
+        for row in rows:
+            row["video"] = f"generated/{row['video']}"
     write_manifest(root / "manifest.checked.jsonl", rows)
 
 
@@ -95,7 +101,9 @@ def stand_in_dataset(root: Path) -> None:
 def test_data_configs_build_clips_that_load(name: str, tmp_path: Path) -> None:
     cfg = compose_adapt(f"data={name}", f"data.root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}")
     if cfg.data.synthetic is None:
-        stand_in_dataset(tmp_path)
+        stand_in_dataset(tmp_path, images=cfg.data.num_frames == 1)
+    elif "num_images" in cfg.data.synthetic:  # stills
+        cfg.data.synthetic.num_images, cfg.data.synthetic.size = 24, 32
     else:
         cfg.data.synthetic.num_clips, cfg.data.synthetic.duration = 14, 0.5
     data = instantiate(cfg.data)
@@ -137,7 +145,9 @@ def leaves(tree: dict, prefix: str = "") -> dict[str, object]:
 @pytest.mark.parametrize("name", options("experiment"))
 def test_every_setting_of_an_experiment_is_in_force(name: str) -> None:
     """No override may silently fail to apply (the reference's max_len that never reached the model)."""
-    if name in options("data"):  # a dataset's recipe comes with the dataset
+    if name in PRETRAIN_EXPERIMENTS:
+        cfg = compose_adapt(f"experiment={name}", config="pretrain")
+    elif name in options("data"):  # a dataset's recipe comes with the dataset
         cfg = compose_adapt(f"data={name}")
         assert compose_adapt(f"data={name}", f"experiment={name}") == cfg
         assert compose_adapt(f"data={name}", "~experiment").train == compose_adapt().train
@@ -158,7 +168,16 @@ def opt_2_7b_folder(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("name", options("model"))
+def test_the_tiny_model_config_is_the_bundled_models_architecture() -> None:
+    from simvlg_video.data_tools.build_tiny_image_model import BUNDLED, tiny_model_config
+
+    bundled = read_model_config(BUNDLED / "model.yaml")
+    tiny = load_model_config("tiny")
+    assert (tiny.vit, tiny.connector, tiny.image_size) == (bundled.vit, bundled.connector, bundled.image_size)
+    assert tiny_model_config().connector == bundled.connector
+
+
+@pytest.mark.parametrize("name", [name for name in options("model") if name != "tiny"])
 def test_model_configs_describe_the_reference_architecture(name: str, tmp_path: Path) -> None:
     cfg = load_model_config(name)
     cfg.lm.path = str(opt_2_7b_folder(tmp_path / "lm"))

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from adapt_runs import run_module
 from test_paragraph import METRICS, pycocoevalcap_scores
 
-from simvlg_video.adapt import clip_data
+from simvlg_video.stage import clip_data
 from simvlg_video.configs import register_schemas
 from simvlg_video.data import sampling
 from simvlg_video.data.clips import DataConfigError

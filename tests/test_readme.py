@@ -4,12 +4,15 @@ is named with the test that runs it."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from PIL import Image
 from reference_layout import write_reference_files
 from test_dataset_runs import TINY_RUN, msrvtt_standin
 from test_report import make_sweep
@@ -32,6 +35,11 @@ RUN_ELSEWHERE = {
     "pip install torch==2.14.1 torchvision==0.29.1 && pip install -e '.[dev]' && python -m simvlg_video.adapt":
         ".ci/run and the demo",
     "python -m pytest -q": ".ci/run",
+    "python -m simvlg_video.pretrain": "test_pretrain.py (at toy size; the demo's figures are measured)",
+    "torchrun --nproc_per_node 8 -m simvlg_video.pretrain experiment=simvlg_image data=coco data.root=COCO "
+    "vit_weights=eva_vit_g.pth bert_path=/models/bert-base-uncased lm_path=/models/opt-2.7b":
+        "test_pretrain.py (data=coco with a ViT weights file), test_configs.py (the recipe)",
+    "python -m simvlg_video.adapt --image-ckpt RUN_DIR/model data=msrvtt data.root=ROOT": "test_pretrain.py",
 }
 
 
@@ -64,7 +72,7 @@ def test_the_readme_leads_with_the_two_commands_ci_runs():
 def test_the_readme_is_a_short_front_door_for_users():
     assert len(README.splitlines()) <= 250
     for text in [README, *(path.read_text() for path in (REPO / "docs").glob("*.md"))]:
-        assert not re.search(r"\bsessions?\b|\bcommits?\b|development (VM|machine)|\bDEMO_\w+|_COST\b", text)
+        assert not re.search(r"\bsessions?\b|\bcommits?\b|development (VM|machine)|\bDEMO_\w+|_COST\b|_DEMO\b", text)
 
 
 def test_the_layout_tables_match_the_tree():
@@ -94,6 +102,18 @@ RUN_HERE = ("python -m simvlg_video.data_tools.", "python -m simvlg_video.evalua
             "python -m simvlg_video.model.lavis_checkpoint", "python -m simvlg_video.report")
 
 
+def coco_standin(root: Path) -> Path:
+    """A Karpathy split file and its real JPEG images."""
+    images = []
+    for index, split in enumerate(("train", "restval", "val", "test")):
+        name = f"COCO_val2014_{index:012d}.jpg"
+        (root / "val2014").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((16, 16, 3), 40 * index, dtype=np.uint8)).save(root / "val2014" / name)
+        images.append({"filepath": "val2014", "filename": name, "split": split, "sentences": [{"raw": "a cat"}]})
+    (root / "dataset_coco.json").write_text(json.dumps({"images": images}))
+    return root
+
+
 def as_run(command: str, places: dict[str, str]) -> list[str]:
     """A README command with its placeholders filled in and its optional [parts] given."""
     words = shlex.split(command.replace("[", "").replace("]", ""))
@@ -112,6 +132,9 @@ def test_the_readme_commands_run(tiny_model_dir: Path, tmp_path: Path):
               "/models/opt-2.7b": str(reference.lm_path), "image_model": str(tmp_path / "image_model")}
     places.update({f"ROOT/{name}": str(root / name) for name in (
         "train_val_videodatainfo.json", "test_videodatainfo.json", "manifest.jsonl", "manifest.checked.jsonl")})
+    coco = coco_standin(tmp_path / "COCO")
+    places.update({"COCO": str(coco), **{f"COCO/{name}": str(coco / name) for name in (
+        "dataset_coco.json", "manifest.jsonl")}})
     run = tmp_path / "run"  # what RUN_DIR is: made by adapt once the commands before it wrote the manifest
     places.update({"RUN_DIR": str(run), "video.mp4": str(root / "TestVideo" / "video5.mp4"),
                    "more_videos/": str(root / "TrainValVideo"), "captions.jsonl": str(tmp_path / "captions.jsonl")})
@@ -130,5 +153,6 @@ def test_the_readme_commands_run(tiny_model_dir: Path, tmp_path: Path):
             result = run_module(arguments[0], *arguments[1:], cwd=tmp_path)
             assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
     assert (root / "manifest.checked.jsonl").is_file() and (tmp_path / "image_model" / "model.yaml").is_file()
+    assert len((tmp_path / "COCO" / "manifest.checked.jsonl").read_text().splitlines()) == 4
     assert (tmp_path / "captions.jsonl").read_text().count("\n") == 6  # video.mp4 and the 5 train/val videos
     assert (tmp_path / "runs" / "ablation" / "report.md").is_file()

@@ -93,17 +93,19 @@ class ClipData:
         needed = {(field, getattr(sampler, "func", sampler).__name__) for sampler in samplers
                   for field in needed_fields(sampler)}
         records = read_manifest(manifest)
-        if not any(getattr(record, field) is None for record in records for field, _ in needed):
+        videos = [record for record in records if not record.is_image]  # an image is one frame: nothing to probe
+        if not any(getattr(record, field) is None for record in videos for field, _ in needed):
             return manifest
         digest = hashlib.sha1(manifest.read_bytes()).hexdigest()[:10]
         probed = manifest.with_name(f"{manifest.stem}.probed-{digest}.jsonl")
         if not probed.is_file():
-            found = probe_paths([r.video_path for r in records], workers or os.cpu_count() or 1, self.decode_timeout
+            found = probe_paths([r.video_path for r in videos], workers or os.cpu_count() or 1, self.decode_timeout
                                 or 600.0)
             write_manifest(probed, [dataclasses.replace(r, **found[r.video_path].record_fields())
-                                    if not isinstance(found[r.video_path], str) else r for r in records])
-        lacking = [(record, field, sampler) for record in read_manifest(probed) for field, sampler in sorted(needed)
-                   if getattr(record, field) is None]
+                                    if r.video_path in found and not isinstance(found[r.video_path], str) else r
+                                    for r in records])
+        lacking = [(record, field, sampler) for record in read_manifest(probed) if not record.is_image
+                   for field, sampler in sorted(needed) if getattr(record, field) is None]
         if lacking:
             shown = "; ".join(f"{r.clip_id} ({r.video_path})" for r, _, _ in lacking[:5])
             record, field, sampler = lacking[0]

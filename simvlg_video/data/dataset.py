@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data import Sampler
 
 from simvlg_video.data.clip_reader import ClipReader, resolve_backend
-from simvlg_video.data.decode import VideoDecodeError
+from simvlg_video.data.decode import VideoDecodeError, read_image
 from simvlg_video.data.manifest import ClipRecord
 from simvlg_video.data.sampling import ClipWindowError, needed_fields, sample_window
 
@@ -99,12 +99,16 @@ class VideoClipDataset(Dataset):
         else:
             caption = record.captions[0]
         try:
-            source = self.reader.source(record, needed_fields(self.sampler))
-            frame_indices = sample_window(
-                self.sampler, self.num_frames, source.num_frames, fps=source.fps,
-                window=(record.start, record.end), keyframes=source.keyframes, rng=rng,
-            )
-            frames = self.reader.read(record.video_path, frame_indices, source)
+            if record.is_image:  # a clip of one still frame, as long as the others
+                frame_indices = [0] * self.num_frames
+                frames = torch.from_numpy(read_image(record.video_path)).expand(self.num_frames, -1, -1, -1)
+            else:
+                source = self.reader.source(record, needed_fields(self.sampler))
+                frame_indices = sample_window(
+                    self.sampler, self.num_frames, source.num_frames, fps=source.fps,
+                    window=(record.start, record.end), keyframes=source.keyframes, rng=rng,
+                )
+                frames = self.reader.read(record.video_path, frame_indices, source)
         except ClipWindowError as error:
             return self._error_item(index, record, VideoDecodeError(record.video_path, str(error)))
         except VideoDecodeError as error:

@@ -4,8 +4,13 @@ A line looks like ``{"clip_id": "v1", "video": "videos/v1.mp4", "start": null, "
 "captions": ["a man runs"], "split": "train"}`` plus optional probed metadata (``num_frames``, ``fps``,
 ``duration``, ``width``, ``height``, ``keyframes``: frame numbers of the keyframes, ``rotation``: degrees
 counter-clockwise; see ``probe.py`` and ``python -m simvlg_video.data_tools.probe_videos``) and an optional
-free-form ``attributes`` dict. ``video`` is relative to the manifest's folder unless absolute. Reading is strict: unknown keys and wrong types are errors that name the file,
-the line and the key, so a typo cannot silently drop a field.
+free-form ``attributes`` dict. ``video`` is relative to the manifest's folder unless absolute. Reading is strict:
+unknown keys and wrong types are errors that name the file, the line and the key, so a typo cannot silently drop a
+field.
+
+An image is a clip of one still frame: its line has ``"image": "train2017/000000000009.jpg"`` in place of ``video``
+and no ``start``/``end`` (``{"clip_id": "coco_9", "image": ..., "captions": [...], "split": "train"}``); loaders give
+it as many identical frames as a clip has, so the image stage and video runs share one pipeline.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from typing import Any
 
 SPLITS = ("train", "val", "test")
 REQUIRED_KEYS = ("clip_id", "video", "start", "end", "captions", "split")
+IMAGE_KEYS = ("clip_id", "image", "captions", "split")  # an image line: no start/end
 METADATA_KEYS = ("num_frames", "fps", "duration", "width", "height", "keyframes", "rotation")
-KNOWN_KEYS = (*REQUIRED_KEYS, *METADATA_KEYS, "attributes")
+KNOWN_KEYS = (*REQUIRED_KEYS, *METADATA_KEYS, "attributes", "image")
+# Files `caption` reads as still images (everything else is opened as a video, an animated GIF included).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def json_problem(error: json.JSONDecodeError, line: bool = True) -> str:
@@ -38,7 +46,8 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class ClipRecord:
-    """One manifest line, checked. ``video`` is the path as written; ``video_path`` is it resolved."""
+    """One manifest line, checked. ``video`` is the path as written (of the image, for an image line);
+    ``video_path`` is it resolved."""
 
     clip_id: str
     video: str
@@ -55,24 +64,20 @@ class ClipRecord:
     keyframes: tuple[int, ...] | None = None
     rotation: int | None = None
     attributes: dict[str, Any] = field(default_factory=dict, hash=False)
+    is_image: bool = False
 
     @classmethod
     def for_file(cls, path: str | Path) -> ClipRecord:
-        """A record for a video file on its own (no captions, the whole video): what `caption` reads."""
+        """A record for a video or image file on its own (no captions, the whole video): what `caption` reads."""
         path = Path(path)
         return cls(clip_id=str(path), video=str(path), video_path=path.resolve(), start=None, end=None, captions=(),
-                   split="test")
+                   split="test", is_image=path.suffix.lower() in IMAGE_SUFFIXES)
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest line for this record (metadata left out where unknown)."""
-        line: dict[str, Any] = {
-            "clip_id": self.clip_id,
-            "video": self.video,
-            "start": self.start,
-            "end": self.end,
-            "captions": list(self.captions),
-            "split": self.split,
-        }
+        line: dict[str, Any] = {"clip_id": self.clip_id, "image": self.video} if self.is_image else {
+            "clip_id": self.clip_id, "video": self.video, "start": self.start, "end": self.end}
+        line.update(captions=list(self.captions), split=self.split)
         for key in METADATA_KEYS:
             if getattr(self, key) is not None:
                 line[key] = list(self.keyframes) if key == "keyframes" else getattr(self, key)
@@ -140,9 +145,16 @@ def parse_record(raw: Any, base_dir: Path, location: str) -> ClipRecord:
     """Check one manifest object and build its record; ``location`` (e.g. 'file:line') prefixes every error."""
     if not isinstance(raw, Mapping):
         raise ManifestError(f"{location}: expected a JSON object, got {type(raw).__name__}")
-    missing = [key for key in REQUIRED_KEYS if key not in raw]
+    is_image = "image" in raw
+    if is_image:
+        extra = [key for key in ("video", "start", "end") if key in raw]
+        if extra:
+            raise ManifestError(f"{location}: key {extra[0]!r}: an image line (it has 'image') has no {extra[0]!r}")
+    required = IMAGE_KEYS if is_image else REQUIRED_KEYS
+    missing = [key for key in required if key not in raw]
     if missing:
-        raise ManifestError(f"{location}: missing key {missing[0]!r} (required keys: {list(REQUIRED_KEYS)})")
+        raise ManifestError(f"{location}: missing key {missing[0]!r} (required keys: {list(required)}"
+                            f"{'' if is_image else '; an image line has ' + repr(list(IMAGE_KEYS))})")
     unknown = sorted(set(raw) - set(KNOWN_KEYS))
     if unknown:
         raise ManifestError(f"{location}: unknown key {unknown[0]!r}; allowed keys are {list(KNOWN_KEYS)}"
@@ -151,11 +163,12 @@ def parse_record(raw: Any, base_dir: Path, location: str) -> ClipRecord:
     def fail(key: str, expected: str) -> ManifestError:
         return ManifestError(f"{location}: key {key!r}: expected {expected}, got {raw[key]!r}")
 
-    clip_id, video, split, captions = raw["clip_id"], raw["video"], raw["split"], raw["captions"]
+    media_key = "image" if is_image else "video"
+    clip_id, video, split, captions = raw["clip_id"], raw[media_key], raw["split"], raw["captions"]
     if not isinstance(clip_id, str) or not clip_id:
         raise fail("clip_id", "a non-empty string")
     if not isinstance(video, str) or not video:
-        raise fail("video", "a non-empty path string")
+        raise fail(media_key, "a non-empty path string")
     if split not in SPLITS:
         raise fail("split", f"one of {list(SPLITS)}")
     if not isinstance(captions, list) or not captions:
@@ -185,6 +198,7 @@ def parse_record(raw: Any, base_dir: Path, location: str) -> ClipRecord:
         keyframes=_optional_keyframes(raw, fail),
         rotation=_optional_rotation(raw, fail),
         attributes=attributes,
+        is_image=is_image,
     )
 
 

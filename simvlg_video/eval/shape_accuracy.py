@@ -57,6 +57,21 @@ def _check_attributes(clip_id: str, attrs: Mapping[str, str]) -> None:
             raise ValueError(f"clip {clip_id!r}: attribute {key!r} is {attrs.get(key)!r}, expected one of {allowed}")
 
 
+def still_accuracy(predictions: Mapping[str, str], attributes: Mapping[str, Mapping[str, str]]) -> dict[str, float]:
+    """Shape, colour and object (both right) accuracy of still-image captions (`attributes`: {"shape", "colour"}
+    per image); images without a prediction count as wrong."""
+    if not attributes:
+        raise ValueError("attributes is empty: nothing to evaluate")
+    hits = {"shape_acc": 0, "colour_acc": 0, "object_acc": 0}
+    for clip_id, attrs in attributes.items():
+        _check_attributes(clip_id, {"motion": "still", **attrs})
+        shape, colour = parse_object(predictions[clip_id]) if clip_id in predictions else (None, None)
+        hits["shape_acc"] += shape == attrs["shape"]
+        hits["colour_acc"] += colour == attrs["colour"]
+        hits["object_acc"] += (shape, colour) == (attrs["shape"], attrs["colour"])
+    return {name: count / len(attributes) for name, count in hits.items()}
+
+
 def shape_accuracy(predictions: Mapping[str, str], attributes: Mapping[str, Mapping[str, str]]) -> dict[str, float]:
     """Motion, object and direction accuracy of `predictions` (clip_id -> caption) against the true attributes.
 

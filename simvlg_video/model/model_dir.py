@@ -88,16 +88,17 @@ def frozen_sources(cfg: ModelConfig, base_dir: Path) -> dict[str, Path]:
 
 
 def build_captioner(cfg: ModelConfig, base_dir: Path, dtype: torch.dtype = torch.float32,
-                    meta: bool = False) -> VideoCaptioner:
+                    meta: bool = False, frozen_on_meta: bool = False) -> VideoCaptioner:
     """The captioner `cfg` describes, its frozen parts loaded straight into `dtype` (the ViT and the LLM never exist
     at a wider precision); everything else as initialised, in fp32. `meta=True` builds names and shapes only, on
-    the meta device, reading no weights."""
+    the meta device, reading no weights; `frozen_on_meta=True` does so for the parts behind frozen files only (what
+    a new model directory needs: its own tensors, initialised, and pointers to the rest)."""
     sources = frozen_sources(cfg, base_dir)
-    vit_from_file = "vit" in sources and not meta
+    vit_from_file = "vit" in sources and not (meta or frozen_on_meta)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:  # a ViT whose weights come from a file is never randomly initialised (21 s for EVA-g on 2 cores)
-        with torch.device("meta") if meta or vit_from_file else torch.device("cpu"):
+        with torch.device("meta") if meta or "vit" in sources else torch.device("cpu"):
             vit = build_vit(cfg.vit.preset, **cfg.vit.overrides)
     finally:
         torch.set_default_dtype(previous)
@@ -107,7 +108,7 @@ def build_captioner(cfg: ModelConfig, base_dir: Path, dtype: torch.dtype = torch
         fill_unsaved_buffers(vit)
     with torch.device("meta") if meta else torch.device("cpu"):
         connector = build_tome_connector(cfg.connector)
-    lm = lm_skeleton(sources["lm"]) if meta else load_lm(sources["lm"], dtype)[0]
+    lm = lm_skeleton(sources["lm"]) if meta or frozen_on_meta else load_lm(sources["lm"], dtype)[0]
     text = CaptionText(load_tokenizer(sources["lm"]), cfg.lm.prompt, cfg.lm.caption_end, cfg.lm.max_text_tokens)
     with torch.device("meta") if meta else torch.device("cpu"):
         model = VideoCaptioner(vit, connector, lm, text, connector_width=cfg.connector.hidden_size)

@@ -1,0 +1,251 @@
+"""One training stage, end to end: a starting model directory in, a trained and scored model directory out.
+
+`adapt` (image model -> video model) and `pretrain` (parts -> image model) are the same stage with another
+starting point: both read a manifest (video clips, or images as clips of one frame), score the starting model when
+asked, train with the one captioning loss through `train.trainer`, score again, and export `RUN_DIR/model`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from simvlg_video.data.clips import ClipData, DataConfigError
+from simvlg_video.data.dataset import TooManySkippedClips
+from simvlg_video.data.manifest import ClipRecord, ManifestError, read_manifest
+from simvlg_video.eval.inference import InferenceConfig
+from simvlg_video.eval.predict import evaluate_split, write_eval
+from simvlg_video.eval.runs import run_summary
+from simvlg_video.eval.table import metrics_table, training_table
+from simvlg_video.eval.visualize import draw_clips
+from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_parameters
+from simvlg_video.model.fingerprint import FrozenSourceChanged
+from simvlg_video.model.freeze import apply_freeze_policy
+from simvlg_video.model.model_dir import ModelDirError, load_model_dir, save_model_dir, stored_tensors
+from simvlg_video.model.parallel import is_sharded, whole_on_cpu
+from simvlg_video.model.speed import apply_speed_settings
+from simvlg_video.model.tensor_io import NotATensorFile, StateDictMismatch
+from simvlg_video.train.checkpoint import open_run
+from simvlg_video.train.launch import launch_overrides
+from simvlg_video.train.loop import TrainConfig, reset_peak_memory
+from simvlg_video.train.trainer import TrainingRun, train
+from simvlg_video.world import (
+    World,
+    broadcast,
+    compute_dtype,
+    init_world,
+    pick_device,
+    seed_everything,
+    share_cpu_with_loaders,
+    shutdown,
+)
+
+log = logging.getLogger("simvlg_video.stage")
+# Bad input, named by the code that found it: reported as one line, never a traceback.
+USER_ERRORS = (ManifestError, ModelDirError, FrozenSourceChanged, StateDictMismatch, NotATensorFile, DataConfigError,
+               TooManySkippedClips)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What sets a stage apart: where its model starts (a model directory, made or found once by rank 0 and
+    returned on every rank), the names of its before/after rows, and whether the exported model is a video model
+    (its model.yaml names the placement) or an image model."""
+
+    starting_model: Callable[[DictConfig, Path, World], Path]
+    before: str = "image model"  # table row and eval file name (`<split>_<before with _>`) of the starting model
+    after: str = "adapted"
+    exports_placement: bool = True
+
+
+def clip_data(cfg: DictConfig) -> ClipData:
+    """The `data:` settings as the object that reads them; a value left to give (`data.root=???`) is named."""
+    missing = [f"data.{key}" for key in cfg.data if OmegaConf.is_missing(cfg.data, key)]
+    if missing:
+        raise SystemExit(f"error: {', '.join(missing)} is not set; give it on the command line, e.g. "
+                         f"{missing[0]}=/path/to/dataset")
+    return instantiate(cfg.data)
+
+
+def inference_settings(cfg: DictConfig) -> InferenceConfig:
+    """How this run captions (evaluation, the exported model's default): frames and decoding of the run."""
+    return InferenceConfig(num_frames=cfg.data.num_frames, sampler=OmegaConf.to_container(cfg.sampler.eval),
+                           backend=cfg.data.backend, decode_timeout=cfg.data.decode_timeout,
+                           num_beams=cfg.eval.num_beams, min_new_tokens=cfg.eval.min_new_tokens,
+                           max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
+                           num_workers=cfg.train.num_workers, precision=cfg.precision)
+
+
+def trainable_parts(cfg: DictConfig, model: torch.nn.Module) -> list[str]:
+    """`train.trainable`, less `adapters` when the chosen placement adds none (adapter=none: the floor)."""
+    trainable = list(cfg.train.trainable)
+    if ADAPTERS in trainable and not adapter_parameters(model):
+        log.info("the adapter choice adds no modules; training %s", ", ".join(t for t in trainable if t != ADAPTERS))
+        trainable.remove(ADAPTERS)
+    return trainable
+
+
+def split_records(records: list[ClipRecord], split: str, manifest: Path) -> list[ClipRecord]:
+    chosen = [r for r in records if r.split == split]
+    if not chosen:
+        raise SystemExit(f"error: manifest {manifest} has no clips in split {split!r}")
+    return chosen
+
+
+def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
+    """The whole stage; returns the metrics table rows (the starting model's when scored, the trained model's)."""
+    try:
+        train_cfg: TrainConfig = OmegaConf.to_object(cfg.train)
+        compute_dtype(cfg.precision)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    world = init_world()
+    if not world.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    device = pick_device(cfg.device, world)
+    threads = share_cpu_with_loaders(device, cfg.train.num_workers)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    image_dir = stage.starting_model(cfg, run_dir, world)  # a wrong starting point is refused before any work
+    data = clip_data(cfg)
+    samplers = [instantiate(cfg.sampler.train), instantiate(cfg.sampler.eval)]
+    manifest = shared_manifest(data, samplers, world)
+    cfg.data.manifest = str(manifest.resolve())  # the run's config names the exact data it used
+    files = open_run(cfg, run_dir, world)  # a refused resume stops here, having written nothing
+    log.info("compute threads: %d", threads)
+    resumed_at = int(files.resume_from.name) if files.resume_from is not None else None
+    finished = run_summary(run_dir) if resumed_at == cfg.train.steps else None
+    if finished is not None:  # resuming a sweep: this job had completed
+        files.log.close()
+        log.info("%s already finished; its summary is in metrics.jsonl", run_dir)
+        return {"adapted": finished["adapted"]}
+    records = read_manifest(manifest)
+    train_records = split_records(records, data.train_split, manifest)
+    eval_records = split_records(records, cfg.eval.split, manifest)
+    val_records = split_records(records, cfg.eval.val_split, manifest) if cfg.train.eval_every else []
+    model, model_cfg = load_model_dir(image_dir, dtype=compute_dtype(cfg.precision))
+    model.to(device)
+    inference = inference_settings(cfg)
+    evaluation = dict(inference=inference, image_size=model_cfg.image_size, world=world, spice=cfg.eval.spice)
+    rows: dict[str, dict[str, float]] = {}
+    try:
+        if cfg.eval.before:
+            rows[stage.before] = evaluate_once(model, eval_records, run_dir,
+                                               f"{cfg.eval.split}_{stage.before.replace(' ', '_')}", files.log,
+                                               desc=stage.before, **evaluation)
+        instantiate(cfg.adapter).apply(model)
+        trainable = trainable_parts(cfg, model)
+        counts = apply_freeze_policy(model, trainable)
+        log.info("parameters: %s", counts)
+        apply_speed_settings(model, cfg.precision, cfg.train.activation_checkpointing, cfg.train.compile)
+        reset_peak_memory(device)
+
+        def validate(step: int) -> dict[str, float]:
+            _, metrics = evaluate_split(model, val_records, desc=f"validate {cfg.eval.val_split}", **evaluation)
+            files.log({"phase": "val", "step": step, "split": cfg.eval.val_split, **metrics})
+            return metrics
+
+        training = TrainingRun(train_cfg, cfg.precision, cfg.seed, data, samplers[0], model_cfg.image_size,
+                               cfg.eval.best_metric)
+        result = train(model, training, train_records, device, world, files, validate if val_records else None)
+
+        predictions, rows[stage.after] = evaluate_split(model, eval_records, desc=f"{stage.after} model",
+                                                        **evaluation)
+        model_cfg.adapter = OmegaConf.to_container(cfg.adapter, resolve=True) if stage.exports_placement else None
+        model_cfg.inference = asdict(inference)
+        tensors = whole_on_cpu(stored_tensors(model, model_cfg))  # every rank: FSDP gathers
+        if world.is_main:
+            write_eval(run_dir / "eval", cfg.eval.split, predictions, rows[stage.after])
+            save_model_dir(model, model_cfg, run_dir / "model", base_dir=image_dir, tensors=tensors)
+            if cfg.eval.visualize and not is_sharded(model):  # a sharded model runs only with every rank
+                pictures = draw_clips(model, model_cfg, inference, eval_records[: cfg.eval.visualize],
+                                      run_dir / "visualize")
+                log.info("drew %d test clips into %s", len(pictures), run_dir / "visualize")
+            elif cfg.eval.visualize:
+                log.info("no pictures from a sharded (FSDP) run; draw them from the exported model: "
+                         "python -m simvlg_video.visualize --ckpt %s VIDEO", run_dir)
+        summary = {
+            "phase": "summary", "train_steps": cfg.train.steps, "train_videos_per_s": result.videos_per_second,
+            "train_peak_memory_gib": result.peak_memory_gib, "train_memory_kind": result.memory_kind,
+            "train_data_wait_s": result.data_wait_seconds, "world_size": world.world_size,
+            "nonfinite_steps_skipped": result.skipped_nonfinite, "train_clips_skipped": result.skipped_clips,
+            "eval_clips_skipped": len(predictions.skipped),
+            "best": files.checkpoints.best(), **counts,
+        }
+        files.log({**summary, "adapted": rows[stage.after]})  # "adapted": the trained model's scores, either stage
+    finally:
+        files.log.close()
+    if world.is_main:
+        print(f"\n{metrics_table(rows)}\n\n{training_table(summary)}\n\nRun directory: {run_dir}")
+        if (run_dir / "visualize").is_dir():
+            print(f"Pictures of {cfg.eval.visualize} test clips: {run_dir / 'visualize'}")
+    return rows
+
+
+def shared_manifest(data: ClipData, samplers: list, world: World) -> Path:
+    """The run's manifest, with what its frame samplers need probed; rank 0 finds it (generating the synthetic set
+    if needed) while the others wait, and a failure there is raised on every rank rather than leaving them waiting."""
+    found, error = None, None
+    if world.is_main:
+        try:
+            found = data.manifest_for(samplers)
+        except (ValueError, FileNotFoundError) as failure:
+            error = f"error: {failure}"
+    found, error = broadcast((found, error), world)
+    if error is not None:
+        raise SystemExit(error)
+    return found
+
+
+def evaluate_once(model: torch.nn.Module, records: list[ClipRecord], run_dir: Path, name: str, run_log,
+                  **kwargs) -> dict[str, float]:
+    """Score the image model, or read its scores back when a resumed run already did."""
+    saved = run_dir / "eval" / f"{name}_metrics.json"
+    if saved.is_file():
+        log.info("image model scores from %s", saved)
+        return json.loads(saved.read_text())["metrics"]
+    predictions, metrics = evaluate_split(model, records, **kwargs)
+    if kwargs["world"].is_main:
+        write_eval(run_dir / "eval", name, predictions, metrics)
+    run_log({"phase": "eval", "model": "image", **metrics})
+    return metrics
+
+
+def release_memory() -> None:
+    """Free what a finished (or failed) run held, so the next run of a sweep starts from the same state."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_as_command(cfg: DictConfig, stage: Stage) -> None:
+    """`run` as an entry point's body: bad input is one line naming the file, key or setting, never a traceback;
+    what the run held is released either way (a sweep runs many in one process)."""
+    try:
+        run(cfg, stage)
+    except USER_ERRORS as error:
+        raise SystemExit(f"error: {error}") from None
+    finally:
+        release_memory()
+
+
+def launch(main: Callable[[], None], arguments: list[str]) -> None:
+    """Call a Hydra `main` alone or under torchrun: every rank gets rank 0's run directory (`launch_overrides`),
+    placed before the user's arguments, which win."""
+    world = init_world()
+    sys.argv = [sys.argv[0], *launch_overrides(arguments, world), *arguments]
+    try:
+        main()
+    finally:
+        shutdown(world)
+
