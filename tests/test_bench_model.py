@@ -35,7 +35,8 @@ from simvlg_video.model.speed import cast_frozen_, set_fused_attention
 from simvlg_video.model.vit import vit_tokens
 
 TRAINABLE = ["ln_vision", "VL_proj", "connector", "opt_proj"]
-OPTIONS = Options(batch=2, frames=3, text_tokens=5, steps=1, warmup=1, adapter=TINY.adapter)
+OPTIONS = Options(batch=2, frames=3, text_tokens=5, steps=1, warmup=1, adapter=TINY.adapter,
+                  connector_r=TINY.connector["r"])
 
 
 def tiny_captioner(placement=None):
@@ -226,3 +227,20 @@ def test_tiny_benchmark_runs_end_to_end(tmp_path, capsys):
     assert "x the videos/s of none" in printed
     written = json.loads((tmp_path / "report.json").read_text())
     assert [row["variant"] for row in written["training"]] == ["port", "all", "last3", "merged", "none"]
+
+
+def test_image_stage_variants_merge_or_not_and_leave_the_connector_as_it_was(capsys):
+    """image (the model's r) and image_r0 train on single frames; a later variant gets the model's r back."""
+    report = main(["--tiny", "--variants", "none,image_r0,image,none", "--steps", "1", "--warmup", "1",
+                   "--vit-frames", "0", "--gen-batches", ""])
+    first_none, image_r0, image, last_none = report.training
+    assert all(row.error is None and torch.isfinite(torch.tensor(row.loss)) for row in report.training)
+    assert image_r0.tflop_per_step > image.tflop_per_step  # r = 0 carries every token through the connector
+    assert last_none.tflop_per_step == first_none.tflop_per_step > image_r0.tflop_per_step  # 4 frames against 1
+    assert "image stage: merging trains at" in capsys.readouterr().out
+    model = tiny_captioner()
+    tokens = model.vit.patch_embed.num_patches + 1
+    configure(model, parse_variant("image_r0"), OPTIONS)
+    assert model.connector.merge_schedule(tokens)[-1] == tokens
+    configure(model, parse_variant("image"), OPTIONS)
+    assert model.connector.merge_schedule(tokens)[-1] < tokens

@@ -11,6 +11,8 @@ each variant in one process, on one model:
   without the fused kernel.
 * ``merged``: the merged-token placement (frozen ViT and connector per frame, one temporal token pool with
   sinusoidal time and place codes after the connector), with this package's settings below.
+* ``image`` / ``image_r0``: the image stage (`pretrain`): a batch of B images (one frame each) with no temporal
+  modules, the connector merging r tokens per layer (the sizes' r, 19 at full size) or none; the ViT and LLM frozen.
 * ``all`` / ``lastK`` / ``none``: this package's path, adapters in all blocks, the last K blocks, or none (the
   floor: the image model with frames averaged): fused
   attention (SDPA), frozen weights in bf16 under bf16 autocast, blocks below the first adapter without autograd,
@@ -40,7 +42,7 @@ from simvlg_video.bench.model_report import Report, TrainResult, format_report
 from simvlg_video.bench.timing import count_host_syncs, matmul_rate, peak_memory_gib, reset_memory, seconds_per_call
 from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_parameters
 from simvlg_video.model.captioner import MeanOverTime, VideoCaptioner
-from simvlg_video.model.connector import ConnectorConfig, build_tome_connector
+from simvlg_video.model.connector import ConnectorConfig, apply_tome, build_tome_connector
 from simvlg_video.model.freeze import apply_freeze_policy
 from simvlg_video.model.lm import CaptionText, build_word_tokenizer
 from simvlg_video.model.speed import cast_frozen_, compile_vit_blocks, set_fused_attention
@@ -98,20 +100,23 @@ def build_random_captioner(sizes: Sizes, device: torch.device) -> VideoCaptioner
 @dataclass(frozen=True)
 class Variant:
     name: str
-    blocks: str  # "all" | "last_k" | "none" | "merged"
+    blocks: str  # "all" | "last_k" | "none" | "merged" | "image"
     last_k: int | None = None
     plain_port: bool = False  # the reference code ported as it is: naive attention, fp16 + grad scaler
+    merge_r: int | None = None  # tokens merged per connector layer; None: the model's own
 
 
 def parse_variant(name: str) -> Variant:
-    """`port`, `all`, `merged`, `none` or `lastK` (e.g. last8)."""
+    """`port`, `all`, `merged`, `none`, `lastK` (e.g. last8), `image` or `image_rN` (e.g. image_r0)."""
     if name == "port":
         return Variant(name, "all", plain_port=True)
-    if name in ("all", "none", "merged"):
+    if name in ("all", "none", "merged", "image"):
         return Variant(name, name)
+    if name.startswith("image_r") and name[7:].isdigit():
+        return Variant(name, "image", merge_r=int(name[7:]))
     if name.startswith("last") and name[4:].isdigit() and int(name[4:]) > 0:
         return Variant(name, "last_k", int(name[4:]))
-    raise ValueError(f"unknown variant {name!r}: use port, all, merged, none or lastK (e.g. last8)")
+    raise ValueError(f"unknown variant {name!r}: use port, all, merged, none, lastK (e.g. last8), image or image_rN")
 
 
 @dataclass
@@ -124,19 +129,21 @@ class Options:
     compile: bool = False
     checkpointing: bool = False
     adapter: dict = field(default_factory=dict)  # the temporal modules' qk_dim and num_heads
+    connector_r: int = 19  # the model's tokens merged per connector layer
 
 
 def configure(model: VideoCaptioner, variant: Variant, options: Options) -> tuple[torch.optim.Optimizer, object]:
     """Put the variant's adapters, precision and attention kernels on the model; returns (optimizer, grad scaler)."""
     remove_temporal_adapters(model.vit)
     model.time_pool = MeanOverTime()
+    apply_tome(model.connector, options.connector_r if variant.merge_r is None else variant.merge_r)
     trainable = list(TRAINABLE)
     if variant.blocks == "merged":
         MergedTokens(num_heads=options.adapter["num_heads"]).apply(model)
         with torch.no_grad():
             model.time_pool.out.weight.normal_(std=0.01)  # an open gate, as after some training
         trainable.append(ADAPTERS)
-    elif variant.blocks != "none":
+    elif variant.blocks not in ("none", "image"):
         Reference(blocks=variant.blocks, last_k=variant.last_k, **options.adapter).apply(model)
         with torch.no_grad():
             for name, param in adapter_parameters(model):
@@ -164,7 +171,10 @@ def random_batch(model: VideoCaptioner, options: Options, device: torch.device, 
 
 
 def bench_training(model, variant: Variant, options: Options, batch: tuple, peak_flops: float) -> TrainResult:
+    """Time the variant's training step; an image variant trains on the batch's first frames (B images)."""
     device = batch[0].device
+    frames = 1 if variant.blocks == "image" else options.frames
+    batch = (batch[0][:, :frames], *batch[1:])
     result = TrainResult(variant.name, 0)
     optimizer = scaler = None
     try:
@@ -194,7 +204,7 @@ def bench_training(model, variant: Variant, options: Options, batch: tuple, peak
         if device.type == "cuda":
             result.host_syncs = count_host_syncs(step)
         seconds = seconds_per_call(step, options.steps, device)
-        flops = training_step_flops(CaptionerSizes.of(model), options.batch, options.frames, options.text_tokens)
+        flops = training_step_flops(CaptionerSizes.of(model), options.batch, frames, options.text_tokens)
         result.seconds_per_step = seconds
         result.videos_per_s = options.batch / seconds
         result.peak_gib = peak_memory_gib(device)
@@ -273,7 +283,7 @@ def run(args: argparse.Namespace) -> Report:
         name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}"
         peak = matmul_rate(device, torch.float32, 256, repeats=5)
     options = Options(args.batch, args.frames, args.text_tokens, args.steps, args.warmup, args.compile,
-                      args.checkpointing, sizes.adapter)
+                      args.checkpointing, sizes.adapter, sizes.connector["r"])
     model = build_random_captioner(sizes, device)
     report = Report(name, peak / 1e12, asdict(options))
     batch = random_batch(model, options, device, sizes.image_size)
@@ -301,8 +311,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text-tokens", type=int, default=20, help="caption tokens per video")
     parser.add_argument("--steps", type=int, help="timed steps per variant (10; tiny 2)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (3; tiny 1)")
-    parser.add_argument("--variants", default="port,all,last8,merged,none",
-                        help="comma list: port,all,lastK,merged,none")
+    parser.add_argument("--variants", default="port,all,last8,merged,none,image,image_r0",
+                        help="comma list: port,all,lastK,merged,none,image,image_rN")
     parser.add_argument("--compile", action="store_true", help="torch.compile the ViT blocks (our variants)")
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the ViT blocks")
     parser.add_argument("--vit-frames", type=int, help="frames for the ViT-forward timing, 0 to skip (128; tiny 4)")

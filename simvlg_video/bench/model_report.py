@@ -41,7 +41,7 @@ def format_report(report: Report) -> str:
              f"training step: B={o['batch']} videos x T={o['frames']} frames, {o['text_tokens']} text tokens, "
              f"{o['steps']} timed steps after {o['warmup']} warm-up; compile={o['compile']}, "
              f"checkpointing={o['checkpointing']}", "",
-             "| variant | adapters | s/step | videos/s | vs port | peak GiB | memory vs port | TFLOP/step "
+             "| variant | adapters | s/step | videos/s (image rows: images/s) | vs port | peak GiB | memory vs port | TFLOP/step "
              "| TFLOP/s | MFU | host syncs/step |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     port = next((r for r in report.training if r.variant == "port" and r.error is None), None)
@@ -56,7 +56,7 @@ def format_report(report: Report) -> str:
             f"| {_fmt(r.peak_gib, '.1f')} | {_fmt(memory, '.2f')} | {r.tflop_per_step:.3g} | {r.tflop_per_s:.3g} "
             f"| {r.mfu:.1%} | {_fmt(r.host_syncs, 'd')} |"
         )
-    lines += merged_summary(report.training)
+    lines += merged_summary(report.training) + image_summary(report.training)
     if report.vit_forward:
         lines += ["", "| ViT forward (no grad, bf16) | frames | s | frames/s | TFLOP/s | of matmul peak |",
                   "|---|---|---|---|---|---|"]
@@ -80,3 +80,16 @@ def merged_summary(training: list[TrainResult]) -> list[str]:
     parts = [f"{merged / done[name].videos_per_s:.2f}x the videos/s of {name}" for name in ("all", "port", "none")
              if name in done]
     return ["", "merged: " + "; ".join(parts)] if parts else []
+
+
+def image_summary(training: list[TrainResult]) -> list[str]:
+    """The image stage with gradual merging against the same step merging nothing (SimVLG's headline)."""
+    done = {r.variant: r for r in training if r.error is None}
+    if "image" not in done or "image_r0" not in done:
+        return []
+    merged, plain = done["image"], done["image_r0"]
+    memory = f", at {merged.peak_gib / plain.peak_gib:.2f} of its peak memory" if merged.peak_gib and plain.peak_gib \
+        else ""
+    return ["", f"image stage: merging trains at {merged.videos_per_s / plain.videos_per_s:.2f}x the images/s of "
+                f"merging nothing (image_r0){memory}"]
+
