@@ -31,7 +31,8 @@ def expand_videos(paths: list[Path]) -> list[Path]:
     videos: list[Path] = []
     for path in paths:
         if path.is_dir():
-            videos.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES | set(IMAGE_SUFFIXES)))
+            suffixes = VIDEO_SUFFIXES | set(IMAGE_SUFFIXES)
+            videos.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes))
         else:
             videos.append(path)
     return videos

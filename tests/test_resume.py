@@ -108,7 +108,8 @@ def test_killed_at_a_random_step(uninterrupted: Path, tiny_model_dir: Path, tmp_
 
     kill_when(adapt_args(tiny_model_dir, run_dir), tmp_path, reached)
     assert reached() and not records(run_dir, "summary"), "the kill did not land during training"
-    assert (run_dir / "checkpoints" / "00000002").is_dir()
+    # at least one complete checkpoint (which: how far the run got past step k before the signal, on a busy machine)
+    assert any(folder.name.isdigit() for folder in (run_dir / "checkpoints").iterdir())
 
     result = run_module("simvlg_video.adapt", *adapt_args(tiny_model_dir, run_dir, "resume=auto"), cwd=tmp_path)
     assert result.returncode == 0, f"killed after step {kill_step}: {result.stderr[-3000:]}"

@@ -11,7 +11,8 @@ optimiser state), then times in fresh processes, one after the other:
 * loading the model directory it wrote in bf16, as a `precision=bf16` run does (frozen parts straight into bf16).
 
 Each row: wall seconds and the process's peak resident memory (the kernel's high-water mark, file pages it mapped
-included, the child's own: not the forking parent's). Values of the weights do not matter to either cost, only their sizes.
+included, the child's own: not the forking parent's). Values of the weights do not matter to either cost, only their
+sizes.
 """
 
 from __future__ import annotations

@@ -41,8 +41,8 @@ def format_report(report: Report) -> str:
              f"training step: B={o['batch']} videos x T={o['frames']} frames, {o['text_tokens']} text tokens, "
              f"{o['steps']} timed steps after {o['warmup']} warm-up; compile={o['compile']}, "
              f"checkpointing={o['checkpointing']}", "",
-             "| variant | adapters | s/step | videos/s (image rows: images/s) | vs port | peak GiB | memory vs port | TFLOP/step "
-             "| TFLOP/s | MFU | host syncs/step |",
+             "| variant | adapters | s/step | videos/s (image rows: images/s) | vs port | peak GiB | memory vs port "
+             "| TFLOP/step | TFLOP/s | MFU | host syncs/step |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     port = next((r for r in report.training if r.variant == "port" and r.error is None), None)
     for r in report.training:
