@@ -50,11 +50,15 @@ class EvalConfig:
 class AdaptConfig:
     """`python -m simvlg_video.adapt`: everything but the groups (`data=`, `sampler=`, `adapter=`, `experiment=`)."""
 
-    image_ckpt: str | None = None  # our model directory, or the reference's checkpoint file (.pth, with the next
-    # two keys); None: the bundled tiny image model
-    vit_weights: str | None = None  # with a .pth image_ckpt: the frozen ViT weights (BLIP-2's eva_vit_g.pth)
+    image_ckpt: str | None = None  # our model directory, a Hugging Face BLIP-2 folder, or a checkpoint file (.pth:
+    # SimVLG's reference or LAVIS BLIP-2 OPT, with the next keys); None: the bundled tiny image model
+    vit_weights: str | None = None  # with a .pth image_ckpt: the frozen ViT weights (BLIP-2's eva_vit_g.pth); not for
+    # a BLIP-2 .pth that holds its ViT
     lm_path: str | None = None  # with a .pth image_ckpt: local Hugging Face folder of the LLM (e.g. opt-2.7b)
-    model_config: str = "simvlg_opt2.7b"  # with a .pth image_ckpt: the architecture (configs/model/ name or .yaml)
+    model_config: str | None = None  # with a .pth image_ckpt: the architecture (configs/model/ name or .yaml); None:
+    # simvlg_opt2.7b for SimVLG's checkpoint, blip2_opt2.7b for BLIP-2's
+    prompt: str | None = None  # with an imported image_ckpt: text between the soft prompt and every caption (BLIP-2
+    # captioners often use "a photo of"); None: none
     allow_pickle: bool = False  # UNSAFE if true: let a .pth image_ckpt unpickle non-tensor objects (trusted files)
     seed: int = 0
     device: str = "auto"  # auto (cuda when present) | cpu | cuda
