@@ -126,7 +126,8 @@ def lavis_extras(seed: int = 5) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     shapes_ = {"Qformer.bert.embeddings.word_embeddings.weight": (30, hidden),
                "Qformer.bert.embeddings.position_embeddings.weight": (64, hidden),
-               "Qformer.cls.predictions.bias": (30,), "Qformer.cls.predictions.transform.dense.weight": (hidden, hidden),
+               "Qformer.cls.predictions.bias": (30,),
+               "Qformer.cls.predictions.transform.dense.weight": (hidden, hidden),
                "vision_proj.weight": (8, hidden), "vision_proj.bias": (8,), "text_proj.weight": (8, hidden),
                "text_proj.bias": (8,), "itm_head.weight": (2, hidden), "itm_head.bias": (2,), "temp": ()}
     for i in range(QFORMER["layers"]):

@@ -223,14 +223,15 @@ def test_cast_frozen_keeps_trainable_tensors_in_fp32():
 
 def test_tiny_benchmark_runs_end_to_end(tmp_path, capsys):
     report = main([
-        "--tiny", "--variants", "port,all,last3,merged,none", "--connectors", "tome,qformer", "--steps", "1", "--warmup", "1", "--vit-frames", "2",
+        "--tiny", "--variants", "port,all,last3,merged,none", "--connectors", "tome,qformer",
+        "--steps", "1", "--warmup", "1", "--vit-frames", "2",
         "--gen-batches", "2", "--gen-min-tokens", "4", "--gen-max-tokens", "4", "--gen-repeats", "1",
         "--json", str(tmp_path / "report.json"),
     ])
     rows = {r.variant: r for r in report.training}
     blip2 = {name: rows.pop(name) for name in list(rows) if name.startswith("qformer/")}
     assert {name: r.adapters for name, r in rows.items()} == {"port": 10, "all": 10, "last3": 3, "merged": 0, "none": 0}
-    assert {name: r.adapters for name, r in blip2.items()} == {f"qformer/{name}": r.adapters for name, r in rows.items()}
+    assert {name: r.adapters for name, r in blip2.items()} == {f"qformer/{n}": r.adapters for n, r in rows.items()}
     assert all(r.error is None and r.seconds_per_step > 0 for r in blip2.values())
     for row in rows.values():
         assert row.error is None and row.seconds_per_step > 0 and row.peak_gib is None

@@ -19,7 +19,7 @@ import simvlg_video.model.model_dir as model_dir_module
 from simvlg_video.model.blip2_checkpoint import import_hf_blip2, import_lavis_blip2
 from simvlg_video.model.fingerprint import FrozenSourceChanged
 from simvlg_video.model.image_checkpoint import BLIP2_FOLDER, BLIP2_PTH, SIMVLG_PTH, inspect_image_checkpoint
-from simvlg_video.model.lavis_checkpoint import load_model_config
+from simvlg_video.model.lavis_checkpoint import import_lavis_checkpoint, load_model_config
 from simvlg_video.model.model_dir import WEIGHTS, load_model_dir
 from simvlg_video.model.qformer import QFormerConnector
 from simvlg_video.model.tensor_io import NotATensorFile, StateDictMismatch
@@ -114,7 +114,8 @@ def test_a_folder_may_hold_the_tied_head_and_the_qformers_text_side(blip2_files,
         model, _ = load_model_dir(import_hf_blip2(folder, tmp_path / "imported"))
     messages = " ".join(record.getMessage() for record in caplog.records)
     assert "ignored 2 tensors of the Q-Former's text side" in messages and "language_model.lm_head.weight" in messages
-    assert torch.equal(model.lm.lm_head.weight, blip2_files.hf_state["language_model.model.decoder.embed_tokens.weight"])
+    embedding = blip2_files.hf_state["language_model.model.decoder.embed_tokens.weight"]
+    assert torch.equal(model.lm.lm_head.weight, embedding)
 
 
 @pytest.mark.parametrize(("change", "named"), [
@@ -225,13 +226,16 @@ def test_the_architecture_must_be_a_qformer(blip2_files, tmp_path):
     with pytest.raises(ValueError, match="needs connector.kind qformer"):
         import_lavis_blip2(blip2_files.ckpt, blip2_files.lm_path, load_model_config("simvlg_opt2.7b"), tmp_path / "o",
                            vit_weights=blip2_files.vit_weights)
+    with pytest.raises(ValueError, match="needs connector.kind tome"):
+        import_lavis_checkpoint(blip2_files.ckpt, blip2_files.vit_weights, blip2_files.lm_path,
+                                load_model_config("blip2_opt2.7b"), tmp_path / "p")
 
 
 def test_an_architecture_that_does_not_fit_names_both_shapes(blip2_files, tmp_path):
     """BLIP-2 OPT-2.7B's architecture against the tiny files: the ViT is named first, as the file spells it; a
     Q-Former of another width is named with the checkpoint's names."""
-    with pytest.raises(StateDictMismatch, match=r"visual_encoder\.blocks\.0\.attn\.qkv\.weight \(expected \(4224, 1408\), "
-                                                r"found \(96, 32\)\)"):
+    shapes = r"visual_encoder\.blocks\.0\.attn\.qkv\.weight \(expected \(4224, 1408\), found \(96, 32\)\)"
+    with pytest.raises(StateDictMismatch, match=shapes):
         import_lavis_blip2(blip2_files.ckpt_with_vit, blip2_files.lm_path, load_model_config("blip2_opt2.7b"),
                            tmp_path / "o")
     wider = copy.deepcopy(blip2_files.model_cfg)

@@ -50,6 +50,15 @@ def test_the_import_command_writes_a_loadable_model_directory(blip2_files, tmp_p
     assert not (tmp_path / "refused").exists()
 
 
+def test_caption_asks_for_a_blip2_folder_to_be_imported_first(blip2_files, tmp_path):
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    result = run_module("simvlg_video.caption", "--ckpt", str(blip2_files.folder), str(tmp_path / "clip.mp4"),
+                        cwd=tmp_path)
+    assert one_line_error(result) == (
+        f"error: {blip2_files.folder} is a Hugging Face BLIP-2 folder; import it as a model directory first: "
+        f"python -m simvlg_video.model.blip2_checkpoint {blip2_files.folder} --out MODEL_DIR")
+
+
 @pytest.mark.parametrize(("kind", "extra", "message"), [
     ("folder", ["lm_path=LM"], "is a Hugging Face BLIP-2 folder, which holds its ViT, LLM and architecture: leave "
                                "out lm_path"),

@@ -32,6 +32,10 @@ RUN_ELSEWHERE = {
     "pip install torch==2.14.1 torchvision==0.29.1 && pip install -e '.[dev]' && python -m simvlg_video.adapt":
         ".ci/run and the demo",
     "python -m pytest -q": ".ci/run",
+    "python -m simvlg_video.adapt --image-ckpt /models/blip2-opt-2.7b data=msrvtt data.root=ROOT":
+        "test_blip2_commands.py (a tiny BLIP-2 folder on the shapes set)",
+    "python -m simvlg_video.adapt --image-ckpt blip2_opt2.7b.pth lm_path=/models/opt-2.7b vit_weights=eva_vit_g.pth "
+    "data=msrvtt data.root=ROOT": "test_blip2_commands.py (a tiny LAVIS BLIP-2 checkpoint on the shapes set)",
 }
 
 
@@ -91,7 +95,8 @@ def test_every_readme_command_is_run_by_a_test():
 
 
 RUN_HERE = ("python -m simvlg_video.data_tools.", "python -m simvlg_video.evaluate", "python -m simvlg_video.caption",
-            "python -m simvlg_video.model.lavis_checkpoint", "python -m simvlg_video.report")
+            "python -m simvlg_video.model.lavis_checkpoint", "python -m simvlg_video.model.blip2_checkpoint",
+            "python -m simvlg_video.report")
 
 
 def as_run(command: str, places: dict[str, str]) -> list[str]:
@@ -102,14 +107,15 @@ def as_run(command: str, places: dict[str, str]) -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_readme_commands_run(tiny_model_dir: Path, tmp_path: Path):
+def test_the_readme_commands_run(tiny_model_dir: Path, blip2_files, tmp_path: Path):
     root = tmp_path / "ROOT"
     root.mkdir()
     msrvtt_standin(root)
     reference = write_reference_files(tmp_path / "reference", lm_path=tiny_model_dir / "lm")
     make_sweep(tmp_path / "runs" / "ablation")
     places = {"ROOT": str(root), "simvlg_image.pth": str(reference.ckpt), "eva_vit_g.pth": str(reference.vit_weights),
-              "/models/opt-2.7b": str(tiny_model_dir / "lm"), "image_model": str(tmp_path / "image_model")}
+              "/models/opt-2.7b": str(tiny_model_dir / "lm"), "image_model": str(tmp_path / "image_model"),
+              "/models/blip2-opt-2.7b": str(blip2_files.folder), "blip2_model": str(tmp_path / "blip2_model")}
     places.update({f"ROOT/{name}": str(root / name) for name in (
         "train_val_videodatainfo.json", "test_videodatainfo.json", "manifest.jsonl", "manifest.checked.jsonl")})
     run = tmp_path / "run"
@@ -128,5 +134,6 @@ def test_the_readme_commands_run(tiny_model_dir: Path, tmp_path: Path):
             result = run_module(arguments[0], *arguments[1:], cwd=tmp_path)
             assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
     assert (root / "manifest.checked.jsonl").is_file() and (tmp_path / "image_model" / "model.yaml").is_file()
+    assert (tmp_path / "blip2_model" / "model.yaml").is_file()
     assert (tmp_path / "captions.jsonl").read_text().count("\n") == 6  # video.mp4 and the 5 train/val videos
     assert (tmp_path / "runs" / "ablation" / "report.md").is_file()

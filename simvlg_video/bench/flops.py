@@ -16,8 +16,8 @@ Per frame of N tokens, width C, MLP width M, a ViT block's forward is 8·N·C² 
 per frame, and the temporal token pool (K output tokens attending over T·M frame tokens of width H) costs
 4·K·H² (query, output) + 4·T·M·H² (key, value) + 4·K·T·M·H (attention), all trainable.
 
-BLIP-2's Q-Former (Q queries of width H, FFN width I) costs per layer 8·Q·H² + 4·Q²·H + 4·Q·H·I, and in each layer
-with cross-attention to the N ViT tokens of width C another 4·Q·H² (query, output) + 4·N·C·H (key, value) +
+BLIP-2's Q-Former (Q queries of width H, FFN width I) costs per layer 8·Q·H² + 4·Q²·H + 4·Q·H·I, and in each
+layer with cross-attention to the N ViT tokens of width C another 4·Q·H² (query, output) + 4·N·C·H (key, value) +
 4·Q·N·H (attention); all of it trains, and its inputs carry gradient (ln_vision trains), so training costs 3x the
 forward. When the pool's place codes are on, each cross-attention's weights are recomputed without gradient
 (2·Q·N·H per such layer) and the queries' places read from them (4·Q·N).

@@ -66,7 +66,8 @@ def format_report(report: Report) -> str:
     if report.generation:
         lines += ["", "| generation (adapters in all blocks) | beams | s/batch | captions/s | mean new tokens |",
                   "|---|---|---|---|---|"]
-        lines += [f"| {_connector(g)}batch {g['batch']} | {g['beams']} | {g['seconds_per_batch']:.3f} | {g['captions_per_s']:.1f} "
+        lines += [f"| {_connector(g)}batch {g['batch']} | {g['beams']} | {g['seconds_per_batch']:.3f} "
+                  f"| {g['captions_per_s']:.1f} "
                   f"| {g['mean_new_tokens']:.1f} |" for g in report.generation]
     return "\n".join(lines)
 

@@ -1,8 +1,9 @@
 """Pictures of what a video model does with a clip: sampled frames, the connector's groups, temporal attention, caption.
 
-Patches of one group share a colour: a ToMe merge group, or (BLIP-2's Q-Former) the patches one query reads most. The attention panel is what the model's adapter records (see
-`model.adapter_protocol.AttentionMap`): for the merged-token pool, how much each output token draws from each
-frame; for the reference placement, the frame-to-frame attention of its last adapted ViT block.
+Patches of one group share a colour: a ToMe merge group, or (BLIP-2's Q-Former) the patches one query reads most.
+The attention panel is what the model's adapter records (see `model.adapter_protocol.AttentionMap`): for the
+merged-token pool, how much each output token draws from each frame; for the reference placement, the
+frame-to-frame attention of its last adapted ViT block.
 """
 
 from __future__ import annotations

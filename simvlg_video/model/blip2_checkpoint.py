@@ -8,10 +8,11 @@
 * A **LAVIS `blip2_opt` checkpoint** (`torch.save({"model": state_dict, ...})`) with the OPT's Hugging Face folder
   (`lm_path`) and, unless the file holds `visual_encoder.*` itself, BLIP-2's `eva_vit_g.pth` (`vit_weights`). The
   architecture comes from a model config (default `configs/model/blip2_opt2.7b.yaml`). Names:
-    ln_vision.*, opt_proj.*, query_tokens                           -> ln_vision.*, opt_proj.*, connector.query_tokens
-    Qformer.bert.embeddings.LayerNorm.*                             -> connector.qformer.layernorm.*
-    Qformer.bert.encoder.layer.{i}.{attention,crossattention}.self.* -> connector.qformer.encoder.layer.{i}.{...}.attention.*
-    Qformer.bert.encoder.layer.{i}.* (other)                        -> connector.qformer.encoder.layer.{i}.*
+    ln_vision.*, opt_proj.*, query_tokens      -> ln_vision.*, opt_proj.*, connector.query_tokens
+    Qformer.bert.embeddings.LayerNorm.*        -> connector.qformer.layernorm.*
+    Qformer.bert.encoder.layer.{i}.X.self.*    -> connector.qformer.encoder.layer.{i}.X.attention.* (X: attention,
+                                                  crossattention)
+    Qformer.bert.encoder.layer.{i}.* (other)   -> connector.qformer.encoder.layer.{i}.*
   The Q-Former's text side (`Qformer.cls.*`, word and position embeddings, each layer's `intermediate`/`output`) and
   the representation stage's heads (`vision_proj`, `text_proj`, `itm_head`, `temp`) are ignored with one log line.
 
@@ -111,7 +112,8 @@ def hf_model_config(config: Blip2Config, folder: Path, prompt: str = "") -> Mode
         hidden_size=qformer.hidden_size, num_layers=qformer.num_hidden_layers, num_heads=qformer.num_attention_heads,
         intermediate_size=qformer.intermediate_size, num_query_tokens=config.num_query_tokens,
         cross_attention_frequency=qformer.cross_attention_frequency, hidden_act=qformer.hidden_act,
-        hidden_dropout=float(qformer.hidden_dropout_prob), attention_dropout=float(qformer.attention_probs_dropout_prob),
+        hidden_dropout=float(qformer.hidden_dropout_prob),
+        attention_dropout=float(qformer.attention_probs_dropout_prob),
         layer_norm_eps=qformer.layer_norm_eps,
     )
     return ModelConfig(

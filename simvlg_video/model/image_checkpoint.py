@@ -1,11 +1,11 @@
 """What `--image-ckpt` points at, recognised from the files, and its import as a model directory.
 
-| kind | recognised by | frozen parts from |
-|---|---|---|
-| `model_dir` | a folder with model.yaml | its own pointers |
-| `blip2_folder` | a folder whose config.json says `model_type: blip-2` | the folder itself |
-| `simvlg_pth` | a torch checkpoint with `VLconnector.*` | `vit_weights` and `lm_path` |
-| `blip2_pth` | a torch checkpoint with `query_tokens` / `Qformer.*` | `lm_path`, and `vit_weights` unless it holds `visual_encoder.*` |
+    kind           recognised by                                      frozen parts from
+    model_dir      a folder with model.yaml                           its own pointers
+    blip2_folder   a folder whose config.json says model_type blip-2  the folder itself
+    simvlg_pth     a torch checkpoint with VLconnector.*              vit_weights and lm_path
+    blip2_pth      a torch checkpoint with query_tokens / Qformer.*   lm_path, and vit_weights unless it holds
+                                                                      visual_encoder.*
 """
 
 from __future__ import annotations

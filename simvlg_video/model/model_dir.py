@@ -5,10 +5,10 @@ MODEL_DIR/model.yaml               what to build (read into `ModelConfig`), wher
                                    fingerprints, and how it captions by default
 MODEL_DIR/weights.safetensors      every tensor that is not read from a frozen file, whatever trained last
 ```
-Frozen parts are pointers (`vit.weights`, a weights file; `lm.path`, a Hugging Face folder), relative to the
-directory or absolute, so a video model exported from an image model does not copy the ViT or the LLM. Each pointer
-carries a fingerprint, checked on every load. Loading is strict: a missing, unexpected or mis-shaped tensor is an
-error naming it; no tensor may be absent.
+Frozen parts are pointers (`vit.weights`, a weights file; `lm.path`, a Hugging Face folder; both may be one Hugging
+Face BLIP-2 folder), relative to the directory or absolute, so a video model exported from an image model does not
+copy the ViT or the LLM. Each pointer carries a fingerprint, checked on every load. Loading is strict: a missing,
+unexpected or mis-shaped tensor is an error naming it; no tensor may be absent.
 """
 
 from __future__ import annotations
@@ -160,7 +160,8 @@ def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> tupl
         raise ModelDirError(f"{path} is not a model directory (not a folder)")
     if not config_file.is_file():
         raise ModelDirError(f"{path} is not a model directory: it has no {MODEL_CONFIG} (a model directory holds "
-                            f"{MODEL_CONFIG} and {WEIGHTS}; `adapt` and `lavis_checkpoint` write them)")
+                            f"{MODEL_CONFIG} and {WEIGHTS}; `adapt`, `lavis_checkpoint` and `blip2_checkpoint` "
+                            "write them)")
     cfg = read_model_config(config_file)
     for label, source in frozen_sources(cfg, path).items():
         if label not in cfg.frozen:
