@@ -110,11 +110,15 @@ def as_run(command: str, places: dict[str, str]) -> list[str]:
 def test_the_readme_commands_run(tiny_model_dir: Path, blip2_files, tmp_path: Path):
     root = tmp_path / "ROOT"
     root.mkdir()
-    msrvtt_standin(root)
-    reference = write_reference_files(tmp_path / "reference", lm_path=tiny_model_dir / "lm")
+    convert = msrvtt_standin(root)
+    for module, *arguments in (("simvlg_video.data_tools.convert", *convert),  # the dataset RUN_DIR is trained on
+                               ("simvlg_video.data_tools.check_videos", str(root / "manifest.jsonl"))):
+        result = run_module(module, *arguments, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+    reference = write_reference_files(tmp_path / "reference")  # with an LLM of the width its opt_proj gives
     make_sweep(tmp_path / "runs" / "ablation")
     places = {"ROOT": str(root), "simvlg_image.pth": str(reference.ckpt), "eva_vit_g.pth": str(reference.vit_weights),
-              "/models/opt-2.7b": str(tiny_model_dir / "lm"), "image_model": str(tmp_path / "image_model"),
+              "/models/opt-2.7b": str(reference.lm_path), "image_model": str(tmp_path / "image_model"),
               "/models/blip2-opt-2.7b": str(blip2_files.folder), "blip2_model": str(tmp_path / "blip2_model")}
     places.update({f"ROOT/{name}": str(root / name) for name in (
         "train_val_videodatainfo.json", "test_videodatainfo.json", "manifest.jsonl", "manifest.checked.jsonl")})
