@@ -132,13 +132,14 @@ def import_hf_blip2(folder: str | Path, out_dir: str | Path, prompt: str = "") -
     """Check a Hugging Face BLIP-2 folder against the captioner its config describes and write the model directory
     (pointing at the folder for the ViT and the LLM) at `out_dir`."""
     folder = Path(folder).expanduser().resolve()
-    cfg = hf_model_config(read_blip2_config(folder), folder, prompt)
+    config = read_blip2_config(folder)
+    cfg = hf_model_config(config, folder, prompt)
     if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         raise FileNotFoundError(f"{folder} has no tokenizer (tokenizer.json / tokenizer_config.json): save the "
                                 "processor or the OPT tokenizer into it with save_pretrained")
     cfg.vit.weights = cfg.lm.path = str(folder)
     model = build_captioner(cfg, folder, meta=True)
-    if model.vit.blocks[0].mlp.fc1.out_features != read_blip2_config(folder).vision_config.intermediate_size:
+    if model.vit.blocks[0].mlp.fc1.out_features != config.vision_config.intermediate_size:
         raise ValueError(f"{folder}: the vision MLP width cannot be built by timm's EVA at this hidden size")
 
     found = folder_tensors(folder)
