@@ -41,9 +41,12 @@ class Reference:
 
 @dataclass
 class MergedTokens:
-    """The toolkit's placement: every frame goes through the frozen ViT (no autograd) and the ToMe connector on its
-    own, then a soft attentive temporal token pool merges all frames' merged tokens into the soft prompt, with codes of
-    when (frame) and where (place in the frame) each merged token is. Zero-gated on top of the time average."""
+    """The toolkit's placement: every frame goes through the frozen ViT (no autograd) and the connector on its own,
+    then a soft attentive temporal token pool merges all frames' connector tokens into the soft prompt, with codes of
+    when (frame) and where (place in the frame) each token is. Zero-gated on top of the time average.
+
+    With BLIP-2's Q-Former the pooled tokens are each frame's query outputs; a query's place is the attention-weighted
+    mean place of the patches it reads (`simvlg_video.model.qformer`)."""
 
     _target_: str = field(default="simvlg_video.adapters.placements.MergedTokens", repr=False)
     num_heads: int = 8
@@ -55,9 +58,9 @@ class MergedTokens:
     def apply(self, model: nn.Module) -> None:
         if model.time_pool.pools_vit_tokens is False:
             raise RuntimeError("this model already pools merged tokens over time")
-        model.time_pool = TemporalTokenPool(model.VL_proj.out_features, self.num_heads, self.num_output_tokens,
+        model.time_pool = TemporalTokenPool(model.connector_width, self.num_heads, self.num_output_tokens,
                                             self.time_encoding, self.max_frames, self.space_encoding,
-                                            ).to(model.VL_proj.weight.device)
+                                            ).to(model.opt_proj.weight.device)
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 Defaults live in code, once, beside what they configure: the `train:` settings in `train.loop.TrainConfig`, the
 clips in `data.clips.ClipData`, each adapter placement in `adapters.placements`, and this file's `AdaptConfig` and
-`PretrainConfig` for the rest of `adapt` and `pretrain`. :func:`register_schemas` puts them into Hydra's ConfigStore under `schema/`; the YAML files
-name them first in their defaults lists, so every key has a type, a misspelt key is an error, and a YAML file only
-says what differs.
+`PretrainConfig` for the rest of `adapt` and `pretrain`. :func:`register_schemas` puts them into Hydra's ConfigStore
+under `schema/`; the YAML files name them first in their defaults lists, so every key has a type, a misspelt key is
+an error, and a YAML file only says what differs.
 """
 
 from __future__ import annotations
@@ -68,11 +68,15 @@ class StageConfig:
 class AdaptConfig(StageConfig):
     """`python -m simvlg_video.adapt`: where the image model comes from."""
 
-    image_ckpt: str | None = None  # our model directory, or the reference's checkpoint file (.pth, with the next
-    # two keys); None: the bundled tiny image model
-    vit_weights: str | None = None  # with a .pth image_ckpt: the frozen ViT weights (BLIP-2's eva_vit_g.pth)
+    image_ckpt: str | None = None  # our model directory, a Hugging Face BLIP-2 folder, or a checkpoint file (.pth:
+    # SimVLG's reference or LAVIS BLIP-2 OPT, with the next keys); None: the bundled tiny image model
+    vit_weights: str | None = None  # with a .pth image_ckpt: the frozen ViT weights (BLIP-2's eva_vit_g.pth); not for
+    # a BLIP-2 .pth that holds its ViT
     lm_path: str | None = None  # with a .pth image_ckpt: local Hugging Face folder of the LLM (e.g. opt-2.7b)
-    model_config: str = "simvlg_opt2.7b"  # with a .pth image_ckpt: the architecture (configs/model/ name or .yaml)
+    model_config: str | None = None  # with a .pth image_ckpt: the architecture (configs/model/ name or .yaml); None:
+    # simvlg_opt2.7b for SimVLG's checkpoint, blip2_opt2.7b for BLIP-2's
+    prompt: str | None = None  # with an imported image_ckpt: text between the soft prompt and every caption (BLIP-2
+    # captioners often use "a photo of"); None: none
     allow_pickle: bool = False  # UNSAFE if true: let a .pth image_ckpt unpickle non-tensor objects (trusted files)
 
 
@@ -92,8 +96,8 @@ class PretrainConfig(StageConfig):
 
 
 def register_schemas() -> None:
-    """Store the schemas the YAML files extend (`schema/adapt`, `schema/pretrain`, `schema/data`, `schema/dataset_folder`,
-    `schema/adapter/<name>`)."""
+    """Store the schemas the YAML files extend (`schema/adapt`, `schema/pretrain`, `schema/data`,
+    `schema/dataset_folder`, `schema/adapter/<name>`)."""
     store = ConfigStore.instance()
     store.store(group="schema", name="adapt", node=AdaptConfig)
     store.store(group="schema", name="pretrain", node=PretrainConfig)

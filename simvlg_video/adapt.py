@@ -3,6 +3,8 @@
     python -m simvlg_video.adapt                                  # the built-in demo (bundled tiny model, shapes set)
     python -m simvlg_video.adapt --image-ckpt MODEL_DIR [hydra overrides ...]
     python -m simvlg_video.adapt --image-ckpt REFERENCE.pth vit_weights=eva_vit_g.pth lm_path=opt-2.7b [...]
+    python -m simvlg_video.adapt --image-ckpt BLIP2_FOLDER [...]            # a Hugging Face BLIP-2 OPT folder
+    python -m simvlg_video.adapt --image-ckpt BLIP2.pth lm_path=opt-2.7b [vit_weights=eva_vit_g.pth] [...]
     python -m simvlg_video.adapt -m data.num_frames=2,4 adapter=none,reference   # a sweep
     torchrun --nproc_per_node 8 -m simvlg_video.adapt [...]                      # DDP (train.strategy=fsdp: FSDP)
     python -m simvlg_video.adapt hydra.run.dir=RUN_DIR resume=auto [same overrides] # continue a stopped run
@@ -20,45 +22,58 @@ import hydra
 from omegaconf import DictConfig
 
 from simvlg_video.configs import register_schemas
-from simvlg_video.model.lavis_checkpoint import import_lavis_checkpoint, load_model_config
+from simvlg_video.model.image_checkpoint import (
+    BLIP2_FOLDER,
+    MODEL_DIR,
+    import_image_checkpoint,
+    inspect_image_checkpoint,
+)
 from simvlg_video.model.model_dir import ModelDirError, read_model_config
 from simvlg_video.stage import Stage, launch, run_as_command
 from simvlg_video.train.launch import flags_to_overrides
 from simvlg_video.world import World, broadcast
 
 BUNDLED_IMAGE_MODEL = Path(__file__).resolve().parent / "assets" / "tiny_image_model"
-IMPORTED_IMAGE_MODEL = "image_model"  # RUN_DIR/image_model: a reference checkpoint file imported as a model directory
+IMPORTED_IMAGE_MODEL = "image_model"  # RUN_DIR/image_model: a checkpoint file or BLIP-2 folder imported as a model
+# directory
 register_schemas()
 
 
 def image_model_dir(cfg: DictConfig, run_dir: Path, world: World) -> Path:
-    """The model directory adapt starts from: the given one, the bundled one, or a reference checkpoint file imported
-    into RUN_DIR/image_model (once, by rank 0; a resumed run finds it there)."""
+    """The model directory adapt starts from: the given one, the bundled one, or a checkpoint file or Hugging Face
+    BLIP-2 folder imported into RUN_DIR/image_model (once, by rank 0; a resumed run finds it there)."""
     if cfg.image_ckpt is None:
         return BUNDLED_IMAGE_MODEL
     source = Path(cfg.image_ckpt).expanduser()
-    given = [key for key in ("vit_weights", "lm_path") if cfg.get(key)]
     if not source.exists():
         raise SystemExit(f"error: --image-ckpt {source}: no such file or directory")
-    if source.is_dir():
+    try:
+        found = inspect_image_checkpoint(source, cfg.allow_pickle)
+    except ValueError as error:
+        raise SystemExit(f"error: --image-ckpt {source}: {error}") from None
+    given = [key for key in ("vit_weights", "lm_path", "model_config", "prompt") if cfg.get(key) is not None]
+    if found.kind == MODEL_DIR:
         if given:
-            raise SystemExit(f"error: {' and '.join(given)} only apply to a reference checkpoint file; the model "
-                             f"directory {source} names its own frozen parts in model.yaml")
-        if not (source / "model.yaml").is_file():
-            raise SystemExit(f"error: --image-ckpt {source}: not a model directory (it has no model.yaml); give one "
-                             "written by adapt or lavis_checkpoint, or a reference checkpoint file (.pth)")
+            raise SystemExit(f"error: {' and '.join(given)} only apply to an imported checkpoint; the model "
+                             f"directory {source} names its own parts in model.yaml")
         return refuse_video_model(source, source)
-    missing = [key for key in ("vit_weights", "lm_path") if key not in given]
+    allowed = {*found.needs, "prompt", *(("model_config",) if found.kind != BLIP2_FOLDER else ())}
+    extra = [key for key in given if key not in allowed]
+    if extra:
+        holds = ", which holds its ViT, LLM and architecture" if found.kind == BLIP2_FOLDER else ""
+        raise SystemExit(f"error: --image-ckpt {source} is {found.description}{holds}: leave out "
+                         f"{' and '.join(extra)}")
+    missing = [key for key in found.needs if key not in given]
     if missing:
         what = {"vit_weights": "vit_weights=PATH (the frozen ViT's weights, e.g. BLIP-2's eva_vit_g.pth)",
                 "lm_path": "lm_path=PATH (the LLM's Hugging Face folder)"}
-        raise SystemExit(f"error: --image-ckpt {source} is a reference checkpoint file and also needs "
+        raise SystemExit(f"error: --image-ckpt {source} is {found.description} and also needs "
                          f"{' and '.join(what[key] for key in missing)}")
     imported, error = run_dir / IMPORTED_IMAGE_MODEL, None
     if world.is_main and not (imported / "model.yaml").is_file():
         try:
-            import_lavis_checkpoint(source, cfg.vit_weights, cfg.lm_path, load_model_config(cfg.model_config),
-                                    imported, allow_pickle=cfg.allow_pickle)
+            import_image_checkpoint(found, imported, cfg.vit_weights, cfg.lm_path, cfg.model_config, cfg.prompt,
+                                    cfg.allow_pickle)
         except (ValueError, FileNotFoundError) as failure:  # named missing, unexpected, mis-shaped tensors, files
             error = f"error: --image-ckpt {source}: {failure}"
     error = broadcast(error, world)

@@ -41,3 +41,29 @@ def shapes_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def model_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny model directory that a test may modify."""
     return Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+
+
+@pytest.fixture(scope="session")
+def blip2_files(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random BLIP-2 OPT in both published layouts: a Hugging Face folder and LAVIS checkpoints
+    (`tests/blip2_layout.py`)."""
+    from blip2_layout import write_blip2_files
+
+    return write_blip2_files(tmp_path_factory.mktemp("blip2"))
+
+
+@pytest.fixture(scope="session")
+def blip2_model_dirs(blip2_files, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny BLIP-2 imported from each layout: {"hf": ..., "lavis": ... (eva_vit.pth beside it),
+    "lavis_with_vit": ... (the ViT inside the checkpoint)}."""
+    from simvlg_video.model.blip2_checkpoint import import_hf_blip2, import_lavis_blip2
+
+    out = tmp_path_factory.mktemp("blip2_models")
+    files = blip2_files
+    return {
+        "hf": import_hf_blip2(files.folder, out / "hf"),
+        "lavis": import_lavis_blip2(files.ckpt, files.lm_path, files.model_cfg, out / "lavis",
+                                    vit_weights=files.vit_weights),
+        "lavis_with_vit": import_lavis_blip2(files.ckpt_with_vit, files.lm_path, files.model_cfg,
+                                             out / "lavis_with_vit"),
+    }

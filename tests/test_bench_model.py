@@ -20,7 +20,9 @@ from simvlg_video.adapters.token_pool import TemporalTokenPool
 from simvlg_video.bench.flops import CaptionerSizes, training_step_flops, vit_forward_flops
 from simvlg_video.bench.model import (
     FULL,
+    FULL_QFORMER,
     TINY,
+    TINY_QFORMER,
     Options,
     build_random_captioner,
     configure,
@@ -39,11 +41,11 @@ OPTIONS = Options(batch=2, frames=3, text_tokens=5, steps=1, warmup=1, adapter=T
                   connector_r=TINY.connector["r"])
 
 
-def tiny_captioner(placement=None):
+def tiny_captioner(placement=None, sizes=TINY):
     """A fresh tiny captioner with random weights; `placement`: None (the image model), "merged" (the merged-token
     pool) or the blocks of reference adapters ("all" or indices). Parts train as in the benchmark."""
     torch.manual_seed(0)
-    model = build_random_captioner(TINY, torch.device("cpu"))
+    model = build_random_captioner(sizes, torch.device("cpu"))
     if placement is None:
         apply_freeze_policy(model, TRAINABLE)
         return model
@@ -56,9 +58,10 @@ def tiny_captioner(placement=None):
     return model
 
 
+@pytest.mark.parametrize("sizes", [TINY, TINY_QFORMER], ids=["tome", "qformer"])
 @pytest.mark.parametrize("placement", ["all", [7, 8, 9], [1, 3], None, "merged"])
-def test_training_flop_formula_matches_torchs_flop_counter(placement):
-    model = tiny_captioner(placement)
+def test_training_flop_formula_matches_torchs_flop_counter(placement, sizes):
+    model = tiny_captioner(placement, sizes)
     set_fused_attention(model, False)  # torch counts matmuls exactly; CPU fused attention is not counted
     frames, ids, mask, labels = random_batch(model, OPTIONS, torch.device("cpu"), TINY.image_size)
     with FlopCounterMode(display=False) as counter:
@@ -112,6 +115,20 @@ def test_full_size_model_has_the_reference_sizes():
     Reference(**FULL.adapter).apply(model)
     assert sum(count(block.temporal_merge) for block in model.vit.blocks) == 39 * 721_409
     assert model.connector.merge_schedule(257)[-1] == 29
+
+
+def test_full_size_blip2_has_its_sizes():
+    """BLIP-2 OPT-2.7B: SimVLG's ViT and LLM, a Q-Former of 32 queries over a bert-base (REFERENCE.md section 9) in
+    the ToMe connector's place; the Q-Former's count is written out in tests/test_configs.py."""
+    from test_configs import blip2_trainable_by_hand
+
+    model = build_random_captioner(FULL_QFORMER, torch.device("meta"))
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(model.lm) == 2_651_596_800 and count(model.vit) == 985_894_528
+    assert sum(count(getattr(model, name)) for name in TRAINABLE) == blip2_trainable_by_hand()
+    assert model.connector.output_tokens(257) == 32 and isinstance(model.VL_proj, torch.nn.Identity)
+    sizes = CaptionerSizes.of(model)
+    assert (sizes.queries, sizes.connector_layers, sizes.cross_layers) == (32, 12, 6)
 
 
 def test_variants_set_precision_kernels_and_optimiser():
@@ -207,12 +224,16 @@ def test_cast_frozen_keeps_trainable_tensors_in_fp32():
 
 def test_tiny_benchmark_runs_end_to_end(tmp_path, capsys):
     report = main([
-        "--tiny", "--variants", "port,all,last3,merged,none", "--steps", "1", "--warmup", "1", "--vit-frames", "2",
+        "--tiny", "--variants", "port,all,last3,merged,none", "--connectors", "tome,qformer",
+        "--steps", "1", "--warmup", "1", "--vit-frames", "2",
         "--gen-batches", "2", "--gen-min-tokens", "4", "--gen-max-tokens", "4", "--gen-repeats", "1",
         "--json", str(tmp_path / "report.json"),
     ])
     rows = {r.variant: r for r in report.training}
+    blip2 = {name: rows.pop(name) for name in list(rows) if name.startswith("qformer/")}
     assert {name: r.adapters for name, r in rows.items()} == {"port": 10, "all": 10, "last3": 3, "merged": 0, "none": 0}
+    assert {name: r.adapters for name, r in blip2.items()} == {f"qformer/{n}": r.adapters for n, r in rows.items()}
+    assert all(r.error is None and r.seconds_per_step > 0 for r in blip2.values())
     for row in rows.values():
         assert row.error is None and row.seconds_per_step > 0 and row.peak_gib is None
         assert torch.isfinite(torch.tensor(row.loss)) and row.mfu > 0
@@ -220,13 +241,17 @@ def test_tiny_benchmark_runs_end_to_end(tmp_path, capsys):
     assert rows["all"].tflop_per_step > rows["last3"].tflop_per_step > rows["none"].tflop_per_step
     assert rows["merged"].tflop_per_step > rows["none"].tflop_per_step  # the connector runs once per frame
     assert [v["attention"] for v in report.vit_forward] == ["fused", "naive"]
-    assert report.generation[0]["mean_new_tokens"] == 4
+    assert [g["connector"] for g in report.generation] == ["tome", "qformer"]
+    assert all(g["mean_new_tokens"] == 4 for g in report.generation)
     printed = capsys.readouterr().out
+    assert "| qformer, batch 2 | 5 |" in printed and "qformer/merged: " in printed
+    assert "x the videos/s of merged (ToMe connector)" in printed
     assert "| port | 10 |" in printed and "| 1.00x |" in printed and "| batch 2 | 5 |" in printed
     assert "merged: " in printed and "x the videos/s of all" in printed and "x the videos/s of port" in printed
     assert "x the videos/s of none" in printed
     written = json.loads((tmp_path / "report.json").read_text())
-    assert [row["variant"] for row in written["training"]] == ["port", "all", "last3", "merged", "none"]
+    names = ["port", "all", "last3", "merged", "none"]
+    assert [row["variant"] for row in written["training"]] == names + [f"qformer/{name}" for name in names]
 
 
 def test_image_stage_variants_merge_or_not_and_leave_the_connector_as_it_was(capsys):

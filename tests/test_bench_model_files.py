@@ -21,3 +21,21 @@ def test_the_tiny_benchmark_imports_and_loads_what_it_wrote(tmp_path: Path) -> N
         if name.startswith(("connector.", "opt_proj.", "VL_proj.", "ln_vision.")):
             assert torch.equal(tensor, checkpoint[reference_name(name)]), name
     assert next(model.lm.parameters()).dtype == torch.bfloat16
+
+
+def test_the_tiny_blip2_benchmark_imports_and_loads_the_folder(tmp_path: Path) -> None:
+    """`--source blip2`: a Hugging Face BLIP-2 folder written in fp16 shards, imported, loaded; the model directory
+    stores the Q-Former's tensors and reads the ViT and the LLM from the folder."""
+    from simvlg_video.model.hf_blip2 import folder_tensors
+
+    figures = main(["--tiny", "--keep", "--source", "blip2", "--work", str(tmp_path / "files")])
+    assert all(figures[step]["seconds"] > 0 for step in ("import", "load_bf16"))
+    folder = tmp_path / "files" / "blip2-opt-2.7b"
+    assert len(list(folder.glob("model-*-of-*.safetensors"))) >= 1
+    model, cfg = load_model_dir(tmp_path / "files" / "model", dtype=torch.bfloat16)
+    assert cfg.vit.weights == cfg.lm.path == str(folder.resolve())
+    tensors = folder_tensors(folder)
+    assert torch.equal(model.connector.query_tokens, tensors["query_tokens"].float())
+    assert torch.equal(model.lm.model.decoder.embed_tokens.weight,
+                       tensors["language_model.model.decoder.embed_tokens.weight"].to(torch.bfloat16))
+    assert next(model.vit.parameters()).dtype == torch.bfloat16

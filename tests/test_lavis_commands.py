@@ -79,7 +79,7 @@ def test_adapt_with_a_pth_needs_the_frozen_parts_in_one_line(tmp_path, lm_path):
     result = run_adapt("--image-ckpt", str(files.ckpt), f"lm_path={lm_path}", *SMALL_DATA, cwd=tmp_path)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
-        f"error: --image-ckpt {files.ckpt} is a reference checkpoint file and also needs vit_weights=PATH "
+        f"error: --image-ckpt {files.ckpt} is a SimVLG reference checkpoint file and also needs vit_weights=PATH "
         "(the frozen ViT's weights, e.g. BLIP-2's eva_vit_g.pth)"
     ]
 

@@ -40,6 +40,10 @@ RUN_ELSEWHERE = {
     "vit_weights=eva_vit_g.pth bert_path=/models/bert-base-uncased lm_path=/models/opt-2.7b":
         "test_pretrain.py (data=coco with a ViT weights file), test_configs.py (the recipe)",
     "python -m simvlg_video.adapt --image-ckpt RUN_DIR/model data=msrvtt data.root=ROOT": "test_pretrain.py",
+    "python -m simvlg_video.adapt --image-ckpt /models/blip2-opt-2.7b data=msrvtt data.root=ROOT":
+        "test_blip2_commands.py (a tiny BLIP-2 folder on the shapes set)",
+    "python -m simvlg_video.adapt --image-ckpt blip2_opt2.7b.pth lm_path=/models/opt-2.7b vit_weights=eva_vit_g.pth "
+    "data=msrvtt data.root=ROOT": "test_blip2_commands.py (a tiny LAVIS BLIP-2 checkpoint on the shapes set)",
 }
 
 
@@ -99,7 +103,8 @@ def test_every_readme_command_is_run_by_a_test():
 
 
 RUN_HERE = ("python -m simvlg_video.data_tools.", "python -m simvlg_video.evaluate", "python -m simvlg_video.caption",
-            "python -m simvlg_video.model.lavis_checkpoint", "python -m simvlg_video.report")
+            "python -m simvlg_video.model.lavis_checkpoint", "python -m simvlg_video.model.blip2_checkpoint",
+            "python -m simvlg_video.report")
 
 
 def coco_standin(root: Path) -> Path:
@@ -122,14 +127,15 @@ def as_run(command: str, places: dict[str, str]) -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_readme_commands_run(tiny_model_dir: Path, tmp_path: Path):
+def test_the_readme_commands_run(tiny_model_dir: Path, blip2_files, tmp_path: Path):
     root = tmp_path / "ROOT"
     root.mkdir()
     msrvtt_standin(root)
     reference = write_reference_files(tmp_path / "reference")
     make_sweep(tmp_path / "runs" / "ablation")
     places = {"ROOT": str(root), "simvlg_image.pth": str(reference.ckpt), "eva_vit_g.pth": str(reference.vit_weights),
-              "/models/opt-2.7b": str(reference.lm_path), "image_model": str(tmp_path / "image_model")}
+              "/models/opt-2.7b": str(reference.lm_path), "image_model": str(tmp_path / "image_model"),
+              "/models/blip2-opt-2.7b": str(blip2_files.folder), "blip2_model": str(tmp_path / "blip2_model")}
     places.update({f"ROOT/{name}": str(root / name) for name in (
         "train_val_videodatainfo.json", "test_videodatainfo.json", "manifest.jsonl", "manifest.checked.jsonl")})
     coco = coco_standin(tmp_path / "COCO")
@@ -154,5 +160,6 @@ def test_the_readme_commands_run(tiny_model_dir: Path, tmp_path: Path):
             assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
     assert (root / "manifest.checked.jsonl").is_file() and (tmp_path / "image_model" / "model.yaml").is_file()
     assert len((tmp_path / "COCO" / "manifest.checked.jsonl").read_text().splitlines()) == 4
+    assert (tmp_path / "blip2_model" / "model.yaml").is_file()
     assert (tmp_path / "captions.jsonl").read_text().count("\n") == 6  # video.mp4 and the 5 train/val videos
     assert (tmp_path / "runs" / "ablation" / "report.md").is_file()

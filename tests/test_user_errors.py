@@ -75,8 +75,9 @@ def test_an_empty_directory_as_image_model_is_one_line(tmp_path: Path):
     result = run_module("simvlg_video.adapt", "--image-ckpt", str(tmp_path / "empty"), cwd=tmp_path)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
-        f"error: --image-ckpt {tmp_path / 'empty'}: not a model directory (it has no model.yaml); give one written by "
-        "adapt or lavis_checkpoint, or a reference checkpoint file (.pth)"]
+        f"error: --image-ckpt {tmp_path / 'empty'}: not a model directory (it has no model.yaml) nor a Hugging Face "
+        "BLIP-2 folder (no config.json with model_type blip-2); give one written by adapt, lavis_checkpoint or "
+        "blip2_checkpoint, a BLIP-2 folder, or a checkpoint file (.pth)"]
 
 
 @pytest.mark.parametrize(("line", "message"), [

@@ -15,6 +15,12 @@ Per frame of N tokens, width C, MLP width M, a ViT block's forward is 8·N·C² 
 8·S·W² + 4·S²·W + 4·S·W·F, and its output head 2·S·W·V. With the merged-token placement the connector runs once
 per frame, and the temporal token pool (K output tokens attending over T·M frame tokens of width H) costs
 4·K·H² (query, output) + 4·T·M·H² (key, value) + 4·K·T·M·H (attention), all trainable.
+
+BLIP-2's Q-Former (Q queries of width H, FFN width I) costs per layer 8·Q·H² + 4·Q²·H + 4·Q·H·I, and in each
+layer with cross-attention to the N ViT tokens of width C another 4·Q·H² (query, output) + 4·N·C·H (key, value) +
+4·Q·N·H (attention); all of it trains, and its inputs carry gradient (ln_vision trains), so training costs 3x the
+forward. When the pool's place codes are on, each cross-attention's weights are recomputed without gradient
+(2·Q·N·H per such layer) and the queries' places read from them (4·Q·N).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from simvlg_video.model.qformer import QFormerConnector
 from simvlg_video.model.tome import max_merge_count, merge_schedule
 
 
@@ -47,6 +54,10 @@ class CaptionerSizes:
     lm_ffn: int
     lm_vocab: int
     pool_tokens: int | None = None  # output tokens of the merged-token placement's pool (None: no pool)
+    queries: int = 0  # BLIP-2's Q-Former: its learned queries (0: the ToMe connector)
+    connector_layers: int = 0  # the Q-Former's layers
+    cross_layers: int = 0  # the Q-Former's layers with cross-attention to the ViT tokens
+    tracks_places: bool = False  # the pool's place codes: the Q-Former recomputes its cross-attention weights
 
     @property
     def vit_tokens(self) -> int:
@@ -62,6 +73,8 @@ class CaptionerSizes:
             for index, block in enumerate(vit.blocks)
             if hasattr(block, "temporal_merge")
         }
+        qformer = isinstance(connector, QFormerConnector)
+        layers = connector.qformer.encoder.layer if qformer else []
         return cls(
             patches=vit.patch_embed.num_patches,
             patch_inputs=vit.patch_embed.proj.weight[0].numel(),
@@ -73,13 +86,17 @@ class CaptionerSizes:
             connector_width=connector.config.hidden_size,
             connector_ffn=connector.config.intermediate_size,
             connector_heads=connector.config.num_attention_heads,
-            merge_r=tuple(connector.tome.r),
-            protect_cls=connector.tome.protect_cls,
+            merge_r=() if qformer else tuple(connector.tome.r),
+            protect_cls=True if qformer else connector.tome.protect_cls,
             lm_width=lm_config.hidden_size,
             lm_layers=lm_config.num_hidden_layers,
             lm_ffn=getattr(lm_config, "ffn_dim", None) or lm_config.intermediate_size,
             lm_vocab=lm_config.vocab_size,
             pool_tokens=_pool_tokens(model),
+            queries=connector.num_query_tokens if qformer else 0,
+            connector_layers=len(layers),
+            cross_layers=sum(layer.has_cross_attention for layer in layers),
+            tracks_places=not model.time_pool.pools_vit_tokens and model.time_pool.uses_positions,
         )
 
 
@@ -89,9 +106,7 @@ def _pool_tokens(model: nn.Module) -> int | None:
         return None
     if pool.num_output_tokens is not None:
         raise ValueError("FLOP count assumes the temporal token pool keeps the connector's token count")
-    return merge_schedule(model.vit.patch_embed.num_patches + model.vit.num_prefix_tokens,
-                          list(model.connector.tome.r), len(model.connector.tome.r),
-                          model.connector.tome.protect_cls)[-1]
+    return model.connector.output_tokens(model.vit.patch_embed.num_patches + model.vit.num_prefix_tokens)
 
 
 def vit_forward_flops(s: CaptionerSizes, frames: int) -> float:
@@ -124,8 +139,21 @@ def _vit_training_flops(s: CaptionerSizes, frames: int, num_frames: int) -> floa
     return float(frames * total)
 
 
+def _qformer_training_flops(s: CaptionerSizes, inputs: int) -> tuple[float, int]:
+    """(FLOPs of the Q-Former forward and backward on `inputs` token sets, its queries)."""
+    q, h, n, c = s.queries, s.connector_width, s.vit_tokens, s.vit_width
+    layer = 8 * q * h * h + 4 * q * q * h + 4 * q * h * s.connector_ffn
+    cross = 4 * q * h * h + 4 * n * c * h + 4 * q * n * h
+    total = 3 * (s.connector_layers * layer + s.cross_layers * cross)
+    if s.tracks_places:
+        total += s.cross_layers * 2 * q * n * h + 4 * q * n
+    return float(inputs * total), q
+
+
 def _connector_training_flops(s: CaptionerSizes, inputs: int) -> tuple[float, int]:
     """(FLOPs of VL_proj + connector forward and backward on `inputs` token sets, output tokens per set)."""
+    if s.queries:
+        return _qformer_training_flops(s, inputs)
     h, n0 = s.connector_width, s.vit_tokens
     vl_proj = 2 * n0 * s.vit_width * h
     total = 3 * vl_proj  # forward, weight and input gradients (ln_vision below it trains)

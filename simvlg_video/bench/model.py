@@ -1,7 +1,11 @@
 """Cost of the captioner at full size with random weights: training steps, the frozen ViT's forward, generation.
 
     python -m simvlg_video.bench.model                  # ViT-g + bert-base ToMe connector + OPT-2.7B on the GPU
+    python -m simvlg_video.bench.model --connectors tome,qformer   # and the same with BLIP-2's Q-Former in its place
     python -m simvlg_video.bench.model --tiny           # the same code at toy sizes on the CPU (the test suite runs it)
+
+`--connectors` runs each connector's captioner in turn (SimVLG's ToMe connector: `tome`; BLIP-2 OPT-2.7B's
+Q-Former, 32 queries: `qformer`); rows of a connector other than `tome` are named `qformer/<variant>`.
 
 Training steps (`caption_loss` forward + backward + AdamW, B videos x T frames, random caption tokens) are timed for
 each variant in one process, on one model:
@@ -42,7 +46,9 @@ from simvlg_video.bench.model_report import Report, TrainResult, format_report
 from simvlg_video.bench.timing import count_host_syncs, matmul_rate, peak_memory_gib, reset_memory, seconds_per_call
 from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_parameters
 from simvlg_video.model.captioner import MeanOverTime, VideoCaptioner
-from simvlg_video.model.connector import ConnectorConfig, apply_tome, build_tome_connector
+from simvlg_video.model.connector import ConnectorConfig, apply_tome
+from simvlg_video.model.model_dir import build_connector
+from simvlg_video.model.qformer import QFormerConfig
 from simvlg_video.model.freeze import apply_freeze_policy
 from simvlg_video.model.lm import CaptionText, build_word_tokenizer
 from simvlg_video.model.speed import cast_frozen_, compile_vit_blocks, set_fused_attention
@@ -69,6 +75,13 @@ FULL = Sizes(
             max_position_embeddings=2048),
     adapter=dict(qk_dim=256, num_heads=8),
 )
+# BLIP-2 OPT-2.7B: the same ViT and LLM, the Q-Former (REFERENCE.md section 9) as the connector.
+FULL_QFORMER = Sizes(
+    vit_preset="eva_vit_g", vit_overrides={}, image_size=224,
+    connector=dict(kind="qformer", hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
+                   num_query_tokens=32, cross_attention_frequency=2),
+    lm=FULL.lm, adapter=FULL.adapter,
+)
 TINY = Sizes(
     vit_preset="tiny", vit_overrides=dict(img_size=32, embed_dim=32, depth=10), image_size=32,
     connector=dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=64, r=4),
@@ -76,6 +89,13 @@ TINY = Sizes(
             max_position_embeddings=128),
     adapter=dict(qk_dim=16, num_heads=4),
 )
+TINY_QFORMER = Sizes(
+    vit_preset="tiny", vit_overrides=TINY.vit_overrides, image_size=32,
+    connector=dict(kind="qformer", hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64,
+                   num_query_tokens=6, cross_attention_frequency=2),
+    lm=TINY.lm, adapter=TINY.adapter,
+)
+CONNECTORS = {"tome": (FULL, TINY), "qformer": (FULL_QFORMER, TINY_QFORMER)}  # name -> (full size, tiny)
 
 
 def build_random_captioner(sizes: Sizes, device: torch.device) -> VideoCaptioner:
@@ -90,11 +110,13 @@ def build_random_captioner(sizes: Sizes, device: torch.device) -> VideoCaptioner
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    qformer = sizes.connector.get("kind") == "qformer"
     with torch.device(device):
         vit = build_vit(sizes.vit_preset, **sizes.vit_overrides)
-        connector = build_tome_connector(ConnectorConfig(**sizes.connector))
+        connector = build_connector((QFormerConfig if qformer else ConnectorConfig)(**sizes.connector), vit.embed_dim)
         lm = OPTForCausalLM(lm_config)
-        return VideoCaptioner(vit, connector, lm, CaptionText(tokenizer), sizes.connector["hidden_size"])
+        return VideoCaptioner(vit, connector, lm, CaptionText(tokenizer), sizes.connector["hidden_size"],
+                              project_vision=not qformer)
 
 
 @dataclass(frozen=True)
@@ -129,14 +151,15 @@ class Options:
     compile: bool = False
     checkpointing: bool = False
     adapter: dict = field(default_factory=dict)  # the temporal modules' qk_dim and num_heads
-    connector_r: int = 19  # the model's tokens merged per connector layer
+    connector_r: int | None = 19  # the ToMe connector's tokens merged per layer; None: a Q-Former (merges none)
 
 
 def configure(model: VideoCaptioner, variant: Variant, options: Options) -> tuple[torch.optim.Optimizer, object]:
     """Put the variant's adapters, precision and attention kernels on the model; returns (optimizer, grad scaler)."""
     remove_temporal_adapters(model.vit)
     model.time_pool = MeanOverTime()
-    apply_tome(model.connector, options.connector_r if variant.merge_r is None else variant.merge_r)
+    if options.connector_r is not None:
+        apply_tome(model.connector, options.connector_r if variant.merge_r is None else variant.merge_r)
     trainable = list(TRAINABLE)
     if variant.blocks == "merged":
         MergedTokens(num_heads=options.adapter["num_heads"]).apply(model)
@@ -270,7 +293,7 @@ def caption_lengths(ids: torch.Tensor, text: CaptionText) -> torch.Tensor:
 
 
 def run(args: argparse.Namespace) -> Report:
-    sizes = TINY if args.tiny else FULL
+    connectors = [name for name in args.connectors.split(",") if name]
     device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: the full-size benchmark needs a CUDA GPU; use --tiny to run it at toy sizes on the CPU")
@@ -282,23 +305,35 @@ def run(args: argparse.Namespace) -> Report:
     else:
         name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}"
         peak = matmul_rate(device, torch.float32, 256, repeats=5)
-    options = Options(args.batch, args.frames, args.text_tokens, args.steps, args.warmup, args.compile,
-                      args.checkpointing, sizes.adapter, sizes.connector["r"])
-    model = build_random_captioner(sizes, device)
-    report = Report(name, peak / 1e12, asdict(options))
-    batch = random_batch(model, options, device, sizes.image_size)
-    for variant in [parse_variant(v) for v in args.variants.split(",") if v]:
-        report.training.append(bench_training(model, variant, options, batch, peak))
-        print(format_report(report).splitlines()[-1], flush=True)
-    if args.vit_frames:
-        for fused in (True, False):
-            report.vit_forward.append(bench_vit_forward(model, args.vit_frames, fused, args.steps, sizes.image_size,
-                                                        peak))
-    if args.gen_batches:
-        generation = dict(num_beams=args.gen_beams, min_new_tokens=args.gen_min_tokens,
-                          max_new_tokens=args.gen_max_tokens)
-        batches = [int(b) for b in args.gen_batches.split(",") if b]
-        report.generation = bench_generation(model, batches, options, generation, args.gen_repeats, sizes.image_size)
+    report = None
+    for connector in connectors:  # one captioner at a time: two full-size ones need not fit together
+        sizes = CONNECTORS[connector][1 if args.tiny else 0]
+        options = Options(args.batch, args.frames, args.text_tokens, args.steps, args.warmup, args.compile,
+                          args.checkpointing, sizes.adapter, sizes.connector.get("r"))
+        report = report or Report(name, peak / 1e12, asdict(options))
+        torch.manual_seed(0)
+        model = build_random_captioner(sizes, device)
+        batch = random_batch(model, options, device, sizes.image_size)
+        label = "" if connector == "tome" else f"{connector}/"
+        for variant in [parse_variant(v) for v in args.variants.split(",") if v]:
+            if variant.merge_r is not None and options.connector_r is None:
+                continue  # image_rN sets how many tokens the ToMe connector merges; a Q-Former merges none
+            report.training.append(bench_training(model, variant, options, batch, peak))
+            report.training[-1].variant = label + variant.name
+            print(format_report(report).splitlines()[-1], flush=True)
+        if args.vit_frames and not report.vit_forward:  # the same ViT whatever the connector
+            for fused in (True, False):
+                report.vit_forward.append(bench_vit_forward(model, args.vit_frames, fused, args.steps,
+                                                            sizes.image_size, peak))
+        if args.gen_batches:
+            generation = dict(num_beams=args.gen_beams, min_new_tokens=args.gen_min_tokens,
+                              max_new_tokens=args.gen_max_tokens)
+            batches = [int(b) for b in args.gen_batches.split(",") if b]
+            rows = bench_generation(model, batches, options, generation, args.gen_repeats, sizes.image_size)
+            report.generation += [{"connector": connector, **row} for row in rows]
+        del model, batch
+        gc.collect()
+        reset_memory(device)
     return report
 
 
@@ -313,6 +348,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="untimed steps first (3; tiny 1)")
     parser.add_argument("--variants", default="port,all,last8,merged,none,image,image_r0",
                         help="comma list: port,all,lastK,merged,none,image,image_rN")
+    parser.add_argument("--connectors", default="tome",
+                        help="comma list: tome (SimVLG's ToMe connector), qformer (BLIP-2's Q-Former)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the ViT blocks (our variants)")
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the ViT blocks")
     parser.add_argument("--vit-frames", type=int, help="frames for the ViT-forward timing, 0 to skip (128; tiny 4)")
@@ -328,6 +365,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    unknown = [name for name in args.connectors.split(",") if name not in CONNECTORS]
+    if unknown or not args.connectors:
+        parser.error(f"unknown connectors {unknown}: use {', '.join(CONNECTORS)}")
     for variant in args.variants.split(","):
         if variant:
             try:

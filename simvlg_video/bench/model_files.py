@@ -1,6 +1,7 @@
 """Cost of the model files at full size: importing a reference checkpoint as a model directory, and loading it.
 
     python -m simvlg_video.bench.model_files --work DIR [--keep] [--json OUT]
+    python -m simvlg_video.bench.model_files --source blip2 --work DIR   # a Hugging Face BLIP-2 OPT-2.7B folder
 
 Writes random-weight files of the real sizes into DIR (BLIP-2's EVA ViT-g state dict with its 40 blocks in fp16,
 an OPT-2.7B Hugging Face folder in fp16 shards, the reference's training checkpoint with its trainable tensors and
@@ -9,6 +10,10 @@ optimiser state), then times in fresh processes, one after the other:
 * the import (`python -m simvlg_video.model.lavis_checkpoint ...`): checks names and shapes, copies the checkpoint's
   tensors, fingerprints the frozen files;
 * loading the model directory it wrote in bf16, as a `precision=bf16` run does (frozen parts straight into bf16).
+
+With `--source blip2` the file is one Hugging Face BLIP-2 OPT-2.7B folder (`Blip2ForConditionalGeneration`'s
+tensors in fp16 shards, its config and a tokenizer), imported with `python -m simvlg_video.model.blip2_checkpoint`;
+the model directory then points at the folder for the ViT and the LLM.
 
 Each row: wall seconds and the process's peak resident memory (the kernel's high-water mark, file pages it mapped
 included, the child's own: not the forking parent's). Values of the weights do not matter to either cost, only their
@@ -29,7 +34,14 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import OPTConfig, OPTForCausalLM
+from transformers import (
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    Blip2QFormerConfig,
+    Blip2VisionConfig,
+    OPTConfig,
+    OPTForCausalLM,
+)
 
 from simvlg_video.model.lavis_checkpoint import load_model_config, reference_name
 from simvlg_video.model.lm import build_word_tokenizer
@@ -48,8 +60,31 @@ image_size: 32
 """
 
 
+TINY_BLIP2 = dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                              image_size=32, patch_size=8),
+                  qformer=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+                  queries=4)
+BLIP2_OPT_2_7B = dict(vision={}, qformer={}, queries=32)  # Blip2VisionConfig's and Blip2QFormerConfig's defaults
+
+
 def _random_like(meta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.randn(meta.shape, dtype=torch.float32).to(dtype)
+
+
+def write_sharded(folder: Path, names: dict[str, torch.Tensor], fill) -> None:
+    """fp16 safetensors shards of at most SHARD_BYTES with their index, each tensor made by `fill(name, meta)`."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    for name, meta in names.items():
+        if sum(t.numel() * 2 for t in shards[-1].values()) + meta.numel() * 2 > SHARD_BYTES:
+            shards.append({})
+        shards[-1][name] = fill(name, meta)
+    weight_map = {}
+    for index, shard in enumerate(shards, start=1):
+        file = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, folder / file, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, file))
+        shard.clear()
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
 def write_vit_file(path: Path, model_config: str) -> Path:
@@ -72,18 +107,33 @@ def write_lm_folder(folder: Path, sizes: dict) -> Path:
     config.save_pretrained(folder)
     with torch.device("meta"):
         names = {name: t for name, t in OPTForCausalLM(config).state_dict().items() if name != "lm_head.weight"}
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    for name, meta in names.items():
-        if sum(t.numel() * 2 for t in shards[-1].values()) + meta.numel() * 2 > SHARD_BYTES:
-            shards.append({})
-        shards[-1][name] = _random_like(meta, torch.float16)
-    weight_map = {}
-    for index, shard in enumerate(shards, start=1):
-        file = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, folder / file, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, file))
-        shard.clear()
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    write_sharded(folder, names, lambda name, meta: _random_like(meta, torch.float16))
+    return folder
+
+
+def write_blip2_folder(folder: Path, sizes: dict, opt: dict) -> Path:
+    """A Hugging Face BLIP-2 OPT folder: config.json, a tokenizer, every tensor of `Blip2ForConditionalGeneration`
+    in fp16 shards (the tied output head left out, as save_pretrained does; the vision qkv biases' k part zero)."""
+    folder.mkdir(parents=True)
+    tokenizer = build_word_tokenizer(["a caption"])
+    tokenizer.save_pretrained(folder)
+    config = Blip2Config(
+        vision_config=Blip2VisionConfig(**sizes["vision"]), qformer_config=Blip2QFormerConfig(**sizes["qformer"]),
+        text_config=OPTConfig(**opt, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id),
+        num_query_tokens=sizes["queries"], image_token_index=opt["vocab_size"] - 1, torch_dtype="float16")
+    config.save_pretrained(folder)
+    with torch.device("meta"):
+        names = {name: t for name, t in Blip2ForConditionalGeneration(config).state_dict().items()
+                 if name != "language_model.lm_head.weight"}
+
+    def fill(name: str, meta: torch.Tensor) -> torch.Tensor:
+        tensor = _random_like(meta, torch.float16)
+        if name.endswith("self_attn.qkv.bias"):
+            tensor.view(3, -1)[1] = 0
+        return tensor
+
+    write_sharded(folder, names, fill)
     return folder
 
 
@@ -133,13 +183,17 @@ def timed(kind: str, target: str, *args: str) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True, help="folder for the files (about 9 GB)")
+    parser.add_argument("--work", type=Path, required=True, help="folder for the files (about 9 GB; blip2: 7.5 GB)")
+    parser.add_argument("--source", choices=("simvlg", "blip2"), default="simvlg",
+                        help="the reference's three files, or a Hugging Face BLIP-2 OPT-2.7B folder")
     parser.add_argument("--only", choices=("import", "load"), help="measure one of the two commands")
     parser.add_argument("--keep", action="store_true", help="keep the files for another run")
     parser.add_argument("--tiny", action="store_true", help="toy sizes (the code path, not the cost)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     work = args.work
+    if args.source == "blip2":
+        return blip2_figures(args)
     vit, lm, ckpt, out = work / "eva_vit_g.pth", work / "opt-2.7b", work / "simvlg_image.pth", work / "model"
     model_config = "simvlg_opt2.7b"
     if args.tiny:
@@ -159,16 +213,35 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(out, ignore_errors=True)
         figures["import"] = timed("-m", "simvlg_video.model.lavis_checkpoint", str(ckpt), "--vit-weights", str(vit),
                                   "--lm-path", str(lm), "--out", str(out), "--model-config", model_config)
+    return finish(args, figures, out)
+
+
+def finish(args: argparse.Namespace, figures: dict, out: Path) -> dict:
+    """Time the load of the imported model directory `out` in bf16, then report (and clean up unless --keep)."""
     if args.only in (None, "load") and out.is_dir():
         load = (f"import torch; from simvlg_video.model.model_dir import load_model_dir; "
                 f"load_model_dir({str(out)!r}, dtype=torch.bfloat16)")
         figures["load_bf16"] = timed("-c", load)
     if not args.keep:
-        shutil.rmtree(work)
+        shutil.rmtree(args.work)
     print(json.dumps(figures, indent=1))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
     return figures
+
+
+def blip2_figures(args: argparse.Namespace) -> dict:
+    """--source blip2: a Hugging Face BLIP-2 OPT-2.7B folder, imported, then loaded."""
+    folder, out = args.work / "blip2-opt-2.7b", args.work / "model"
+    if not folder.is_dir():
+        print("writing a random-weight BLIP-2 folder ...", flush=True)
+        write_blip2_folder(folder, TINY_BLIP2 if args.tiny else BLIP2_OPT_2_7B, TINY_OPT if args.tiny else OPT_2_7B)
+    size = sum(f.stat().st_size for f in folder.rglob("*")) / 2**30
+    figures: dict = {"files_gib": {folder.name: round(size, 2)}, "cpu_threads": torch.get_num_threads()}
+    if args.only in (None, "import"):
+        shutil.rmtree(out, ignore_errors=True)
+        figures["import"] = timed("-m", "simvlg_video.model.blip2_checkpoint", str(folder), "--out", str(out))
+    return finish(args, figures, out)
 
 
 if __name__ == "__main__":

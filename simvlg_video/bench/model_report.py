@@ -57,6 +57,7 @@ def format_report(report: Report) -> str:
             f"| {r.mfu:.1%} | {_fmt(r.host_syncs, 'd')} |"
         )
     lines += merged_summary(report.training) + image_summary(report.training)
+    lines += connector_summary(report.training)
     if report.vit_forward:
         lines += ["", "| ViT forward (no grad, bf16) | frames | s | frames/s | TFLOP/s | of matmul peak |",
                   "|---|---|---|---|---|---|"]
@@ -65,9 +66,14 @@ def format_report(report: Report) -> str:
     if report.generation:
         lines += ["", "| generation (adapters in all blocks) | beams | s/batch | captions/s | mean new tokens |",
                   "|---|---|---|---|---|"]
-        lines += [f"| batch {g['batch']} | {g['beams']} | {g['seconds_per_batch']:.3f} | {g['captions_per_s']:.1f} "
+        lines += [f"| {_connector(g)}batch {g['batch']} | {g['beams']} | {g['seconds_per_batch']:.3f} "
+                  f"| {g['captions_per_s']:.1f} "
                   f"| {g['mean_new_tokens']:.1f} |" for g in report.generation]
     return "\n".join(lines)
+
+
+def _connector(row: dict) -> str:
+    return "" if row.get("connector", "tome") == "tome" else f"{row['connector']}, "
 
 
 def merged_summary(training: list[TrainResult]) -> list[str]:
@@ -93,3 +99,15 @@ def image_summary(training: list[TrainResult]) -> list[str]:
     return ["", f"image stage: merging trains at {merged.videos_per_s / plain.videos_per_s:.2f}x the images/s of "
                 f"merging nothing (image_r0){memory}"]
 
+
+def connector_summary(training: list[TrainResult]) -> list[str]:
+    """Each variant with another connector (`qformer/all`) against the same variant with SimVLG's ToMe connector."""
+    done = {r.variant: r for r in training if r.error is None}
+    lines = []
+    for name, row in done.items():
+        base = done.get(name.split("/", 1)[1]) if "/" in name else None
+        if base is not None:
+            memory = f", {row.peak_gib / base.peak_gib:.2f}x its peak memory" if row.peak_gib and base.peak_gib else ""
+            lines.append(f"{name}: {row.videos_per_s / base.videos_per_s:.2f}x the videos/s of {base.variant}"
+                         f" (ToMe connector){memory}")
+    return ["", *lines] if lines else []

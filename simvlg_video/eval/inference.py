@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from simvlg_video.data.dataset import ClipReading, FrameSampler
 from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.model.captioner import VideoCaptioner
+from simvlg_video.model.hf_blip2 import is_blip2_folder
 from simvlg_video.model.model_dir import MODEL_CONFIG, ModelConfig, ModelDirError, load_model_dir
 from simvlg_video.world import compute_dtype, cpu_runs_bf16
 
@@ -104,6 +105,9 @@ def find_model_dir(path: str | Path) -> tuple[Path, Path | None]:
     if (path / RUN_CONFIG).is_file():
         raise ModelDirError(f"{path} is a run directory without an exported model ({path / RUN_MODEL} is missing: "
                             "the run did not finish; continue it with resume=auto)")
+    if is_blip2_folder(path):
+        raise ModelDirError(f"{path} is a Hugging Face BLIP-2 folder; import it as a model directory first: "
+                            f"python -m simvlg_video.model.blip2_checkpoint {path} --out MODEL_DIR")
     raise ModelDirError(f"{path} is neither a model directory ({MODEL_CONFIG}) nor a run directory ({RUN_CONFIG} "
                         f"and {RUN_MODEL}/)")
 

@@ -1,8 +1,9 @@
-"""Pictures of what a video model does with a clip: sampled frames, ToMe merge groups, temporal attention, caption.
+"""Pictures of what a video model does with a clip: sampled frames, the connector's groups, temporal attention, caption.
 
-Patches of one merge group share a colour. The attention panel is what the model's adapter records (see
-`model.adapter_protocol.AttentionMap`): for the merged-token pool, how much each output token draws from each
-frame; for the reference placement, the frame-to-frame attention of its last adapted ViT block.
+Patches of one group share a colour: a ToMe merge group, or (BLIP-2's Q-Former) the patches one query reads most.
+The attention panel is what the model's adapter records (see `model.adapter_protocol.AttentionMap`): for the
+merged-token pool, how much each output token draws from each frame; for the reference placement, the
+frame-to-frame attention of its last adapted ViT block.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def recorded_attention(model: VideoCaptioner) -> AttentionMap | None:
 
 
 def _record(model: VideoCaptioner, on: bool) -> None:
-    model.connector.tome.record_groups = on
+    model.connector.record_assignments(on)
     for _, adapter in adapter_modules(model):
         adapter.record_attention(on)
 
@@ -69,12 +70,12 @@ def draw_clip(model: VideoCaptioner, config: ModelConfig, inference: InferenceCo
     finally:
         _record(model, False)
     _draw(clip, frame_numbers, assignments, attention, caption, tuple(model.vit.patch_embed.grid_size),
-          config.image_size, out)
+          config.image_size, out, model.connector.assignment_title)
     return caption
 
 
 def _draw(clip: torch.Tensor, frame_numbers: list[int], assignments: np.ndarray, attention: AttentionMap | None,
-          caption: str, grid: tuple[int, int], size: int, out: Path) -> None:
+          caption: str, grid: tuple[int, int], size: int, out: Path, groups_title: str = "merge groups") -> None:
     num_frames = len(frame_numbers)
     shown = torch.nn.functional.interpolate(clip.permute(0, 3, 1, 2).float().cpu(), size=size)
     shown = shown.permute(0, 2, 3, 1).numpy() / 255
@@ -85,7 +86,7 @@ def _draw(clip: torch.Tensor, frame_numbers: list[int], assignments: np.ndarray,
         colours = group_colours(assignments[t if len(assignments) == num_frames else 0], grid)
         overlay = np.kron(colours, np.ones((shown.shape[1] // grid[0], shown.shape[2] // grid[1], 1)))
         for row, (image, title) in enumerate([(shown[t], f"frame {frame_numbers[t]}"),
-                                              (0.45 * shown[t] + 0.55 * overlay, "merge groups")]):
+                                              (0.45 * shown[t] + 0.55 * overlay, groups_title)]):
             axis = figure.add_subplot(layout[row, t])
             axis.imshow(image)
             axis.set_title(title, fontsize=9)

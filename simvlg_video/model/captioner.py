@@ -1,7 +1,11 @@
-"""The video captioner: frozen ViT per frame -> pooling over time -> ToMe connector -> frozen LM.
+"""The video captioner: frozen ViT per frame -> pooling over time -> connector -> frozen LM.
 
 Attribute names follow the reference image model (`ln_vision`, `VL_proj`, `opt_proj`) so checkpoints map one to one;
-`vit`, `connector` and `lm` keep the parameter names of their timm / transformers classes.
+`vit`, `connector` and `lm` keep the parameter names of their timm / transformers classes. The connector is SimVLG's
+ToMe connector (behind `VL_proj`, ViT width -> connector width) or BLIP-2's Q-Former (which reads the ViT width
+itself: `VL_proj` is then the identity and holds no tensor). Both answer the same calls: `connector(tokens,
+token_positions=None)`, `last_token_positions()`, `output_tokens(n)`, `record_assignments(on)` and
+`last_token_assignment()`.
 
 Pooling over time is a stage of its own, `time_pool`: the plain mean of the frames' ViT tokens before the connector
 (the reference, and the image model: one frame is its own mean) unless a placement puts a pool of the connector's
@@ -44,11 +48,16 @@ class MeanOverTime(nn.Module):
 class VideoCaptioner(nn.Module):
     """SimVLG-style captioner applied to clips of T frames; with T=1 it is the image model."""
 
-    def __init__(self, vit: nn.Module, connector: nn.Module, lm: nn.Module, text: CaptionText, connector_width: int):
+    def __init__(self, vit: nn.Module, connector: nn.Module, lm: nn.Module, text: CaptionText, connector_width: int,
+                 project_vision: bool = True, ln_vision_eps: float = 1e-5):
+        """`project_vision`: a trainable `VL_proj` (ViT width -> `connector_width`) in front of the connector (False:
+        the connector reads the ViT width itself); `ln_vision_eps`: 1e-5 in LAVIS and SimVLG (torch's default), the
+        vision config's `layer_norm_eps` in a Hugging Face BLIP-2."""
         super().__init__()
         self.vit = vit
-        self.ln_vision = nn.LayerNorm(vit.embed_dim)
-        self.VL_proj = nn.Linear(vit.embed_dim, connector_width)
+        self.ln_vision = nn.LayerNorm(vit.embed_dim, eps=ln_vision_eps)
+        self.VL_proj = nn.Linear(vit.embed_dim, connector_width) if project_vision else nn.Identity()
+        self.connector_width = connector_width
         self.connector = connector
         self.time_pool: nn.Module = MeanOverTime()
         self.opt_proj = nn.Linear(connector_width, lm.get_input_embeddings().embedding_dim)
@@ -69,14 +78,16 @@ class VideoCaptioner(nn.Module):
         return tokens.unflatten(0, (batch, num_frames))
 
     def connect(self, tokens: torch.Tensor, track_positions: bool = False) -> torch.Tensor:
-        """ViT tokens (N, P, C) -> merged connector tokens (N, M, D); ln_vision runs in fp32 as in the reference.
+        """ViT tokens (N, P, C) -> connector tokens (N, M, D); ln_vision runs in fp32 as in the reference.
 
-        With `track_positions` the connector also follows where each merged token sits in the frame
+        With `track_positions` the connector also follows where each of its tokens sits in the frame
         (`self.connector.last_token_positions()`).
         """
-        tokens = self.ln_vision(tokens.float()).to(self.VL_proj.weight.dtype)
+        tokens = self.ln_vision(tokens.float())
+        if isinstance(self.VL_proj, nn.Linear):
+            tokens = self.VL_proj(tokens.to(self.VL_proj.weight.dtype))
         positions = token_positions(self.vit).to(tokens.device) if track_positions else None
-        return self.connector(self.VL_proj(tokens), token_positions=positions)
+        return self.connector(tokens, token_positions=positions)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) normalised frames -> soft prompt (B, tokens, LM width)."""

@@ -120,6 +120,7 @@ class ToMeBertModel(BertModel):
     """A ``BertModel`` patched by :func:`apply_tome`: ``model(inputs_embeds)`` returns the merged last hidden state."""
 
     _tome_state: ToMeState
+    assignment_title = "merge groups"
 
     def forward(self, inputs_embeds: Tensor, token_positions: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """(B, N, hidden) -> (B, N_out, hidden); token types 0 and positions 0..N-1 as BertModel's defaults.
@@ -155,6 +156,14 @@ class ToMeBertModel(BertModel):
 
     def num_output_tokens(self, num_tokens: int) -> int:
         return self.merge_schedule(num_tokens)[-1]
+
+    def output_tokens(self, num_tokens: int) -> int:
+        """Tokens the connector gives for `num_tokens` input tokens (what every connector kind answers)."""
+        return self.num_output_tokens(num_tokens)
+
+    def record_assignments(self, on: bool) -> None:
+        """Keep the merge groups of the next forwards (`last_token_assignment`), for pictures."""
+        self._tome_state.record_groups = on
 
     @property
     def last_merge_groups(self) -> list[Tensor]:
@@ -213,6 +222,7 @@ def apply_tome(bert: BertModel, r: int | Sequence[int], merge_mode: str = "mean"
 class ConnectorConfig:
     """The ToMe connector of a model directory (`connector:` in model.yaml); defaults are the reference's bert-base."""
 
+    kind: str = "tome"  # tome: this connector | qformer: BLIP-2's Q-Former (`simvlg_video.model.qformer`)
     hidden_size: int = 768
     num_layers: int = 12
     num_heads: int = 12
@@ -232,6 +242,8 @@ def build_tome_connector(cfg: ConnectorConfig, attn_implementation: str = "sdpa"
     keeps its Hugging Face ``BertModel`` name. "sdpa" and "eager" attention both accept the proportional-attention
     bias of "weighted" mode.
     """
+    if cfg.kind != "tome":
+        raise ValueError(f"build_tome_connector needs a connector of kind 'tome', got {cfg.kind!r}")
     config = BertConfig(
         vocab_size=1,  # replaced below; avoids allocating a 30522-row table that is never used
         hidden_size=cfg.hidden_size,

@@ -137,6 +137,9 @@ def import_lavis_checkpoint(
     A video checkpoint (temporal module tensors) gets the reference placement in exactly the blocks that have them,
     with the query/key width read from the tensors and `temporal_heads` heads (the file does not record it).
     """
+    if model_cfg.connector.kind != "tome":
+        raise ValueError(f"the model config for a SimVLG checkpoint needs connector.kind tome, got "
+                         f"{model_cfg.connector.kind!r}")
     ckpt, vit_weights, lm_path = (Path(p).expanduser().resolve() for p in (ckpt, vit_weights, lm_path))
     state = read_lavis_checkpoint(ckpt, allow_pickle)
     ignored = sorted(name for name in state if _is_ignored(name))

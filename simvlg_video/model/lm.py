@@ -1,4 +1,8 @@
-"""The frozen causal language model and the text side of captioning (labels, prompts, decoding)."""
+"""The frozen causal language model and the text side of captioning (labels, prompts, decoding).
+
+The LM comes from a local Hugging Face folder: a causal LM's own folder, or a BLIP-2 folder, whose OPT is its
+`language_model.*` (see `simvlg_video.model.hf_blip2`); the tokenizer sits at the folder's root in both.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+
+from simvlg_video.model import hf_blip2
 
 PAD, UNK, BOS, END = "<pad>", "<unk>", "<s>", "\n"
 
@@ -40,12 +46,16 @@ def _checked_folder(path: Path) -> Path:
 def load_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM straight into `dtype` and its tokenizer from a local Hugging Face folder (never a hub)."""
     path = _checked_folder(Path(path))
+    if hf_blip2.is_blip2_folder(path):
+        return hf_blip2.language_model(path, dtype), load_tokenizer(path)
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     return lm, load_tokenizer(path)
 
 
 def lm_skeleton(path: str | Path) -> PreTrainedModel:
     """The LM a folder describes, built on the meta device from its config.json: names and shapes, no weights."""
+    if hf_blip2.is_blip2_folder(_checked_folder(Path(path))):
+        return hf_blip2.language_model(path, meta=True)
     config = AutoConfig.from_pretrained(_checked_folder(Path(path)), local_files_only=True)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
@@ -76,6 +86,9 @@ def build_word_tokenizer(corpus: Sequence[str]) -> PreTrainedTokenizerFast:
 class CaptionText:
     """How captions are turned into LM inputs: prompt, end-of-caption text and length limit.
 
+    A prompt ("a photo of", as BLIP-2 captioners use) is followed by a space and the caption, so that the caption's
+    tokens continue the prompt's tokens exactly as generation continues them.
+
     The reference appends "\\n" to each caption and uses it as the end-of-sequence token (OPT's convention).
     """
 
@@ -93,7 +106,8 @@ class CaptionText:
 
     def training_batch(self, captions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token ids, attention mask and labels (-100 on prompt and padding) for teacher forcing."""
-        texts = [self.prompt + caption.strip() + self.caption_end for caption in captions]
+        space = " " if self.prompt and not self.prompt[-1].isspace() else ""
+        texts = [self.prompt + space + caption.strip() + self.caption_end for caption in captions]
         self.tokenizer.padding_side = "right"
         encoded = self.tokenizer(
             texts, padding="longest", truncation=True, max_length=self.max_text_tokens, return_tensors="pt"
@@ -102,6 +116,10 @@ class CaptionText:
         mask = encoded.attention_mask.to(device)
         labels = ids.masked_fill(mask == 0, -100)
         labels[:, : len(self.prompt_ids)] = -100
+        prefix = torch.tensor(self.prompt_ids, device=device)
+        if ids.shape[1] < len(prefix) or (ids[:, : len(prefix)] != prefix).any():
+            raise ValueError(f"the prompt {self.prompt!r} tokenizes differently before a caption than alone; "
+                             "give it without trailing whitespace")
         return ids, mask, labels
 
     def num_targets(self, captions: list[str]) -> int:

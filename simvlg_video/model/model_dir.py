@@ -5,10 +5,10 @@ MODEL_DIR/model.yaml               what to build (read into `ModelConfig`), wher
                                    fingerprints, and how it captions by default
 MODEL_DIR/weights.safetensors      every tensor that is not read from a frozen file, whatever trained last
 ```
-Frozen parts are pointers (`vit.weights`, a weights file; `lm.path`, a Hugging Face folder), relative to the
-directory or absolute, so a video model exported from an image model does not copy the ViT or the LLM. Each pointer
-carries a fingerprint, checked on every load. Loading is strict: a missing, unexpected or mis-shaped tensor is an
-error naming it; no tensor may be absent.
+Frozen parts are pointers (`vit.weights`, a weights file; `lm.path`, a Hugging Face folder; both may be one Hugging
+Face BLIP-2 folder), relative to the directory or absolute, so a video model exported from an image model does not
+copy the ViT or the LLM. Each pointer carries a fingerprint, checked on every load. Loading is strict: a missing,
+unexpected or mis-shaped tensor is an error naming it; no tensor may be absent.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from simvlg_video.model.connector import ConnectorConfig, build_tome_connector
 from simvlg_video.model.fingerprint import FrozenSourceChanged, check_fingerprint, fingerprint
 from simvlg_video.model.parallel import whole_on_cpu
 from simvlg_video.model.lm import CaptionText, LMConfig, lm_skeleton, load_lm, load_tokenizer
+from simvlg_video.model.qformer import QFormerConfig, build_qformer_connector
 from simvlg_video.model.tensor_io import check_tensors, read_safetensors, write_safetensors
 from simvlg_video.model.vit import VitConfig, build_vit
 from simvlg_video.model.vit_weights import fill_unsaved_buffers, load_vit_weights
@@ -36,6 +37,7 @@ from simvlg_video.model.vit_weights import fill_unsaved_buffers, load_vit_weight
 MODEL_CONFIG = "model.yaml"
 WEIGHTS = "weights.safetensors"
 FORMAT = 2  # 1: the first layout (only the tensors of the modules that trained), never loaded
+CONNECTORS = {"tome": ConnectorConfig, "qformer": QFormerConfig}  # `connector.kind` -> its typed section
 
 
 class ModelDirError(ValueError):
@@ -47,9 +49,12 @@ class ModelConfig:
     """model.yaml: one typed section per part of the captioner."""
 
     vit: VitConfig = field(default_factory=VitConfig)
-    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    connector: Any = field(default_factory=ConnectorConfig)  # by `kind`: ConnectorConfig (tome, SimVLG's) or
+    # QFormerConfig (qformer, BLIP-2's)
     lm: LMConfig = field(default_factory=LMConfig)
     image_size: int = 224  # frames are resized and cropped to this
+    ln_vision_eps: float = 1e-5  # LayerNorm eps of ln_vision: torch's default in SimVLG and LAVIS; a Hugging Face
+    # BLIP-2 uses its vision config's layer_norm_eps (1e-6)
     adapter: Any = None  # placement settings (`_target_`: simvlg_video.adapters.placements.*); None: the image model
     inference: Any = None  # how the model captions unless told otherwise (frames, sampler, decoding; see
     # simvlg_video.eval.inference); None: the reference recipe's evaluation settings
@@ -67,9 +72,18 @@ def read_model_config(path: str | Path) -> ModelConfig:
         if path.name == MODEL_CONFIG and raw.get("format") != FORMAT:
             raise ModelDirError(f"{path} is a model directory in format {raw.get('format', 1)}; this version reads "
                                 f"format {FORMAT}: rebuild it (adapt or import it again)")
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), raw))
+        connector = raw.pop("connector", None) or {}
+        kind = connector.get("kind", "tome")
+        if kind not in CONNECTORS:
+            raise ModelDirError(f"{path}: connector.kind is {kind!r}; known kinds: {', '.join(CONNECTORS)}")
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), raw))
     except OmegaConfBaseException as error:
         raise ModelDirError(f"{path}: {str(error).splitlines()[0]}") from None
+    try:
+        cfg.connector = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(CONNECTORS[kind]), connector))
+        return cfg
+    except OmegaConfBaseException as error:
+        raise ModelDirError(f"{path}: connector (kind {kind}): {str(error).splitlines()[0]}") from None
 
 
 def resolve(base_dir: Path, path: str) -> Path:
@@ -85,6 +99,13 @@ def frozen_sources(cfg: ModelConfig, base_dir: Path) -> dict[str, Path]:
     if cfg.vit.weights:
         sources["vit"] = resolve(base_dir, cfg.vit.weights)
     return sources
+
+
+def build_connector(cfg: ConnectorConfig | QFormerConfig, vision_width: int) -> nn.Module:
+    """The connector a `connector:` section describes, randomly initialised, reading ViT tokens of `vision_width`."""
+    if isinstance(cfg, QFormerConfig):
+        return build_qformer_connector(cfg, vision_width)
+    return build_tome_connector(cfg)
 
 
 def build_captioner(cfg: ModelConfig, base_dir: Path, dtype: torch.dtype = torch.float32,
@@ -107,11 +128,12 @@ def build_captioner(cfg: ModelConfig, base_dir: Path, dtype: torch.dtype = torch
         load_vit_weights(vit, sources["vit"])
         fill_unsaved_buffers(vit)
     with torch.device("meta") if meta else torch.device("cpu"):
-        connector = build_tome_connector(cfg.connector)
+        connector = build_connector(cfg.connector, vit.embed_dim)
     lm = lm_skeleton(sources["lm"]) if meta or frozen_on_meta else load_lm(sources["lm"], dtype)[0]
     text = CaptionText(load_tokenizer(sources["lm"]), cfg.lm.prompt, cfg.lm.caption_end, cfg.lm.max_text_tokens)
     with torch.device("meta") if meta else torch.device("cpu"):
-        model = VideoCaptioner(vit, connector, lm, text, connector_width=cfg.connector.hidden_size)
+        model = VideoCaptioner(vit, connector, lm, text, connector_width=cfg.connector.hidden_size,
+                               project_vision=cfg.connector.kind == "tome", ln_vision_eps=cfg.ln_vision_eps)
         if cfg.adapter is not None:
             instantiate(cfg.adapter).apply(model)
     return model
@@ -139,7 +161,8 @@ def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> tupl
         raise ModelDirError(f"{path} is not a model directory (not a folder)")
     if not config_file.is_file():
         raise ModelDirError(f"{path} is not a model directory: it has no {MODEL_CONFIG} (a model directory holds "
-                            f"{MODEL_CONFIG} and {WEIGHTS}; `adapt` and `lavis_checkpoint` write them)")
+                            f"{MODEL_CONFIG} and {WEIGHTS}; `adapt`, `lavis_checkpoint` and `blip2_checkpoint` "
+                            "write them)")
     cfg = read_model_config(config_file)
     for label, source in frozen_sources(cfg, path).items():
         if label not in cfg.frozen:

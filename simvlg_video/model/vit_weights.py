@@ -1,4 +1,6 @@
-"""Load a frozen ViT's weights file: our own safetensors, or BLIP-2's EVA ViT-g state dict (`eva_vit_g.pth`).
+"""Load a frozen ViT's weights: our own safetensors, BLIP-2's EVA ViT-g state dict (`eva_vit_g.pth`), the
+`visual_encoder.*` part of a LAVIS checkpoint (`{"model": state_dict}`, e.g. a BLIP-2 OPT `.pth` that holds its ViT),
+or the `vision_model.*` part of a Hugging Face BLIP-2 folder (names mapped by `simvlg_video.model.hf_blip2`).
 
 timm's `Eva` uses BLIP-2's tensor names (`blocks.{i}.attn.qkv.weight`, `blocks.{i}.attn.q_bias`, ...; timm keeps the
 zero k bias as a non-persistent buffer, so only `q_bias` and `v_bias` are stored, as in BLIP-2). Two differences of
@@ -21,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from simvlg_video.model.tensor_io import copy_into, read_tensors
+from simvlg_video.model.hf_blip2 import vision_tensors
+from simvlg_video.model.tensor_io import NotATensorFile, copy_into, load_torch_file, read_tensors
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +66,29 @@ def eva_state_dict(tensors: Mapping[str, torch.Tensor], depth: int, source: str)
     return drop_blocks_past(strip_visual_prefix(tensors, source), depth, source)
 
 
-def load_vit_weights(vit: nn.Module, path: str | Path) -> None:
-    """Load `path` (.safetensors or a torch state dict, e.g. BLIP-2's `eva_vit_g.pth`) into `vit` (an unpatched
-    ViT), names and shapes checked; tensors are read from the memory-mapped file as they are copied, in `vit`'s
-    dtype."""
+def vit_source_tensors(path: str | Path, depth: int) -> dict[str, torch.Tensor]:
+    """The EVA state dict (`depth` blocks) a ViT weights source holds, memory-mapped where the format allows: a
+    Hugging Face BLIP-2 folder, a LAVIS checkpoint's `visual_encoder.*` entries, or a plain state dict file."""
+    path = Path(path)
     source = str(path)
-    tensors = eva_state_dict(read_tensors(path), len(vit.blocks), source)
-    copy_into(vit, tensors, source)
+    if path.is_dir():
+        return drop_blocks_past(vision_tensors(path), depth, source)
+    if path.suffix == ".safetensors" or not path.is_file():
+        return eva_state_dict(read_tensors(path), depth, source)
+    obj = load_torch_file(path)
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):  # a whole model's checkpoint
+        obj = {name: t for name, t in obj["model"].items() if name.startswith(VISUAL_PREFIX)}
+        if not obj:
+            raise NotATensorFile(f"{path} is a model checkpoint without a ViT (no {VISUAL_PREFIX}* entries)")
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise NotATensorFile(f"{path} does not hold a plain state dict of tensors (found {type(obj).__name__})")
+    return eva_state_dict(dict(obj), depth, source)
+
+
+def load_vit_weights(vit: nn.Module, path: str | Path) -> None:
+    """Load `path` (see `vit_source_tensors`) into `vit` (an unpatched ViT), names and shapes checked; tensors are
+    read from the memory-mapped files as they are copied, in `vit`'s dtype."""
+    copy_into(vit, vit_source_tensors(path, len(vit.blocks)), str(path))
 
 
 def fill_unsaved_buffers(vit: nn.Module) -> None:
