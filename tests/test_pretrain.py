@@ -21,7 +21,7 @@ from simvlg_video.model.lavis_checkpoint import load_model_config
 from simvlg_video.model.model_dir import MODEL_CONFIG, WEIGHTS, load_model_dir, read_model_config
 from simvlg_video.model.tensor_io import StateDictMismatch
 
-from adapt_runs import run_module
+from adapt_runs import records, run_module, train_losses
 
 TINY_PRETRAIN = ["data.synthetic.num_images=60", "data.synthetic.size=64", "train.steps=4", "train.batch_size=4",
                  "train.num_workers=0", "train.warmup_steps=1", "eval.batch_size=8", "eval.num_beams=1",
@@ -173,3 +173,32 @@ def test_a_bad_merge_setting_is_one_line(tiny_model_dir, tmp_path):
                         f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: the starting image model: merge mode must be")
+
+
+@pytest.mark.slow
+def test_a_killed_image_run_resumes_exactly(tiny_model_dir, tmp_path):
+    """SIGKILL after step 4 of 6, then resume=auto: the same trainable weights, bit for bit, and the same losses as
+    the run never stopped (two loader workers decoding JPEGs, dropout on)."""
+    from test_resume import kill_when
+
+    settings = [*TINY_PRETRAIN, "eval.visualize=0", "train.steps=6", "train.checkpoint_every=2", "train.log_every=1",
+                "train.num_workers=2", f"lm_path={tiny_model_dir / 'lm'}"]
+    whole = tmp_path / "whole"
+    result = run_module("simvlg_video.pretrain", *settings, f"hydra.run.dir={whole}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    killed = tmp_path / "killed"
+    arguments = [*settings, f"hydra.run.dir={killed}"]
+
+    def reached() -> bool:
+        log = killed / "metrics.jsonl"
+        return log.is_file() and '"step": 4,' in log.read_text()
+
+    kill_when(arguments, tmp_path, reached, module="simvlg_video.pretrain")
+    assert reached() and not records(killed, "summary"), "the kill did not land during training"
+    resumed = run_module("simvlg_video.pretrain", *arguments, "resume=auto", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert records(killed, "resume")
+    final = "checkpoints/00000006/trainable.safetensors"
+    expected, got = load_file(whole / final), load_file(killed / final)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    assert train_losses(killed) == train_losses(whole)

@@ -34,9 +34,10 @@ def uninterrupted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     return work / "run"
 
 
-def kill_when(args: list[str], cwd: Path, ready) -> None:
-    """Start adapt and SIGKILL it the moment `ready()` holds (polled every 10 ms), or let it end if it never does."""
-    process = subprocess.Popen([sys.executable, "-m", "simvlg_video.adapt", *args], cwd=cwd, env=command_env(cwd),
+def kill_when(args: list[str], cwd: Path, ready, module: str = "simvlg_video.adapt") -> None:
+    """Start `module` (adapt) and SIGKILL it the moment `ready()` holds (polled every 10 ms), or let it end if it
+    never does."""
+    process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=command_env(cwd),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while process.poll() is None and not ready():
