@@ -233,7 +233,7 @@ def test_tiny_benchmark_runs_end_to_end(tmp_path, capsys):
     blip2 = {name: rows.pop(name) for name in list(rows) if name.startswith("qformer/")}
     assert {name: r.adapters for name, r in rows.items()} == {"port": 10, "all": 10, "last3": 3, "merged": 0, "none": 0}
     assert {name: r.adapters for name, r in blip2.items()} == {f"qformer/{n}": r.adapters for n, r in rows.items()}
-    assert all(r.error is None and r.seconds_per_step > 0 for r in blip2.values())
+    assert all(r.error is None and torch.isfinite(torch.tensor(r.loss)) for r in blip2.values())
     for row in rows.values():
         assert row.error is None and row.seconds_per_step > 0 and row.peak_gib is None
         assert torch.isfinite(torch.tensor(row.loss)) and row.mfu > 0

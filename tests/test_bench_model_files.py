@@ -14,7 +14,7 @@ from simvlg_video.model.model_dir import load_model_dir
 def test_the_tiny_benchmark_imports_and_loads_what_it_wrote(tmp_path: Path) -> None:
     figures = main(["--tiny", "--keep", "--work", str(tmp_path / "files")])
     assert {"import", "load_bf16"} <= figures.keys()
-    assert all(figures[step]["seconds"] > 0 and figures[step]["peak_rss_gib"] > 0 for step in ("import", "load_bf16"))
+    assert all(figures[step]["peak_rss_gib"] > 0 for step in ("import", "load_bf16"))  # each child reported its peak
     model, _ = load_model_dir(tmp_path / "files" / "model", dtype=torch.bfloat16)
     checkpoint = read_lavis_checkpoint(tmp_path / "files" / "simvlg_image.pth")
     for name, tensor in model.state_dict().items():
@@ -29,7 +29,7 @@ def test_the_tiny_blip2_benchmark_imports_and_loads_the_folder(tmp_path: Path) -
     from simvlg_video.model.hf_blip2 import folder_tensors
 
     figures = main(["--tiny", "--keep", "--source", "blip2", "--work", str(tmp_path / "files")])
-    assert all(figures[step]["seconds"] > 0 for step in ("import", "load_bf16"))
+    assert all(figures[step]["peak_rss_gib"] > 0 for step in ("import", "load_bf16"))  # each child reported its peak
     folder = tmp_path / "files" / "blip2-opt-2.7b"
     assert len(list(folder.glob("model-*-of-*.safetensors"))) >= 1
     model, cfg = load_model_dir(tmp_path / "files" / "model", dtype=torch.bfloat16)
