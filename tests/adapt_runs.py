@@ -63,3 +63,19 @@ def records(run_dir: Path, phase: str) -> list[dict]:
 
 def train_losses(run_dir: Path) -> dict[int, float]:
     return {record["step"]: record["loss"] for record in records(run_dir, "train")}
+
+
+def assert_caption_reproduces_predictions(run: Path, cwd: Path, count: int = 2) -> None:
+    """`caption --ckpt RUN` gives the captions the run predicted for its first `count` test clips (the same frame
+    sampling and decoding settings, read from the exported model)."""
+    from omegaconf import OmegaConf
+
+    predictions = json.loads((run / "eval/test_predictions.json").read_text())[:count]
+    manifest = Path(OmegaConf.load(run / "config.yaml").data.manifest)
+    rows = {json.loads(line)["clip_id"]: json.loads(line) for line in manifest.read_text().splitlines()}
+    videos = [str(manifest.parent / rows[p["clip_id"]]["video"]) for p in predictions]
+    captioned = run_module("simvlg_video.caption", "--ckpt", str(run), *videos, cwd=cwd)
+    assert captioned.returncode == 0, captioned.stderr[-3000:]
+    printed = dict(line.split("\t", 1) for line in captioned.stdout.strip().splitlines())
+    assert [printed[v] for v in videos] == [p["caption"] for p in predictions]
+

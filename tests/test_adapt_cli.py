@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from adapt_runs import TINY_RUN, records, run_module
+from adapt_runs import TINY_RUN, assert_caption_reproduces_predictions, records, run_module
 from simvlg_video.model.model_dir import load_model_dir
 
 
@@ -39,14 +39,7 @@ def test_run_directory_layout(run_dir: Path):
 
 @pytest.mark.slow
 def test_caption_reproduces_the_run_predictions(run_dir: Path):
-    predictions = json.loads((run_dir / "eval/test_predictions.json").read_text())[:2]
-    manifest = Path(OmegaConf.load(run_dir / "config.yaml").data.manifest)
-    rows = {json.loads(line)["clip_id"]: json.loads(line) for line in manifest.read_text().splitlines()}
-    videos = [str(manifest.parent / rows[p["clip_id"]]["video"]) for p in predictions]
-    result = run_module("simvlg_video.caption", "--ckpt", str(run_dir), *videos, cwd=run_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    printed = dict(line.split("\t", 1) for line in result.stdout.strip().splitlines())
-    assert [printed[v] for v in videos] == [p["caption"] for p in predictions]
+    assert_caption_reproduces_predictions(run_dir, cwd=run_dir)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from adapt_runs import run_module
+from adapt_runs import assert_caption_reproduces_predictions, run_module
 from blip2_layout import PROMPT
 from omegaconf import OmegaConf
 
@@ -79,14 +79,7 @@ def test_adapt_says_which_frozen_parts_a_blip2_source_needs(blip2_files, tmp_pat
 
 def captions_and_scores(run: Path, cwd: Path) -> None:
     """`caption` reproduces the run's predictions of two clips; `evaluate` gives the run's scores again."""
-    predictions = json.loads((run / "eval/test_predictions.json").read_text())[:2]
-    manifest = Path(OmegaConf.load(run / "config.yaml").data.manifest)
-    rows = {json.loads(line)["clip_id"]: json.loads(line) for line in manifest.read_text().splitlines()}
-    videos = [str(manifest.parent / rows[p["clip_id"]]["video"]) for p in predictions]
-    captioned = run_module("simvlg_video.caption", "--ckpt", str(run), *videos, cwd=cwd)
-    assert captioned.returncode == 0, captioned.stderr[-3000:]
-    printed = dict(line.split("\t", 1) for line in captioned.stdout.strip().splitlines())
-    assert [printed[v] for v in videos] == [p["caption"] for p in predictions]
+    assert_caption_reproduces_predictions(run, cwd)
     before = json.loads((run / "eval/test_metrics.json").read_text())["metrics"]
     evaluated = run_module("simvlg_video.evaluate", "--ckpt", str(run), cwd=cwd)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]

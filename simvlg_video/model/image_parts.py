@@ -59,9 +59,9 @@ def assemble_image_model(cfg: ModelConfig, out_dir: str | Path, bert_path: str |
     out_dir = Path(out_dir)
     model = build_captioner(cfg, out_dir, frozen_on_meta=True)  # the frozen parts' weights are not read
     if bert_path is not None:
-        bert = Path(bert_path).expanduser()
-        copy_into(model.connector, connector_tensors_from_bert(bert), str(bert_weights_file(bert)))
-        log.info("connector initialised from %s", bert)
+        weights = bert_weights_file(Path(bert_path).expanduser())
+        copy_into(model.connector, connector_tensors_from_bert(weights.parent), str(weights))
+        log.info("connector initialised from %s", weights)
     else:
         log.info("connector randomly initialised (no bert_path)")
     return save_model_dir(model, cfg, out_dir)
