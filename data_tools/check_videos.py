@@ -26,7 +26,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from simvlg_video.data.decode import VideoDecodeError, probe_video, read_frames, read_image
+from simvlg_video.data.decode import VideoDecodeError, probe_video, read_frames
+from simvlg_video.data.images import read_image
 from simvlg_video.data.manifest import ClipRecord, ManifestError, read_manifest, write_manifest
 from simvlg_video.data.sampling import ClipWindowError, frame_window
 

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from simvlg_video.data.clips import ClipData, DataConfigError
 from simvlg_video.data.dataset import TooManySkippedClips
 from simvlg_video.data.manifest import ClipRecord, ManifestError, read_manifest
+from simvlg_video.data.shards import ShardError, list_shards
 from simvlg_video.eval.inference import InferenceConfig
 from simvlg_video.eval.predict import evaluate_split, write_eval
 from simvlg_video.eval.runs import run_summary
@@ -52,7 +53,7 @@ from simvlg_video.world import (
 log = logging.getLogger("simvlg_video.stage")
 # Bad input, named by the code that found it: reported as one line, never a traceback.
 USER_ERRORS = (ManifestError, ModelDirError, FrozenSourceChanged, StateDictMismatch, NotATensorFile, DataConfigError,
-               TooManySkippedClips)
+               TooManySkippedClips, ShardError)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,8 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
     seed_everything(cfg.seed)
     image_dir = stage.starting_model(cfg, run_dir, world)  # a wrong starting point is refused before any work
     data = clip_data(cfg)
+    if data.shards:
+        list_shards(data.shards)  # missing shards are named before any work
     samplers = [instantiate(cfg.sampler.train), instantiate(cfg.sampler.eval)]
     manifest = shared_manifest(data, samplers, world)
     cfg.data.manifest = str(manifest.resolve())  # the run's config names the exact data it used
@@ -130,7 +133,7 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
         log.info("%s already finished; its summary is in metrics.jsonl", run_dir)
         return {"adapted": finished["adapted"]}
     records = read_manifest(manifest)
-    train_records = split_records(records, data.train_split, manifest)
+    train_records = [] if data.shards else split_records(records, data.train_split, manifest)
     eval_records = split_records(records, cfg.eval.split, manifest)
     val_records = split_records(records, cfg.eval.val_split, manifest) if cfg.train.eval_every else []
     model, model_cfg = load_model_dir(image_dir, dtype=compute_dtype(cfg.precision))

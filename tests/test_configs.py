@@ -21,8 +21,10 @@ from transformers import OPTConfig
 
 from simvlg_video.data.clips import ClipData
 from simvlg_video.data.manifest import write_manifest
+from simvlg_video.data.shards import ShardStream, StreamPosition, list_shards
 from simvlg_video.data_tools.make_shapes import make_shapes_dataset
 from simvlg_video.data_tools.make_stills import make_stills_dataset
+from simvlg_video.data_tools.write_shards import write_shards
 from simvlg_video.model.adapter_protocol import adapter_parameters
 from simvlg_video.model.lavis_checkpoint import load_model_config
 from simvlg_video.model.lm import build_word_tokenizer
@@ -106,8 +108,16 @@ def test_data_configs_build_clips_that_load(name: str, tmp_path: Path) -> None:
         cfg.data.synthetic.num_images, cfg.data.synthetic.size = 24, 32
     else:
         cfg.data.synthetic.num_clips, cfg.data.synthetic.duration = 14, 0.5
+    if OmegaConf.is_missing(cfg.data, "shards"):  # webdataset: training images come from tar shards
+        cfg.data.shards = write_shards(tmp_path / "manifest.checked.jsonl", tmp_path / "shards", per_shard=5,
+                                       show_progress=False)
     data = instantiate(cfg.data)
     assert isinstance(data, ClipData) and data.num_frames == cfg.data.num_frames
+    if data.shards:
+        stream = ShardStream(list_shards(data.shards), 2, data.shard_reading(torch.device("cpu")))
+        batch = next(stream.batches(0, StreamPosition()))
+        frames = data.train_transform(32)(batch["frames"], generator=torch.Generator().manual_seed(0))
+        assert frames.shape == (2, 1, 3, 32, 32) and all(batch["captions"])
     records = data.records(data.train_split)
     from simvlg_video.data.dataset import clip_loader
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from simvlg_video.data import sampling
 from simvlg_video.data.dataset import VideoClipDataset
-from simvlg_video.data.decode import VideoDecodeError, read_image
+from simvlg_video.data.decode import VideoDecodeError
+from simvlg_video.data.images import read_image
 from simvlg_video.data.manifest import ClipRecord, ManifestError, parse_record, read_manifest, write_manifest
 from simvlg_video.data.video_writer import write_video
 from simvlg_video.data_tools.check_videos import main as check

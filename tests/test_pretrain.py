@@ -202,3 +202,61 @@ def test_a_killed_image_run_resumes_exactly(tiny_model_dir, tmp_path):
     expected, got = load_file(whole / final), load_file(killed / final)
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
     assert train_losses(killed) == train_losses(whole)
+
+
+def streamed_image_set(root: Path) -> str:
+    """A stills set as a COCO-like folder (checked manifest, for evaluation) and its train split packed into
+    img2dataset-style shards of 10 samples; returns the shard pattern."""
+    from simvlg_video.data_tools.write_shards import write_shards
+
+    stills = make_stills_dataset(root / "stills", num_images=60, size=64, show_progress=False)
+    rows = [json.loads(line) for line in stills.read_text().splitlines()]
+    for row in rows:
+        row["image"] = f"stills/{row['image']}"
+    (root / "manifest.checked.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return write_shards(root / "manifest.checked.jsonl", root / "shards", per_shard=10, show_progress=False)
+
+
+@pytest.mark.slow
+def test_an_image_run_streaming_shards_resumes_at_the_exact_sample(tiny_model_dir, tmp_path):
+    """data=webdataset: two loader streams over tar shards, SIGKILL after step 4 of 6 (mid-shard: each stream has
+    read 8 of its shard's 10 samples), resume=auto: bit-identical weights and losses."""
+    from test_resume import kill_when
+
+    pattern = streamed_image_set(tmp_path / "coco")
+    settings = ["data=webdataset", f"data.root={tmp_path / 'coco'}", f"data.shards='{pattern}'",  # quoted for Hydra
+                "data.shuffle_buffer=4", "train.steps=6", "train.batch_size=4", "train.num_workers=2",
+                "train.warmup_steps=1", "train.checkpoint_every=2", "train.log_every=1", "eval.batch_size=8",
+                "eval.num_beams=1", "eval.max_new_tokens=4", "eval.visualize=0", f"lm_path={tiny_model_dir / 'lm'}"]
+    whole = tmp_path / "whole"
+    result = run_module("simvlg_video.pretrain", *settings, f"hydra.run.dir={whole}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| pretrained |" in result.stdout
+    killed = tmp_path / "killed"
+    arguments = [*settings, f"hydra.run.dir={killed}"]
+
+    def reached() -> bool:
+        log = killed / "metrics.jsonl"
+        return log.is_file() and '"step": 4,' in log.read_text()
+
+    kill_when(arguments, tmp_path, reached, module="simvlg_video.pretrain")
+    assert reached() and not records(killed, "summary"), "the kill did not land during training"
+    refused = run_module("simvlg_video.pretrain", *arguments, "resume=auto", "train.num_workers=1", cwd=tmp_path)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "train.num_workers: 2 -> 1" in refused.stderr  # the streams are the run's: resume with as many
+    resumed = run_module("simvlg_video.pretrain", *arguments, "resume=auto", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = "checkpoints/00000006/trainable.safetensors"
+    expected, got = load_file(whole / final), load_file(killed / final)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    assert train_losses(killed) == train_losses(whole)
+
+
+def test_missing_shards_are_one_line_naming_them(tiny_model_dir, tmp_path):
+    streamed_image_set(tmp_path / "coco")
+    result = run_module("simvlg_video.pretrain", "data=webdataset", f"data.root={tmp_path / 'coco'}",
+                        f"data.shards='{tmp_path}/elsewhere/{{00000..00003}}.tar'", "train.steps=1",
+                        "train.warmup_steps=0",
+                        f"lm_path={tiny_model_dir / 'lm'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "4 of 4 shard(s) do not exist" in result.stderr and "elsewhere/00000.tar" in result.stderr

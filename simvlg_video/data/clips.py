@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -22,6 +23,7 @@ from simvlg_video.data.dataset import DEFAULT_MAX_SKIP_FRACTION, ClipReading, Fr
 from simvlg_video.data.manifest import ClipRecord, read_manifest, write_manifest
 from simvlg_video.data.probe import probe_paths
 from simvlg_video.data.sampling import needed_fields
+from simvlg_video.data.shards import ShardReading
 from simvlg_video.data.transforms import FrameTransform
 
 MANIFEST = "manifest.jsonl"
@@ -51,10 +53,22 @@ class ClipData:
     hflip: bool = True  # the reference flips; these datasets' captions rarely say left or right
     crop_scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop area range (the reference's)
     train_split: str = "train"
+    shards: str | None = None  # WebDataset tar shards to train on in place of the manifest's train split
+    # (`/data/cc3m/{00000..00331}.tar`, see shards.py); the manifest then only holds what is evaluated
+    shuffle_buffer: int = 1000  # samples of a shard shuffled together
+    image_decode: str = "auto"  # JPEGs of shards decoded by: loader (Pillow, in the workers) | device (torchvision,
+    # a batch at once on the model's device: nvJPEG on a GPU) | auto (device on a GPU, else loader)
 
     @property
     def reading(self) -> ClipReading:
         return ClipReading(self.num_frames, self.backend, self.decode_timeout, self.max_skip_fraction)
+
+    def shard_reading(self, device: torch.device) -> ShardReading:
+        """How shard samples are read for a model on `device`."""
+        if self.image_decode not in ("auto", "loader", "device"):
+            raise DataConfigError(f"data.image_decode must be auto, loader or device, got {self.image_decode!r}")
+        on_device = self.image_decode == "device" or (self.image_decode == "auto" and device.type == "cuda")
+        return ShardReading(self.num_frames, self.shuffle_buffer, decode_on_device=on_device)
 
     def train_transform(self, image_size: int) -> FrameTransform:
         """Training-time crops (and flips where the data allows them) at the model's input size."""

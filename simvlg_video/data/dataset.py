@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data import Sampler
 
 from simvlg_video.data.clip_reader import ClipReader, resolve_backend
-from simvlg_video.data.decode import VideoDecodeError, read_image
+from simvlg_video.data.decode import VideoDecodeError
+from simvlg_video.data.images import read_image
 from simvlg_video.data.manifest import ClipRecord
 from simvlg_video.data.sampling import ClipWindowError, needed_fields, sample_window
 

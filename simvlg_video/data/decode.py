@@ -212,23 +212,3 @@ def _short_reason(error: BaseException) -> str:
     """First line of a library error, without decord's '[time] file.cc:line:' prefix."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return _DECORD_LOG_PREFIX.sub("", text)
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """A still image (JPEG, PNG, WebP) as uint8 RGB (H, W, 3), turned upright by its EXIF orientation; any failure
-    is a :class:`VideoDecodeError` naming the file, like a video's."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    if path.is_file() and path.stat().st_size == 0:
-        raise VideoDecodeError(path, "the file is empty (0 bytes)")
-    try:
-        with Image.open(path) as image:
-            upright = ImageOps.exif_transpose(image).convert("RGB")  # decodes the whole file: truncation shows here
-    except FileNotFoundError:
-        raise VideoDecodeError(path, "cannot read the file (No such file or directory)") from None
-    except UnidentifiedImageError:
-        raise VideoDecodeError(path, "not a readable image (not a format Pillow knows)") from None
-    except (OSError, SyntaxError, ValueError) as error:  # Pillow's errors for damaged data
-        raise VideoDecodeError(path, f"not a readable image ({error})") from None
-    return np.array(upright)  # a writable copy: torch tensors over read-only arrays are undefined on write

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import asdict
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from simvlg_video.data.dataset import TooManySkippedClips
+from simvlg_video.data.images import decode_jpegs
+from simvlg_video.data.shards import ShardStream, StreamPosition
 from simvlg_video.data.transforms import FrameTransform
 
 log = logging.getLogger(__name__)
@@ -77,9 +81,10 @@ class ShardedClipOrder(Sampler[int]):
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
 
-def clip_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """The generator of one clip's train-time crop and flip in one epoch."""
-    state = np.random.SeedSequence([seed, epoch, index, 0x7F]).generate_state(1, dtype=np.uint64)[0]
+def clip_generator(seed: int, epoch: int, *index: int) -> torch.Generator:
+    """The generator of one clip's train-time crop and flip in one epoch (`index`: the clip's, or a shard sample's
+    (shard, sample))."""
+    state = np.random.SeedSequence([seed, epoch, *index, 0x7F]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state) & (2**63 - 1))
 
 
@@ -121,3 +126,86 @@ class TrainBatches:
                 yield frames, batch["captions"]
             self.epoch += 1
             self.batch = 0
+
+
+class ShardBatches:
+    """Iterates (frames (B, T, 3, S, S), captions) forever from a :class:`ShardStream` run by `loader` (one stream
+    per worker, batches handed out in turn); samples that could not be used are counted in `skipped`.
+
+    The state is every stream's position and how many batches were handed out, which says whose turn is next; a
+    resumed run must have as many streams (train.num_workers) and processes as the interrupted one.
+    """
+
+    def __init__(self, loader, stream: ShardStream, transform: FrameTransform, device: torch.device,
+                 seed: int = 0, max_skip_fraction: float = 0.5):
+        self.loader = loader
+        self.stream = stream
+        self.transform = transform
+        self.device = device
+        self.seed = seed
+        self.max_skip_fraction = max_skip_fraction
+        self.skipped: list[dict] = []
+        self.positions = list(stream.positions)
+        self.handed_out = 0
+
+    def state_dict(self) -> dict:
+        return {"shards": {"streams": self.stream.num_streams, "world_size": self.stream.world_size,
+                           "positions": [asdict(position) for position in self.positions],
+                           "handed_out": self.handed_out},
+                "skipped": list(self.skipped)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue at a saved position (call before iterating); refuses another number of streams or processes."""
+        if "shards" not in state:
+            raise ValueError("the checkpoint's data position is a manifest's, not shards'; resume with the data "
+                             "it was trained on")
+        saved = state["shards"]
+        if (saved["streams"], saved["world_size"]) != (self.stream.num_streams, self.stream.world_size):
+            raise ValueError(f"the run was streaming shards with train.num_workers={saved['streams']} (streams) on "
+                             f"{saved['world_size']} process(es); resume it with the same, not "
+                             f"{self.stream.num_streams} on {self.stream.world_size}")
+        self.positions = [StreamPosition(**position) for position in saved["positions"]]
+        self.handed_out = int(saved["handed_out"])
+        self.skipped = list(state["skipped"])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
+        self.stream.resume(self.positions, first_stream=self.handed_out)  # read by the workers the loader starts
+        for batch in self.loader:
+            self.positions[batch["stream"]] = StreamPosition(**batch["position"])
+            self.handed_out += 1
+            frames, captions, keys = self._frames(batch)
+            lost = len(batch["skipped"]) + len(batch["keys"]) - len(keys)
+            if lost > self.max_skip_fraction * (len(batch["skipped"]) + len(batch["keys"])):
+                listing = "\n".join(f"  {entry['clip_id']} ({entry['video']}): {entry['reason']}"
+                                    for entry in self.skipped[-lost:])
+                raise TooManySkippedClips(f"{lost} of the {lost + len(keys)} samples read for a batch could not be "
+                                          f"used, more than max_skip_fraction={self.max_skip_fraction}:\n{listing}")
+            if not keys:
+                continue
+            generators = [clip_generator(self.seed, *key) for key in keys]
+            yield self.transform(frames, generator=generators, device=self.device), captions
+
+    def _frames(self, batch: dict) -> tuple[list[torch.Tensor], list[str], list[tuple]]:
+        """The batch's frames on the device, JPEGs decoded there in one call; records what failed in `skipped`."""
+        self.skipped.extend(batch["skipped"])
+        images = batch["frames"]
+        if not isinstance(images, dict):
+            return images, batch["captions"], batch["keys"]
+        encoded = [i for i, image in enumerate(images["jpegs"]) if isinstance(image, bytes)]
+        decoded = dict(zip(encoded, decode_jpegs([images["jpegs"][i] for i in encoded],
+                                                 [images["orientations"][i] for i in encoded], self.device,
+                                                 [batch["names"][i] for i in encoded])))
+        frames, captions, keys = [], [], []
+        for i, image in enumerate(images["jpegs"]):
+            image = decoded.get(i, image)
+            if isinstance(image, str):
+                name = batch["names"][i]
+                log.warning("skipping %s: %s", name, image)
+                self.skipped.append({"clip_id": name, "video": name.rsplit(":", 1)[0], "reason": image})
+                continue
+            if image.dim() == 3:  # decoded here: one picture, as many frames as a clip has
+                image = image.expand(self.stream.reading.num_frames, -1, -1, -1)
+            frames.append(image)
+            captions.append(batch["captions"][i])
+            keys.append(batch["keys"][i])
+        return frames, captions, keys

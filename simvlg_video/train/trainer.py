@@ -13,12 +13,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from simvlg_video.data.clips import ClipData
 from simvlg_video.data.dataset import FrameSampler, clip_loader
 from simvlg_video.data.manifest import ClipRecord
 from simvlg_video.model.parallel import wrap_model
-from simvlg_video.train.batches import ShardedClipOrder, TrainBatches
+from simvlg_video.data.shards import ShardStream, list_shards
+from simvlg_video.train.batches import ShardBatches, ShardedClipOrder, TrainBatches
 from simvlg_video.train.checkpoint import RunFiles
 from simvlg_video.train.loop import FitResult, Hooks, Session, TooManyNonFiniteSteps, TrainConfig, fit
 from simvlg_video.world import World
@@ -59,10 +61,19 @@ def set_dropout(model: nn.Module, probability: float) -> int:
     return changed
 
 
-def training_batches(run: TrainingRun, records: list[ClipRecord], device: torch.device, world: World) -> TrainBatches:
-    """This rank's endless training batches: its share of every epoch's shuffle, decoded by the loader workers,
-    transformed on `device`."""
+def training_batches(run: TrainingRun, records: list[ClipRecord], device: torch.device,
+                     world: World) -> TrainBatches | ShardBatches:
+    """This rank's endless training batches: its share of every epoch's shuffle (of the manifest's clips, or of
+    `data.shards`), decoded by the loader workers, transformed on `device`."""
     train = run.train
+    if run.data.shards:
+        streams = max(1, train.num_workers)
+        stream = ShardStream(list_shards(run.data.shards), train.batch_size, run.data.shard_reading(device),
+                             seed=run.seed, rank=world.rank, world_size=world.world_size, num_streams=streams)
+        loader = DataLoader(stream, batch_size=None, num_workers=train.num_workers, pin_memory=device.type == "cuda",
+                            generator=torch.Generator().manual_seed(run.seed))  # not the global RNG dropout draws on
+        return ShardBatches(loader, stream, run.data.train_transform(run.image_size), device, seed=run.seed,
+                            max_skip_fraction=run.data.max_skip_fraction)
     order = ShardedClipOrder(len(records), train.batch_size, seed=run.seed, rank=world.rank,
                              world_size=world.world_size, accumulation=train.accumulation)
     loader = clip_loader(records, run.data.reading, run.frame_sampler, train=True, batch_size=train.batch_size,
@@ -83,7 +94,10 @@ def train(model: nn.Module, run: TrainingRun, records: list[ClipRecord], device:
     if files.resume_from is not None:
         state, mine = files.checkpoints.load(files.resume_from, wrapped, session.optimizer)
         session.load_state_dict(state["session"])
-        batches.load_state_dict(mine["batches"])
+        try:
+            batches.load_state_dict(mine["batches"])
+        except ValueError as error:
+            raise SystemExit(f"error: cannot resume from {files.resume_from}: {error}") from None
         start_step, best = state["step"], state.get("best")
         log.info("resumed from %s at step %d", files.resume_from, start_step)
     global_batch = train_cfg.batch_size * train_cfg.accumulation * world.world_size

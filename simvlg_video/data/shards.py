@@ -1,0 +1,242 @@
+"""Image-caption pairs streamed from WebDataset tar shards, in the layout img2dataset writes for CC3M, CC12M and LAION.
+
+A shard is a tar whose members share a key per sample: `{key}.jpg` (or .jpeg, .png, .webp) with `{key}.txt` (the
+caption) or `{key}.json` (img2dataset's metadata, whose "caption" is used when there is no .txt). A shard list is
+brace-expanded (`/data/cc3m/{00000..00331}.tar`, several joined with `::`) or a folder of .tar files, and read with
+the `webdataset` package.
+
+Every rank runs `num_streams` streams (one per loader worker); stream g of the G = ranks x streams reads shards g,
+g + G, ... of each epoch's shard order, so no two streams read the same shard in an epoch and the data splits over
+ranks and workers without coordination. Inside a shard, samples pass through a shuffle buffer. A stream's
+position (epoch, shard of its list, samples of that shard read) is its whole state: the shard order, the buffer's
+draws and each sample's crop hang off (seed, epoch, shard, sample), so a stream restarted at a position yields
+exactly what it would have yielded next; it re-reads the shard up to there without decoding a single image.
+
+A sample whose image is missing or does not decode, or that has no caption, is skipped and listed with its reason,
+as an unreadable video is; so is the unread rest of a truncated shard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from simvlg_video.data.decode import VideoDecodeError
+from simvlg_video.data.images import image_from_bytes, is_jpeg, jpeg_orientation
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+T = TypeVar("T")
+
+
+class ShardError(ValueError):
+    """The shard list names files that are not there, or too few shards to feed every stream."""
+
+
+def list_shards(pattern: str) -> list[str]:
+    """Every shard `pattern` names, each checked to be a file: braces expanded and `::` joining lists
+    (`/data/cc3m/{00000..00331}.tar`), or a folder standing for every .tar in it."""
+    from webdataset.shardlists import expand_urls
+
+    if Path(pattern).expanduser().is_dir():
+        shards = sorted(str(path) for path in Path(pattern).expanduser().glob("*.tar"))
+    else:
+        shards = [str(Path(url).expanduser()) if "://" not in url else url for url in expand_urls(pattern) if url]
+    if not shards:
+        raise ShardError(f"data.shards={pattern!r} names no shards")
+    missing = [url for url in shards if "://" not in url and not Path(url).is_file()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ShardError(f"data.shards={pattern!r}: {len(missing)} of {len(shards)} shard(s) do not exist: {shown}")
+    return shards
+
+
+@dataclass(frozen=True)
+class StreamPosition:
+    """Where a stream stands: its `shard`-th shard of `epoch`, of which `sample` samples have been read."""
+
+    epoch: int = 0
+    shard: int = 0
+    sample: int = 0
+
+
+def stream_shards(num_shards: int, seed: int, epoch: int, stream: int, num_streams: int) -> list[int]:
+    """The shards (indices of the full list) that global stream `stream` of `num_streams` reads in `epoch`."""
+    order = torch.randperm(num_shards, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+    return order[stream::num_streams]
+
+
+def buffered_shuffle(items: Iterable[T], buffer_size: int, rng: np.random.Generator) -> Iterator[T]:
+    """`items` in an order shuffled through a buffer of `buffer_size` (1: unshuffled), as streams must: memory
+    stays bounded however long the input, and the order depends only on the input and the generator."""
+    buffer: list[T] = []
+    for item in items:
+        buffer.append(item)
+        if len(buffer) >= buffer_size:
+            chosen = int(rng.integers(len(buffer)))
+            buffer[chosen], buffer[-1] = buffer[-1], buffer[chosen]
+            yield buffer.pop()
+    for chosen in rng.permutation(len(buffer)):
+        yield buffer[chosen]
+
+
+def shard_samples(url: str) -> Iterator[dict[str, Any]]:
+    """The samples of one shard, grouped by key ({"__key__", "jpg", "txt", ...} with bytes values), in tar order.
+    A shard that breaks off keeps the samples read before the break and ends with a {"__key__", "__error__"} entry."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+
+    breaks: list[str] = []
+
+    def members() -> Iterator[dict[str, Any]]:
+        try:
+            yield from tar_file_expander(url_opener([{"url": url}]))
+        except (tarfile.TarError, OSError, EOFError, ValueError) as error:  # ends the shard, so the sample being
+            reason = str(error.args[0]) if error.args else type(error).__name__  # grouped is still handed on
+            breaks.append(reason.split(" @ ")[0])
+
+    yield from group_by_keys(members())
+    if breaks:
+        yield {"__key__": "(rest of shard)", "__url__": url, "__error__": f"the shard breaks off: {breaks[0]}"}
+
+
+def sample_caption(sample: dict[str, Any]) -> str:
+    """The caption of a shard sample: its .txt, else its .json's "caption"; "" when it has neither."""
+    if "txt" in sample:
+        return sample["txt"].decode("utf-8", errors="replace").strip()
+    if "json" in sample:
+        try:
+            caption = json.loads(sample["json"]).get("caption")
+        except (ValueError, AttributeError):
+            return ""
+        return caption.strip() if isinstance(caption, str) else ""
+    return ""
+
+
+@dataclass(frozen=True)
+class ShardReading:
+    """How shard samples become training items: frames per clip (an image fills them all), the shuffle buffer,
+    and whether JPEGs are decoded in the loader (Pillow) or handed over encoded, for the model's device."""
+
+    num_frames: int = 1
+    shuffle_buffer: int = 1000
+    decode_on_device: bool = False
+
+
+class ShardStream(IterableDataset):
+    """This rank's endless training batches from shards; a DataLoader runs one stream in each of its
+    `num_streams` workers (`batch_size=None`: the stream makes the batches), and hands them out in turn.
+
+    A batch: {"frames": [uint8 (T, H, W, 3)] or, decoded on the device, {"jpegs", "orientations"}, "captions",
+    "keys": [(epoch, shard, sample)], "names", "skipped": [{clip_id, video, reason}], "stream", "position"}. Call
+    :meth:`resume` before the loader starts its workers to continue from saved positions.
+    """
+
+    def __init__(self, shards: list[str], batch_size: int, reading: ShardReading, *, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, num_streams: int = 1) -> None:
+        if len(shards) < world_size * num_streams:
+            raise ShardError(f"{len(shards)} shard(s) cannot feed {world_size} process(es) x {num_streams} loader "
+                             f"stream(s) (train.num_workers, at least 1): every stream needs a shard of its own; "
+                             f"lower train.num_workers or write smaller shards")
+        if batch_size < 1 or reading.shuffle_buffer < 1:
+            raise ValueError(f"batch_size and shuffle_buffer must be >= 1, got {batch_size} and "
+                             f"{reading.shuffle_buffer}")
+        self.shards = list(shards)
+        self.batch_size = batch_size
+        self.reading = reading
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.num_streams = num_streams
+        self.positions = [StreamPosition()] * num_streams
+        self.first_stream = 0
+
+    def resume(self, positions: list[StreamPosition], first_stream: int) -> None:
+        """Start each stream at its position, worker 0 playing stream `first_stream` (the one whose turn is next)."""
+        if len(positions) != self.num_streams:
+            raise ValueError(f"{len(positions)} saved stream positions for {self.num_streams} streams")
+        self.positions = list(positions)
+        self.first_stream = first_stream % self.num_streams
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker = get_worker_info()
+        workers = worker.num_workers if worker is not None else 1
+        if workers != self.num_streams:
+            raise RuntimeError(f"a ShardStream of {self.num_streams} streams runs in {workers} loader workers")
+        stream = ((worker.id if worker is not None else 0) + self.first_stream) % self.num_streams
+        return self.batches(stream, self.positions[stream])
+
+    def batches(self, stream: int, start: StreamPosition) -> Iterator[dict[str, Any]]:
+        """The batches of this rank's stream `stream` from position `start`, forever."""
+        frames, captions, keys, names, skipped = [], [], [], [], []
+        readable_in_epoch, epoch = 0, start.epoch
+        whole_epoch = start.shard == start.sample == 0  # seen from its start: an epoch of nothing means no data
+        for position, key, sample in self.samples(stream, start):
+            if position.epoch != epoch:
+                if whole_epoch and readable_in_epoch == 0:
+                    raise ShardError(f"a whole epoch of stream {stream} held no readable sample; check the shards "
+                                     f"(e.g. {self.shards[0]})")
+                readable_in_epoch, epoch, whole_epoch = 0, position.epoch, True
+            name = f"{sample['__url__']}:{sample['__key__']}"
+            item = self.item(sample, name)
+            if isinstance(item, str):
+                logger.warning("skipping %s: %s", name, item)
+                skipped.append({"clip_id": sample["__key__"], "video": sample["__url__"], "reason": item})
+                continue
+            readable_in_epoch += 1
+            frames.append(item)
+            captions.append(sample_caption(sample))
+            keys.append(key)
+            names.append(name)
+            if len(frames) == self.batch_size:
+                images = ({"jpegs": [f[0] for f in frames], "orientations": [f[1] for f in frames]}
+                          if self.reading.decode_on_device else frames)
+                yield {"frames": images, "captions": captions, "keys": keys, "names": names, "skipped": skipped,
+                       "stream": stream, "position": asdict(position)}
+                frames, captions, keys, names, skipped = [], [], [], [], []
+
+    def samples(self, stream: int, start: StreamPosition) -> Iterator[tuple[StreamPosition, tuple, dict]]:
+        """(position after it, (epoch, shard, sample) key, sample) of every sample of a stream from `start`."""
+        global_stream = self.rank * self.num_streams + stream
+        num_global = self.world_size * self.num_streams
+        epoch, first_shard, skip = start.epoch, start.shard, start.sample
+        while True:
+            mine = stream_shards(len(self.shards), self.seed, epoch, global_stream, num_global)
+            for shard_number in range(first_shard, len(mine)):
+                shard = mine[shard_number]
+                rng = np.random.default_rng([self.seed, epoch, shard, 0x5A])
+                url = self.shards[shard]
+                for ordinal, sample in enumerate(buffered_shuffle(shard_samples(url), self.reading.shuffle_buffer,
+                                                                  rng)):
+                    if ordinal >= skip:  # a resumed stream passes over what it had read, undecoded
+                        yield StreamPosition(epoch, shard_number, ordinal + 1), (epoch, shard, ordinal), sample
+                skip = 0
+            epoch, first_shard = epoch + 1, 0
+
+    def item(self, sample: dict[str, Any], name: str) -> torch.Tensor | tuple[bytes, int] | str:
+        """A sample's frames (T, H, W, 3), or (JPEG bytes, EXIF orientation) for the device, or why it is skipped."""
+        if "__error__" in sample:
+            return sample["__error__"]
+        extension = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
+        if extension is None:
+            return f"no image ({'/'.join(IMAGE_EXTENSIONS)}) in the sample"
+        if not sample_caption(sample):
+            return "no caption (.txt, or .json with a \"caption\")"
+        data = sample[extension]
+        if self.reading.decode_on_device and is_jpeg(data):
+            return data, jpeg_orientation(data)
+        try:
+            image = image_from_bytes(data, name)
+        except VideoDecodeError as error:
+            return error.reason
+        frames = torch.from_numpy(image).expand(self.reading.num_frames, -1, -1, -1)
+        return (frames, 0) if self.reading.decode_on_device else frames
