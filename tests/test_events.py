@@ -169,3 +169,18 @@ def test_unknown_kinds_and_bad_durations_are_refused(tmp_path: Path) -> None:
         make_events_dataset(tmp_path, num_clips=2, kinds=["jump"], show_progress=False)
     with pytest.raises(ValueError, match="duration"):
         make_events_dataset(tmp_path, num_clips=2, duration=[60.0, 20.0], show_progress=False)
+
+
+def test_an_lm_trained_on_the_event_corpus_knows_every_event_word(tmp_path: Path) -> None:
+    """The bundled LM lacks "then", "stops", "slowly": the tiny LM command writes one whose tokenizer has them all."""
+    from transformers import AutoTokenizer
+
+    from simvlg_video.data_tools.build_tiny_image_model import BUNDLED
+    from simvlg_video.data_tools.tiny_lm import main as train_lm
+
+    bundled = AutoTokenizer.from_pretrained(BUNDLED / "lm")
+    assert "then" not in bundled.get_vocab()
+    tokenizer = AutoTokenizer.from_pretrained(train_lm(["--corpus", "events", "--out", str(tmp_path / "lm"),
+                                                        "--steps", "1"]))
+    unknown = tokenizer.unk_token_id
+    assert all(unknown not in tokenizer(caption).input_ids for caption in events.caption_corpus())
