@@ -2,6 +2,14 @@
 
 Codes are added to the tokens a temporal module reads, never to the residual stream itself, so a module whose gate is
 0 stays the identity whatever the codes are.
+
+A code marks a frame's *index* in the sampled clip, not its time: frame k gets row k whatever T and the clip's length.
+So at more frames than trained on (trained at T = 4, evaluated at T = 8 or 16) the codes neither interpolate nor rescale
+to the clip: frames 0-3 keep the codes that meant "the whole clip, first to last" in training but now cover its first
+quarter or half, and frames 4 and on get codes training never showed. Sinusoidal codes extrapolate along their fixed
+sine curves; learned rows past the trained T never had a gradient (and are exempt from weight decay), so they are still
+the zero they started as: those frames carry no time code at all. (tests/test_time_codes.py; measured in
+docs/experiments.md, "Time beyond direction".)
 """
 
 from __future__ import annotations

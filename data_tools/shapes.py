@@ -21,7 +21,7 @@ from simvlg_video.eval.shape_accuracy import (  # the vocabulary captions are wr
     SHAPES,
 )
 
-# Saturated colours far apart in hue, against a background kept near grey (see _background).
+# Saturated colours far apart in hue, against a background kept near grey (see background).
 COLOUR_RGB = {
     "red": (215, 35, 35),
     "green": (35, 185, 50),
@@ -30,7 +30,7 @@ COLOUR_RGB = {
 }
 
 # "{a}" is "a red circle", "{the}" is "the red circle".
-_VIDEO_TEMPLATES = {
+VIDEO_TEMPLATES = {
     "still": ("{a} stays still", "{a} stands still", "{the} is motionless", "{a} remains stationary"),
     "left": ("{a} moves to the left", "{a} slides left", "{the} goes left", "{a} travels leftward"),
     "right": ("{a} moves to the right", "{a} slides right", "{the} goes right", "{a} travels rightward"),
@@ -42,12 +42,12 @@ _VIDEO_TEMPLATES = {
 _IMAGE_TEMPLATES = ("{a}", "{the}", "{a} shape", "a picture of {a}")
 
 # Geometry ranges, as fractions of the frame (sizes are half-extents relative to the shorter side).
-_STATIC_SIZE = (0.12, 0.18)  # large enough to stay recognisable when a 96-px frame is resized to 64 px
+STATIC_SIZE = (0.12, 0.18)  # large enough to stay recognisable when a 96-px frame is resized to 64 px
 _TRAVEL = (0.40, 0.55)  # distance moved in a clip, as a fraction of width (left/right) or height (up/down)
 _SMALL_SIZE = (0.09, 0.11)  # grow starts here, shrink ends here
 _SIZE_RATIO = (1.9, 2.6)  # large/small size for grow and shrink
 _TRIANGLE_SCALE = 1.3  # circumradius / size, so a triangle's area is not far below a circle's
-_MARGIN_SCALE = _TRIANGLE_SCALE + 0.1  # the largest extent of any shape per unit of size, plus a gap
+MARGIN_SCALE = _TRIANGLE_SCALE + 0.1  # the largest extent of any shape per unit of size, plus a gap
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,8 @@ def sample_clip_spec(rng: np.random.Generator, shape: str, colour: str, motion: 
         large = small * rng.uniform(*_SIZE_RATIO)
         start_size, end_size = (small, large) if motion == "grow" else (large, small)
     else:
-        start_size = end_size = rng.uniform(*_STATIC_SIZE)
-    margin = _MARGIN_SCALE * max(start_size, end_size)
+        start_size = end_size = rng.uniform(*STATIC_SIZE)
+    margin = MARGIN_SCALE * max(start_size, end_size)
     start_x, start_y = rng.uniform(margin, 1.0 - margin, size=2)
     end_x, end_y = start_x, start_y
     if motion in ("left", "right", "up", "down"):
@@ -113,7 +113,7 @@ def sample_clip_spec(rng: np.random.Generator, shape: str, colour: str, motion: 
     )
 
 
-def _background(seed: int, height: int, width: int) -> np.ndarray:
+def background(seed: int, height: int, width: int) -> np.ndarray:
     """A smooth, low-saturation colour pattern (float32, H x W x 3) so no pixel reads as a shape colour."""
     rng = np.random.default_rng([seed, 0])
     grid = 5
@@ -143,6 +143,14 @@ def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, size_px: float)
     return edges - 0.5 * circumradius
 
 
+def shape_coverage(shape: str, centre_x: float, centre_y: float, size_px: float, height: int,
+                   width: int) -> np.ndarray:
+    """How much of each pixel the shape covers, (H, W, 1) in [0, 1], with antialiased edges (centre in pixels)."""
+    dy = np.arange(height, dtype=np.float32)[:, None] + 0.5 - centre_y
+    dx = np.arange(width, dtype=np.float32)[None, :] + 0.5 - centre_x
+    return np.clip(0.5 - _signed_distance(shape, dx, dy, size_px), 0.0, 1.0)[..., None]
+
+
 def _check_frame_size(height: int, width: int) -> None:
     if height < 8 or width < 8:
         raise ValueError(f"frame size must be at least 8x8 pixels, got height={height} width={width}")
@@ -169,19 +177,17 @@ def render_image(spec: ClipSpec, height: int, width: int, time: float = 0.0) -> 
 
 
 def _render_at(spec: ClipSpec, height: int, width: int, time: float, frame_index: int) -> np.ndarray:
-    frame = _background(spec.seed, height, width)
+    frame = background(spec.seed, height, width)
     centre_x = (spec.start_x + time * (spec.end_x - spec.start_x)) * width
     centre_y = (spec.start_y + time * (spec.end_y - spec.start_y)) * height
     size_px = (spec.start_size + time * (spec.end_size - spec.start_size)) * min(height, width)
-    dy = np.arange(height, dtype=np.float32)[:, None] + 0.5 - centre_y
-    dx = np.arange(width, dtype=np.float32)[None, :] + 0.5 - centre_x
-    coverage = np.clip(0.5 - _signed_distance(spec.shape, dx, dy, size_px), 0.0, 1.0)[..., None]
+    coverage = shape_coverage(spec.shape, centre_x, centre_y, size_px, height, width)
     frame = frame * (1.0 - coverage) + np.asarray(COLOUR_RGB[spec.colour], np.float32) * coverage
     noise = np.random.default_rng([spec.seed, 1, frame_index]).normal(0.0, 6.0, size=frame.shape)
     return np.clip(np.rint(frame + noise), 0, 255).astype(np.uint8)
 
 
-def _noun_phrases(shape: str, colour: str) -> dict[str, str]:
+def noun_phrases(shape: str, colour: str) -> dict[str, str]:
     article = "an" if colour[0] in "aeiou" else "a"
     return {"a": f"{article} {colour} {shape}", "the": f"the {colour} {shape}"}
 
@@ -189,14 +195,14 @@ def _noun_phrases(shape: str, colour: str) -> dict[str, str]:
 def video_captions(shape: str, colour: str, motion: str) -> list[str]:
     """Paraphrases describing one clip: lowercase, no final period, one motion each."""
     _check_vocabulary(shape, colour, motion)
-    phrases = _noun_phrases(shape, colour)
-    return [template.format(**phrases) for template in _VIDEO_TEMPLATES[motion]]
+    phrases = noun_phrases(shape, colour)
+    return [template.format(**phrases) for template in VIDEO_TEMPLATES[motion]]
 
 
 def image_captions(shape: str, colour: str) -> list[str]:
     """Captions for a still image of the shape: no motion words."""
     _check_vocabulary(shape, colour)
-    phrases = _noun_phrases(shape, colour)
+    phrases = noun_phrases(shape, colour)
     return [template.format(**phrases) for template in _IMAGE_TEMPLATES]
 
 

@@ -1,7 +1,14 @@
-"""A word-level tokenizer and a tiny OPT language model trained on caption text (the demo's frozen LLM)."""
+"""A word-level tokenizer and a tiny OPT language model trained on caption text (the demo's frozen LLM).
+
+    python -m simvlg_video.data_tools.tiny_lm --corpus events --out LM_DIR [--steps 1500 --lr 1e-3]
+
+trains one on a synthetic set's caption groups (`shapes`: the motion set's, as the bundled model's LM; `events`: those
+plus the event set's, whose words the bundled LM lacks), to give `pretrain` as `lm_path=LM_DIR`.
+"""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,3 +80,25 @@ def train_tiny_lm(
     lm.eval().save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m simvlg_video.data_tools.tiny_lm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", choices=("shapes", "events"), default="events", help="whose caption groups")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write (model and tokenizer)")
+    parser.add_argument("--steps", type=int, default=1500, help="the bundled model's LM stage: 1500")
+    parser.add_argument("--lr", type=float, default=1e-3, help="the bundled model's LM stage: 1e-3")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.corpus == "events":
+        from simvlg_video.data_tools.events import caption_groups
+    else:
+        from simvlg_video.data_tools.shapes import caption_groups
+    out = train_tiny_lm(caption_groups(), args.out, steps=args.steps, lr=args.lr, seed=args.seed)
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

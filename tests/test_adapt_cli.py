@@ -52,6 +52,27 @@ def test_evaluate_rescores_the_run(run_dir: Path):
 
 
 @pytest.mark.slow
+def test_evaluate_runs_a_four_frame_run_at_more_frames(run_dir: Path):
+    """Frames beyond training (docs/experiments.md, "Time beyond direction"): a run trained at T = 4 is scored at 8 and
+    16 frames, its pool's time codes read by frame index (adapters/time_encoding.py)."""
+    manifest = OmegaConf.load(run_dir / "config.yaml").data.manifest
+    assert OmegaConf.load(run_dir / "config.yaml").data.num_frames == 4
+    for num_frames in (8, 16):
+        result = run_module("simvlg_video.evaluate", "--ckpt", str(run_dir / "model"), "--manifest", manifest,
+                            f"num_frames={num_frames}", cwd=run_dir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        metrics = json.loads((run_dir / "model" / "eval" / "test_metrics.json").read_text())
+        assert metrics["metrics"]["clips"] == len(records_of(manifest)) and not metrics["skipped"]
+        assert 0.0 <= metrics["metrics"]["motion_acc"] <= 1.0
+
+
+def records_of(manifest: str) -> list:
+    from simvlg_video.data.manifest import read_manifest
+
+    return read_manifest(manifest, "test")
+
+
+@pytest.mark.slow
 def test_adapter_none_trains_the_rest(tiny_model_dir: Path, tmp_path: Path):
     """The floor of an ablation: no adapter modules, so `adapters` in train.trainable has nothing to train."""
     result = run_module("simvlg_video.adapt", "--image-ckpt", str(tiny_model_dir), *TINY_RUN, "adapter=none",
@@ -126,3 +147,20 @@ def test_runs_table_lists_finished_and_unfinished_runs(run_dir: Path, tmp_path: 
     assert rows[0].startswith(f"| run | merged_tokens (time: sinusoidal, space: sinusoidal) | {cider:.1f} |")
     assert f"| {summary['train_videos_per_s']:.1f} | " in rows[0] and "(process RSS) |" in rows[0]
     assert rows[1].startswith("| crashed | merged_tokens (time: sinusoidal, space: sinusoidal) | unfinished |")
+
+
+@pytest.mark.slow
+def test_runs_table_shows_event_columns_only_where_a_run_has_them(run_dir: Path, tmp_path: Path):
+    from simvlg_video.eval.runs import runs_table
+
+    assert "event_order_acc" not in runs_table([run_dir])
+    events_run = tmp_path / "events"
+    events_run.mkdir()
+    (events_run / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    summary = json.loads(lines[-1])
+    summary["adapted"] |= {"event_order_acc": 0.925, "speed_acc": 0.5}
+    (events_run / "metrics.jsonl").write_text("\n".join([*lines[:-1], json.dumps(summary)]) + "\n")
+    header, _, plain, with_events = runs_table([run_dir, events_run]).splitlines()
+    assert header.endswith("| event_order_acc | speed_acc | train videos/s | peak memory (GiB) |")
+    assert " | 92.5 | 50.0 | " in with_events and " | - | - | " in plain

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from simvlg_video.data.dataset import clip_loader
 from simvlg_video.data.manifest import ClipRecord
 from simvlg_video.eval.coco import score_captions
+from simvlg_video.eval.event_accuracy import event_accuracy
 from simvlg_video.eval.inference import InferenceConfig
 from simvlg_video.eval.paragraph import is_paragraph_set, paragraph_scores
 from simvlg_video.eval.shape_accuracy import shape_accuracy, still_accuracy
@@ -59,7 +60,8 @@ def predict(model: VideoCaptioner, records: list[ClipRecord], inference: Inferen
 
 def score(records: Iterable[ClipRecord], captions: dict[str, str], spice: bool = False) -> dict[str, float]:
     """COCO metrics over the clips that were captioned, plus what the records' attributes call for: shape/motion
-    accuracy (synthetic shapes and stills) or paragraph scores (segments of videos, e.g. ActivityNet Captions)."""
+    accuracy (synthetic shapes and stills), event-order and speed accuracy (synthetic events) or paragraph scores
+    (segments of videos, e.g. ActivityNet Captions)."""
     records = list(records)
     scored = [r for r in records if r.clip_id in captions]
     references = {r.clip_id: list(r.captions) for r in scored}
@@ -70,6 +72,9 @@ def score(records: Iterable[ClipRecord], captions: dict[str, str], spice: bool =
     stills = {r.clip_id: r.attributes for r in scored if r.is_image and {"shape", "colour"} <= set(r.attributes)}
     if stills and len(stills) == len(scored):  # the synthetic stills of the image stage's demo
         metrics.update(still_accuracy({k: captions[k] for k in stills}, stills))
+    events = {r.clip_id: r.attributes for r in scored if {"events", "speed"} & set(r.attributes)}
+    if events:  # the synthetic event set: events in order, speed
+        metrics.update(event_accuracy({k: captions[k] for k in events}, events))
     if is_paragraph_set(records):
         metrics.update(paragraph_scores(records, captions, spice=spice))
     metrics["clips"] = len(scored)

@@ -20,6 +20,7 @@ from simvlg_video.adapters.placements import PLACEMENTS
 from simvlg_video.data.manifest import json_problem
 
 COLUMNS = ("CIDEr", "BLEU-4", "motion_acc", "direction_acc", "object_acc")
+EVENT_COLUMNS = ("event_order_acc", "speed_acc")  # shown when some run has them (the synthetic event set)
 
 
 def _job_order(path: Path) -> tuple:
@@ -93,16 +94,19 @@ def memory_cell(summary: dict) -> str:
 
 def runs_table(run_dirs: list[Path]) -> str:
     """Markdown table: one row per run; scores x100, videos/s and peak memory of training."""
-    header = ["run", "adapter", *COLUMNS, "train videos/s", "peak memory (GiB)"]
+    summaries = {run_dir: run_summary(run_dir) for run_dir in run_dirs}
+    columns = [*COLUMNS, *(c for c in EVENT_COLUMNS
+                           if any(s is not None and c in s["adapted"] for s in summaries.values()))]
+    header = ["run", "adapter", *columns, "train videos/s", "peak memory (GiB)"]
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     for run_dir in run_dirs:
         label = adapter_label(OmegaConf.load(run_dir / "config.yaml"))
-        summary = run_summary(run_dir)
+        summary = summaries[run_dir]
         if summary is None:
             lines.append(f"| {run_dir.name} | {label} | unfinished |" + " |" * (len(header) - 3))
             continue
         metrics = summary["adapted"]
-        cells = [f"{100 * metrics[c]:.1f}" if c in metrics else "-" for c in COLUMNS]
+        cells = [f"{100 * metrics[c]:.1f}" if c in metrics else "-" for c in columns]
         lines.append(f"| {run_dir.name} | {label} | " + " | ".join(cells)
                      + f" | {summary['train_videos_per_s']:.1f} | {memory_cell(summary)} |")
     return "\n".join(lines)

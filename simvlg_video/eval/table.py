@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 DEFAULT_COLUMNS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "motion_acc", "direction_acc", "shape_acc", "colour_acc",
-                   "object_acc")
+                   "object_acc", "event_order_acc", "speed_acc", "speed_motion_acc")
 
 
 def metrics_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
