@@ -260,3 +260,26 @@ def test_missing_shards_are_one_line_naming_them(tiny_model_dir, tmp_path):
                         f"lm_path={tiny_model_dir / 'lm'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "4 of 4 shard(s) do not exist" in result.stderr and "elsewhere/00000.tar" in result.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_stream_shards_each_from_its_own_position(tiny_model_dir, tmp_path):
+    """torchrun, 2 processes x 1 loader worker: each rank's checkpointed data state is its own stream's, of a world
+    of 2, and both streamed every step's batch."""
+    from test_distributed import TORCHRUN
+
+    from simvlg_video.train.checkpoint import STATE
+
+    pattern = streamed_image_set(tmp_path / "coco")
+    run = tmp_path / "ddp"
+    result = run_module("simvlg_video.pretrain", "data=webdataset", f"data.root={tmp_path / 'coco'}",
+                        f"data.shards='{pattern}'", "train.steps=3", "train.batch_size=4", "train.num_workers=1",
+                        "train.warmup_steps=1", "train.checkpoint_every=3", "eval.batch_size=8", "eval.num_beams=1",
+                        "eval.max_new_tokens=4", "eval.visualize=0", f"lm_path={tiny_model_dir / 'lm'}",
+                        f"hydra.run.dir={run}", cwd=tmp_path, launcher=TORCHRUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(run / "checkpoints" / "00000003" / STATE, weights_only=False)
+    streams = [rank["batches"]["shards"] for rank in state["ranks"]]
+    assert [(s["world_size"], s["streams"], s["handed_out"]) for s in streams] == [(2, 1, 3), (2, 1, 3)]
+    # 12 samples read from shards of at most 10: each rank is into its second shard of epoch 0
+    assert all(s["positions"][0]["epoch"] == 0 and s["positions"][0]["shard"] == 1 for s in streams)
