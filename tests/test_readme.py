@@ -36,9 +36,11 @@ RUN_ELSEWHERE = {
         ".ci/run and the demo",
     "python -m pytest -q": ".ci/run",
     "python -m simvlg_video.pretrain": "test_pretrain.py (at toy size; the demo's figures are measured)",
-    "torchrun --nproc_per_node 8 -m simvlg_video.pretrain experiment=simvlg_image data=coco data.root=COCO "
-    "vit_weights=eva_vit_g.pth bert_path=/models/bert-base-uncased lm_path=/models/opt-2.7b":
-        "test_pretrain.py (data=coco with a ViT weights file), test_configs.py (the recipe)",
+    "torchrun --nproc_per_node 8 -m simvlg_video.pretrain experiment=simvlg_image data=webdataset "
+    "data.shards=\"'/data/cc3m/{00000..00331}.tar'\" data.root=COCO vit_weights=eva_vit_g.pth "
+    "bert_path=/models/bert-base-uncased lm_path=/models/opt-2.7b":
+        "test_pretrain.py (shards under torchrun with 2 processes, with a quoted brace list; data=coco with a ViT "
+        "weights file), test_configs.py (the recipe)",
     "python -m simvlg_video.adapt --image-ckpt RUN_DIR/model data=msrvtt data.root=ROOT": "test_pretrain.py",
     "python -m simvlg_video.adapt --image-ckpt /models/blip2-opt-2.7b data=msrvtt data.root=ROOT":
         "test_blip2_commands.py (a tiny BLIP-2 folder on the shapes set)",
