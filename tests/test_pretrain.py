@@ -179,12 +179,21 @@ def test_a_bad_merge_setting_is_one_line(tiny_model_dir, tmp_path):
 def test_a_killed_image_run_resumes_exactly(tiny_model_dir, tmp_path):
     """SIGKILL after step 4 of 6, then resume=auto: the same trainable weights, bit for bit, and the same losses as
     the run never stopped (two loader workers decoding JPEGs, dropout on)."""
-    from test_resume import kill_when
-
     settings = [*TINY_PRETRAIN, "eval.visualize=0", "train.steps=6", "train.checkpoint_every=2", "train.log_every=1",
                 "train.num_workers=2", f"lm_path={tiny_model_dir / 'lm'}"]
-    whole = tmp_path / "whole"
-    result = run_module("simvlg_video.pretrain", *settings, f"hydra.run.dir={whole}", cwd=tmp_path)
+    _, arguments = run_whole_then_killed(settings, tmp_path)
+    resumed = run_module("simvlg_video.pretrain", *arguments, "resume=auto", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert records(tmp_path / "killed", "resume")
+    assert_resumed_like_whole(tmp_path)
+
+
+def run_whole_then_killed(settings: list[str], tmp_path: Path):
+    """`pretrain` with `settings` run through into tmp/whole, then again into tmp/killed, SIGKILLed right after step
+    4 is logged; returns (the whole run's result, the killed run's arguments)."""
+    from test_resume import kill_when
+
+    result = run_module("simvlg_video.pretrain", *settings, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     killed = tmp_path / "killed"
     arguments = [*settings, f"hydra.run.dir={killed}"]
@@ -195,9 +204,12 @@ def test_a_killed_image_run_resumes_exactly(tiny_model_dir, tmp_path):
 
     kill_when(arguments, tmp_path, reached, module="simvlg_video.pretrain")
     assert reached() and not records(killed, "summary"), "the kill did not land during training"
-    resumed = run_module("simvlg_video.pretrain", *arguments, "resume=auto", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert records(killed, "resume")
+    return result, arguments
+
+
+def assert_resumed_like_whole(tmp_path: Path) -> None:
+    """tmp/killed, resumed, ended with tmp/whole's trainable weights, bit for bit, and its losses."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
     final = "checkpoints/00000006/trainable.safetensors"
     expected, got = load_file(whole / final), load_file(killed / final)
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
@@ -221,36 +233,19 @@ def streamed_image_set(root: Path) -> str:
 def test_an_image_run_streaming_shards_resumes_at_the_exact_sample(tiny_model_dir, tmp_path):
     """data=webdataset: two loader streams over tar shards, SIGKILL after step 4 of 6 (mid-shard: each stream has
     read 8 of its shard's 10 samples), resume=auto: bit-identical weights and losses."""
-    from test_resume import kill_when
-
     pattern = streamed_image_set(tmp_path / "coco")
     settings = ["data=webdataset", f"data.root={tmp_path / 'coco'}", f"data.shards='{pattern}'",  # quoted for Hydra
                 "data.shuffle_buffer=4", "train.steps=6", "train.batch_size=4", "train.num_workers=2",
                 "train.warmup_steps=1", "train.checkpoint_every=2", "train.log_every=1", "eval.batch_size=8",
                 "eval.num_beams=1", "eval.max_new_tokens=4", "eval.visualize=0", f"lm_path={tiny_model_dir / 'lm'}"]
-    whole = tmp_path / "whole"
-    result = run_module("simvlg_video.pretrain", *settings, f"hydra.run.dir={whole}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, arguments = run_whole_then_killed(settings, tmp_path)
     assert "| pretrained |" in result.stdout
-    killed = tmp_path / "killed"
-    arguments = [*settings, f"hydra.run.dir={killed}"]
-
-    def reached() -> bool:
-        log = killed / "metrics.jsonl"
-        return log.is_file() and '"step": 4,' in log.read_text()
-
-    kill_when(arguments, tmp_path, reached, module="simvlg_video.pretrain")
-    assert reached() and not records(killed, "summary"), "the kill did not land during training"
     refused = run_module("simvlg_video.pretrain", *arguments, "resume=auto", "train.num_workers=1", cwd=tmp_path)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "train.num_workers: 2 -> 1" in refused.stderr  # the streams are the run's: resume with as many
     resumed = run_module("simvlg_video.pretrain", *arguments, "resume=auto", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    final = "checkpoints/00000006/trainable.safetensors"
-    expected, got = load_file(whole / final), load_file(killed / final)
-    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
-    assert train_losses(killed) == train_losses(whole)
-
+    assert_resumed_like_whole(tmp_path)
 
 def test_missing_shards_are_one_line_naming_them(tiny_model_dir, tmp_path):
     streamed_image_set(tmp_path / "coco")

@@ -98,8 +98,8 @@ def _torchvision_decode(encoded: list[torch.Tensor], device: torch.device) -> li
         return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
 
 
-def decode_jpegs(encoded: list[bytes], orientations: list[int], device: torch.device | str,
-                 names: list[str]) -> list[torch.Tensor | str]:
+def decode_jpegs(encoded: list[bytes], orientations: list[int],
+                 device: torch.device | str) -> list[torch.Tensor | str]:
     """Decode a batch of JPEGs in one call on `device` (nvJPEG on a GPU): each an upright uint8 (H, W, 3) tensor
     there, or the reason it failed. A batch with a damaged image is decoded again one by one to find it."""
     device = torch.device(device)
@@ -108,7 +108,7 @@ def decode_jpegs(encoded: list[bytes], orientations: list[int], device: torch.de
         decoded: list[torch.Tensor | str] = list(_torchvision_decode(tensors, device))
     except RuntimeError:
         decoded = []
-        for tensor, name in zip(tensors, names):
+        for tensor in tensors:
             try:
                 decoded.append(_torchvision_decode([tensor], device)[0])
             except RuntimeError as error:

@@ -193,8 +193,7 @@ class ShardBatches:
             return images, batch["captions"], batch["keys"]
         encoded = [i for i, image in enumerate(images["jpegs"]) if isinstance(image, bytes)]
         decoded = dict(zip(encoded, decode_jpegs([images["jpegs"][i] for i in encoded],
-                                                 [images["orientations"][i] for i in encoded], self.device,
-                                                 [batch["names"][i] for i in encoded])))
+                                                 [images["orientations"][i] for i in encoded], self.device)))
         frames, captions, keys = [], [], []
         for i, image in enumerate(images["jpegs"]):
             image = decoded.get(i, image)
