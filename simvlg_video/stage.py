@@ -79,7 +79,7 @@ def clip_data(cfg: DictConfig) -> ClipData:
 
 def inference_settings(cfg: DictConfig) -> InferenceConfig:
     """How this run captions (evaluation, the exported model's default): frames and decoding of the run."""
-    return InferenceConfig(num_frames=cfg.data.num_frames, sampler=OmegaConf.to_container(cfg.sampler.eval),
+    return InferenceConfig(num_frames=cfg.data.num_frames, sampler=OmegaConf.to_container(cfg.sampler.eval, resolve=True),
                            backend=cfg.data.backend, decode_timeout=cfg.data.decode_timeout,
                            num_beams=cfg.eval.num_beams, min_new_tokens=cfg.eval.min_new_tokens,
                            max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,

@@ -25,10 +25,12 @@ from simvlg_video.data.shards import ShardStream, StreamPosition, list_shards
 from simvlg_video.data_tools.make_shapes import make_shapes_dataset
 from simvlg_video.data_tools.make_stills import make_stills_dataset
 from simvlg_video.data_tools.write_shards import write_shards
+from simvlg_video.eval.inference import InferenceConfig
 from simvlg_video.model.adapter_protocol import adapter_parameters
 from simvlg_video.model.lavis_checkpoint import load_model_config
 from simvlg_video.model.lm import build_word_tokenizer
 from simvlg_video.model.model_dir import build_captioner, load_model_dir, read_model_config, stored_tensors
+from simvlg_video.stage import inference_settings
 
 CONFIGS = Path(str(resources.files("simvlg_video.configs")))
 GROUPS = ("data", "sampler", "adapter", "experiment")
@@ -66,6 +68,19 @@ def test_sampler_configs_instantiate_to_samplers_of_the_requested_length(name: s
         indices = sampler(300, cfg.data.num_frames, rng, fps=25.0, keyframes=keyframes)
         assert len(indices) == cfg.data.num_frames and all(0 <= i < 300 for i in indices)
         assert indices == sorted(indices)
+
+
+@pytest.mark.parametrize("name", options("sampler"))
+def test_the_saved_inference_settings_carry_the_eval_sampler_resolved(name: str) -> None:
+    """The model folder stores the eval sampler as plain JSON: a value it takes from the sampler file (fps's
+    `rate: ${..rate}`) must be resolved there, or the folder's sampler cannot be built on its own."""
+    cfg = compose_config("data.root=/datasets/x", f"sampler={name}")  # unresolved, as a run holds it
+    stored = json.loads(json.dumps(inference_settings(cfg).sampler))
+    saved = InferenceConfig(num_frames=cfg.data.num_frames, sampler=stored).frame_sampler
+    keyframes = list(range(0, 300, 25))
+    expected = instantiate(compose_adapt(f"sampler={name}").sampler.eval)(300, cfg.data.num_frames, None, fps=25.0,
+                                                                        keyframes=keyframes)
+    assert saved(300, cfg.data.num_frames, None, fps=25.0, keyframes=keyframes) == expected
 
 
 @pytest.mark.parametrize("name", options("adapter"))
