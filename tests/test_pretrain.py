@@ -247,6 +247,7 @@ def test_an_image_run_streaming_shards_resumes_at_the_exact_sample(tiny_model_di
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_resumed_like_whole(tmp_path)
 
+
 def test_missing_shards_are_one_line_naming_them(tiny_model_dir, tmp_path):
     streamed_image_set(tmp_path / "coco")
     result = run_module("simvlg_video.pretrain", "data=webdataset", f"data.root={tmp_path / 'coco'}",
