@@ -104,8 +104,9 @@ def resolve_blocks(blocks: str | int | Sequence[int], last_k: int | None, depth:
     return sorted(indices)
 
 
-def add_temporal_adapters(vit: nn.Module, indices: Sequence[int], qk_dim: int, num_heads: int, time_encoding: str,
-                          max_frames: int) -> list[int]:
+def add_temporal_adapters(
+    vit: nn.Module, indices: Sequence[int], qk_dim: int, num_heads: int, time_encoding: str, max_frames: int
+) -> list[int]:
     """Give blocks `indices` of this ViT instance a zero-gated `temporal_merge` (see `resolve_blocks` for choosing
     them); returns the indices. New adapters take the device of their block (the meta device included) and fp32."""
     block_list = _vit_blocks(vit)

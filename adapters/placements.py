@@ -58,9 +58,14 @@ class MergedTokens:
     def apply(self, model: nn.Module) -> None:
         if model.time_pool.pools_vit_tokens is False:
             raise RuntimeError("this model already pools merged tokens over time")
-        model.time_pool = TemporalTokenPool(model.connector_width, self.num_heads, self.num_output_tokens,
-                                            self.time_encoding, self.max_frames, self.space_encoding,
-                                            ).to(model.opt_proj.weight.device)
+        model.time_pool = TemporalTokenPool(
+            model.connector_width,
+            self.num_heads,
+            self.num_output_tokens,
+            self.time_encoding,
+            self.max_frames,
+            self.space_encoding,
+        ).to(model.opt_proj.weight.device)
 
 
 @dataclass

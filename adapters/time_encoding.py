@@ -39,8 +39,9 @@ def sinusoidal_2d(positions: torch.Tensor, dim: int, scale: float = 32.0) -> tor
     if dim % 4:
         raise ValueError(f"sinusoidal_2d needs dim divisible by 4, got {dim}")
     quarter = dim // 4
-    frequency = torch.exp(torch.arange(quarter, device=positions.device, dtype=torch.float32)
-                          * (-math.log(10000.0) / quarter))
+    frequency = torch.exp(
+        torch.arange(quarter, device=positions.device, dtype=torch.float32) * (-math.log(10000.0) / quarter)
+    )
     angles = positions.float()[..., None] * scale * frequency  # (..., 2, quarter)
     codes = torch.cat([angles.sin(), angles.cos()], dim=-1)  # (..., 2, dim / 2)
     return codes.flatten(-2)

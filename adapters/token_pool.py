@@ -71,8 +71,7 @@ class TemporalTokenPool(AttentionSwitches, nn.Module):
 
     def no_decay_params(self) -> list[str]:
         """The output gate (zero at the start: decay would hold it shut), biases and the frame-code table."""
-        return [name for name, p in self.named_parameters()
-                if p.ndim < 2 or name.startswith(("out.", "time."))]
+        return [name for name, p in self.named_parameters() if p.ndim < 2 or name.startswith(("out.", "time."))]
 
     def attention_map(self) -> AttentionMap | None:
         """How much each output token of the first clip draws from each frame (heads averaged, rows sum to 1)."""
@@ -92,8 +91,10 @@ class TemporalTokenPool(AttentionSwitches, nn.Module):
             raise ValueError(f"TemporalTokenPool expects (B, T, M, {self.dim}) tokens, got {tuple(tokens.shape)}")
         if self.uses_positions and (positions is None or positions.shape != (*tokens.shape[:3], 2)):
             found = None if positions is None else tuple(positions.shape)
-            raise ValueError(f"space_encoding={self.space_encoding!r} needs (B, T, M, 2) = "
-                             f"{(*tokens.shape[:3], 2)} token positions, got {found}")
+            raise ValueError(
+                f"space_encoding={self.space_encoding!r} needs (B, T, M, 2) = "
+                f"{(*tokens.shape[:3], 2)} token positions, got {found}"
+            )
         batch, num_frames, num_tokens, _ = tokens.shape
         average = tokens.mean(dim=1)
         if self.num_output_tokens is not None and self.num_output_tokens != num_tokens:
@@ -125,5 +126,7 @@ class TemporalTokenPool(AttentionSwitches, nn.Module):
         return average + self.out(mixed.transpose(1, 2).flatten(2))
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, num_heads={self.num_heads}, num_output_tokens={self.num_output_tokens}, "
-                f"space={self.space_encoding}")
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, num_output_tokens={self.num_output_tokens}, "
+            f"space={self.space_encoding}"
+        )

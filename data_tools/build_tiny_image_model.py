@@ -39,8 +39,16 @@ def tiny_model_config() -> ModelConfig:
     return cfg
 
 
-def build(out_dir: Path, steps: int = 2000, lm_steps: int = 1500, num_images: int = 4000, seed: int = 0,
-          show_progress: bool = True, lm_lr: float = 1e-3, overrides: Sequence[str] = ()) -> Path:
+def build(
+    out_dir: Path,
+    steps: int = 2000,
+    lm_steps: int = 1500,
+    num_images: int = 4000,
+    seed: int = 0,
+    show_progress: bool = True,
+    lm_lr: float = 1e-3,
+    overrides: Sequence[str] = (),
+) -> Path:
     """Train the LM, run the image stage on it (`overrides`: more pretrain settings), and write the model directory
     to `out_dir` (replaced when complete; nothing is left behind if a step fails)."""
     out_dir = Path(out_dir)
@@ -49,16 +57,27 @@ def build(out_dir: Path, steps: int = 2000, lm_steps: int = 1500, num_images: in
     work.mkdir(parents=True)
     try:
         torch.set_num_threads(1)  # the LM is tiny: one thread is fastest on a busy machine, and the same everywhere
-        train_tiny_lm(shapes.caption_groups(), work / "lm", steps=lm_steps, lr=lm_lr, seed=seed,
-                      show_progress=show_progress)
+        train_tiny_lm(
+            shapes.caption_groups(), work / "lm", steps=lm_steps, lr=lm_lr, seed=seed, show_progress=show_progress
+        )
         stage_dir = work / "image_stage"
-        settings = [f"lm_path={work / 'lm'}", f"hydra.run.dir={stage_dir}", f"seed={seed}", f"train.steps={steps}",
-                    f"data.synthetic.num_images={num_images}", f"data.synthetic.seed={seed}",
-                    f"data.cache_dir={work / 'stills'}", "eval.visualize=0", *overrides]
+        settings = [
+            f"lm_path={work / 'lm'}",
+            f"hydra.run.dir={stage_dir}",
+            f"seed={seed}",
+            f"train.steps={steps}",
+            f"data.synthetic.num_images={num_images}",
+            f"data.synthetic.seed={seed}",
+            f"data.cache_dir={work / 'stills'}",
+            "eval.visualize=0",
+            *overrides,
+        ]
         stage = subprocess.run([sys.executable, "-m", "simvlg_video.pretrain", *settings])
         if stage.returncode != 0:
-            raise SystemExit(f"error: the image stage (python -m simvlg_video.pretrain) failed with exit code "
-                             f"{stage.returncode}; its output is above")
+            raise SystemExit(
+                f"error: the image stage (python -m simvlg_video.pretrain) failed with exit code "
+                f"{stage.returncode}; its output is above"
+            )
         trained = OmegaConf.load(stage_dir / "model" / MODEL_CONFIG)
         trained.lm.path = "lm"  # the LM travels inside the directory; its fingerprint is of the same files
         shutil.copy2(stage_dir / "model" / WEIGHTS, work / WEIGHTS)
@@ -84,8 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="more settings of the image stage (pretrain), e.g. train.lr=2e-3")
     args = parser.parse_args(argv)
     torch.use_deterministic_algorithms(True)
-    out = build(args.out, args.steps, args.lm_steps, args.num_images, args.seed, lm_lr=args.lm_lr,
-                overrides=args.overrides)
+    out = build(
+        args.out, args.steps, args.lm_steps, args.num_images, args.seed, lm_lr=args.lm_lr, overrides=args.overrides
+    )
     print(f"wrote {out}; its LM takes the motion word from context: {describe(motion_from_context(out / 'lm'))}")
 
 

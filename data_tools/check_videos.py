@@ -62,12 +62,17 @@ def check_video(path: str, backend: str = "auto", decode: bool = False, is_image
     return VideoCheck(path, "ok", num_frames=info.num_frames, fps=info.fps)
 
 
-def check_videos(paths: Sequence[str], workers: int, backend: str = "auto", decode: bool = False,
-                 show_progress: bool = True, images: frozenset[str] = frozenset()) -> dict[str, VideoCheck]:
+def check_videos(
+    paths: Sequence[str],
+    workers: int,
+    backend: str = "auto",
+    decode: bool = False,
+    show_progress: bool = True,
+    images: frozenset[str] = frozenset(),
+) -> dict[str, VideoCheck]:
     """``check_video`` for every path (those in ``images`` as still images), in ``workers`` processes (0: in this
     process)."""
-    progress = tqdm(total=len(paths), desc="check videos", unit="video", disable=not show_progress,
-                    dynamic_ncols=True)
+    progress = tqdm(total=len(paths), desc="check videos", unit="video", disable=not show_progress, dynamic_ncols=True)
     results: dict[str, VideoCheck] = {}
     with progress:
         if workers == 0:
@@ -79,8 +84,14 @@ def check_videos(paths: Sequence[str], workers: int, backend: str = "auto", deco
         context = multiprocessing.get_context("spawn")
         chunk = max(1, min(64, len(paths) // (workers * 8)))
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for result in pool.map(check_video, paths, [backend] * len(paths), [decode] * len(paths),
-                                   [path in images for path in paths], chunksize=chunk):
+            for result in pool.map(
+                check_video,
+                paths,
+                [backend] * len(paths),
+                [decode] * len(paths),
+                [path in images for path in paths],
+                chunksize=chunk,
+            ):
                 results[result.path] = result
                 progress.update()
     return results
@@ -107,8 +118,9 @@ def filter_manifest(records: Sequence[ClipRecord], videos: dict[str, VideoCheck]
         counts = per_split.setdefault(record.split, {"clips": 0, "kept": 0})
         counts["clips"] += 1
         if video.status != "ok":
-            entry = problems[video.status].setdefault(video.path, {"video": video.path, "reason": video.reason,
-                                                                   "clip_ids": []})
+            entry = problems[video.status].setdefault(
+                video.path, {"video": video.path, "reason": video.reason, "clip_ids": []}
+            )
             entry["clip_ids"].append(record.clip_id)
             continue
         problem = None if record.is_image else window_problem(record, video)
@@ -120,14 +132,20 @@ def filter_manifest(records: Sequence[ClipRecord], videos: dict[str, VideoCheck]
             row.update(num_frames=video.num_frames, fps=video.fps, duration=video.num_frames / video.fps)
         if not Path(record.video).is_absolute():
             row["image" if record.is_image else "video"] = Path(
-                os.path.relpath(record.video_path, os.path.abspath(out.parent))).as_posix()
+                os.path.relpath(record.video_path, os.path.abspath(out.parent))
+            ).as_posix()
         kept.append(row)
         counts["kept"] += 1
     report = {
-        "clips": len(records), "kept_clips": len(kept), "videos": len(videos),
-        "missing_videos": len(problems["missing"]), "unreadable_videos": len(problems["unreadable"]),
-        "empty_windows": len(empty_windows), "per_split": per_split,
-        "missing": list(problems["missing"].values()), "unreadable": list(problems["unreadable"].values()),
+        "clips": len(records),
+        "kept_clips": len(kept),
+        "videos": len(videos),
+        "missing_videos": len(problems["missing"]),
+        "unreadable_videos": len(problems["unreadable"]),
+        "empty_windows": len(empty_windows),
+        "per_split": per_split,
+        "missing": list(problems["missing"].values()),
+        "unreadable": list(problems["unreadable"].values()),
         "empty_window_clips": empty_windows,
     }
     return kept, report
@@ -139,8 +157,11 @@ def default_output(manifest: Path, suffix: str) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m simvlg_video.data_tools.check_videos", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m simvlg_video.data_tools.check_videos",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("manifest", type=Path, help="manifest written by simvlg_video.data_tools.convert")
     parser.add_argument("--out", type=Path, help="filtered manifest (default: <manifest stem>.checked.jsonl)")
     parser.add_argument("--report", type=Path, help="JSON report (default: <manifest stem>.check_report.json)")
@@ -161,15 +182,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sys.exit(f"error: {error}")
     paths = sorted({str(record.video_path) for record in records})
     images = frozenset(str(record.video_path) for record in records if record.is_image)
-    videos = check_videos(paths, args.workers, args.backend, args.decode, show_progress=not args.quiet,
-                          images=images)
+    videos = check_videos(paths, args.workers, args.backend, args.decode, show_progress=not args.quiet, images=images)
     kept, report = filter_manifest(records, videos, out)
     report = {"manifest": str(args.manifest), "checked_manifest": str(out), **report}
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"{report['kept_clips']} of {report['clips']} clips kept; {report['missing_videos']} missing and "
-          f"{report['unreadable_videos']} unreadable videos of {report['videos']}, {report['empty_windows']} clips "
-          f"with an empty window. Report: {report_path}")
+    print(
+        f"{report['kept_clips']} of {report['clips']} clips kept; {report['missing_videos']} missing and "
+        f"{report['unreadable_videos']} unreadable videos of {report['videos']}, {report['empty_windows']} clips "
+        f"with an empty window. Report: {report_path}"
+    )
     if not kept:
         sys.exit(f"error: no readable clip in {args.manifest}; nothing written to {out}")
     write_manifest(out, kept)

@@ -155,8 +155,10 @@ def read_lavis_captions(files: Mapping[str, Path]) -> Conversion:
             if clip_id in source and source[clip_id] != path:
                 raise ConversionError(f"{where}.video: duplicate clip id {clip_id!r} (also in {source[clip_id]})")
             if clip_id in listed or (isinstance(caption, list) and clip_id in clips):
-                raise ConversionError(f"{where}.video: duplicate clip id {clip_id!r} (an entry with a caption list "
-                                      "must be the video's only entry)")
+                raise ConversionError(
+                    f"{where}.video: duplicate clip id {clip_id!r} (an entry with a caption list "
+                    "must be the video's only entry)"
+                )
             if isinstance(caption, list):
                 listed.add(clip_id)
             source[clip_id] = path
@@ -170,8 +172,10 @@ def lavis_entries(path: Path, media_key: str) -> Iterator[tuple[str, str, str | 
     str | [str]}`` objects, each checked; `where` names the entry for errors."""
     entries = load_json(path)
     if not isinstance(entries, list):
-        raise ConversionError(f"{path}: expected a JSON list of {{'{media_key}', 'caption'}} objects (LAVIS caption "
-                              f"file), got a {type(entries).__name__}")
+        raise ConversionError(
+            f"{path}: expected a JSON list of {{'{media_key}', 'caption'}} objects (LAVIS caption "
+            f"file), got a {type(entries).__name__}"
+        )
     for position, entry in enumerate(entries):
         where = f"{path}: [{position}]"
         yield where, field_of(entry, media_key, str, where), field_of(entry, "caption", (str, list), where)
@@ -237,8 +241,9 @@ class MediaIndex:
         """The one file whose stem is one of ``names``; None when there is none, an error when there are several."""
         found = [path for name in names for path in self.files.get(name, ())]
         if len(found) > 1:
-            raise ConversionError(f"video {names[0]!r} matches several files ({', '.join(map(str, found))}); "
-                                  "keep one of them")
+            raise ConversionError(
+                f"video {names[0]!r} matches several files ({', '.join(map(str, found))}); keep one of them"
+            )
         return found[0] if found else None
 
 
@@ -263,8 +268,12 @@ def write_conversion(conversion: Conversion, videos: MediaIndex, out: Path, defa
             if path is None:
                 missing[clip.video_names[0]] = None
                 path = videos.folder / f"{clip.video_names[0]}{default_suffix}"
-            row = {"clip_id": clip.clip_id, "video": _manifest_path(path, out.parent), "start": clip.start,
-                   "end": clip.end}
+            row = {
+                "clip_id": clip.clip_id,
+                "video": _manifest_path(path, out.parent),
+                "start": clip.start,
+                "end": clip.end,
+            }
         row.update(captions=clip.captions, split=clip.split)
         if clip.attributes:
             row["attributes"] = clip.attributes

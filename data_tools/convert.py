@@ -38,14 +38,24 @@ CONVERTERS: dict[str, ModuleType] = {
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", type=Path, required=True, help="dataset folder: holds the videos, gets the manifest")
-    common.add_argument("--videos", type=Path, help="folder searched (recursively) for the videos or images; default: ROOT")
+    common.add_argument(
+        "--videos", type=Path, help="folder searched (recursively) for the videos or images; default: ROOT"
+    )
     common.add_argument("--out", type=Path, help=f"manifest to write; default: ROOT/{MANIFEST_NAME}")
-    parser = argparse.ArgumentParser(prog="python -m simvlg_video.data_tools.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m simvlg_video.data_tools.convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     datasets = parser.add_subparsers(dest="dataset", required=True, metavar="{" + ",".join(CONVERTERS) + "}")
     for name, module in CONVERTERS.items():
-        sub = datasets.add_parser(name, parents=[common], help=module.__doc__.splitlines()[0],
-                                  description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = datasets.add_parser(
+            name,
+            parents=[common],
+            help=module.__doc__.splitlines()[0],
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         module.add_arguments(sub)
     return parser
 

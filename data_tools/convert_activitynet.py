@@ -48,15 +48,18 @@ def convert_activitynet(files: Mapping[str, Path], splits: Mapping[str, str] = D
             raise ConversionError(f"reference set {reference_set!r}: split {split!r} is not one of {list(SPLITS)}")
         document = load_json(path)
         if not isinstance(document, dict):
-            raise ConversionError(f"{path}: expected a JSON object keyed by video id (ActivityNet Captions), got a "
-                                  f"{type(document).__name__}")
+            raise ConversionError(
+                f"{path}: expected a JSON object keyed by video id (ActivityNet Captions), got a "
+                f"{type(document).__name__}"
+            )
         for video_id, entry in document.items():
             clips.extend(_video_segments(path, video_id, entry, reference_set, split, counts))
     return Conversion(clips, counts)
 
 
-def _video_segments(path: Path, video_id: str, entry: object, reference_set: str, split: str,
-                    counts: Counter[str]) -> list[Clip]:
+def _video_segments(
+    path: Path, video_id: str, entry: object, reference_set: str, split: str, counts: Counter[str]
+) -> list[Clip]:
     where = f"{path}: [{video_id!r}]"
     duration = field_of(entry, "duration", (int, float), where)
     timestamps = field_of(entry, "timestamps", list, where)
@@ -65,8 +68,11 @@ def _video_segments(path: Path, video_id: str, entry: object, reference_set: str
         raise ConversionError(f"{where}.duration: expected a positive number of seconds, got {duration!r}")
     if len(timestamps) != len(sentences):
         raise ConversionError(f"{where}: {len(timestamps)} timestamps but {len(sentences)} sentences")
-    names = (video_id, video_id.removeprefix(VIDEO_PREFIX)) if video_id.startswith(VIDEO_PREFIX) else (
-        video_id, VIDEO_PREFIX + video_id)
+    names = (
+        (video_id, video_id.removeprefix(VIDEO_PREFIX))
+        if video_id.startswith(VIDEO_PREFIX)
+        else (video_id, VIDEO_PREFIX + video_id)
+    )
     clips = []
     for index, (stamp, sentence) in enumerate(zip(timestamps, sentences)):
         start, end = _timestamp(stamp, f"{where}.timestamps[{index}]")
@@ -85,14 +91,26 @@ def _video_segments(path: Path, video_id: str, entry: object, reference_set: str
         if (clipped_start, clipped_end) != (start, end):
             counts["segments clipped to the duration"] += 1
         attributes = {"video_id": video_id, "reference_set": reference_set}
-        clips.append(Clip(f"{video_id}:{reference_set}:{index}", names, split, [sentence.strip()], clipped_start,
-                          clipped_end, attributes))
+        clips.append(
+            Clip(
+                f"{video_id}:{reference_set}:{index}",
+                names,
+                split,
+                [sentence.strip()],
+                clipped_start,
+                clipped_end,
+                attributes,
+            )
+        )
     return clips
 
 
 def _timestamp(stamp: object, where: str) -> tuple[float, float]:
-    if (not isinstance(stamp, list) or len(stamp) != 2
-            or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in stamp)):
+    if (
+        not isinstance(stamp, list)
+        or len(stamp) != 2
+        or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in stamp)
+    ):
         raise ConversionError(f"{where}: expected [start, end] in seconds, got {stamp!r}")
     return float(stamp[0]), float(stamp[1])
 
@@ -101,13 +119,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", type=Path, metavar="FILE", help="train.json")
     parser.add_argument("--val-1", type=Path, metavar="FILE", help="val_1.json")
     parser.add_argument("--val-2", type=Path, metavar="FILE", help="val_2.json")
-    parser.add_argument("--val-split", default="val", choices=SPLITS,
-                        help="manifest split of val_1 and val_2 (default: val)")
+    parser.add_argument(
+        "--val-split", default="val", choices=SPLITS, help="manifest split of val_1 and val_2 (default: val)"
+    )
 
 
 def from_arguments(args: argparse.Namespace) -> Conversion:
-    files = {name: path for name, path in (("train", args.train), ("val_1", args.val_1), ("val_2", args.val_2))
-             if path is not None}
+    files = {
+        name: path
+        for name, path in (("train", args.train), ("val_1", args.val_1), ("val_2", args.val_2))
+        if path is not None
+    }
     if not files:
         raise ConversionError("give at least one of --train, --val-1, --val-2")
     return convert_activitynet(files, {"train": "train", "val_1": args.val_split, "val_2": args.val_split})

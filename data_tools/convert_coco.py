@@ -36,12 +36,20 @@ KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--official", nargs="+", metavar="SPLIT=FILE",
-                        help="official caption files, e.g. train=annotations/captions_train2017.json "
-                             "val=annotations/captions_val2017.json")
+    source.add_argument(
+        "--official",
+        nargs="+",
+        metavar="SPLIT=FILE",
+        help="official caption files, e.g. train=annotations/captions_train2017.json "
+        "val=annotations/captions_val2017.json",
+    )
     source.add_argument("--karpathy", type=Path, metavar="FILE", help="the Karpathy split file dataset_coco.json")
-    source.add_argument("--lavis", nargs="+", metavar="SPLIT=FILE",
-                        help="LAVIS caption files, e.g. train=coco_karpathy_train.json val=... test=...")
+    source.add_argument(
+        "--lavis",
+        nargs="+",
+        metavar="SPLIT=FILE",
+        help="LAVIS caption files, e.g. train=coco_karpathy_train.json val=... test=...",
+    )
 
 
 def from_arguments(args: argparse.Namespace) -> Conversion:
@@ -68,8 +76,9 @@ class _ImageClips:
             raise ConversionError(f"{where}: expected caption strings, got {captions!r}")
         clip = self.clips.get(name)
         if clip is not None and clip.split != split:
-            raise ConversionError(f"{where}: image {name!r} is in split {split!r} and also in {clip.split!r} "
-                                  f"({self.source[name]})")
+            raise ConversionError(
+                f"{where}: image {name!r} is in split {split!r} and also in {clip.split!r} ({self.source[name]})"
+            )
         if clip is None:
             clip = self.clips[name] = Clip(PurePosixPath(name).stem, (), split, [], image=image)
             self.source[name] = where

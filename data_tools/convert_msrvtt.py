@@ -43,8 +43,9 @@ def convert_official(paths: Sequence[Path]) -> Conversion:
             if split not in OFFICIAL_SPLITS:
                 raise ConversionError(f"{where}.split: expected one of {sorted(OFFICIAL_SPLITS)}, got {split!r}")
             if video_id in clips:
-                raise ConversionError(f"{where}.video_id: duplicate clip id {video_id!r} (first at "
-                                      f"{first_seen[video_id]})")
+                raise ConversionError(
+                    f"{where}.video_id: duplicate clip id {video_id!r} (first at {first_seen[video_id]})"
+                )
             first_seen[video_id] = where
             clips[video_id] = Clip(video_id, (video_id,), OFFICIAL_SPLITS[split], [])
     for path, document in documents:
@@ -54,8 +55,9 @@ def convert_official(paths: Sequence[Path]) -> Conversion:
             caption = field_of(sentence, "caption", str, where)
             field_of(sentence, "sen_id", int, where)
             if video_id not in clips:
-                raise ConversionError(f"{where}.video_id: {video_id!r} is not in the 'videos' list of "
-                                      f"{', '.join(str(p) for p in paths)}")
+                raise ConversionError(
+                    f"{where}.video_id: {video_id!r} is not in the 'videos' list of {', '.join(str(p) for p in paths)}"
+                )
             clips[video_id].captions.extend(clean_captions([caption], counts))
     return Conversion(drop_uncaptioned(clips.values(), counts), counts)
 
@@ -63,12 +65,15 @@ def convert_official(paths: Sequence[Path]) -> Conversion:
 def _official_document(path: Path) -> dict:
     document = load_json(path)
     if not isinstance(document, dict):
-        raise ConversionError(f"{path}: expected a JSON object with keys 'videos' and 'sentences' (MSR-VTT "
-                              f"videodatainfo), got a {type(document).__name__}")
+        raise ConversionError(
+            f"{path}: expected a JSON object with keys 'videos' and 'sentences' (MSR-VTT "
+            f"videodatainfo), got a {type(document).__name__}"
+        )
     for key in ("videos", "sentences"):
         if key not in document:
-            raise ConversionError(f"{path}: missing key {key!r} (an MSR-VTT videodatainfo file has 'videos' and "
-                                  "'sentences')")
+            raise ConversionError(
+                f"{path}: missing key {key!r} (an MSR-VTT videodatainfo file has 'videos' and 'sentences')"
+            )
         if not isinstance(document[key], list):
             raise ConversionError(f"{path}: key {key!r}: expected a list, got a {type(document[key]).__name__}")
     return document
@@ -76,10 +81,19 @@ def _official_document(path: Path) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--official", type=Path, nargs="+", metavar="FILE",
-                        help="train_val_videodatainfo.json and/or test_videodatainfo.json")
-    source.add_argument("--lavis", nargs="+", metavar="SPLIT=FILE",
-                        help="LAVIS caption files, e.g. train=cap_train.json val=cap_val.json test=cap_test.json")
+    source.add_argument(
+        "--official",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="train_val_videodatainfo.json and/or test_videodatainfo.json",
+    )
+    source.add_argument(
+        "--lavis",
+        nargs="+",
+        metavar="SPLIT=FILE",
+        help="LAVIS caption files, e.g. train=cap_train.json val=cap_val.json test=cap_test.json",
+    )
 
 
 def from_arguments(args: argparse.Namespace) -> Conversion:

@@ -66,8 +66,9 @@ def _read_csv(path: Path, counts: Counter[str]) -> dict[str, list[str]]:
             raise ConversionError(f"{path}:{number}: expected {len(rows.fieldnames)} columns, the row is shorter")
         youtube_id, start, end, language, description = (value.strip() for value in values)
         if not youtube_id or not start.isdigit() or not end.isdigit():
-            raise ConversionError(f"{path}:{number}: expected a VideoID and integer Start, End; got "
-                                  f"{youtube_id!r}, {start!r}, {end!r}")
+            raise ConversionError(
+                f"{path}:{number}: expected a VideoID and integer Start, End; got {youtube_id!r}, {start!r}, {end!r}"
+            )
         if language.lower() != "english":
             continue
         captions.setdefault(f"{youtube_id}_{start}_{end}", []).extend(clean_captions([description], counts))
@@ -113,7 +114,10 @@ def read_clip_list(path: Path) -> list[str]:
 
 
 def convert_descriptions(
-    captions: dict[str, list[str]], order: Sequence[str], split_sizes: Sequence[int], order_file: Path,
+    captions: dict[str, list[str]],
+    order: Sequence[str],
+    split_sizes: Sequence[int],
+    order_file: Path,
     counts: Counter[str],
 ) -> Conversion:
     """Clips in ``order``, split by position: the first ``split_sizes[0]`` train, the next val, the rest test.
@@ -122,11 +126,15 @@ def convert_descriptions(
     clips that the order does not list are dropped. Both are counted.
     """
     if len(order) != sum(split_sizes):
-        raise ConversionError(f"{order_file}: lists {len(order)} clips, but split sizes {list(split_sizes)} "
-                              f"need {sum(split_sizes)} (give --split-sizes TRAIN VAL TEST)")
+        raise ConversionError(
+            f"{order_file}: lists {len(order)} clips, but split sizes {list(split_sizes)} "
+            f"need {sum(split_sizes)} (give --split-sizes TRAIN VAL TEST)"
+        )
     bounds = [sum(split_sizes[: i + 1]) for i in range(len(SPLITS))]
-    clips = [Clip(name, (name,), next(s for s, b in zip(SPLITS, bounds) if position < b), captions.get(name, []))
-             for position, name in enumerate(order)]
+    clips = [
+        Clip(name, (name,), next(s for s, b in zip(SPLITS, bounds) if position < b), captions.get(name, []))
+        for position, name in enumerate(order)
+    ]
     unlisted = len(set(captions) - set(order))
     if unlisted:
         counts[f"described clips dropped (not in {order_file.name})"] += unlisted
@@ -135,16 +143,34 @@ def convert_descriptions(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--descriptions", type=Path, metavar="FILE",
-                        help="AllVideoDescriptions.txt, or the multilingual corpus CSV (English rows are used)")
-    source.add_argument("--lavis", nargs="+", metavar="SPLIT=FILE",
-                        help="LAVIS caption files, e.g. train=cap_train.json val=cap_val.json test=cap_test.json")
+    source.add_argument(
+        "--descriptions",
+        type=Path,
+        metavar="FILE",
+        help="AllVideoDescriptions.txt, or the multilingual corpus CSV (English rows are used)",
+    )
+    source.add_argument(
+        "--lavis",
+        nargs="+",
+        metavar="SPLIT=FILE",
+        help="LAVIS caption files, e.g. train=cap_train.json val=cap_val.json test=cap_test.json",
+    )
     order = parser.add_mutually_exclusive_group()
-    order.add_argument("--mapping", type=Path, metavar="FILE",
-                       help="youtube_mapping.txt: '<youtube_id>_<start>_<end> vid<N>' lines; the split follows N")
+    order.add_argument(
+        "--mapping",
+        type=Path,
+        metavar="FILE",
+        help="youtube_mapping.txt: '<youtube_id>_<start>_<end> vid<N>' lines; the split follows N",
+    )
     order.add_argument("--clip-list", type=Path, metavar="FILE", help="clip names, one per line, in split order")
-    parser.add_argument("--split-sizes", type=int, nargs=3, default=USUAL_SPLIT_SIZES, metavar=("TRAIN", "VAL", "TEST"),
-                        help="clips per split, taken in order (default: the usual 1200 100 670)")
+    parser.add_argument(
+        "--split-sizes",
+        type=int,
+        nargs=3,
+        default=USUAL_SPLIT_SIZES,
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="clips per split, taken in order (default: the usual 1200 100 670)",
+    )
 
 
 def from_arguments(args: argparse.Namespace) -> Conversion:

@@ -45,8 +45,15 @@ VARIANTS = {  # what a kind's clips differ in, each equally often in a set
     "long": ("window",),
 }
 LINE_MOTIONS = ("left", "right", "up", "down")
-OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "grow": "shrink", "shrink": "grow",
-            "still": "still"}
+OPPOSITE = {
+    "left": "right",
+    "right": "left",
+    "up": "down",
+    "down": "up",
+    "grow": "shrink",
+    "shrink": "grow",
+    "still": "still",
+}
 # Speeds as fractions of the frame's side per second: at most 0.055 against at least 0.10, so fast is >= 1.8x slow.
 SPEED_RANGES = {"slow": (0.04, 0.055), "fast": (0.10, 0.12)}
 BOUNDARY = (0.4, 0.6)  # where the first of two events ends, as a fraction of the clip
@@ -87,10 +94,15 @@ class Actor:
             if time <= after.time:
                 span = after.time - before.time
                 w = min(max((time - before.time) / span, 0.0), 1.0) if span > 0 else 1.0
-                rgb = (1 - w) * np.asarray(COLOUR_RGB[before.colour], np.float32) \
-                    + w * np.asarray(COLOUR_RGB[after.colour], np.float32)
-                return (before.x + w * (after.x - before.x), before.y + w * (after.y - before.y),
-                        before.size + w * (after.size - before.size), rgb)
+                rgb = (1 - w) * np.asarray(COLOUR_RGB[before.colour], np.float32) + w * np.asarray(
+                    COLOUR_RGB[after.colour], np.float32
+                )
+                return (
+                    before.x + w * (after.x - before.x),
+                    before.y + w * (after.y - before.y),
+                    before.size + w * (after.size - before.size),
+                    rgb,
+                )
         last = self.poses[-1]
         return last.x, last.y, last.size, np.asarray(COLOUR_RGB[last.colour], np.float32)
 
@@ -113,8 +125,13 @@ class EventClip:
     def attributes(self) -> dict:
         """The manifest's `attributes` of this clip: what its captions state, for scoring."""
         first = self.events[0]
-        row: dict = {"kind": self.kind, "variant": self.variant, "shape": first.shape, "colour": first.colour,
-                     "events": [event.as_dict() for event in self.events]}
+        row: dict = {
+            "kind": self.kind,
+            "variant": self.variant,
+            "shape": first.shape,
+            "colour": first.colour,
+            "events": [event.as_dict() for event in self.events],
+        }
         if len(self.events) == 1:
             row["motion"] = first.action
         if self.speed is not None:
@@ -134,8 +151,13 @@ def _ends(rng: np.random.Generator, shape: str, colour: str, motion: str) -> tup
     return (spec.start_x, spec.start_y, spec.start_size), (spec.end_x, spec.end_y, spec.end_size)
 
 
-def line_path(rng: np.random.Generator, motion: str, size: float, travel: float,
-              region: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)) -> tuple[tuple, tuple]:
+def line_path(
+    rng: np.random.Generator,
+    motion: str,
+    size: float,
+    travel: float,
+    region: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0),
+) -> tuple[tuple, tuple]:
     """(x, y) at the start and the end of a straight move of `travel` (a fraction of the frame) inside `region`
     (x from, x to, y from, y to), keeping the whole shape inside it."""
     if motion not in LINE_MOTIONS:
@@ -145,8 +167,10 @@ def line_path(rng: np.random.Generator, motion: str, size: float, travel: float,
     low, high = region[:2] if horizontal else region[2:]
     cross_low, cross_high = region[2:] if horizontal else region[:2]
     if high - low - 2 * margin < travel:
-        raise ValueError(f"a travel of {travel:.3f} does not fit a region {high - low:.3f} wide with shapes of size "
-                         f"{size:.3f} (shorter clips or slower speeds)")
+        raise ValueError(
+            f"a travel of {travel:.3f} does not fit a region {high - low:.3f} wide with shapes of size "
+            f"{size:.3f} (shorter clips or slower speeds)"
+        )
     start = rng.uniform(low + margin, high - margin - travel)
     sign = 1.0 if motion in ("right", "down") else -1.0
     start += travel if sign < 0 else 0.0
@@ -155,8 +179,9 @@ def line_path(rng: np.random.Generator, motion: str, size: float, travel: float,
     return ((start, cross), (end, cross)) if horizontal else ((cross, start), (cross, end))
 
 
-def move_stop_clip(rng: np.random.Generator, shape: str, colour: str, motion: str, variant: str,
-                   duration: float) -> EventClip:
+def move_stop_clip(
+    rng: np.random.Generator, shape: str, colour: str, motion: str, variant: str, duration: float
+) -> EventClip:
     """Moves then stops (`move_first`), or stays still then moves (`still_first`)."""
     (x0, y0, s0), (x1, y1, s1) = _ends(rng, shape, colour, motion)
     boundary = rng.uniform(*BOUNDARY)
@@ -167,8 +192,9 @@ def move_stop_clip(rng: np.random.Generator, shape: str, colour: str, motion: st
     return EventClip("move_stop", variant, (Actor(shape, poses),), events, duration, _seed(rng))
 
 
-def colour_move_clip(rng: np.random.Generator, shape: str, colour: str, motion: str, variant: str,
-                     duration: float) -> EventClip:
+def colour_move_clip(
+    rng: np.random.Generator, shape: str, colour: str, motion: str, variant: str, duration: float
+) -> EventClip:
     """Turns another colour then moves (`colour_first`), or moves then turns (`move_first`)."""
     (x0, y0, s0), (x1, y1, s1) = _ends(rng, shape, colour, motion)
     other = [c for c in COLOURS if c != colour][int(rng.integers(len(COLOURS) - 1))]
@@ -183,15 +209,19 @@ def colour_move_clip(rng: np.random.Generator, shape: str, colour: str, motion: 
     return EventClip("colour_move", variant, (Actor(shape, poses),), events, duration, _seed(rng))
 
 
-def two_shapes_clip(rng: np.random.Generator, first: tuple[str, str], second: tuple[str, str], variant: str,
-                    duration: float) -> EventClip:
+def two_shapes_clip(
+    rng: np.random.Generator, first: tuple[str, str], second: tuple[str, str], variant: str, duration: float
+) -> EventClip:
     """`first` (shape, colour) moves, then `second` does; each in its own half of the frame (`rows`: top and bottom,
     moving sideways; `columns`: left and right, moving up or down)."""
     if first[0] == second[0] or first[1] == second[1]:
         raise ValueError(f"the two shapes must differ in shape and in colour, got {first} and {second}")
     motions = ("left", "right") if variant == "rows" else ("up", "down")
-    halves = [(0.0, 1.0, 0.0, 0.5), (0.0, 1.0, 0.5, 1.0)] if variant == "rows" else \
-        [(0.0, 0.5, 0.0, 1.0), (0.5, 1.0, 0.0, 1.0)]
+    halves = (
+        [(0.0, 1.0, 0.0, 0.5), (0.0, 1.0, 0.5, 1.0)]
+        if variant == "rows"
+        else [(0.0, 0.5, 0.0, 1.0), (0.5, 1.0, 0.0, 1.0)]
+    )
     order = rng.permutation(2)
     boundary = rng.uniform(*BOUNDARY)
     actors, events = [], []
@@ -199,38 +229,73 @@ def two_shapes_clip(rng: np.random.Generator, first: tuple[str, str], second: tu
         motion = motions[int(rng.integers(2))]
         size = rng.uniform(*_SMALL_STATIC_SIZE)
         free = 1.0 - 2 * MARGIN_SCALE * size
-        (x0, y0), (x1, y1) = line_path(rng, motion, size, rng.uniform(_TRAVEL[0], min(_TRAVEL[1], free)),
-                                       halves[order[index]])
+        (x0, y0), (x1, y1) = line_path(
+            rng, motion, size, rng.uniform(_TRAVEL[0], min(_TRAVEL[1], free)), halves[order[index]]
+        )
         held = (x1, y1) if index == 0 else (x0, y0)
-        actors.append(Actor(shape, (_still(0.0, x0, y0, size, colour), _still(boundary, *held, size, colour),
-                                    _still(1.0, x1, y1, size, colour))))
+        actors.append(
+            Actor(
+                shape,
+                (
+                    _still(0.0, x0, y0, size, colour),
+                    _still(boundary, *held, size, colour),
+                    _still(1.0, x1, y1, size, colour),
+                ),
+            )
+        )
         events.append(Event(shape, colour, motion))
     return EventClip("two_shapes", variant, tuple(actors), tuple(events), duration, _seed(rng))
 
 
-def speed_clip(rng: np.random.Generator, shape: str, colour: str, motion: str, speed: str,
-               duration: float) -> EventClip:
+def speed_clip(
+    rng: np.random.Generator, shape: str, colour: str, motion: str, speed: str, duration: float
+) -> EventClip:
     """Moves in a straight line the whole clip at a slow or fast speed (fractions of the frame per second)."""
     size = rng.uniform(*STATIC_SIZE)
     value = rng.uniform(*SPEED_RANGES[speed])
     (x0, y0), (x1, y1) = line_path(rng, motion, size, value * duration)
     poses = (_still(0.0, x0, y0, size, colour), _still(1.0, x1, y1, size, colour))
-    return EventClip("speed", speed, (Actor(shape, poses),), (Event(shape, colour, motion),), duration, _seed(rng),
-                     speed=speed, speed_value=float(value))
+    return EventClip(
+        "speed",
+        speed,
+        (Actor(shape, poses),),
+        (Event(shape, colour, motion),),
+        duration,
+        _seed(rng),
+        speed=speed,
+        speed_value=float(value),
+    )
 
 
-def long_clip(rng: np.random.Generator, shape: str, colour: str, motion: str, duration: float,
-              window_fraction: float = WINDOW_FRACTION) -> EventClip:
+def long_clip(
+    rng: np.random.Generator,
+    shape: str,
+    colour: str,
+    motion: str,
+    duration: float,
+    window_fraction: float = WINDOW_FRACTION,
+) -> EventClip:
     """Still, except for one window of `window_fraction` of the clip, anywhere inside it, in which it moves."""
     if not 0.0 < window_fraction <= 1.0:
         raise ValueError(f"window_fraction must be in (0, 1], got {window_fraction}")
     (x0, y0, s0), (x1, y1, s1) = _ends(rng, shape, colour, motion)
     start = rng.uniform(0.0, 1.0 - window_fraction)
     end = min(start + window_fraction, 1.0)
-    poses = (_still(0.0, x0, y0, s0, colour), _still(start, x0, y0, s0, colour), _still(end, x1, y1, s1, colour),
-             _still(1.0, x1, y1, s1, colour))
-    return EventClip("long", "window", (Actor(shape, poses),), (Event(shape, colour, motion),), duration, _seed(rng),
-                     window=(float(start), float(end)))
+    poses = (
+        _still(0.0, x0, y0, s0, colour),
+        _still(start, x0, y0, s0, colour),
+        _still(end, x1, y1, s1, colour),
+        _still(1.0, x1, y1, s1, colour),
+    )
+    return EventClip(
+        "long",
+        "window",
+        (Actor(shape, poses),),
+        (Event(shape, colour, motion),),
+        duration,
+        _seed(rng),
+        window=(float(start), float(end)),
+    )
 
 
 def _seed(rng: np.random.Generator) -> int:

@@ -53,8 +53,7 @@ def _frames(count: int, height: int, width: int, seed: int) -> list[np.ndarray]:
 
 def write_h264(path: Path, frames: list[np.ndarray], gop: int = 12, **options) -> Path:
     """RGB frames into an mp4 with a keyframe every `gop` frames exactly (other options: `write_video`'s)."""
-    return write_video(path, frames, FPS, encoder_options={"g": str(gop), "sc_threshold": "0", "crf": "23"},
-                       **options)
+    return write_video(path, frames, FPS, encoder_options={"g": str(gop), "sc_threshold": "0", "crf": "23"}, **options)
 
 
 def _write_audio_only(path: Path) -> Path:
@@ -83,8 +82,11 @@ def _write_case(case: str, folder: Path) -> Path:
     elif case == "audio_only":
         _write_audio_only(path)
     elif case in ("truncated_no_index", "truncated_header_promises_more"):
-        whole = write_h264(folder / f".{case}.whole.mp4", frames,
-                           container_options={"movflags": "faststart"} if case.endswith("more") else None)
+        whole = write_h264(
+            folder / f".{case}.whole.mp4",
+            frames,
+            container_options={"movflags": "faststart"} if case.endswith("more") else None,
+        )
         data = whole.read_bytes()
         whole.unlink()
         path.write_bytes(data[: len(data) * 6 // 10])
@@ -121,8 +123,14 @@ def make_broken_set(out_dir: str | Path, num_good: int = NUM_GOOD) -> Path:
 
 
 def _row(clip_id: str, path: Path) -> dict:
-    return {"clip_id": clip_id, "video": path.name, "start": None, "end": None,
-            "captions": [f"a square moves in {clip_id.replace('_', ' ')}"], "split": "train"}
+    return {
+        "clip_id": clip_id,
+        "video": path.name,
+        "start": None,
+        "end": None,
+        "captions": [f"a square moves in {clip_id.replace('_', ' ')}"],
+        "split": "train",
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

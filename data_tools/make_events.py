@@ -71,12 +71,32 @@ def make_events_dataset(
     for item in tqdm(planned, desc="events", disable=not show_progress):
         frames = events.render_event_frames(item.clip, height, width, fps)
         video = f"videos/{item.clip_id}.mp4"
-        write_video(out_dir / video, frames, fps, codec="libx264", encoder_options=options, container_format="mp4",
-                    container_options={"fflags": "+bitexact"}, atomic=True)
-        rows.append({"clip_id": item.clip_id, "video": video, "start": None, "end": None,
-                     "captions": events.event_captions(item.clip),
-                     "split": item.split, "num_frames": len(frames), "fps": fps, "duration": len(frames) / fps,
-                     "width": width, "height": height, "attributes": item.clip.attributes()})
+        write_video(
+            out_dir / video,
+            frames,
+            fps,
+            codec="libx264",
+            encoder_options=options,
+            container_format="mp4",
+            container_options={"fflags": "+bitexact"},
+            atomic=True,
+        )
+        rows.append(
+            {
+                "clip_id": item.clip_id,
+                "video": video,
+                "start": None,
+                "end": None,
+                "captions": events.event_captions(item.clip),
+                "split": item.split,
+                "num_frames": len(frames),
+                "fps": fps,
+                "duration": len(frames) / fps,
+                "width": width,
+                "height": height,
+                "attributes": item.clip.attributes(),
+            }
+        )
     write_manifest(manifest, rows)
     return manifest
 
@@ -90,8 +110,15 @@ def _duration_bounds(duration: float | Sequence[float]) -> tuple[float, float]:
     return values[0], values[1]
 
 
-def _check_arguments(num_clips: int, kinds: tuple[str, ...], height: int, width: int, fps: float,
-                     bounds: tuple[float, float], keyframe_interval: float) -> None:
+def _check_arguments(
+    num_clips: int,
+    kinds: tuple[str, ...],
+    height: int,
+    width: int,
+    fps: float,
+    bounds: tuple[float, float],
+    keyframe_interval: float,
+) -> None:
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
     unknown = [kind for kind in kinds if kind not in events.KINDS]
@@ -105,9 +132,14 @@ def _check_arguments(num_clips: int, kinds: tuple[str, ...], height: int, width:
         raise ValueError(f"keyframe_interval must be > 0 seconds, got {keyframe_interval}")
 
 
-def plan_event_clips(num_clips: int, seed: int = 0, kinds: Sequence[str] = SHORT_KINDS,
-                     duration: tuple[float, float] = (4.0, 4.0), window_fraction: float = events.WINDOW_FRACTION,
-                     splits: Sequence[float] = DEFAULT_SPLITS) -> list[PlannedEventClip]:
+def plan_event_clips(
+    num_clips: int,
+    seed: int = 0,
+    kinds: Sequence[str] = SHORT_KINDS,
+    duration: tuple[float, float] = (4.0, 4.0),
+    window_fraction: float = events.WINDOW_FRACTION,
+    splits: Sequence[float] = DEFAULT_SPLITS,
+) -> list[PlannedEventClip]:
     """The set's clips, decided by the arguments alone (not by frame size, fps or codec); see the module doc."""
     if len(splits) != len(SPLIT_NAMES) or min(splits) < 0 or not math.isclose(sum(splits), 1.0, abs_tol=1e-6):
         raise ValueError(f"splits must be 3 non-negative fractions (train, val, test) summing to 1, got {splits}")
@@ -126,8 +158,9 @@ def plan_event_clips(num_clips: int, seed: int = 0, kinds: Sequence[str] = SHORT
     return planned
 
 
-def draw_clip(rng: np.random.Generator, kind: str, variant: str, duration: float,
-              window_fraction: float = events.WINDOW_FRACTION) -> events.EventClip:
+def draw_clip(
+    rng: np.random.Generator, kind: str, variant: str, duration: float, window_fraction: float = events.WINDOW_FRACTION
+) -> events.EventClip:
     """One clip of `kind` and `variant` with a random object (or two) and motion."""
     shape, colour = SHAPES[int(rng.integers(len(SHAPES)))], COLOURS[int(rng.integers(len(COLOURS)))]
     if kind == "two_shapes":
@@ -145,8 +178,11 @@ def draw_clip(rng: np.random.Generator, kind: str, variant: str, duration: float
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m simvlg_video.data_tools.make_events", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m simvlg_video.data_tools.make_events",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder (videos/ and manifest.jsonl)")
     parser.add_argument("--num-clips", type=int, default=700)
     parser.add_argument("--seed", type=int, default=0)
@@ -154,14 +190,24 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--size", type=int, default=96, help="frame height and width, even")
     parser.add_argument("--fps", type=float, default=8)
     parser.add_argument("--duration", type=float, nargs="+", default=[4.0], help="seconds, or shortest longest")
-    parser.add_argument("--window-fraction", type=float, default=events.WINDOW_FRACTION,
-                        help="share of a long clip its event fills")
+    parser.add_argument(
+        "--window-fraction", type=float, default=events.WINDOW_FRACTION, help="share of a long clip its event fills"
+    )
     args = parser.parse_args(argv)
     fps = int(args.fps) if float(args.fps).is_integer() else args.fps
     duration = args.duration[0] if len(args.duration) == 1 else args.duration
     try:
-        manifest = make_events_dataset(args.out, args.num_clips, args.seed, args.kinds.split(","), args.size,
-                                       args.size, fps, duration, args.window_fraction)
+        manifest = make_events_dataset(
+            args.out,
+            args.num_clips,
+            args.seed,
+            args.kinds.split(","),
+            args.size,
+            args.size,
+            fps,
+            duration,
+            args.window_fraction,
+        )
     except ValueError as error:
         parser.error(str(error))
     print(f"wrote {manifest}")

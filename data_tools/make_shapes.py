@@ -74,9 +74,16 @@ def make_shapes_dataset(
         spec = clip.spec
         video = f"videos/{clip.clip_id}.{container}"
         # bitexact: no random segment id or encoder version in the file, so equal frames give equal bytes
-        write_video(out_dir / video, render_frames(spec, height, width, num_frames), fps, codec=codec,
-                    encoder_options=_ENCODER_OPTIONS[codec], container_format=container,
-                    container_options={"fflags": "+bitexact"}, atomic=True)
+        write_video(
+            out_dir / video,
+            render_frames(spec, height, width, num_frames),
+            fps,
+            codec=codec,
+            encoder_options=_ENCODER_OPTIONS[codec],
+            container_format=container,
+            container_options={"fflags": "+bitexact"},
+            atomic=True,
+        )
         rows.append(
             {
                 "clip_id": clip.clip_id,

@@ -37,18 +37,25 @@ def split_of(position: int, count: int) -> str:
     return SPLITS[-1][0]
 
 
-def make_stills_dataset(out_dir: str | os.PathLike, num_images: int = 4000, seed: int = 0, size: int = 96,
-                        quality: int = 95, show_progress: bool = True) -> Path:
+def make_stills_dataset(
+    out_dir: str | os.PathLike,
+    num_images: int = 4000,
+    seed: int = 0,
+    size: int = 96,
+    quality: int = 95,
+    show_progress: bool = True,
+) -> Path:
     """Render and write the set into `out_dir`; returns the manifest path."""
     if num_images < len(SHAPES) * len(COLOURS):
-        raise ValueError(f"num_images must be >= {len(SHAPES) * len(COLOURS)} (every shape and colour), "
-                         f"got {num_images}")
+        raise ValueError(
+            f"num_images must be >= {len(SHAPES) * len(COLOURS)} (every shape and colour), got {num_images}"
+        )
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     pairs = list(product(SHAPES, COLOURS))
     per_pair = [num_images // len(pairs) + (k < num_images % len(pairs)) for k in range(len(pairs))]
-    lines, seen = [], {pair: 0 for pair in pairs}
+    lines, seen = [], dict.fromkeys(pairs, 0)
     for index in tqdm(range(num_images), desc="render stills", unit="image", disable=not show_progress):
         shape, colour = pair = pairs[index % len(pairs)]
         motion = MOTIONS[int(rng.integers(len(MOTIONS)))]
@@ -58,8 +65,15 @@ def make_stills_dataset(out_dir: str | os.PathLike, num_images: int = 4000, seed
         Image.fromarray(pixels).save(out_dir / name, quality=quality)
         split = split_of(seen[pair], per_pair[pairs.index(pair)])
         seen[pair] += 1
-        lines.append({"clip_id": f"still_{index:05d}", "image": name, "captions": image_captions(shape, colour),
-                      "split": split, "attributes": {"shape": shape, "colour": colour}})
+        lines.append(
+            {
+                "clip_id": f"still_{index:05d}",
+                "image": name,
+                "captions": image_captions(shape, colour),
+                "split": split,
+                "attributes": {"shape": shape, "colour": colour},
+            }
+        )
     manifest = out_dir / MANIFEST_NAME
     write_manifest(manifest, lines)
     return manifest

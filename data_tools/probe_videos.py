@@ -19,8 +19,14 @@ from simvlg_video.data.manifest import ClipRecord, read_manifest, write_manifest
 from simvlg_video.data.probe import probe_paths
 
 
-def probe_manifest(manifest: Path, out: Path | None = None, workers: int = 4, timeout: float = 60.0,
-                   drop_unreadable: bool = False, show_progress: bool = True) -> dict[str, str]:
+def probe_manifest(
+    manifest: Path,
+    out: Path | None = None,
+    workers: int = 4,
+    timeout: float = 60.0,
+    drop_unreadable: bool = False,
+    show_progress: bool = True,
+) -> dict[str, str]:
     """Write ``manifest`` with probed metadata to ``out`` (default: in place); returns {clip_id: reason} of the
     clips whose video could not be probed."""
     records = read_manifest(manifest)
@@ -50,8 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     failed = probe_manifest(args.manifest, args.out, args.workers, args.timeout, args.drop_unreadable)
     total = len(read_manifest(args.out or args.manifest)) + (len(failed) if args.drop_unreadable else 0)
-    print(f"probed {total - len(failed)} of {total} clips; {len(failed)} could not be read"
-          + (" and were left out" if args.drop_unreadable and failed else ""))
+    print(
+        f"probed {total - len(failed)} of {total} clips; {len(failed)} could not be read"
+        + (" and were left out" if args.drop_unreadable and failed else "")
+    )
 
 
 if __name__ == "__main__":

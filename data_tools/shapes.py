@@ -143,8 +143,7 @@ def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, size_px: float)
     return edges - 0.5 * circumradius
 
 
-def shape_coverage(shape: str, centre_x: float, centre_y: float, size_px: float, height: int,
-                   width: int) -> np.ndarray:
+def shape_coverage(shape: str, centre_x: float, centre_y: float, size_px: float, height: int, width: int) -> np.ndarray:
     """How much of each pixel the shape covers, (H, W, 1) in [0, 1], with antialiased edges (centre in pixels)."""
     dy = np.arange(height, dtype=np.float32)[:, None] + 0.5 - centre_y
     dx = np.arange(width, dtype=np.float32)[None, :] + 0.5 - centre_x

@@ -19,6 +19,7 @@ from transformers import OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast
 
 from simvlg_video.model.lm import END, build_word_tokenizer
 
+
 def tiny_opt_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 128, num_layers: int = 2) -> OPTConfig:
     """An OPT of the same architecture as OPT-2.7B, small enough to train on a CPU in a minute."""
     return OPTConfig(
@@ -83,8 +84,11 @@ def train_tiny_lm(
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m simvlg_video.data_tools.tiny_lm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m simvlg_video.data_tools.tiny_lm",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--corpus", choices=("shapes", "events"), default="events", help="whose caption groups")
     parser.add_argument("--out", type=Path, required=True, help="folder to write (model and tokenizer)")
     parser.add_argument("--steps", type=int, default=1500, help="the bundled model's LM stage: 1500")

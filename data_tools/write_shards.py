@@ -22,8 +22,13 @@ from tqdm import tqdm
 from simvlg_video.data.manifest import ManifestError, read_manifest
 
 
-def write_shards(manifest: str | os.PathLike, out_dir: str | os.PathLike, split: str = "train",
-                 per_shard: int = 10000, show_progress: bool = True) -> str:
+def write_shards(
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    split: str = "train",
+    per_shard: int = 10000,
+    show_progress: bool = True,
+) -> str:
     """Write one sample per (image, caption) of `split`'s image lines; returns their brace pattern."""
     from webdataset import TarWriter
 
@@ -40,18 +45,28 @@ def write_shards(manifest: str | os.PathLike, out_dir: str | os.PathLike, split:
         final = out_dir / f"{shard:05d}.tar"
         partial = final.with_name(final.name + ".partial")
         with open(partial, "wb") as stream, TarWriter(stream) as writer:
-            for number, (record, caption) in enumerate(pairs[shard * per_shard:(shard + 1) * per_shard],
-                                                       start=shard * per_shard):
+            for number, (record, caption) in enumerate(
+                pairs[shard * per_shard : (shard + 1) * per_shard], start=shard * per_shard
+            ):
                 key = f"{number:09d}"
-                writer.write({"__key__": key, "jpg": record.video_path.read_bytes(), "txt": caption,
-                              "json": json.dumps({"key": key, "caption": caption, "clip_id": record.clip_id})})
+                writer.write(
+                    {
+                        "__key__": key,
+                        "jpg": record.video_path.read_bytes(),
+                        "txt": caption,
+                        "json": json.dumps({"key": key, "caption": caption, "clip_id": record.clip_id}),
+                    }
+                )
         partial.replace(final)
     return str(out_dir / ("00000.tar" if num_shards == 1 else f"{{00000..{num_shards - 1:05d}}}.tar"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m simvlg_video.data_tools.write_shards", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m simvlg_video.data_tools.write_shards",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("manifest", type=Path, help="a manifest with image lines (data_tools.convert coco ...)")
     parser.add_argument("out_dir", type=Path, help="folder the shards are written into")
     parser.add_argument("--split", default="train", help="which split's lines to pack (default: train)")

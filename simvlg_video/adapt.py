@@ -54,26 +54,32 @@ def image_model_dir(cfg: DictConfig, run_dir: Path, world: World) -> Path:
     given = [key for key in ("vit_weights", "lm_path", "model_config", "prompt") if cfg.get(key) is not None]
     if found.kind == MODEL_DIR:
         if given:
-            raise SystemExit(f"error: {' and '.join(given)} only apply to an imported checkpoint; the model "
-                             f"directory {source} names its own parts in model.yaml")
+            raise SystemExit(
+                f"error: {' and '.join(given)} only apply to an imported checkpoint; the model "
+                f"directory {source} names its own parts in model.yaml"
+            )
         return refuse_video_model(source, source)
     allowed = {*found.needs, "prompt", *(("model_config",) if found.kind != BLIP2_FOLDER else ())}
     extra = [key for key in given if key not in allowed]
     if extra:
         holds = ", which holds its ViT, LLM and architecture" if found.kind == BLIP2_FOLDER else ""
-        raise SystemExit(f"error: --image-ckpt {source} is {found.description}{holds}: leave out "
-                         f"{' and '.join(extra)}")
+        raise SystemExit(f"error: --image-ckpt {source} is {found.description}{holds}: leave out {' and '.join(extra)}")
     missing = [key for key in found.needs if key not in given]
     if missing:
-        what = {"vit_weights": "vit_weights=PATH (the frozen ViT's weights, e.g. BLIP-2's eva_vit_g.pth)",
-                "lm_path": "lm_path=PATH (the LLM's Hugging Face folder)"}
-        raise SystemExit(f"error: --image-ckpt {source} is {found.description} and also needs "
-                         f"{' and '.join(what[key] for key in missing)}")
+        what = {
+            "vit_weights": "vit_weights=PATH (the frozen ViT's weights, e.g. BLIP-2's eva_vit_g.pth)",
+            "lm_path": "lm_path=PATH (the LLM's Hugging Face folder)",
+        }
+        raise SystemExit(
+            f"error: --image-ckpt {source} is {found.description} and also needs "
+            f"{' and '.join(what[key] for key in missing)}"
+        )
     imported, error = run_dir / IMPORTED_IMAGE_MODEL, None
     if world.is_main and not (imported / "model.yaml").is_file():
         try:
-            import_image_checkpoint(found, imported, cfg.vit_weights, cfg.lm_path, cfg.model_config, cfg.prompt,
-                                    cfg.allow_pickle)
+            import_image_checkpoint(
+                found, imported, cfg.vit_weights, cfg.lm_path, cfg.model_config, cfg.prompt, cfg.allow_pickle
+            )
         except (ValueError, FileNotFoundError) as failure:  # named missing, unexpected, mis-shaped tensors, files
             error = f"error: --image-ckpt {source}: {failure}"
     error = broadcast(error, world)
@@ -89,11 +95,15 @@ def refuse_video_model(model_dir: Path, given: Path) -> Path:
     except ModelDirError as error:
         raise SystemExit(f"error: --image-ckpt {given}: {error}") from None
     if adapter is not None:
-        how = ("import it as a model directory with python -m simvlg_video.model.lavis_checkpoint, then give that to"
-               if given.is_file() else "give it to")
+        how = (
+            "import it as a model directory with python -m simvlg_video.model.lavis_checkpoint, then give that to"
+            if given.is_file()
+            else "give it to"
+        )
         raise SystemExit(
             f"error: --image-ckpt {given} is a video checkpoint (adapter {adapter.get('_target_', adapter)}); adapt "
-            f"starts from an image model. To caption with it, {how} caption or evaluate --ckpt")
+            f"starts from an image model. To caption with it, {how} caption or evaluate --ckpt"
+        )
     return model_dir
 
 

@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             raise ValueError(f"{manifest} has no clips in split {split!r}")
     except (ModelDirError, ManifestError, ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
-    predictions, metrics = evaluate_split(opened.model, records, opened.inference, opened.config.image_size,
-                                          spice=args.spice, desc=f"evaluate {split}")
+    predictions, metrics = evaluate_split(
+        opened.model, records, opened.inference, opened.config.image_size, spice=args.spice, desc=f"evaluate {split}"
+    )
     out_dir = (opened.model_dir.parent if run is not None else opened.model_dir) / "eval"
     write_eval(out_dir, split, predictions, metrics)
     print(json.dumps(metrics, indent=1))

@@ -42,8 +42,9 @@ def initial_model_dir(cfg: DictConfig, run_dir: Path, world: World) -> Path:
             if cfg.vit_weights:
                 model_cfg.vit.weights = str(Path(cfg.vit_weights).expanduser().resolve())
             if cfg.merge_r is not None:
-                model_cfg.connector.r = OmegaConf.to_object(cfg.merge_r) if OmegaConf.is_config(cfg.merge_r) \
-                    else cfg.merge_r
+                model_cfg.connector.r = (
+                    OmegaConf.to_object(cfg.merge_r) if OmegaConf.is_config(cfg.merge_r) else cfg.merge_r
+                )
             if cfg.merge_mode is not None:
                 model_cfg.connector.merge_mode = cfg.merge_mode
             assemble_image_model(model_cfg, out, cfg.bert_path)
@@ -55,8 +56,7 @@ def initial_model_dir(cfg: DictConfig, run_dir: Path, world: World) -> Path:
     return out
 
 
-PRETRAIN = Stage(starting_model=initial_model_dir, before="initial model", after="pretrained",
-                 exports_placement=False)
+PRETRAIN = Stage(starting_model=initial_model_dir, before="initial model", after="pretrained", exports_placement=False)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://simvlg_video.configs", config_name="pretrain")

@@ -32,8 +32,13 @@ def _cell(text: str) -> str:
 def report_table(runs: list[RunResult]) -> str:
     """Markdown table in job order: scores x100 (1 decimal), training videos/s and peak memory with its kind."""
     scores = [*SCORES, MOTION] if _has_motion(runs) else list(SCORES)
-    header = ["run", "overrides", *(("motion acc" if s == MOTION else s) for s in scores),
-              "train videos/s", "peak memory (GiB)"]
+    header = [
+        "run",
+        "overrides",
+        *(("motion acc" if s == MOTION else s) for s in scores),
+        "train videos/s",
+        "peak memory (GiB)",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     common = common_overrides(runs)
     for run in runs:

@@ -52,8 +52,16 @@ from simvlg_video.world import (
 
 log = logging.getLogger("simvlg_video.stage")
 # Bad input, named by the code that found it: reported as one line, never a traceback.
-USER_ERRORS = (ManifestError, ModelDirError, FrozenSourceChanged, StateDictMismatch, NotATensorFile, DataConfigError,
-               TooManySkippedClips, ShardError)
+USER_ERRORS = (
+    ManifestError,
+    ModelDirError,
+    FrozenSourceChanged,
+    StateDictMismatch,
+    NotATensorFile,
+    DataConfigError,
+    TooManySkippedClips,
+    ShardError,
+)
 
 
 @dataclass(frozen=True)
@@ -72,18 +80,26 @@ def clip_data(cfg: DictConfig) -> ClipData:
     """The `data:` settings as the object that reads them; a value left to give (`data.root=???`) is named."""
     missing = [f"data.{key}" for key in cfg.data if OmegaConf.is_missing(cfg.data, key)]
     if missing:
-        raise SystemExit(f"error: {', '.join(missing)} is not set; give it on the command line, e.g. "
-                         f"{missing[0]}=/path/to/dataset")
+        raise SystemExit(
+            f"error: {', '.join(missing)} is not set; give it on the command line, e.g. {missing[0]}=/path/to/dataset"
+        )
     return instantiate(cfg.data)
 
 
 def inference_settings(cfg: DictConfig) -> InferenceConfig:
     """How this run captions (evaluation, the exported model's default): frames and decoding of the run."""
-    return InferenceConfig(num_frames=cfg.data.num_frames, sampler=OmegaConf.to_container(cfg.sampler.eval, resolve=True),
-                           backend=cfg.data.backend, decode_timeout=cfg.data.decode_timeout,
-                           num_beams=cfg.eval.num_beams, min_new_tokens=cfg.eval.min_new_tokens,
-                           max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
-                           num_workers=cfg.train.num_workers, precision=cfg.precision)
+    return InferenceConfig(
+        num_frames=cfg.data.num_frames,
+        sampler=OmegaConf.to_container(cfg.sampler.eval, resolve=True),
+        backend=cfg.data.backend,
+        decode_timeout=cfg.data.decode_timeout,
+        num_beams=cfg.eval.num_beams,
+        min_new_tokens=cfg.eval.min_new_tokens,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        batch_size=cfg.eval.batch_size,
+        num_workers=cfg.train.num_workers,
+        precision=cfg.precision,
+    )
 
 
 def trainable_parts(cfg: DictConfig, model: torch.nn.Module) -> list[str]:
@@ -143,9 +159,15 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     try:
         if cfg.eval.before:
-            rows[stage.before] = evaluate_once(model, eval_records, run_dir,
-                                               f"{cfg.eval.split}_{stage.before.replace(' ', '_')}", files.log,
-                                               desc=stage.before, **evaluation)
+            rows[stage.before] = evaluate_once(
+                model,
+                eval_records,
+                run_dir,
+                f"{cfg.eval.split}_{stage.before.replace(' ', '_')}",
+                files.log,
+                desc=stage.before,
+                **evaluation,
+            )
         instantiate(cfg.adapter).apply(model)
         trainable = trainable_parts(cfg, model)
         counts = apply_freeze_policy(model, trainable)
@@ -158,12 +180,12 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
             files.log({"phase": "val", "step": step, "split": cfg.eval.val_split, **metrics})
             return metrics
 
-        training = TrainingRun(train_cfg, cfg.precision, cfg.seed, data, samplers[0], model_cfg.image_size,
-                               cfg.eval.best_metric)
+        training = TrainingRun(
+            train_cfg, cfg.precision, cfg.seed, data, samplers[0], model_cfg.image_size, cfg.eval.best_metric
+        )
         result = train(model, training, train_records, device, world, files, validate if val_records else None)
 
-        predictions, rows[stage.after] = evaluate_split(model, eval_records, desc=f"{stage.after} model",
-                                                        **evaluation)
+        predictions, rows[stage.after] = evaluate_split(model, eval_records, desc=f"{stage.after} model", **evaluation)
         model_cfg.adapter = OmegaConf.to_container(cfg.adapter, resolve=True) if stage.exports_placement else None
         model_cfg.inference = asdict(inference)
         tensors = whole_on_cpu(stored_tensors(model, model_cfg))  # every rank: FSDP gathers
@@ -171,19 +193,29 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
             write_eval(run_dir / "eval", cfg.eval.split, predictions, rows[stage.after])
             save_model_dir(model, model_cfg, run_dir / "model", base_dir=image_dir, tensors=tensors)
             if cfg.eval.visualize and not is_sharded(model):  # a sharded model runs only with every rank
-                pictures = draw_clips(model, model_cfg, inference, eval_records[: cfg.eval.visualize],
-                                      run_dir / "visualize")
+                pictures = draw_clips(
+                    model, model_cfg, inference, eval_records[: cfg.eval.visualize], run_dir / "visualize"
+                )
                 log.info("drew %d test clips into %s", len(pictures), run_dir / "visualize")
             elif cfg.eval.visualize:
-                log.info("no pictures from a sharded (FSDP) run; draw them from the exported model: "
-                         "python -m simvlg_video.visualize --ckpt %s VIDEO", run_dir)
+                log.info(
+                    "no pictures from a sharded (FSDP) run; draw them from the exported model: "
+                    "python -m simvlg_video.visualize --ckpt %s VIDEO",
+                    run_dir,
+                )
         summary = {
-            "phase": "summary", "train_steps": cfg.train.steps, "train_videos_per_s": result.videos_per_second,
-            "train_peak_memory_gib": result.peak_memory_gib, "train_memory_kind": result.memory_kind,
-            "train_data_wait_s": result.data_wait_seconds, "world_size": world.world_size,
-            "nonfinite_steps_skipped": result.skipped_nonfinite, "train_clips_skipped": result.skipped_clips,
+            "phase": "summary",
+            "train_steps": cfg.train.steps,
+            "train_videos_per_s": result.videos_per_second,
+            "train_peak_memory_gib": result.peak_memory_gib,
+            "train_memory_kind": result.memory_kind,
+            "train_data_wait_s": result.data_wait_seconds,
+            "world_size": world.world_size,
+            "nonfinite_steps_skipped": result.skipped_nonfinite,
+            "train_clips_skipped": result.skipped_clips,
             "eval_clips_skipped": len(predictions.skipped),
-            "best": files.checkpoints.best(), **counts,
+            "best": files.checkpoints.best(),
+            **counts,
         }
         files.log({**summary, "adapted": rows[stage.after]})  # "adapted": the trained model's scores, either stage
     finally:
@@ -210,8 +242,9 @@ def shared_manifest(data: ClipData, samplers: list, world: World) -> Path:
     return found
 
 
-def evaluate_once(model: torch.nn.Module, records: list[ClipRecord], run_dir: Path, name: str, run_log,
-                  **kwargs) -> dict[str, float]:
+def evaluate_once(
+    model: torch.nn.Module, records: list[ClipRecord], run_dir: Path, name: str, run_log, **kwargs
+) -> dict[str, float]:
     """Score the image model, or read its scores back when a resumed run already did."""
     saved = run_dir / "eval" / f"{name}_metrics.json"
     if saved.is_file():
@@ -251,4 +284,3 @@ def launch(main: Callable[[], None], arguments: list[str]) -> None:
         main()
     finally:
         shutdown(world)
-

@@ -10,9 +10,17 @@ import sys
 from pathlib import Path
 
 TINY_RUN = [
-    "data.synthetic.num_clips=21", "data.synthetic.height=64", "data.synthetic.width=64", "data.synthetic.duration=1.0",
-    "train.steps=3", "train.batch_size=4", "train.num_workers=0", "train.warmup_steps=1",
-    "eval.batch_size=8", "eval.num_beams=2", "eval.max_new_tokens=6",
+    "data.synthetic.num_clips=21",
+    "data.synthetic.height=64",
+    "data.synthetic.width=64",
+    "data.synthetic.duration=1.0",
+    "train.steps=3",
+    "train.batch_size=4",
+    "train.num_workers=0",
+    "train.warmup_steps=1",
+    "eval.batch_size=8",
+    "eval.num_beams=2",
+    "eval.max_new_tokens=6",
 ]
 
 
@@ -32,17 +40,49 @@ def installed_wheel(work: Path) -> Path:
     """The package as users install it: a wheel built from a clean copy of the repository's files (the checkout's
     own build/ folder could hold stale modules) and installed into a folder of its own; returns that folder."""
     repo = Path(__file__).resolve().parents[1]
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=repo, check=True,
-                            capture_output=True, text=True).stdout.splitlines()
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
     source = work / "source"
     for name in listed:
         if (repo / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(repo / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(work / "wheel")], check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(work / "site"),
-                    str(next((work / "wheel").glob("*.whl")))], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(source),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(work / "wheel"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(work / "site"),
+            str(next((work / "wheel").glob("*.whl"))),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return work / "site"
 
 
@@ -78,4 +118,3 @@ def assert_caption_reproduces_predictions(run: Path, cwd: Path, count: int = 2) 
     assert captioned.returncode == 0, captioned.stderr[-3000:]
     printed = dict(line.split("\t", 1) for line in captioned.stdout.strip().splitlines())
     assert [printed[v] for v in videos] == [p["caption"] for p in predictions]
-

@@ -39,17 +39,38 @@ def tiny_blip2_config(vocab_size: int, pad: int, bos: int, eos: int) -> Blip2Con
     """The tiny architecture; the image token is the last id, past the tokenizer's words."""
     return Blip2Config(
         vision_config=Blip2VisionConfig(
-            hidden_size=VISION["width"], intermediate_size=VISION["mlp"], num_hidden_layers=VISION["depth"],
-            num_attention_heads=VISION["heads"], image_size=VISION["image"], patch_size=VISION["patch"],
-            layer_norm_eps=1e-6, hidden_act="gelu"),
+            hidden_size=VISION["width"],
+            intermediate_size=VISION["mlp"],
+            num_hidden_layers=VISION["depth"],
+            num_attention_heads=VISION["heads"],
+            image_size=VISION["image"],
+            patch_size=VISION["patch"],
+            layer_norm_eps=1e-6,
+            hidden_act="gelu",
+        ),
         qformer_config=Blip2QFormerConfig(
-            hidden_size=QFORMER["hidden"], num_hidden_layers=QFORMER["layers"], num_attention_heads=QFORMER["heads"],
-            intermediate_size=QFORMER["intermediate"], cross_attention_frequency=QFORMER["frequency"]),
+            hidden_size=QFORMER["hidden"],
+            num_hidden_layers=QFORMER["layers"],
+            num_attention_heads=QFORMER["heads"],
+            intermediate_size=QFORMER["intermediate"],
+            cross_attention_frequency=QFORMER["frequency"],
+        ),
         text_config=OPTConfig(
-            vocab_size=vocab_size + 1, hidden_size=LM_WIDTH, word_embed_proj_dim=LM_WIDTH, num_hidden_layers=2,
-            num_attention_heads=4, ffn_dim=2 * LM_WIDTH, max_position_embeddings=128, dropout=0.0,
-            attention_dropout=0.0, pad_token_id=pad, bos_token_id=bos, eos_token_id=eos),
-        num_query_tokens=QFORMER["queries"], image_token_index=vocab_size,
+            vocab_size=vocab_size + 1,
+            hidden_size=LM_WIDTH,
+            word_embed_proj_dim=LM_WIDTH,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            ffn_dim=2 * LM_WIDTH,
+            max_position_embeddings=128,
+            dropout=0.0,
+            attention_dropout=0.0,
+            pad_token_id=pad,
+            bos_token_id=bos,
+            eos_token_id=eos,
+        ),
+        num_query_tokens=QFORMER["queries"],
+        image_token_index=vocab_size,
     )
 
 
@@ -57,15 +78,28 @@ def tiny_model_config() -> ModelConfig:
     """The architecture the LAVIS-layout files fit. ln_vision's eps is the Hugging Face folder's (1e-6; LAVIS's own
     is 1e-5), so both layouts can be compared with transformers' model."""
     return ModelConfig(
-        vit=VitConfig(preset="eva_vit_g", overrides=dict(
-            img_size=VISION["image"], patch_size=VISION["patch"], embed_dim=VISION["width"], depth=VISION["depth"],
-            num_heads=VISION["heads"], mlp_ratio=VISION["mlp"] / VISION["width"])),
+        vit=VitConfig(
+            preset="eva_vit_g",
+            overrides=dict(
+                img_size=VISION["image"],
+                patch_size=VISION["patch"],
+                embed_dim=VISION["width"],
+                depth=VISION["depth"],
+                num_heads=VISION["heads"],
+                mlp_ratio=VISION["mlp"] / VISION["width"],
+            ),
+        ),
         connector=QFormerConfig(
-            hidden_size=QFORMER["hidden"], num_layers=QFORMER["layers"], num_heads=QFORMER["heads"],
-            intermediate_size=QFORMER["intermediate"], num_query_tokens=QFORMER["queries"],
-            cross_attention_frequency=QFORMER["frequency"]),
+            hidden_size=QFORMER["hidden"],
+            num_layers=QFORMER["layers"],
+            num_heads=QFORMER["heads"],
+            intermediate_size=QFORMER["intermediate"],
+            num_query_tokens=QFORMER["queries"],
+            cross_attention_frequency=QFORMER["frequency"],
+        ),
         lm=LMConfig(prompt="", caption_end="\n", max_text_tokens=32),
-        image_size=VISION["image"], ln_vision_eps=1e-6,
+        image_size=VISION["image"],
+        ln_vision_eps=1e-6,
     )
 
 
@@ -83,7 +117,7 @@ def _randomise(model: torch.nn.Module, seed: int) -> None:
             else:
                 param.copy_(0.1 * noise if name != "query_tokens" else noise)
             if name.endswith("self_attn.qkv.bias"):
-                param[VISION["width"]: 2 * VISION["width"]] = 0
+                param[VISION["width"] : 2 * VISION["width"]] = 0
 
 
 # --- the LAVIS blip2_opt layout, written out from REFERENCE.md section 9 ---
@@ -98,23 +132,34 @@ def _lavis_name(hf_name: str) -> str | None:
         return "Qformer.bert.embeddings.LayerNorm." + hf_name.rsplit(".", 1)[1]
     if hf_name.startswith("qformer.encoder."):
         name = re.sub(r"\.(attention|crossattention)\.attention\.", r".\1.self.", hf_name)
-        return "Qformer.bert." + name[len("qformer."):]
+        return "Qformer.bert." + name[len("qformer.") :]
     return None
 
 
 def _eva_vision(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """BLIP-2's eva_vit_g.pth names for the folder's vision tensors."""
     v = "vision_model."
-    out = {"cls_token": hf[v + "embeddings.class_embedding"], "pos_embed": hf[v + "embeddings.position_embedding"],
-           "patch_embed.proj.weight": hf[v + "embeddings.patch_embedding.weight"],
-           "patch_embed.proj.bias": hf[v + "embeddings.patch_embedding.bias"]}
+    out = {
+        "cls_token": hf[v + "embeddings.class_embedding"],
+        "pos_embed": hf[v + "embeddings.position_embedding"],
+        "patch_embed.proj.weight": hf[v + "embeddings.patch_embedding.weight"],
+        "patch_embed.proj.bias": hf[v + "embeddings.patch_embedding.bias"],
+    }
     for i in range(VISION["depth"]):
         layer, block = f"{v}encoder.layers.{i}.", f"blocks.{i}."
         q, _, v_bias = hf[layer + "self_attn.qkv.bias"].chunk(3)
-        out |= {block + "attn.q_bias": q, block + "attn.v_bias": v_bias,
-                block + "attn.qkv.weight": hf[layer + "self_attn.qkv.weight"]}
-        for ours, theirs in (("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("attn.proj", "self_attn.projection"),
-                             ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+        out |= {
+            block + "attn.q_bias": q,
+            block + "attn.v_bias": v_bias,
+            block + "attn.qkv.weight": hf[layer + "self_attn.qkv.weight"],
+        }
+        for ours, theirs in (
+            ("norm1", "layer_norm1"),
+            ("norm2", "layer_norm2"),
+            ("attn.proj", "self_attn.projection"),
+            ("mlp.fc1", "mlp.fc1"),
+            ("mlp.fc2", "mlp.fc2"),
+        ):
             out |= {f"{block}{ours}.{p}": hf[f"{layer}{theirs}.{p}"] for p in ("weight", "bias")}
     return out
 
@@ -124,17 +169,29 @@ def lavis_extras(seed: int = 5) -> dict[str, torch.Tensor]:
     position embeddings, each layer's text feed-forward, the LM head) and the representation stage's heads."""
     hidden, inner = QFORMER["hidden"], QFORMER["intermediate"]
     generator = torch.Generator().manual_seed(seed)
-    shapes_ = {"Qformer.bert.embeddings.word_embeddings.weight": (30, hidden),
-               "Qformer.bert.embeddings.position_embeddings.weight": (64, hidden),
-               "Qformer.cls.predictions.bias": (30,),
-               "Qformer.cls.predictions.transform.dense.weight": (hidden, hidden),
-               "vision_proj.weight": (8, hidden), "vision_proj.bias": (8,), "text_proj.weight": (8, hidden),
-               "text_proj.bias": (8,), "itm_head.weight": (2, hidden), "itm_head.bias": (2,), "temp": ()}
+    shapes_ = {
+        "Qformer.bert.embeddings.word_embeddings.weight": (30, hidden),
+        "Qformer.bert.embeddings.position_embeddings.weight": (64, hidden),
+        "Qformer.cls.predictions.bias": (30,),
+        "Qformer.cls.predictions.transform.dense.weight": (hidden, hidden),
+        "vision_proj.weight": (8, hidden),
+        "vision_proj.bias": (8,),
+        "text_proj.weight": (8, hidden),
+        "text_proj.bias": (8,),
+        "itm_head.weight": (2, hidden),
+        "itm_head.bias": (2,),
+        "temp": (),
+    }
     for i in range(QFORMER["layers"]):
         layer = f"Qformer.bert.encoder.layer.{i}"
-        shapes_ |= {f"{layer}.intermediate.dense.weight": (inner, hidden), f"{layer}.intermediate.dense.bias": (inner,),
-                    f"{layer}.output.dense.weight": (hidden, inner), f"{layer}.output.dense.bias": (hidden,),
-                    f"{layer}.output.LayerNorm.weight": (hidden,), f"{layer}.output.LayerNorm.bias": (hidden,)}
+        shapes_ |= {
+            f"{layer}.intermediate.dense.weight": (inner, hidden),
+            f"{layer}.intermediate.dense.bias": (inner,),
+            f"{layer}.output.dense.weight": (hidden, inner),
+            f"{layer}.output.dense.bias": (hidden,),
+            f"{layer}.output.LayerNorm.weight": (hidden,),
+            f"{layer}.output.LayerNorm.bias": (hidden,),
+        }
     return {name: 0.1 * torch.randn(shape, generator=generator) for name, shape in shapes_.items()}
 
 
@@ -157,8 +214,9 @@ def write_blip2_files(out: Path, seed: int = 0) -> Blip2Files:
     tokenizer = build_word_tokenizer(CORPUS)
     if not (folder / "config.json").is_file():
         torch.manual_seed(seed)
-        model = Blip2ForConditionalGeneration(tiny_blip2_config(
-            len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)).eval()
+        model = Blip2ForConditionalGeneration(
+            tiny_blip2_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
+        ).eval()
         _randomise(model, seed)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
@@ -168,13 +226,22 @@ def write_blip2_files(out: Path, seed: int = 0) -> Blip2Files:
         lavis = {name: hf_state[hf] for hf in hf_state if (name := _lavis_name(hf)) is not None} | lavis_extras()
         torch.save({"model": lavis, "optimizer": {}, "iters": 100}, out / "blip2_opt.pth")
         vit = _eva_vision(hf_state)
-        torch.save({"model": lavis | {f"visual_encoder.{name}": t for name, t in vit.items()}},
-                   out / "blip2_opt_with_vit.pth")
+        torch.save(
+            {"model": lavis | {f"visual_encoder.{name}": t for name, t in vit.items()}}, out / "blip2_opt_with_vit.pth"
+        )
         torch.save(vit, out / "eva_vit.pth")
     hf_state = Blip2ForConditionalGeneration.from_pretrained(folder).state_dict()
     lavis_state = torch.load(out / "blip2_opt.pth", weights_only=True)["model"]
-    return Blip2Files(folder, hf_state, out / "blip2_opt.pth", out / "blip2_opt_with_vit.pth", lavis_state,
-                      out / "eva_vit.pth", lm_path, tiny_model_config())
+    return Blip2Files(
+        folder,
+        hf_state,
+        out / "blip2_opt.pth",
+        out / "blip2_opt_with_vit.pth",
+        lavis_state,
+        out / "eva_vit.pth",
+        lm_path,
+        tiny_model_config(),
+    )
 
 
 def hf_model(files: Blip2Files) -> Blip2ForConditionalGeneration:

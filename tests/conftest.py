@@ -33,11 +33,10 @@ def shapes_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from simvlg_video.data_tools.make_shapes import make_shapes_dataset
 
     out = tmp_path_factory.mktemp("shapes")
-    return make_shapes_dataset(out, num_clips=21, seed=3, height=64, width=64, fps=8, duration=1.0,
-                               show_progress=False)
+    return make_shapes_dataset(out, num_clips=21, seed=3, height=64, width=64, fps=8, duration=1.0, show_progress=False)
 
 
-@pytest.fixture()
+@pytest.fixture
 def model_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny model directory that a test may modify."""
     return Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
@@ -62,8 +61,10 @@ def blip2_model_dirs(blip2_files, tmp_path_factory: pytest.TempPathFactory) -> d
     files = blip2_files
     return {
         "hf": import_hf_blip2(files.folder, out / "hf"),
-        "lavis": import_lavis_blip2(files.ckpt, files.lm_path, files.model_cfg, out / "lavis",
-                                    vit_weights=files.vit_weights),
-        "lavis_with_vit": import_lavis_blip2(files.ckpt_with_vit, files.lm_path, files.model_cfg,
-                                             out / "lavis_with_vit"),
+        "lavis": import_lavis_blip2(
+            files.ckpt, files.lm_path, files.model_cfg, out / "lavis", vit_weights=files.vit_weights
+        ),
+        "lavis_with_vit": import_lavis_blip2(
+            files.ckpt_with_vit, files.lm_path, files.model_cfg, out / "lavis_with_vit"
+        ),
     }

@@ -41,13 +41,23 @@ def tiny_model_config() -> ModelConfig:
     return ModelConfig(
         vit=VitConfig(
             preset="tiny",
-            overrides={"img_size": VIT["image"], "patch_size": VIT["patch"], "embed_dim": VIT["width"],
-                       "depth": VIT["depth"], "num_heads": VIT["heads"], "mlp_ratio": VIT["mlp"] / VIT["width"]},
+            overrides={
+                "img_size": VIT["image"],
+                "patch_size": VIT["patch"],
+                "embed_dim": VIT["width"],
+                "depth": VIT["depth"],
+                "num_heads": VIT["heads"],
+                "mlp_ratio": VIT["mlp"] / VIT["width"],
+            },
         ),
         connector=ConnectorConfig(
-            hidden_size=CONNECTOR["hidden"], num_layers=CONNECTOR["layers"], num_heads=CONNECTOR["heads"],
-            intermediate_size=CONNECTOR["intermediate"], max_position_embeddings=CONNECTOR["max_positions"],
-            r=CONNECTOR["r"], merge_mode="mean",
+            hidden_size=CONNECTOR["hidden"],
+            num_layers=CONNECTOR["layers"],
+            num_heads=CONNECTOR["heads"],
+            intermediate_size=CONNECTOR["intermediate"],
+            max_position_embeddings=CONNECTOR["max_positions"],
+            r=CONNECTOR["r"],
+            merge_mode="mean",
         ),
         lm=LMConfig(prompt="", caption_end="\n", max_text_tokens=32),
         image_size=VIT["image"],
@@ -70,7 +80,8 @@ def _filled(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Te
 
 
 def eva_vit_tensors(depth: int, seed: int = 1) -> dict[str, torch.Tensor]:
-    """BLIP-2's eva_vit_g.pth layout: embeddings, then per block norm1, qkv (no bias), q_bias, v_bias, proj, norm2, mlp."""
+    """BLIP-2's eva_vit_g.pth layout: embeddings, then per block norm1, qkv (no bias), q_bias, v_bias, proj, norm2,
+    mlp."""
     width, mlp, patch = VIT["width"], VIT["mlp"], VIT["patch"]
     tokens = 1 + (VIT["image"] // patch) ** 2
     shapes = {
@@ -81,13 +92,19 @@ def eva_vit_tensors(depth: int, seed: int = 1) -> dict[str, torch.Tensor]:
     }
     for i in range(depth):
         shapes |= {
-            f"blocks.{i}.norm1.weight": (width,), f"blocks.{i}.norm1.bias": (width,),
+            f"blocks.{i}.norm1.weight": (width,),
+            f"blocks.{i}.norm1.bias": (width,),
             f"blocks.{i}.attn.qkv.weight": (3 * width, width),
-            f"blocks.{i}.attn.q_bias": (width,), f"blocks.{i}.attn.v_bias": (width,),
-            f"blocks.{i}.attn.proj.weight": (width, width), f"blocks.{i}.attn.proj.bias": (width,),
-            f"blocks.{i}.norm2.weight": (width,), f"blocks.{i}.norm2.bias": (width,),
-            f"blocks.{i}.mlp.fc1.weight": (mlp, width), f"blocks.{i}.mlp.fc1.bias": (mlp,),
-            f"blocks.{i}.mlp.fc2.weight": (width, mlp), f"blocks.{i}.mlp.fc2.bias": (width,),
+            f"blocks.{i}.attn.q_bias": (width,),
+            f"blocks.{i}.attn.v_bias": (width,),
+            f"blocks.{i}.attn.proj.weight": (width, width),
+            f"blocks.{i}.attn.proj.bias": (width,),
+            f"blocks.{i}.norm2.weight": (width,),
+            f"blocks.{i}.norm2.bias": (width,),
+            f"blocks.{i}.mlp.fc1.weight": (mlp, width),
+            f"blocks.{i}.mlp.fc1.bias": (mlp,),
+            f"blocks.{i}.mlp.fc2.weight": (width, mlp),
+            f"blocks.{i}.mlp.fc2.bias": (width,),
         }
     return _filled(shapes, seed)
 
@@ -96,24 +113,35 @@ def lavis_tensors(lm_width: int = LM_WIDTH, seed: int = 2) -> dict[str, torch.Te
     """The trainable tensors the reference saves: ln_vision, VL_proj, VLconnector.* (BertModel names), opt_proj."""
     width, hidden, inner = VIT["width"], CONNECTOR["hidden"], CONNECTOR["intermediate"]
     shapes = {
-        "ln_vision.weight": (width,), "ln_vision.bias": (width,),
-        "VL_proj.weight": (hidden, width), "VL_proj.bias": (hidden,),
+        "ln_vision.weight": (width,),
+        "ln_vision.bias": (width,),
+        "VL_proj.weight": (hidden, width),
+        "VL_proj.bias": (hidden,),
         "VLconnector.embeddings.position_embeddings.weight": (CONNECTOR["max_positions"], hidden),
         "VLconnector.embeddings.token_type_embeddings.weight": (2, hidden),
-        "VLconnector.embeddings.LayerNorm.weight": (hidden,), "VLconnector.embeddings.LayerNorm.bias": (hidden,),
-        "opt_proj.weight": (lm_width, hidden), "opt_proj.bias": (lm_width,),
+        "VLconnector.embeddings.LayerNorm.weight": (hidden,),
+        "VLconnector.embeddings.LayerNorm.bias": (hidden,),
+        "opt_proj.weight": (lm_width, hidden),
+        "opt_proj.bias": (lm_width,),
     }
     for i in range(CONNECTOR["layers"]):
         layer = f"VLconnector.encoder.layer.{i}"
         for part in ("query", "key", "value"):
-            shapes |= {f"{layer}.attention.self.{part}.weight": (hidden, hidden),
-                       f"{layer}.attention.self.{part}.bias": (hidden,)}
+            shapes |= {
+                f"{layer}.attention.self.{part}.weight": (hidden, hidden),
+                f"{layer}.attention.self.{part}.bias": (hidden,),
+            }
         shapes |= {
-            f"{layer}.attention.output.dense.weight": (hidden, hidden), f"{layer}.attention.output.dense.bias": (hidden,),
-            f"{layer}.attention.output.LayerNorm.weight": (hidden,), f"{layer}.attention.output.LayerNorm.bias": (hidden,),
-            f"{layer}.intermediate.dense.weight": (inner, hidden), f"{layer}.intermediate.dense.bias": (inner,),
-            f"{layer}.output.dense.weight": (hidden, inner), f"{layer}.output.dense.bias": (hidden,),
-            f"{layer}.output.LayerNorm.weight": (hidden,), f"{layer}.output.LayerNorm.bias": (hidden,),
+            f"{layer}.attention.output.dense.weight": (hidden, hidden),
+            f"{layer}.attention.output.dense.bias": (hidden,),
+            f"{layer}.attention.output.LayerNorm.weight": (hidden,),
+            f"{layer}.attention.output.LayerNorm.bias": (hidden,),
+            f"{layer}.intermediate.dense.weight": (inner, hidden),
+            f"{layer}.intermediate.dense.bias": (inner,),
+            f"{layer}.output.dense.weight": (hidden, inner),
+            f"{layer}.output.dense.bias": (hidden,),
+            f"{layer}.output.LayerNorm.weight": (hidden,),
+            f"{layer}.output.LayerNorm.bias": (hidden,),
         }
     return _filled(shapes, seed)
 
@@ -122,8 +150,12 @@ def extra_tensors(seed: int = 3) -> dict[str, torch.Tensor]:
     """What else a reference checkpoint may hold that the captioner does not use."""
     hidden = CONNECTOR["hidden"]
     shapes = {
-        "temp": (), "vision_proj.weight": (8, hidden), "vision_proj.bias": (8,), "text_proj.weight": (8, hidden),
-        "text_proj.bias": (8,), "VLconnector.embeddings.word_embeddings.weight": (30, hidden),
+        "temp": (),
+        "vision_proj.weight": (8, hidden),
+        "vision_proj.bias": (8,),
+        "text_proj.weight": (8, hidden),
+        "text_proj.bias": (8,),
+        "VLconnector.embeddings.word_embeddings.weight": (30, hidden),
     }
     return _filled(shapes, seed)
 
@@ -134,9 +166,13 @@ def temporal_tensors(blocks: list[int], alpha_shape: tuple[int, ...] = (), seed:
     shapes: dict[str, tuple[int, ...]] = {}
     for i in blocks:
         prefix = f"visual_encoder.blocks.{i}.temporal_merge"
-        shapes |= {f"{prefix}.query.weight": (QK_DIM, width), f"{prefix}.query.bias": (QK_DIM,),
-                   f"{prefix}.key.weight": (QK_DIM, width), f"{prefix}.key.bias": (QK_DIM,),
-                   f"{prefix}.alpha": alpha_shape}
+        shapes |= {
+            f"{prefix}.query.weight": (QK_DIM, width),
+            f"{prefix}.query.bias": (QK_DIM,),
+            f"{prefix}.key.weight": (QK_DIM, width),
+            f"{prefix}.key.bias": (QK_DIM,),
+            f"{prefix}.alpha": alpha_shape,
+        }
     return {name: (t + 0.5 if name.endswith("alpha") else t) for name, t in _filled(shapes, seed).items()}
 
 
@@ -178,12 +214,16 @@ def write_reference_files(
         vit_state = {f"visual_encoder.{name}": t for name, t in vit_state.items()}
     torch.save(vit_state, out / "eva_vit.pth")
     state = lavis_tensors() | (extra_tensors() if extras else {}) | temporal_tensors(list(temporal_blocks), alpha_shape)
-    saved = state if bare_state_dict else {
-        "model": state,
-        "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 1e-4, "params": [0]}]},
-        "config": {"run": {"lr_sched": "linear_warmup_cosine_lr", "init_lr": 1e-4}},
-        "iters": 250,
-    }
+    saved = (
+        state
+        if bare_state_dict
+        else {
+            "model": state,
+            "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 1e-4, "params": [0]}]},
+            "config": {"run": {"lr_sched": "linear_warmup_cosine_lr", "init_lr": 1e-4}},
+            "iters": 250,
+        }
+    )
     torch.save(saved, out / "reference.pth")
     lm = lm_path or write_tiny_lm(out / "lm")
     return ReferenceFiles(out / "reference.pth", out / "eva_vit.pth", lm, tiny_model_config(), state, vit_state)

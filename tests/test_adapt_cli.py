@@ -7,17 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from adapt_runs import TINY_RUN, assert_caption_reproduces_predictions, records, run_module
 from omegaconf import OmegaConf
 
-from adapt_runs import TINY_RUN, assert_caption_reproduces_predictions, records, run_module
 from simvlg_video.model.model_dir import load_model_dir
 
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("adapt")
-    result = run_module("simvlg_video.adapt", "--image-ckpt", str(tiny_model_dir), *TINY_RUN,
-                        f"hydra.run.dir={work / 'run'}", cwd=work)
+    result = run_module(
+        "simvlg_video.adapt", "--image-ckpt", str(tiny_model_dir), *TINY_RUN, f"hydra.run.dir={work / 'run'}", cwd=work
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| image model |" in result.stdout and "| adapted |" in result.stdout
     return work / "run"
@@ -25,8 +26,15 @@ def run_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.mark.slow
 def test_run_directory_layout(run_dir: Path):
-    for name in ("config.yaml", "metrics.jsonl", "eval/test_predictions.json", "eval/test_metrics.json",
-                 "eval/test_image_model_predictions.json", "model/model.yaml", "model/weights.safetensors"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "eval/test_predictions.json",
+        "eval/test_metrics.json",
+        "eval/test_image_model_predictions.json",
+        "model/model.yaml",
+        "model/weights.safetensors",
+    ):
         assert (run_dir / name).is_file(), name
     pictures = sorted((run_dir / "visualize").glob("*.png"))
     assert len(pictures) == 3 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pictures)
@@ -58,8 +66,15 @@ def test_evaluate_runs_a_four_frame_run_at_more_frames(run_dir: Path):
     manifest = OmegaConf.load(run_dir / "config.yaml").data.manifest
     assert OmegaConf.load(run_dir / "config.yaml").data.num_frames == 4
     for num_frames in (8, 16):
-        result = run_module("simvlg_video.evaluate", "--ckpt", str(run_dir / "model"), "--manifest", manifest,
-                            f"num_frames={num_frames}", cwd=run_dir)
+        result = run_module(
+            "simvlg_video.evaluate",
+            "--ckpt",
+            str(run_dir / "model"),
+            "--manifest",
+            manifest,
+            f"num_frames={num_frames}",
+            cwd=run_dir,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         metrics = json.loads((run_dir / "model" / "eval" / "test_metrics.json").read_text())
         assert metrics["metrics"]["clips"] == len(records_of(manifest)) and not metrics["skipped"]
@@ -75,14 +90,26 @@ def records_of(manifest: str) -> list:
 @pytest.mark.slow
 def test_adapter_none_trains_the_rest(tiny_model_dir: Path, tmp_path: Path):
     """The floor of an ablation: no adapter modules, so `adapters` in train.trainable has nothing to train."""
-    result = run_module("simvlg_video.adapt", "--image-ckpt", str(tiny_model_dir), *TINY_RUN, "adapter=none",
-                        "eval.before=false", "eval.visualize=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    result = run_module(
+        "simvlg_video.adapt",
+        "--image-ckpt",
+        str(tiny_model_dir),
+        *TINY_RUN,
+        "adapter=none",
+        "eval.before=false",
+        "eval.visualize=0",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = OmegaConf.load(tmp_path / "run" / "model" / "model.yaml")
     assert saved.adapter._target_ == "simvlg_video.adapters.placements.NoAdapter"
     image_model, _ = load_model_dir(tiny_model_dir)
-    expected = sum(p.numel() for name in ("ln_vision", "VL_proj", "connector", "opt_proj")
-                   for p in getattr(image_model, name).parameters())
+    expected = sum(
+        p.numel()
+        for name in ("ln_vision", "VL_proj", "connector", "opt_proj")
+        for p in getattr(image_model, name).parameters()
+    )
     assert records(tmp_path / "run", "summary")[-1]["trainable"] == expected
 
 
@@ -91,8 +118,18 @@ def test_a_narrowed_trainable_set_exports_a_whole_model(tiny_model_dir: Path, tm
     """Only the adapters train, yet the exported model holds the image model's connector and projections and
     captions exactly as the run's own predictions."""
     run = tmp_path / "run"
-    result = run_module("simvlg_video.adapt", "--image-ckpt", str(tiny_model_dir), *TINY_RUN, "train.trainable=[adapters]",
-                        "eval.before=false", "eval.visualize=0", "train.lr=0.05", f"hydra.run.dir={run}", cwd=tmp_path)
+    result = run_module(
+        "simvlg_video.adapt",
+        "--image-ckpt",
+        str(tiny_model_dir),
+        *TINY_RUN,
+        "train.trainable=[adapters]",
+        "eval.before=false",
+        "eval.visualize=0",
+        "train.lr=0.05",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     exported, _ = load_model_dir(run / "model")
     image_model, _ = load_model_dir(tiny_model_dir)

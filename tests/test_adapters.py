@@ -10,7 +10,12 @@ from torch import nn
 
 from simvlg_video.adapters import Reference, TemporalAttentionMerge, remove_temporal_adapters
 from simvlg_video.adapters.patch import TemporalEvaBlock
-from simvlg_video.model.adapter_protocol import AttentionMap, adapter_modules, adapter_parameters, no_decay_parameter_names
+from simvlg_video.model.adapter_protocol import (
+    AttentionMap,
+    adapter_modules,
+    adapter_parameters,
+    no_decay_parameter_names,
+)
 from simvlg_video.model.vit import build_vit, clip_length, vit_tokens
 
 ADAPTER = dict(qk_dim=32, num_heads=4)
@@ -59,8 +64,9 @@ def naive_merge(module: TemporalAttentionMerge, x: torch.Tensor, num_frames: int
 
 def test_parameter_count_at_eva_g_width_matches_the_reference():
     defaults = Reference()  # the placement's defaults are the reference module's
-    module = TemporalAttentionMerge(1408, defaults.qk_dim, defaults.num_heads, defaults.time_encoding,
-                                    defaults.max_frames)
+    module = TemporalAttentionMerge(
+        1408, defaults.qk_dim, defaults.num_heads, defaults.time_encoding, defaults.max_frames
+    )
     assert sum(p.numel() for p in module.parameters()) == 721_409
     assert sorted(module.state_dict()) == sorted(ADAPTER_TENSORS)
     assert module.alpha.shape == () and module.alpha.item() == 0.0
@@ -175,8 +181,9 @@ def test_adapters_are_found_by_the_protocol_not_by_class():
     add_temporal_adapters(vit, blocks="last_k", last_k=2, **ADAPTER)
     names = [name for name, _ in adapter_parameters(vit)]
     assert sorted(names) == sorted(f"blocks.{i}.temporal_merge.{t}" for i in (1, 2) for t in ADAPTER_TENSORS)
-    assert no_decay_parameter_names(vit) == {f"blocks.{i}.temporal_merge.{t}" for i in (1, 2)
-                                             for t in ("alpha", "query.bias", "key.bias")}
+    assert no_decay_parameter_names(vit) == {
+        f"blocks.{i}.temporal_merge.{t}" for i in (1, 2) for t in ("alpha", "query.bias", "key.bias")
+    }
 
     class Scaler(nn.Module):
         """Any module that keeps the protocol is an adapter: its parameters train, it names its undecayed ones."""
@@ -252,16 +259,14 @@ def test_clip_length_nests_restores_and_validates():
     with clip_length(vit, 2):
         with clip_length(vit, 4):
             vit_tokens(vit, frames)
-        with pytest.raises(ValueError, match="4 frames cannot be split into clips of 3"):
-            with clip_length(vit, 3):
-                vit_tokens(vit, frames)
+        with pytest.raises(ValueError, match="4 frames cannot be split into clips of 3"), clip_length(vit, 3):
+            vit_tokens(vit, frames)
         vit_tokens(vit, frames)  # back to 2 after the inner contexts, even the failed one
     with pytest.raises(RuntimeError, match="clip_length"):
         vit_tokens(vit, frames)
     for bad in (0, 2.0, True):
-        with pytest.raises(ValueError, match="positive int"):
-            with clip_length(vit, bad):
-                pass
+        with pytest.raises(ValueError, match="positive int"), clip_length(vit, bad):
+            pass
 
 
 @torch.no_grad()
@@ -306,7 +311,7 @@ def test_patching_twice_is_an_error():
 def test_unsupported_block_classes_are_refused():
     vit = tiny_vit()
     vit.blocks[0] = nn.Identity()
-    with pytest.raises(TypeError, match="blocks.0 is a Identity; supported block classes"):
+    with pytest.raises(TypeError, match=r"blocks.0 is a Identity; supported block classes"):
         add_temporal_adapters(vit, **ADAPTER)
 
 
@@ -316,8 +321,9 @@ def test_unsupported_block_classes_are_refused():
 @torch.no_grad()
 def test_vision_transformer_blocks_patch_with_identity_at_init():
     torch.manual_seed(0)
-    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=0,
-                            init_values=0.1).eval()
+    vit = VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=0, init_values=0.1
+    ).eval()
     frame = torch.randn(2, 3, 32, 32)
     expected = vit.forward_features(frame)
     add_temporal_adapters(vit, **ADAPTER)

@@ -20,12 +20,38 @@ def test_benchmark_table_at_toy_size(tmp_path: Path, capsys) -> None:
     manifest = tmp_path / "probed.jsonl"
     write_manifest(manifest, [dataclasses.replace(record, **probe_file(CARPHONE).record_fields())])
     out = tmp_path / "rows.json"
-    rows = main([str(manifest), "--backends", "decord", "pyav", "--samplers", "uniform", "keyframe", "--frames", "2",
-                 "--clips", "4", "--batch-size", "2", "--workers", "0", "--size", "16", "--step-ms", "1",
-                 "--json", str(out)])
+    rows = main(
+        [
+            str(manifest),
+            "--backends",
+            "decord",
+            "pyav",
+            "--samplers",
+            "uniform",
+            "keyframe",
+            "--frames",
+            "2",
+            "--clips",
+            "4",
+            "--batch-size",
+            "2",
+            "--workers",
+            "0",
+            "--size",
+            "16",
+            "--step-ms",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     assert [(row.backend, row.sampler) for row in rows] == [
         ("baseline: pyav all frames, per-frame cpu, 0 workers", "uniform"),
-        ("decord", "uniform"), ("decord", "keyframe"), ("pyav", "uniform"), ("pyav", "keyframe")]
+        ("decord", "uniform"),
+        ("decord", "keyframe"),
+        ("pyav", "uniform"),
+        ("pyav", "keyframe"),
+    ]
     assert all(row.clips_per_s > 0 and row.skipped == 0 for row in rows)
     assert all(0 <= row.wait_share <= 1 for row in rows[1:])
     printed = capsys.readouterr().out

@@ -37,8 +37,9 @@ from simvlg_video.model.speed import cast_frozen_, set_fused_attention
 from simvlg_video.model.vit import vit_tokens
 
 TRAINABLE = ["ln_vision", "VL_proj", "connector", "opt_proj"]
-OPTIONS = Options(batch=2, frames=3, text_tokens=5, steps=1, warmup=1, adapter=TINY.adapter,
-                  connector_r=TINY.connector["r"])
+OPTIONS = Options(
+    batch=2, frames=3, text_tokens=5, steps=1, warmup=1, adapter=TINY.adapter, connector_r=TINY.connector["r"]
+)
 
 
 def tiny_captioner(placement=None, sizes=TINY):
@@ -50,8 +51,9 @@ def tiny_captioner(placement=None, sizes=TINY):
         apply_freeze_policy(model, TRAINABLE)
         return model
     if placement == "merged":
-        MergedTokens(num_heads=TINY.adapter["num_heads"], time_encoding="sinusoidal",
-                     space_encoding="sinusoidal").apply(model)
+        MergedTokens(
+            num_heads=TINY.adapter["num_heads"], time_encoding="sinusoidal", space_encoding="sinusoidal"
+        ).apply(model)
     else:
         Reference(blocks=placement, **TINY.adapter).apply(model)
     apply_freeze_policy(model, [*TRAINABLE, ADAPTERS])
@@ -157,8 +159,9 @@ def test_variants_set_precision_kernels_and_optimiser():
     optimizer, _ = configure(model, parse_variant("merged"), OPTIONS)
     assert not any(type(b) is TemporalEvaBlock for b in model.vit.blocks)
     assert isinstance(model.time_pool, TemporalTokenPool) and model.time_pool.out.weight.abs().sum() > 0
-    assert {name for name, _ in adapter_parameters(model)} == {f"time_pool.{n}" for n, _ in
-                                                               model.time_pool.named_parameters()}
+    assert {name for name, _ in adapter_parameters(model)} == {
+        f"time_pool.{n}" for n, _ in model.time_pool.named_parameters()
+    }
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert trained == {id(p) for p in model.parameters() if p.requires_grad}
     assert all(p.requires_grad for p in model.time_pool.parameters())
@@ -223,12 +226,31 @@ def test_cast_frozen_keeps_trainable_tensors_in_fp32():
 
 
 def test_tiny_benchmark_runs_end_to_end(tmp_path, capsys):
-    report = main([
-        "--tiny", "--variants", "port,all,last3,merged,none", "--connectors", "tome,qformer",
-        "--steps", "1", "--warmup", "1", "--vit-frames", "2",
-        "--gen-batches", "2", "--gen-min-tokens", "4", "--gen-max-tokens", "4", "--gen-repeats", "1",
-        "--json", str(tmp_path / "report.json"),
-    ])
+    report = main(
+        [
+            "--tiny",
+            "--variants",
+            "port,all,last3,merged,none",
+            "--connectors",
+            "tome,qformer",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--vit-frames",
+            "2",
+            "--gen-batches",
+            "2",
+            "--gen-min-tokens",
+            "4",
+            "--gen-max-tokens",
+            "4",
+            "--gen-repeats",
+            "1",
+            "--json",
+            str(tmp_path / "report.json"),
+        ]
+    )
     rows = {r.variant: r for r in report.training}
     blip2 = {name: rows.pop(name) for name in list(rows) if name.startswith("qformer/")}
     assert {name: r.adapters for name, r in rows.items()} == {"port": 10, "all": 10, "last3": 3, "merged": 0, "none": 0}
@@ -256,8 +278,21 @@ def test_tiny_benchmark_runs_end_to_end(tmp_path, capsys):
 
 def test_image_stage_variants_merge_or_not_and_leave_the_connector_as_it_was(capsys):
     """image (the model's r) and image_r0 train on single frames; a later variant gets the model's r back."""
-    report = main(["--tiny", "--variants", "none,image_r0,image,none", "--steps", "1", "--warmup", "1",
-                   "--vit-frames", "0", "--gen-batches", ""])
+    report = main(
+        [
+            "--tiny",
+            "--variants",
+            "none,image_r0,image,none",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--vit-frames",
+            "0",
+            "--gen-batches",
+            "",
+        ]
+    )
     first_none, image_r0, image, last_none = report.training
     assert all(row.error is None and torch.isfinite(torch.tensor(row.loss)) for row in report.training)
     assert image_r0.tflop_per_step > image.tflop_per_step  # r = 0 carries every token through the connector

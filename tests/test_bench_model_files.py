@@ -36,6 +36,8 @@ def test_the_tiny_blip2_benchmark_imports_and_loads_the_folder(tmp_path: Path) -
     assert cfg.vit.weights == cfg.lm.path == str(folder.resolve())
     tensors = folder_tensors(folder)
     assert torch.equal(model.connector.query_tokens, tensors["query_tokens"].float())
-    assert torch.equal(model.lm.model.decoder.embed_tokens.weight,
-                       tensors["language_model.model.decoder.embed_tokens.weight"].to(torch.bfloat16))
+    assert torch.equal(
+        model.lm.model.decoder.embed_tokens.weight,
+        tensors["language_model.model.decoder.embed_tokens.weight"].to(torch.bfloat16),
+    )
     assert next(model.vit.parameters()).dtype == torch.bfloat16

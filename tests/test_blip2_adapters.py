@@ -73,8 +73,9 @@ def test_a_querys_place_is_the_attention_weighted_mean_place_of_the_patches_it_r
 
     connector = model.connector
     connector.set_attn_implementation("eager")
-    reference = connector.qformer(query_embeds=connector.query_tokens.expand(2, -1, -1), encoder_hidden_states=tokens,
-                                  output_attentions=True)
+    reference = connector.qformer(
+        query_embeds=connector.query_tokens.expand(2, -1, -1), encoder_hidden_states=tokens, output_attentions=True
+    )
     reads = torch.stack(reference.cross_attentions).mean(dim=(0, 2))  # layers, then heads: (B, queries, N)
     assert len(reference.cross_attentions) == 2  # layers 0 and 2 of 3 read the ViT tokens
     torch.testing.assert_close(output, reference.last_hidden_state)
@@ -106,8 +107,9 @@ def test_the_default_trainable_parts_train_the_qformer_and_nothing_frozen(blip2_
     loss = model(clip(8, 2), ["a red circle moves up", "a blue square falls"])
     loss.backward()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(name.split(".")[0] in {"time_pool", "ln_vision", "connector", "opt_proj"}
-                             for name in trainable)
+    assert trainable and all(
+        name.split(".")[0] in {"time_pool", "ln_vision", "connector", "opt_proj"} for name in trainable
+    )
     assert "connector.query_tokens" in trainable
     assert counts["frozen"] == sum(p.numel() for part in (model.vit, model.lm) for p in part.parameters())
     missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]

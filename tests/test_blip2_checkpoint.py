@@ -25,13 +25,17 @@ from simvlg_video.model.qformer import QFormerConnector
 from simvlg_video.model.tensor_io import NotATensorFile, StateDictMismatch
 
 # Our stored names -> the Hugging Face folder's, written out from REFERENCE.md section 9.
-HF_PREFIXES = {"ln_vision.": "vision_model.post_layernorm.", "connector.query_tokens": "query_tokens",
-               "connector.qformer.": "qformer.", "opt_proj.": "language_projection."}
+HF_PREFIXES = {
+    "ln_vision.": "vision_model.post_layernorm.",
+    "connector.query_tokens": "query_tokens",
+    "connector.qformer.": "qformer.",
+    "opt_proj.": "language_projection.",
+}
 
 
 def hf_name(ours: str) -> str:
     prefix = next(p for p in HF_PREFIXES if ours.startswith(p))
-    return HF_PREFIXES[prefix] + ours[len(prefix):]
+    return HF_PREFIXES[prefix] + ours[len(prefix) :]
 
 
 def copy_folder(files, tmp_path: Path) -> Path:
@@ -81,7 +85,7 @@ def test_a_folder_import_reads_the_frozen_parts_from_the_folder(blip2_files, bli
     lm = model.lm.state_dict()
     for name, tensor in hf.items():
         if name.startswith("language_model."):
-            assert torch.equal(lm[name[len("language_model."):]], tensor), name
+            assert torch.equal(lm[name[len("language_model.") :]], tensor), name
     assert model.lm.lm_head.weight is model.lm.model.decoder.embed_tokens.weight  # tied, as transformers ties it
     assert not model.lm.training
 
@@ -105,7 +109,8 @@ def test_a_folder_may_hold_the_tied_head_and_the_qformers_text_side(blip2_files,
 
     def add(tensors):
         tensors["language_model.lm_head.weight"] = torch.randn_like(
-            tensors["language_model.model.decoder.embed_tokens.weight"])
+            tensors["language_model.model.decoder.embed_tokens.weight"]
+        )
         tensors["qformer.encoder.layer.0.intermediate.dense.weight"] = torch.randn(inner, hidden)
         tensors["qformer.encoder.layer.0.output.LayerNorm.bias"] = torch.randn(hidden)
 
@@ -118,18 +123,31 @@ def test_a_folder_may_hold_the_tied_head_and_the_qformers_text_side(blip2_files,
     assert torch.equal(model.lm.lm_head.weight, embedding)
 
 
-@pytest.mark.parametrize(("change", "named"), [
-    (lambda t: t.pop("qformer.encoder.layer.1.attention.output.dense.bias"),
-     r"missing: qformer\.encoder\.layer\.1\.attention\.output\.dense\.bias"),
-    (lambda t: t.update({"qformer.encoder.layer.1.crossattention.attention.key.weight": torch.zeros(24, 32)}),
-     r"unexpected: qformer\.encoder\.layer\.1\.crossattention\.attention\.key\.weight"),
-    (lambda t: t.update({"language_projection.weight": torch.zeros(40, 20)}),
-     r"wrong shape: language_projection\.weight \(expected \(40, 24\), found \(40, 20\)\)"),
-    (lambda t: t.pop("vision_model.encoder.layers.1.self_attn.qkv.bias"),
-     r"missing: vision_model\.encoder\.layers\.1\.self_attn\.qkv\.bias"),
-    (lambda t: t.pop("language_model.model.decoder.final_layer_norm.weight"),
-     r"missing: language_model\.model\.decoder\.final_layer_norm\.weight"),
-])
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (
+            lambda t: t.pop("qformer.encoder.layer.1.attention.output.dense.bias"),
+            r"missing: qformer\.encoder\.layer\.1\.attention\.output\.dense\.bias",
+        ),
+        (
+            lambda t: t.update({"qformer.encoder.layer.1.crossattention.attention.key.weight": torch.zeros(24, 32)}),
+            r"unexpected: qformer\.encoder\.layer\.1\.crossattention\.attention\.key\.weight",
+        ),
+        (
+            lambda t: t.update({"language_projection.weight": torch.zeros(40, 20)}),
+            r"wrong shape: language_projection\.weight \(expected \(40, 24\), found \(40, 20\)\)",
+        ),
+        (
+            lambda t: t.pop("vision_model.encoder.layers.1.self_attn.qkv.bias"),
+            r"missing: vision_model\.encoder\.layers\.1\.self_attn\.qkv\.bias",
+        ),
+        (
+            lambda t: t.pop("language_model.model.decoder.final_layer_norm.weight"),
+            r"missing: language_model\.model\.decoder\.final_layer_norm\.weight",
+        ),
+    ],
+)
 def test_a_folder_that_does_not_fit_is_refused_naming_the_tensor(blip2_files, tmp_path, change, named):
     folder = copy_folder(blip2_files, tmp_path)
     rewrite_weights(folder, change)
@@ -145,11 +163,14 @@ def test_a_k_bias_is_refused(blip2_files, tmp_path):
         import_hf_blip2(folder, tmp_path / "imported")
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"layer_norm_eps": 1e-5}, "vision_config.layer_norm_eps is 1e-05; EVA's blocks use 1e-06"),
-    ({"hidden_act": "quick_gelu"}, "vision_config.hidden_act is 'quick_gelu'"),
-    ({"qkv_bias": False}, "vision_config.qkv_bias is false"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"layer_norm_eps": 1e-5}, "vision_config.layer_norm_eps is 1e-05; EVA's blocks use 1e-06"),
+        ({"hidden_act": "quick_gelu"}, "vision_config.hidden_act is 'quick_gelu'"),
+        ({"qkv_bias": False}, "vision_config.qkv_bias is false"),
+    ],
+)
 def test_a_vision_config_our_vit_does_not_compute_is_refused(blip2_files, tmp_path, values, message):
     folder = copy_folder(blip2_files, tmp_path)
     edit_config(folder, "vision_config", **values)
@@ -170,7 +191,7 @@ def test_loading_notices_a_changed_folder(blip2_files, tmp_path):
     folder = copy_folder(blip2_files, tmp_path)
     out = import_hf_blip2(folder, tmp_path / "imported")
     rewrite_weights(folder, lambda t: t["vision_model.embeddings.class_embedding"].mul_(2))
-    with pytest.raises(FrozenSourceChanged, match="model.safetensors"):
+    with pytest.raises(FrozenSourceChanged, match=r"model.safetensors"):
         load_model_dir(out)
 
 
@@ -184,21 +205,31 @@ def test_a_lavis_import_stores_the_checkpoints_tensors_under_our_names(blip2_fil
     assert all(torch.equal(stored[name], hf_stored[name]) for name in stored)
     lavis = blip2_files.lavis_state
     assert torch.equal(stored["connector.qformer.layernorm.weight"], lavis["Qformer.bert.embeddings.LayerNorm.weight"])
-    assert torch.equal(stored["connector.qformer.encoder.layer.2.crossattention.attention.value.bias"],
-                       lavis["Qformer.bert.encoder.layer.2.crossattention.self.value.bias"])
-    assert torch.equal(stored["connector.qformer.encoder.layer.1.output_query.dense.weight"],
-                       lavis["Qformer.bert.encoder.layer.1.output_query.dense.weight"])
+    assert torch.equal(
+        stored["connector.qformer.encoder.layer.2.crossattention.attention.value.bias"],
+        lavis["Qformer.bert.encoder.layer.2.crossattention.self.value.bias"],
+    )
+    assert torch.equal(
+        stored["connector.qformer.encoder.layer.1.output_query.dense.weight"],
+        lavis["Qformer.bert.encoder.layer.1.output_query.dense.weight"],
+    )
     with caplog.at_level(logging.INFO):
-        import_lavis_blip2(blip2_files.ckpt, blip2_files.lm_path, blip2_files.model_cfg,
-                           blip2_files.ckpt.parent / "again", vit_weights=blip2_files.vit_weights)
+        import_lavis_blip2(
+            blip2_files.ckpt,
+            blip2_files.lm_path,
+            blip2_files.model_cfg,
+            blip2_files.ckpt.parent / "again",
+            vit_weights=blip2_files.vit_weights,
+        )
     assert any(f"ignored {len(lavis_extras())} tensors" in record.getMessage() for record in caplog.records)
 
 
 def test_a_lavis_checkpoint_that_holds_its_vit_is_its_own_vit_source(blip2_files, blip2_model_dirs):
     model, cfg = load_model_dir(blip2_model_dirs["lavis_with_vit"])
     assert cfg.vit.weights == str(blip2_files.ckpt_with_vit.resolve())
-    assert torch.equal(model.vit.blocks[1].mlp.fc2.weight,
-                       blip2_files.hf_state["vision_model.encoder.layers.1.mlp.fc2.weight"])
+    assert torch.equal(
+        model.vit.blocks[1].mlp.fc2.weight, blip2_files.hf_state["vision_model.encoder.layers.1.mlp.fc2.weight"]
+    )
 
 
 def test_the_vit_weights_are_given_exactly_when_the_checkpoint_has_none(blip2_files, tmp_path):
@@ -206,8 +237,9 @@ def test_the_vit_weights_are_given_exactly_when_the_checkpoint_has_none(blip2_fi
     with pytest.raises(ValueError, match="holds no ViT"):
         import_lavis_blip2(files.ckpt, files.lm_path, files.model_cfg, tmp_path / "a")
     with pytest.raises(ValueError, match="holds its ViT"):
-        import_lavis_blip2(files.ckpt_with_vit, files.lm_path, files.model_cfg, tmp_path / "b",
-                           vit_weights=files.vit_weights)
+        import_lavis_blip2(
+            files.ckpt_with_vit, files.lm_path, files.model_cfg, tmp_path / "b", vit_weights=files.vit_weights
+        )
 
 
 def test_a_lavis_checkpoint_that_does_not_fit_is_named_as_lavis_spells_it(blip2_files, tmp_path):
@@ -217,18 +249,29 @@ def test_a_lavis_checkpoint_that_does_not_fit_is_named_as_lavis_spells_it(blip2_
     state[old.replace(".self.", ".attn.")] = state.pop(old)
     torch.save({"model": state}, tmp_path / "renamed.pth")
     with pytest.raises(StateDictMismatch) as error:
-        import_lavis_blip2(tmp_path / "renamed.pth", files.lm_path, files.model_cfg, tmp_path / "out",
-                           vit_weights=files.vit_weights)
+        import_lavis_blip2(
+            tmp_path / "renamed.pth", files.lm_path, files.model_cfg, tmp_path / "out", vit_weights=files.vit_weights
+        )
     assert error.value.missing == [old] and error.value.unexpected == [old.replace(".self.", ".attn.")]
 
 
 def test_the_architecture_must_be_a_qformer(blip2_files, tmp_path):
-    with pytest.raises(ValueError, match="needs connector.kind qformer"):
-        import_lavis_blip2(blip2_files.ckpt, blip2_files.lm_path, load_model_config("simvlg_opt2.7b"), tmp_path / "o",
-                           vit_weights=blip2_files.vit_weights)
-    with pytest.raises(ValueError, match="needs connector.kind tome"):
-        import_lavis_checkpoint(blip2_files.ckpt, blip2_files.vit_weights, blip2_files.lm_path,
-                                load_model_config("blip2_opt2.7b"), tmp_path / "p")
+    with pytest.raises(ValueError, match=r"needs connector.kind qformer"):
+        import_lavis_blip2(
+            blip2_files.ckpt,
+            blip2_files.lm_path,
+            load_model_config("simvlg_opt2.7b"),
+            tmp_path / "o",
+            vit_weights=blip2_files.vit_weights,
+        )
+    with pytest.raises(ValueError, match=r"needs connector.kind tome"):
+        import_lavis_checkpoint(
+            blip2_files.ckpt,
+            blip2_files.vit_weights,
+            blip2_files.lm_path,
+            load_model_config("blip2_opt2.7b"),
+            tmp_path / "p",
+        )
 
 
 def test_an_architecture_that_does_not_fit_names_both_shapes(blip2_files, tmp_path):
@@ -236,8 +279,9 @@ def test_an_architecture_that_does_not_fit_names_both_shapes(blip2_files, tmp_pa
     Q-Former of another width is named with the checkpoint's names."""
     shapes = r"visual_encoder\.blocks\.0\.attn\.qkv\.weight \(expected \(4224, 1408\), found \(96, 32\)\)"
     with pytest.raises(StateDictMismatch, match=shapes):
-        import_lavis_blip2(blip2_files.ckpt_with_vit, blip2_files.lm_path, load_model_config("blip2_opt2.7b"),
-                           tmp_path / "o")
+        import_lavis_blip2(
+            blip2_files.ckpt_with_vit, blip2_files.lm_path, load_model_config("blip2_opt2.7b"), tmp_path / "o"
+        )
     wider = copy.deepcopy(blip2_files.model_cfg)
     wider.connector.hidden_size = 32
     with pytest.raises(StateDictMismatch, match=r"a Q-Former of width 32 with 6 queries") as error:

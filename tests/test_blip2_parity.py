@@ -18,11 +18,13 @@ CAPTIONS = ["a red circle moves to the left", "a blue square grows"]
 LAYOUTS = ["hf", "lavis", "lavis_with_vit"]
 PLACEMENTS = {
     "reference": lambda model: Reference(qk_dim=16, num_heads=4).apply(model),
-    "reference-last1-time": lambda model: Reference(blocks="last_k", last_k=1, qk_dim=16, num_heads=4,
-                                                    time_encoding="sinusoidal").apply(model),
+    "reference-last1-time": lambda model: Reference(
+        blocks="last_k", last_k=1, qk_dim=16, num_heads=4, time_encoding="sinusoidal"
+    ).apply(model),
     "merged_tokens": lambda model: MergedTokens(num_heads=4).apply(model),  # time and place codes on
-    "merged_tokens-no-codes": lambda model: MergedTokens(num_heads=4, time_encoding="none",
-                                                         space_encoding="none").apply(model),
+    "merged_tokens-no-codes": lambda model: MergedTokens(
+        num_heads=4, time_encoding="none", space_encoding="none"
+    ).apply(model),
 }
 
 
@@ -42,15 +44,19 @@ def image_tokens(hf, batch: int) -> torch.Tensor:
 def hf_logits(hf, frame: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """transformers' logits: the image placeholders first (replaced by the projected queries), then the text."""
     image = image_tokens(hf, len(ids))
-    return hf(pixel_values=frame, input_ids=torch.cat([image, ids], 1),
-              attention_mask=torch.cat([torch.ones_like(image), mask], 1)).logits
+    return hf(
+        pixel_values=frame,
+        input_ids=torch.cat([image, ids], 1),
+        attention_mask=torch.cat([torch.ones_like(image), mask], 1),
+    ).logits
 
 
 def our_logits(model, frames: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     soft = model.encode(frames)
     visible = torch.ones(soft.shape[:2], dtype=mask.dtype)
-    return model.lm(inputs_embeds=model.embed_with_soft_prompt(soft, ids),
-                    attention_mask=torch.cat([visible, mask], 1)).logits
+    return model.lm(
+        inputs_embeds=model.embed_with_soft_prompt(soft, ids), attention_mask=torch.cat([visible, mask], 1)
+    ).logits
 
 
 def frames(seed: int, batch: int = 2) -> torch.Tensor:
@@ -87,10 +93,17 @@ def greedy(hf, model, frame: torch.Tensor, max_new_tokens: int = 8) -> tuple[tor
     ours = model.generate_ids(frame, num_beams=1, min_new_tokens=2, max_new_tokens=max_new_tokens)
     prompt = model.text.prompt_batch(len(frame), frame.device)
     input_ids = torch.cat([image_tokens(hf, len(frame)), prompt], 1)
-    theirs = hf.generate(pixel_values=frame[:, 0], input_ids=input_ids, do_sample=False, num_beams=1,
-                         min_new_tokens=2, max_new_tokens=max_new_tokens, eos_token_id=model.text.end_token_id,
-                         pad_token_id=model.text.tokenizer.pad_token_id)
-    return ours, theirs[:, input_ids.shape[1]:]
+    theirs = hf.generate(
+        pixel_values=frame[:, 0],
+        input_ids=input_ids,
+        do_sample=False,
+        num_beams=1,
+        min_new_tokens=2,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=model.text.end_token_id,
+        pad_token_id=model.text.tokenizer.pad_token_id,
+    )
+    return ours, theirs[:, input_ids.shape[1] :]
 
 
 @pytest.mark.parametrize("layout", ["hf", "lavis"])
@@ -111,9 +124,12 @@ def test_greedy_captions_are_transformers_captions(blip2_model_dirs, hf, layout)
 def prompted(blip2_files, tmp_path_factory) -> dict[str, Path]:
     """Both layouts imported with BLIP-2's optional text prompt before the caption."""
     out, files = tmp_path_factory.mktemp("prompted"), blip2_files
-    return {"hf": import_hf_blip2(files.folder, out / "hf", prompt=PROMPT),
-            "lavis": import_lavis_blip2(files.ckpt, files.lm_path, files.model_cfg, out / "lavis",
-                                        vit_weights=files.vit_weights, prompt=PROMPT)}
+    return {
+        "hf": import_hf_blip2(files.folder, out / "hf", prompt=PROMPT),
+        "lavis": import_lavis_blip2(
+            files.ckpt, files.lm_path, files.model_cfg, out / "lavis", vit_weights=files.vit_weights, prompt=PROMPT
+        ),
+    }
 
 
 @pytest.mark.parametrize("layout", ["hf", "lavis"])

@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import signal
 import resource
+import signal
 from pathlib import Path
 
 import pytest
@@ -38,8 +38,9 @@ def records(tmp_path_factory: pytest.TempPathFactory) -> list[ClipRecord]:
 
 @pytest.mark.parametrize("backend", ["auto", "pyav"])
 def test_an_epoch_over_broken_files_skips_exactly_the_unreadable_ones(records, backend, caplog) -> None:
-    dataset = VideoClipDataset(records, num_frames=4, sampler=headtail, train=True, seed=0, backend=backend,
-                               decode_timeout=30)
+    dataset = VideoClipDataset(
+        records, num_frames=4, sampler=headtail, train=True, seed=0, backend=backend, decode_timeout=30
+    )
     loader = build_loader(dataset, batch_size=5, shuffle=True, num_workers=2, seed=0, max_skip_fraction=1.0)
     transform = FrameTransform(size=16, train=True)
     decoded, skipped = [], []
@@ -66,8 +67,17 @@ def test_training_steps_run_over_the_broken_folder(records, tiny_model_dir) -> N
     Reference(blocks="last_k", last_k=1, qk_dim=32, num_heads=4).apply(model)
     apply_freeze_policy(model, ["adapters", "connector"])
     order = ShardedClipOrder(len(records), batch_size=6, seed=1)
-    loader = clip_loader(records, ClipReading(2, "auto", 30, max_skip_fraction=1.0), headtail, train=True,
-                         batch_size=6, num_workers=0, seed=1, order=order, drop_last=True)
+    loader = clip_loader(
+        records,
+        ClipReading(2, "auto", 30, max_skip_fraction=1.0),
+        headtail,
+        train=True,
+        batch_size=6,
+        num_workers=0,
+        seed=1,
+        order=order,
+        drop_last=True,
+    )
     dataset = loader.dataset
     batches = TrainBatches(loader, order, FrameTransform(size=model_cfg.image_size, train=True), torch.device("cpu"))
     settings = TrainConfig(steps=6, lr=1e-3, weight_decay=0.0, warmup_steps=1, warmup_start_lr=1e-4, min_lr=1e-4)
@@ -87,8 +97,9 @@ def test_a_batch_that_loses_too_many_clips_fails_loudly_with_the_list(records) -
     message = str(caught.value)
     assert "3 of 4 clips" in message
     assert all(f"{name} (" in message for name in ("missing", "empty", "not_a_video"))
-    batch = next(iter(build_loader(dataset, batch_size=4, shuffle=False, num_workers=0, seed=0,
-                                   max_skip_fraction=0.75)))
+    batch = next(
+        iter(build_loader(dataset, batch_size=4, shuffle=False, num_workers=0, seed=0, max_skip_fraction=0.75))
+    )
     assert batch["clip_ids"] == ["good_0"]
 
 
@@ -98,8 +109,9 @@ def test_a_decode_over_the_time_limit_is_abandoned_and_the_next_clip_loads(caplo
     start of a decode process."""
     clip = ClipRecord("clip", "c.mp4", SAMPLES / "carphone_pristine.mp4", None, None, ("a",), "test")
     stuck = ClipRecord("stuck", "c.mp4", SAMPLES / "carphone_pristine.mp4", None, None, ("a",), "test")
-    dataset = VideoClipDataset([clip, stuck, clip], num_frames=4, sampler=uniform, train=False, backend="pyav",
-                               decode_timeout=5.0)
+    dataset = VideoClipDataset(
+        [clip, stuck, clip], num_frames=4, sampler=uniform, train=False, backend="pyav", decode_timeout=5.0
+    )
     with caplog.at_level(logging.WARNING, logger="simvlg_video.data.dataset"):
         first = dataset[0]
         os.kill(dataset.reader._caller._process.pid, signal.SIGSTOP)

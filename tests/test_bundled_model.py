@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from simvlg_video.adapt import BUNDLED_IMAGE_MODEL
-from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.data.images import read_image
 from simvlg_video.data.manifest import read_manifest
+from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.data_tools.build_tiny_image_model import build
 from simvlg_video.data_tools.make_stills import make_stills_dataset
 from simvlg_video.eval.shape_accuracy import parse_motion, parse_object
@@ -28,8 +28,11 @@ def test_bundled_image_model_names_shape_and_colour_of_new_frames(tmp_path):
     images = torch.stack([torch.from_numpy(read_image(record.video_path)) for record in records])
     labels = [(record.attributes["shape"], record.attributes["colour"]) for record in records]
     frames = FrameTransform(size=cfg.image_size)(images.unsqueeze(1))
-    captions = [caption for batch in frames.split(50) for caption in
-                model.generate(batch, num_beams=3, min_new_tokens=1, max_new_tokens=8)]
+    captions = [
+        caption
+        for batch in frames.split(50)
+        for caption in model.generate(batch, num_beams=3, min_new_tokens=1, max_new_tokens=8)
+    ]
     parsed = [parse_object(caption) for caption in captions]
     shape_accuracy = sum(p[0] == label[0] for p, label in zip(parsed, labels)) / len(labels)
     colour_accuracy = sum(p[1] == label[1] for p, label in zip(parsed, labels)) / len(labels)
@@ -38,15 +41,24 @@ def test_bundled_image_model_names_shape_and_colour_of_new_frames(tmp_path):
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.slow
 def test_builder_is_deterministic(tmp_path: Path):
     """Two builds (LM, then the image stage through `pretrain`, with loader workers) give the same files."""
-    small = ["train.warmup_steps=1", "train.batch_size=8", "eval.batch_size=16", "eval.num_beams=1",
-             "eval.max_new_tokens=4", "data.synthetic.size=64"]
+    small = [
+        "train.warmup_steps=1",
+        "train.batch_size=8",
+        "eval.batch_size=16",
+        "eval.num_beams=1",
+        "eval.max_new_tokens=4",
+        "data.synthetic.size=64",
+    ]
     first = build(tmp_path / "a", steps=3, lm_steps=3, num_images=64, seed=0, show_progress=False, overrides=small)
     second = build(tmp_path / "b", steps=3, lm_steps=3, num_images=64, seed=0, show_progress=False, overrides=small)
     assert tree_digest(first) == tree_digest(second)

@@ -13,7 +13,7 @@ TRAINABLE = ["adapters", "ln_vision", "VL_proj", "connector", "opt_proj"]
 
 def test_labels_cover_only_caption_tokens(tiny_model_dir):
     model, _ = load_model_dir(tiny_model_dir)
-    ids, mask, labels = model.text.training_batch(["a red circle grows", "a blue square"], torch.device("cpu"))
+    _ids, mask, labels = model.text.training_batch(["a red circle grows", "a blue square"], torch.device("cpu"))
     assert (labels[:, 0] == -100).all()  # BOS (the empty prompt) is not predicted
     assert (labels[mask == 0] == -100).all()  # padding is not predicted
     end = model.text.end_token_id

@@ -11,8 +11,8 @@ import pytest
 from simvlg_video.data import sampling
 from simvlg_video.data.dataset import VideoClipDataset
 from simvlg_video.data.manifest import read_manifest, write_manifest
-from simvlg_video.data_tools.check_videos import main as check
 from simvlg_video.data.video_writer import write_video
+from simvlg_video.data_tools.check_videos import main as check
 
 FPS = 8
 
@@ -26,13 +26,19 @@ def write_corrupt_tail(path: Path) -> None:
     fine and fails only when decoded."""
     write_video(path, frames(24, seed=9), FPS, container_format="mp4", container_options={"movflags": "+faststart"})
     data = bytearray(path.read_bytes())
-    data[len(data) // 2:] = bytes(len(data) - len(data) // 2)
+    data[len(data) // 2 :] = bytes(len(data) - len(data) // 2)
     path.write_bytes(bytes(data))
 
 
 def row(clip_id: str, video: str, split: str, start: float | None = None, end: float | None = None) -> dict:
-    return {"clip_id": clip_id, "video": video, "start": start, "end": end, "captions": [f"caption of {clip_id}"],
-            "split": split}
+    return {
+        "clip_id": clip_id,
+        "video": video,
+        "start": start,
+        "end": end,
+        "captions": [f"caption of {clip_id}"],
+        "split": split,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +51,20 @@ def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (videos / "empty.mp4").write_bytes(b"")
     (videos / "garbage.mp4").write_bytes(np.random.default_rng(3).bytes(4096))
     write_corrupt_tail(videos / "tail.mp4")
-    write_manifest(root / "manifest.jsonl", [
-        row("whole", "videos/good.mp4", "train"),
-        row("segment", "videos/good.mp4", "val", 0.5, 1.5),
-        row("last_frame", "videos/good.mp4", "val", 2.8, 4.0),  # frame 23 (shown from 2.875 s) is inside
-        row("after_end", "videos/good.mp4", "val", 2.9, 5.0),  # starts after the last frame is shown
-        row("avi", "videos/good.avi", "test"),
-        row("missing", "videos/nothing.mp4", "train"),
-        row("empty", "videos/empty.mp4", "test"),
-        row("garbage", "videos/garbage.mp4", "test"),
-        row("tail", "videos/tail.mp4", "train"),
-    ])
+    write_manifest(
+        root / "manifest.jsonl",
+        [
+            row("whole", "videos/good.mp4", "train"),
+            row("segment", "videos/good.mp4", "val", 0.5, 1.5),
+            row("last_frame", "videos/good.mp4", "val", 2.8, 4.0),  # frame 23 (shown from 2.875 s) is inside
+            row("after_end", "videos/good.mp4", "val", 2.9, 5.0),  # starts after the last frame is shown
+            row("avi", "videos/good.avi", "test"),
+            row("missing", "videos/nothing.mp4", "train"),
+            row("empty", "videos/empty.mp4", "test"),
+            row("garbage", "videos/garbage.mp4", "test"),
+            row("tail", "videos/tail.mp4", "train"),
+        ],
+    )
     return root
 
 
@@ -70,13 +79,19 @@ def test_probe_filters_missing_unreadable_and_empty_windows(dataset_root: Path):
     assert kept == ["whole", "segment", "last_frame", "avi", "tail"]
     assert (report["clips"], report["kept_clips"], report["videos"]) == (9, 5, 6)
     assert [(p["video"], p["clip_ids"]) for p in report["missing"]] == [
-        (str(dataset_root / "videos/nothing.mp4"), ["missing"])]
+        (str(dataset_root / "videos/nothing.mp4"), ["missing"])
+    ]
     assert {Path(p["video"]).name: p["clip_ids"] for p in report["unreadable"]} == {
-        "empty.mp4": ["empty"], "garbage.mp4": ["garbage"]}
+        "empty.mp4": ["empty"],
+        "garbage.mp4": ["garbage"],
+    }
     assert "empty (0 bytes)" in next(p["reason"] for p in report["unreadable"] if p["clip_ids"] == ["empty"])
     assert [w["clip_id"] for w in report["empty_window_clips"]] == ["after_end"]
-    assert report["per_split"] == {"train": {"clips": 3, "kept": 2}, "val": {"clips": 3, "kept": 2},
-                                   "test": {"clips": 3, "kept": 1}}
+    assert report["per_split"] == {
+        "train": {"clips": 3, "kept": 2},
+        "val": {"clips": 3, "kept": 2},
+        "test": {"clips": 3, "kept": 1},
+    }
     saved = json.loads((dataset_root / "manifest.check_report.json").read_text())
     assert saved["kept_clips"] == 5 and saved["checked_manifest"] == str(dataset_root / "manifest.checked.jsonl")
 
@@ -87,7 +102,10 @@ def test_kept_rows_carry_probed_metadata(dataset_root: Path):
     assert (records["whole"].num_frames, records["whole"].fps, records["whole"].duration) == (24, 8.0, 3.0)
     assert records["avi"].num_frames == 16
     assert (records["segment"].start, records["segment"].end, records["segment"].captions) == (
-        0.5, 1.5, ("caption of segment",))
+        0.5,
+        1.5,
+        ("caption of segment",),
+    )
 
 
 def test_every_kept_clip_loads(dataset_root: Path):
@@ -114,8 +132,18 @@ def test_process_pool_gives_the_same_report(dataset_root: Path):
 
 def test_out_in_another_folder_keeps_paths_valid(dataset_root: Path, tmp_path: Path):
     out = tmp_path / "sub/checked.jsonl"
-    check([str(dataset_root / "manifest.jsonl"), "--quiet", "--workers", "0", "--out", str(out), "--report",
-           str(tmp_path / "report.json")])
+    check(
+        [
+            str(dataset_root / "manifest.jsonl"),
+            "--quiet",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+            "--report",
+            str(tmp_path / "report.json"),
+        ]
+    )
     records = read_manifest(out)
     assert not Path(records[0].video).is_absolute()  # still relative, now to the new manifest's folder
     assert records[0].video_path == dataset_root / "videos/good.mp4"

@@ -84,7 +84,7 @@ def test_a_checkpoint_of_another_world_size_or_model_is_refused(tmp_path: Path):
     model, optimizer = trained()
     folder = save(Checkpoints(tmp_path), 1, model, optimizer)
     two = Checkpoints(tmp_path, world=World(rank=0, world_size=2))
-    with pytest.raises(SystemExit, match="written by 1 processes.*got 2"):
+    with pytest.raises(SystemExit, match=r"written by 1 processes.*got 2"):
         two.load(folder, model, optimizer)
     model.head = nn.Linear(3, 2, bias=False)
     with pytest.raises(SystemExit, match=r"missing \[\].*unexpected \['head.bias'\]"):

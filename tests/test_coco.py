@@ -7,6 +7,7 @@ import gc
 import io
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
@@ -111,7 +112,7 @@ def test_scoring_prints_nothing_and_leaves_no_java_process(wrong_scores: tuple) 
 class MeteorWhoseJavaDies(Meteor):
     """pycocoevalcap's METEOR scorer whose Java process ends before scoring, as when the JVM runs out of memory."""
 
-    instances: list[Meteor] = []
+    instances: ClassVar[list[Meteor]] = []
 
     def __init__(self) -> None:
         super().__init__()

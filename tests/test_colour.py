@@ -33,8 +33,12 @@ def tagged_bt709(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
     path = tmp_path_factory.mktemp("tagged") / "bt709.mp4"
-    return write_video(path, frames, 10, encoder_options={
-        "crf": "10", "x264-params": "colormatrix=bt709:colorprim=bt709:transfer=bt709"})
+    return write_video(
+        path,
+        frames,
+        10,
+        encoder_options={"crf": "10", "x264-params": "colormatrix=bt709:colorprim=bt709:transfer=bt709"},
+    )
 
 
 @pytest.mark.parametrize("name", ["bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"])
@@ -63,10 +67,13 @@ def test_batches_and_full_range() -> None:
     assert full[..., 0, 0].eq(16).all()  # full range keeps the luma value
 
 
-@pytest.mark.parametrize(("shape", "height", "width", "message"), [
-    ((6, 4), 4, 6, "expected uint8 NV12 of shape"),
-    ((9, 5), 6, 5, "even frame width"),
-])
+@pytest.mark.parametrize(
+    ("shape", "height", "width", "message"),
+    [
+        ((6, 4), 4, 6, "expected uint8 NV12 of shape"),
+        ((9, 5), 6, 5, "even frame width"),
+    ],
+)
 def test_bad_input_is_rejected(shape, height: int, width: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         nv12_to_rgb(torch.zeros(shape, dtype=torch.uint8), height, width)

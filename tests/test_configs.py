@@ -78,8 +78,9 @@ def test_the_saved_inference_settings_carry_the_eval_sampler_resolved(name: str)
     stored = json.loads(json.dumps(inference_settings(cfg).sampler))
     saved = InferenceConfig(num_frames=cfg.data.num_frames, sampler=stored).frame_sampler
     keyframes = list(range(0, 300, 25))
-    expected = instantiate(compose_adapt(f"sampler={name}").sampler.eval)(300, cfg.data.num_frames, None, fps=25.0,
-                                                                        keyframes=keyframes)
+    expected = instantiate(compose_adapt(f"sampler={name}").sampler.eval)(
+        300, cfg.data.num_frames, None, fps=25.0, keyframes=keyframes
+    )
     assert saved(300, cfg.data.num_frames, None, fps=25.0, keyframes=keyframes) == expected
 
 
@@ -106,8 +107,9 @@ def stand_in_dataset(root: Path, images: bool = False) -> None:
         for row in rows:
             row["image"] = f"generated/{row['image']}"
     else:
-        shapes = make_shapes_dataset(root / "generated", num_clips=14, seed=5, height=32, width=32, duration=0.5,
-                                     show_progress=False)
+        shapes = make_shapes_dataset(
+            root / "generated", num_clips=14, seed=5, height=32, width=32, duration=0.5, show_progress=False
+        )
         rows = [json.loads(line) for line in shapes.read_text().splitlines()]
         for row in rows:
             row["video"] = f"generated/{row['video']}"
@@ -124,8 +126,9 @@ def test_data_configs_build_clips_that_load(name: str, tmp_path: Path) -> None:
     else:
         cfg.data.synthetic.num_clips, cfg.data.synthetic.duration = 14, 0.5
     if OmegaConf.is_missing(cfg.data, "shards"):  # webdataset: training images come from tar shards
-        cfg.data.shards = write_shards(tmp_path / "manifest.checked.jsonl", tmp_path / "shards", per_shard=5,
-                                       show_progress=False)
+        cfg.data.shards = write_shards(
+            tmp_path / "manifest.checked.jsonl", tmp_path / "shards", per_shard=5, show_progress=False
+        )
     data = instantiate(cfg.data)
     assert isinstance(data, ClipData) and data.num_frames == cfg.data.num_frames
     if data.shards:
@@ -136,8 +139,9 @@ def test_data_configs_build_clips_that_load(name: str, tmp_path: Path) -> None:
     records = data.records(data.train_split)
     from simvlg_video.data.dataset import clip_loader
 
-    loader = clip_loader(records[:2], data.reading, instantiate(cfg.sampler.train), train=True, batch_size=2,
-                         num_workers=0)
+    loader = clip_loader(
+        records[:2], data.reading, instantiate(cfg.sampler.train), train=True, batch_size=2, num_workers=0
+    )
     batch = next(iter(loader))
     frames = data.train_transform(32)(batch["frames"], generator=torch.Generator().manual_seed(0))
     assert frames.shape == (2, data.num_frames, 3, 32, 32) and len(batch["captions"]) == 2
@@ -187,9 +191,16 @@ def opt_2_7b_folder(folder: Path) -> Path:
     folder.mkdir()
     tokenizer = build_word_tokenizer(["a b"])
     tokenizer.save_pretrained(folder)
-    OPTConfig(hidden_size=2560, num_hidden_layers=32, num_attention_heads=32, ffn_dim=10240, vocab_size=50272,
-              max_position_embeddings=2048, word_embed_proj_dim=2560, pad_token_id=tokenizer.pad_token_id,
-              ).save_pretrained(folder)
+    OPTConfig(
+        hidden_size=2560,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        ffn_dim=10240,
+        vocab_size=50272,
+        max_position_embeddings=2048,
+        word_embed_proj_dim=2560,
+        pad_token_id=tokenizer.pad_token_id,
+    ).save_pretrained(folder)
     return folder
 
 
@@ -236,11 +247,21 @@ def test_an_installed_wheel_finds_its_configs(tmp_path: Path) -> None:
     """Not the editable checkout: a wheel installed into a folder of its own composes the same config tree."""
     site = installed_wheel(tmp_path)
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
-    shown = subprocess.run([sys.executable, "-m", "simvlg_video.adapt", "--cfg", "job", "adapter=reference"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True)
+    shown = subprocess.run(
+        [sys.executable, "-m", "simvlg_video.adapt", "--cfg", "job", "adapter=reference"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert shown.returncode == 0, shown.stderr[-2000:]
-    located = subprocess.run([sys.executable, "-c", "import simvlg_video.configs as c; print(c.__file__)"],
-                             cwd=tmp_path, env=env, capture_output=True, text=True).stdout
+    located = subprocess.run(
+        [sys.executable, "-c", "import simvlg_video.configs as c; print(c.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert located.startswith(str(site))
     cfg = yaml.safe_load(shown.stdout)
     assert cfg["adapter"]["_target_"] == "simvlg_video.adapters.placements.Reference" and cfg["train"]["steps"] > 0

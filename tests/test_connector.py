@@ -191,7 +191,8 @@ def test_weighted_mode_tracks_sizes_that_sum_to_the_input_count():
 
 
 def test_merge_metric_is_the_layer_keys():
-    """Two tokens whose keys agree but whose hidden states differ get merged; a pair similar only in hidden state not."""
+    """Two tokens whose keys agree but whose hidden states differ get merged; a pair similar only in hidden state
+    not."""
     connector = make_connector(num_layers=1, r=1, **TINY).eval()
     perturb_weights(connector)
     with torch.no_grad():
@@ -260,10 +261,10 @@ def test_bf16_autocast_over_fp32_weights(attn_implementation):
 def test_apply_tome_patches_in_place_and_keeps_weights():
     connector = make_connector(num_layers=2, r=0, **TINY)
     plain = plain_bert_like(connector)
-    before = {name: parameter for name, parameter in plain.named_parameters()}
+    before = dict(plain.named_parameters())
     patched = apply_tome(plain, r=2)
     assert patched is plain
-    assert {name: parameter for name, parameter in patched.named_parameters()} == before
+    assert dict(patched.named_parameters()) == before
     assert patched.merge_schedule(11) == [11, 9, 7]
     assert apply_tome(patched, r=[1, 0]).merge_schedule(11) == [11, 10, 10]  # re-applying replaces the settings
     with torch.no_grad():
@@ -277,7 +278,7 @@ def test_bad_use_gets_clear_errors():
     with pytest.raises(ValueError, match="max_position_embeddings=16"):
         connector(torch.randn(1, 17, 32))
     with pytest.raises(RuntimeError, match="record_groups"):
-        connector.last_merge_groups
+        _ = connector.last_merge_groups
     with pytest.raises(ValueError, match="merge mode"):
         make_connector(num_layers=1, merge_mode="max", **TINY)
     with pytest.raises(ValueError, match="one per layer"):
@@ -288,8 +289,9 @@ def test_bad_use_gets_clear_errors():
 
 def test_tracked_positions_are_the_mean_place_of_each_merged_group():
     torch.manual_seed(0)
-    connector = make_connector(hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64,
-                                     max_position_embeddings=64, r=[5, 4, 3]).eval()
+    connector = make_connector(
+        hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64, max_position_embeddings=64, r=[5, 4, 3]
+    ).eval()
     positions = torch.rand(2, 33, 2)
     connector.tome.record_groups = True
     out = connector(torch.randn(2, 33, 32), token_positions=positions)
@@ -300,6 +302,6 @@ def test_tracked_positions_are_the_mean_place_of_each_merged_group():
         for token in range(out.shape[1]):
             members = positions[b][assignment[b] == token]
             torch.testing.assert_close(tracked[b, token], members.mean(dim=0))
+    connector(torch.randn(2, 33, 32))
     with pytest.raises(RuntimeError, match="no token positions tracked"):
-        connector(torch.randn(2, 33, 32))
         connector.last_token_positions()

@@ -17,13 +17,16 @@ def video(duration: float, timestamps: list, sentences: list) -> dict:
     return {"duration": duration, "timestamps": timestamps, "sentences": sentences}
 
 
-@pytest.fixture()
+@pytest.fixture
 def root(tmp_path: Path) -> Path:
     root = tmp_path / "anet"
     files = {
         "train.json": {
-            "v_trainAAAAAA": video(10.0, [[0, 4.5], [3.0, 12.5], [7, 5], [-1.0, 2.0]],
-                                   ["A man walks in.", UNICODE, "Inverted segment.", "Starts before zero."]),
+            "v_trainAAAAAA": video(
+                10.0,
+                [[0, 4.5], [3.0, 12.5], [7, 5], [-1.0, 2.0]],
+                ["A man walks in.", UNICODE, "Inverted segment.", "Starts before zero."],
+            ),
             "v_trainBBBBBB": video(8.5, [[8.5, 9.0], [1, 1], [2, 6]], ["Past the end.", "Empty.", "   "]),
         },
         "val_1.json": {"v_valCCCCCCCC": video(20.0, [[10, 20], [0, 9.5]], ["She sits down.", "She walks in."])},
@@ -55,8 +58,10 @@ def test_one_row_per_segment_clipped_to_the_duration(root: Path):
         ("v_valCCCCCCCC:val_1:1", "val", "videos/valCCCCCCCC.mkv", 0.0, 9.5, ("She walks in.",)),
         ("v_valCCCCCCCC:val_2:0", "val", "videos/valCCCCCCCC.mkv", 0.5, 19.0, ("A woman enters and sits.",)),
     ]
-    assert [r.attributes for r in records[2:4]] == [{"video_id": "v_trainAAAAAA", "reference_set": "train"},
-                                                    {"video_id": "v_valCCCCCCCC", "reference_set": "val_1"}]
+    assert [r.attributes for r in records[2:4]] == [
+        {"video_id": "v_trainAAAAAA", "reference_set": "train"},
+        {"video_id": "v_valCCCCCCCC", "reference_set": "val_1"},
+    ]
     assert summary.counts == {
         "segments clipped to the duration": 2,
         "segments dropped (end before start)": 1,

@@ -24,31 +24,61 @@ def sentence(video_id: str, caption: str, sen_id: int) -> dict:
     return {"caption": caption, "video_id": video_id, "sen_id": sen_id}
 
 
-@pytest.fixture()
+@pytest.fixture
 def official(tmp_path: Path) -> Path:
     """A root with the two official files (as the release lays them out) and videos where the release puts them."""
     root = tmp_path / "msrvtt"
-    videos = [{"category": 9, "url": "https://www.youtube.com/watch?v=x", "video_id": f"video{i}", "start time": 1.5,
-               "end time": 11.5, "split": split, "id": i}
-              for i, split in enumerate(["train", "train", "validate", "train"])]
-    sentences = [sentence("video0", "a man is talking", 0), sentence("video0", "  a man speaks  ", 1),
-                 sentence("video1", UNICODE, 2), sentence("video1", "   ", 3), sentence("video2", "cars race", 4),
-                 sentence("video3", "", 5)]
+    videos = [
+        {
+            "category": 9,
+            "url": "https://www.youtube.com/watch?v=x",
+            "video_id": f"video{i}",
+            "start time": 1.5,
+            "end time": 11.5,
+            "split": split,
+            "id": i,
+        }
+        for i, split in enumerate(["train", "train", "validate", "train"])
+    ]
+    sentences = [
+        sentence("video0", "a man is talking", 0),
+        sentence("video0", "  a man speaks  ", 1),
+        sentence("video1", UNICODE, 2),
+        sentence("video1", "   ", 3),
+        sentence("video2", "cars race", 4),
+        sentence("video3", "", 5),
+    ]
     write_json(root / "annotation/train_val_videodatainfo.json", {"info": {}, "videos": videos, "sentences": sentences})
     test_videos = [{"video_id": "video4", "split": "test", "id": 4}, {"video_id": "video5", "split": "test", "id": 5}]
-    test_sentences = [sentence("video4", "a cat sleeps", 6), sentence("video5", "a dog barks", 7),
-                      sentence("video5", "a dog is barking", 8)]
+    test_sentences = [
+        sentence("video4", "a cat sleeps", 6),
+        sentence("video5", "a dog barks", 7),
+        sentence("video5", "a dog is barking", 8),
+    ]
     write_json(root / "annotation/test_videodatainfo.json", {"videos": test_videos, "sentences": test_sentences})
-    for name in ("TrainValVideo/video0.mp4", "TrainValVideo/video1.mp4", "TrainValVideo/video3.mp4",
-                 "TestVideo/video4.webm"):  # video2 and video5 are missing
+    for name in (
+        "TrainValVideo/video0.mp4",
+        "TrainValVideo/video1.mp4",
+        "TrainValVideo/video3.mp4",
+        "TestVideo/video4.webm",
+    ):  # video2 and video5 are missing
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(b"not decoded by the converter")
     return root
 
 
 def run_official(root: Path, *extra: str):
-    return convert(["msrvtt", "--root", str(root), "--official", str(root / "annotation/train_val_videodatainfo.json"),
-                    str(root / "annotation/test_videodatainfo.json"), *extra])
+    return convert(
+        [
+            "msrvtt",
+            "--root",
+            str(root),
+            "--official",
+            str(root / "annotation/train_val_videodatainfo.json"),
+            str(root / "annotation/test_videodatainfo.json"),
+            *extra,
+        ]
+    )
 
 
 def test_official_files_become_exact_rows(official: Path):
@@ -129,14 +159,17 @@ def test_two_files_for_one_video_is_an_error(official: Path):
         run_official(official)
 
 
-@pytest.fixture()
+@pytest.fixture
 def lavis(tmp_path: Path) -> Path:
     root = tmp_path / "lavis"
-    write_json(root / "cap_train.json", [
-        {"video": "video0.mp4", "caption": "a man is talking", "instance_id": 0},
-        {"video": "video1.mp4", "caption": UNICODE},
-        {"video": "video0.mp4", "caption": "a man speaks "},
-    ])
+    write_json(
+        root / "cap_train.json",
+        [
+            {"video": "video0.mp4", "caption": "a man is talking", "instance_id": 0},
+            {"video": "video1.mp4", "caption": UNICODE},
+            {"video": "video0.mp4", "caption": "a man speaks "},
+        ],
+    )
     write_json(root / "cap_test.json", [{"video": "video4.mp4", "caption": ["a cat sleeps", " ", "a cat naps"]}])
     (root / "all").mkdir()
     for name in ("video0", "video1", "video4"):
@@ -145,8 +178,9 @@ def lavis(tmp_path: Path) -> Path:
 
 
 def run_lavis(root: Path):
-    return convert(["msrvtt", "--root", str(root), "--lavis", f"train={root / 'cap_train.json'}",
-                    f"test={root / 'cap_test.json'}"])
+    return convert(
+        ["msrvtt", "--root", str(root), "--lavis", f"train={root / 'cap_train.json'}", f"test={root / 'cap_test.json'}"]
+    )
 
 
 def test_lavis_files_merge_captions_per_video(lavis: Path):
@@ -168,8 +202,9 @@ def test_lavis_video_in_two_splits_is_a_duplicate(lavis: Path):
 
 
 def test_lavis_caption_list_repeated_is_a_duplicate(lavis: Path):
-    write_json(lavis / "cap_test.json", [{"video": "video4.mp4", "caption": ["a"]},
-                                         {"video": "video4.mp4", "caption": "b"}])
+    write_json(
+        lavis / "cap_test.json", [{"video": "video4.mp4", "caption": ["a"]}, {"video": "video4.mp4", "caption": "b"}]
+    )
     with pytest.raises(SystemExit, match=r"cap_test.json: \[1\].video: duplicate clip id 'video4'"):
         run_lavis(lavis)
 

@@ -21,9 +21,14 @@ CARPHONE_FRAMES = 120
 
 
 def manifest_row(clip_id: str, video: Path, **extra) -> dict:
-    row = {"clip_id": clip_id, "video": str(video), "start": None, "end": None,
-           "captions": [f"{clip_id} caption one", f"{clip_id} caption two", f"{clip_id} caption three"],
-           "split": "train"}
+    row = {
+        "clip_id": clip_id,
+        "video": str(video),
+        "start": None,
+        "end": None,
+        "captions": [f"{clip_id} caption one", f"{clip_id} caption two", f"{clip_id} caption three"],
+        "split": "train",
+    }
     row.update(extra)
     return row
 
@@ -65,11 +70,14 @@ def test_frame_count_from_the_manifest_is_used_without_probing(records) -> None:
     assert dataset_of(records, ["known_count"])[0]["frame_indices"] == uniform(60, 4)
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("window", [30 + i for i in uniform(30, 4)]),            # 1.0 s -> frame 30, 2.0 s -> frame 60 at 29.97 fps
-    ("window_known_fps", [10 + i for i in uniform(10, 4)]),  # the manifest's fps wins over the file's
-    ("open_end", [105 + i for i in uniform(15, 4)]),         # 3.5 s -> frame 105, to the last frame
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("window", [30 + i for i in uniform(30, 4)]),  # 1.0 s -> frame 30, 2.0 s -> frame 60 at 29.97 fps
+        ("window_known_fps", [10 + i for i in uniform(10, 4)]),  # the manifest's fps wins over the file's
+        ("open_end", [105 + i for i in uniform(15, 4)]),  # 3.5 s -> frame 105, to the last frame
+    ],
+)
 def test_start_and_end_select_the_frames_inside_the_window(records, name: str, expected: list[int]) -> None:
     assert dataset_of(records, [name])[0]["frame_indices"] == expected
 
@@ -135,8 +143,7 @@ def test_loader_with_two_workers_returns_every_clip_once(records) -> None:
 
 def test_loader_order_follows_the_seed(records) -> None:
     def order(seed: int) -> list[str]:
-        loader = build_loader(dataset_of(records, ALL_NAMES[:-1]), batch_size=2, shuffle=True, num_workers=0,
-                              seed=seed)
+        loader = build_loader(dataset_of(records, ALL_NAMES[:-1]), batch_size=2, shuffle=True, num_workers=0, seed=seed)
         return [clip_id for batch in loader for clip_id in batch["clip_ids"]]
 
     assert order(3) == order(3)

@@ -90,15 +90,19 @@ def test_probe_reports_frame_count_and_rate(numbered_mp4: Path, backend: str) ->
 
 def test_decord_and_pyav_agree_exactly_on_generated_h264(numbered_mp4: Path) -> None:
     every_frame = list(range(NUM_FRAMES))
-    np.testing.assert_array_equal(read_frames(numbered_mp4, every_frame, "decord"),
-                                  read_frames(numbered_mp4, every_frame, "pyav"))
+    np.testing.assert_array_equal(
+        read_frames(numbered_mp4, every_frame, "decord"), read_frames(numbered_mp4, every_frame, "pyav")
+    )
 
 
-@pytest.mark.parametrize(("name", "indices"), [
-    ("bikes.mp4", [0, 1, 37, 120]),
-    ("carphone_pristine.mp4", [3, 60, 119]),
-    ("bigbuckbunny.mp4", [0, 9, 24]),
-])
+@pytest.mark.parametrize(
+    ("name", "indices"),
+    [
+        ("bikes.mp4", [0, 1, 37, 120]),
+        ("carphone_pristine.mp4", [3, 60, 119]),
+        ("bigbuckbunny.mp4", [0, 9, 24]),
+    ],
+)
 def test_decord_and_pyav_agree_exactly_on_real_samples(name: str, indices: list[int]) -> None:
     path = sample_video(name)
     from_decord = read_frames(path, indices, "decord")
@@ -114,12 +118,15 @@ def test_pyav_counts_frames_when_the_container_does_not_say(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize(("case", "reason"), [
-    ("missing", "file not found"),
-    ("empty", "file is empty"),
-    ("folder", "not a regular file"),
-    ("text", "Invalid data|Error reading"),  # PyAV's words, then decord's
-])
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("missing", "file not found"),
+        ("empty", "file is empty"),
+        ("folder", "not a regular file"),
+        ("text", "Invalid data|Error reading"),  # PyAV's words, then decord's
+    ],
+)
 def test_unreadable_files_raise_video_decode_error_naming_the_path(
     bad_files: dict[str, Path], backend: str, case: str, reason: str
 ) -> None:
@@ -149,7 +156,7 @@ def test_out_of_range_indices_raise_video_decode_error(numbered_mp4: Path, backe
 def test_auto_falls_back_to_pyav_when_decord_cannot_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A raw H.264 elementary stream has no container metadata: decord refuses it, PyAV decodes it."""
     raw = write_numbered_video(tmp_path / "numbered.h264", container_format="h264")
-    with pytest.raises(VideoDecodeError, match="decord: .*frame-count"):
+    with pytest.raises(VideoDecodeError, match=r"decord: .*frame-count"):
         read_frames(raw, [0], "decord")
     with caplog.at_level(logging.DEBUG, logger="simvlg_video.data.decode"):
         frames = read_frames(raw, [2, 11], "auto")
@@ -169,8 +176,12 @@ def test_bad_arguments_raise_value_error(numbered_mp4: Path) -> None:
 def write_long_gop_video(path: Path, num_frames: int = 60, gop: int = 25, open_gop: bool = False) -> Path:
     """Numbered frames with B-frames and a keyframe every ``gop`` frames (optionally open GOPs)."""
     params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=3:b-adapt=0" + (":open-gop=1" if open_gop else "")
-    return write_video(path, (numbered_frame(number % 32) for number in range(num_frames)), FPS,
-                       encoder_options={"crf": "10", "g": str(gop), "sc_threshold": "0", "x264-params": params})
+    return write_video(
+        path,
+        (numbered_frame(number % 32) for number in range(num_frames)),
+        FPS,
+        encoder_options={"crf": "10", "g": str(gop), "sc_threshold": "0", "x264-params": params},
+    )
 
 
 @pytest.mark.parametrize("open_gop", [False, True])

@@ -8,13 +8,19 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from adapt_runs import TINY_RUN, records, run_module, train_losses
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 # Dropout masks come from each process's RNG, so exact agreement across world sizes needs dropout off.
-SAME_DATA = [*TINY_RUN, "train.steps=4", "train.log_every=1", "train.dropout=0", "eval.before=false",
-             "eval.num_beams=1", "eval.max_new_tokens=4"]
+SAME_DATA = [
+    *TINY_RUN,
+    "train.steps=4",
+    "train.log_every=1",
+    "train.dropout=0",
+    "eval.before=false",
+    "eval.num_beams=1",
+    "eval.max_new_tokens=4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +36,16 @@ def runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     dirs = {}
     for name, (launcher, extra) in ways.items():
         run_dir = work / name.replace(" ", "_")
-        result = run_module("simvlg_video.adapt", "--image-ckpt", str(tiny_model_dir), *SAME_DATA, *extra,
-                            f"hydra.run.dir={run_dir}", cwd=work, launcher=launcher or None)
+        result = run_module(
+            "simvlg_video.adapt",
+            "--image-ckpt",
+            str(tiny_model_dir),
+            *SAME_DATA,
+            *extra,
+            f"hydra.run.dir={run_dir}",
+            cwd=work,
+            launcher=launcher or None,
+        )
         assert result.returncode == 0, f"{name}: {result.stderr[-4000:]}"
         dirs[name] = run_dir
     return dirs
@@ -52,11 +66,15 @@ def test_ranks_share_one_run_directory_written_by_rank_zero(runs: dict[str, Path
     assert [r["step"] for r in records(run_dir, "train")] == [1, 2, 3, 4], "one line per step, not one per rank"
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert (run_dir / "adapt_rank1.log").is_file() and sorted(p.name for p in run_dir.glob("*.log")) == [
-        "adapt.log", "adapt_rank1.log"]
+        "adapt.log",
+        "adapt_rank1.log",
+    ]
     summary = records(run_dir, "summary")[0]
     assert summary["world_size"] == 2
-    assert "global batch: 4 clips per step (2 per process x 1 accumulation x 2 processes), DDP" in \
-        (run_dir / "adapt.log").read_text()
+    assert (
+        "global batch: 4 clips per step (2 per process x 1 accumulation x 2 processes), DDP"
+        in (run_dir / "adapt.log").read_text()
+    )
 
 
 @pytest.mark.slow
@@ -72,8 +90,9 @@ def test_evaluation_is_split_across_ranks_and_gathered_whole(runs: dict[str, Pat
 
 
 @pytest.mark.slow
-def test_fsdp_validates_keeps_the_best_checkpoint_and_exports_whole_tensors(runs: dict[str, Path],
-                                                                           tiny_model_dir: Path, tmp_path: Path):
+def test_fsdp_validates_keeps_the_best_checkpoint_and_exports_whole_tensors(
+    runs: dict[str, Path], tiny_model_dir: Path, tmp_path: Path
+):
     run_dir = runs["fsdp"]
     assert [r["step"] for r in records(run_dir, "val")] == [2, 4]
     best = json.loads((run_dir / "checkpoints" / "best.json").read_text())

@@ -19,21 +19,24 @@ TWO_SHAPES = (Event("circle", "red", "left"), Event("square", "blue", "up"))
 COLOUR_MOVE = (Event("triangle", "green", "turn", "blue"), Event("triangle", "blue", "down"))
 
 
-@pytest.mark.parametrize(("caption", "events_", "right"), [
-    ("a red circle moves to the left then stops", MOVE_STOP, True),
-    ("a red circle stops then moves to the left", MOVE_STOP, False),  # the right events, the wrong order
-    ("a red circle moves to the left", MOVE_STOP, False),  # one event missing
-    ("a red circle moves to the left then stops then moves up", MOVE_STOP, False),
-    ("a red circle moves to the left then right then stops", MOVE_STOP, False),
-    ("a red circle moves to the left and right then stops", MOVE_STOP, False),  # hedging names two motions
-    ("a red circle moves to the left then a blue square moves up", TWO_SHAPES, True),
-    ("a blue square moves up then a red circle moves to the left", TWO_SHAPES, False),
-    ("a red circle moves to the left then a blue circle moves up", TWO_SHAPES, False),  # the wrong second shape
-    ("a green triangle turns blue then goes down", COLOUR_MOVE, True),
-    ("a green triangle turns red then goes down", COLOUR_MOVE, False),
-    ("a green triangle goes down then turns blue", COLOUR_MOVE, False),
-    ("the green triangle becomes larger then goes down", COLOUR_MOVE, False),  # "becomes" without a colour: grow
-])
+@pytest.mark.parametrize(
+    ("caption", "events_", "right"),
+    [
+        ("a red circle moves to the left then stops", MOVE_STOP, True),
+        ("a red circle stops then moves to the left", MOVE_STOP, False),  # the right events, the wrong order
+        ("a red circle moves to the left", MOVE_STOP, False),  # one event missing
+        ("a red circle moves to the left then stops then moves up", MOVE_STOP, False),
+        ("a red circle moves to the left then right then stops", MOVE_STOP, False),
+        ("a red circle moves to the left and right then stops", MOVE_STOP, False),  # hedging names two motions
+        ("a red circle moves to the left then a blue square moves up", TWO_SHAPES, True),
+        ("a blue square moves up then a red circle moves to the left", TWO_SHAPES, False),
+        ("a red circle moves to the left then a blue circle moves up", TWO_SHAPES, False),  # the wrong second shape
+        ("a green triangle turns blue then goes down", COLOUR_MOVE, True),
+        ("a green triangle turns red then goes down", COLOUR_MOVE, False),
+        ("a green triangle goes down then turns blue", COLOUR_MOVE, False),
+        ("the green triangle becomes larger then goes down", COLOUR_MOVE, False),  # "becomes" without a colour: grow
+    ],
+)
 def test_events_in_order(caption: str, events_: tuple[Event, ...], right: bool) -> None:
     assert events_in_order(caption, events_) is right
 
@@ -52,16 +55,26 @@ def test_clauses_and_speeds_parse_to_one_thing_or_nothing() -> None:
 
 
 def test_references_score_one_and_reversed_clips_captions_score_zero() -> None:
-    clips = {f"c{i}": draw_clip(np.random.default_rng(i), kind, variant, 4.0)
-             for i, (kind, variant) in enumerate((kind, variant) for kind in ("move_stop", "two_shapes", "colour_move",
-                                                                              "speed")
-                                                 for variant in events.VARIANTS[kind])}
+    clips = {
+        f"c{i}": draw_clip(np.random.default_rng(i), kind, variant, 4.0)
+        for i, (kind, variant) in enumerate(
+            (kind, variant)
+            for kind in ("move_stop", "two_shapes", "colour_move", "speed")
+            for variant in events.VARIANTS[kind]
+        )
+    }
     attributes = {clip_id: clip.attributes() for clip_id, clip in clips.items()}
     right = {clip_id: events.event_captions(clip)[i % 4] for i, (clip_id, clip) in enumerate(clips.items())}
     backwards = {clip_id: events.event_captions(events.reverse(clip))[0] for clip_id, clip in clips.items()}
     perfect = event_accuracy(right, attributes)
-    assert perfect == {"event_order_acc": 1.0, "event_order_acc/colour_move": 1.0, "event_order_acc/move_stop": 1.0,
-                       "event_order_acc/two_shapes": 1.0, "speed_acc": 1.0, "speed_motion_acc": 1.0}
+    assert perfect == {
+        "event_order_acc": 1.0,
+        "event_order_acc/colour_move": 1.0,
+        "event_order_acc/move_stop": 1.0,
+        "event_order_acc/two_shapes": 1.0,
+        "speed_acc": 1.0,
+        "speed_motion_acc": 1.0,
+    }
     reversed_ = event_accuracy(backwards, attributes)
     assert reversed_["event_order_acc"] == 0.0 and reversed_["speed_motion_acc"] == 0.0
     assert reversed_["speed_acc"] == 1.0  # played backwards, a slow clip is still slow
@@ -74,9 +87,16 @@ def test_references_score_one_and_reversed_clips_captions_score_zero() -> None:
 @pytest.mark.java  # score() runs the COCO scorer (METEOR)
 def test_score_adds_event_metrics_for_event_sets_and_motion_metrics_for_long_clips() -> None:
     def record(clip_id: str, clip: events.EventClip) -> ClipRecord:
-        return ClipRecord(clip_id=clip_id, video=f"{clip_id}.mp4", video_path=Path(f"/v/{clip_id}.mp4"), start=None,
-                          end=None,
-                          captions=tuple(events.event_captions(clip)), split="test", attributes=clip.attributes())
+        return ClipRecord(
+            clip_id=clip_id,
+            video=f"{clip_id}.mp4",
+            video_path=Path(f"/v/{clip_id}.mp4"),
+            start=None,
+            end=None,
+            captions=tuple(events.event_captions(clip)),
+            split="test",
+            attributes=clip.attributes(),
+        )
 
     short = [record(f"s{i}", draw_clip(np.random.default_rng(i), "move_stop", "move_first", 4.0)) for i in range(2)]
     short.append(record("fast", draw_clip(np.random.default_rng(5), "speed", "fast", 4.0)))

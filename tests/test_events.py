@@ -55,8 +55,9 @@ def test_a_reversed_clip_shows_the_same_states_backwards(kind, variant) -> None:
     for time in np.linspace(0.0, 1.0, 21):
         for actor, reversed_actor in zip(clip.actors, backwards.actors):
             ahead, behind = actor.state(float(time)), reversed_actor.state(float(1.0 - time))
-            np.testing.assert_allclose(np.hstack([*ahead[:3], ahead[3]]), np.hstack([*behind[:3], behind[3]]),
-                                       atol=1e-5)
+            np.testing.assert_allclose(
+                np.hstack([*ahead[:3], ahead[3]]), np.hstack([*behind[:3], behind[3]]), atol=1e-5
+            )
 
 
 def test_the_frames_show_each_event_in_its_own_phase() -> None:
@@ -100,8 +101,7 @@ def test_fast_clips_move_measurably_faster_in_pixels_per_second() -> None:
 def test_a_long_clips_event_fills_its_window_and_nothing_moves_outside_it() -> None:
     fps = 2
     for seed in range(3):
-        clip = draw_clip(np.random.default_rng(seed), "long", "window", duration=30.0 + 10 * seed,
-                         window_fraction=0.2)
+        clip = draw_clip(np.random.default_rng(seed), "long", "window", duration=30.0 + 10 * seed, window_fraction=0.2)
         start, end = clip.window
         assert 0.0 <= start < end <= 1.0 and end - start == pytest.approx(0.2)
         assert clip.attributes()["window"] == pytest.approx([start * clip.duration, end * clip.duration])
@@ -138,10 +138,28 @@ def test_the_plan_is_deterministic_balanced_and_holds_test_seeds_out() -> None:
 
 
 def test_make_events_dataset_writes_real_h264_with_regular_keyframes(tmp_path: Path) -> None:
-    manifest = make_events_dataset(tmp_path / "a", num_clips=10, seed=2, height=32, width=32, fps=8, duration=2.0,
-                                   keyframe_interval=0.5, show_progress=False)
-    again = make_events_dataset(tmp_path / "b", num_clips=10, seed=2, height=32, width=32, fps=8, duration=2.0,
-                                keyframe_interval=0.5, show_progress=False)
+    manifest = make_events_dataset(
+        tmp_path / "a",
+        num_clips=10,
+        seed=2,
+        height=32,
+        width=32,
+        fps=8,
+        duration=2.0,
+        keyframe_interval=0.5,
+        show_progress=False,
+    )
+    again = make_events_dataset(
+        tmp_path / "b",
+        num_clips=10,
+        seed=2,
+        height=32,
+        width=32,
+        fps=8,
+        duration=2.0,
+        keyframe_interval=0.5,
+        show_progress=False,
+    )
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert [row["clip_id"] for row in rows] == [json.loads(line)["clip_id"] for line in again.read_text().splitlines()]
     plan = {p.clip_id: p.clip for p in plan_event_clips(10, seed=2, duration=(2.0, 2.0))}
@@ -180,7 +198,8 @@ def test_an_lm_trained_on_the_event_corpus_knows_every_event_word(tmp_path: Path
 
     bundled = AutoTokenizer.from_pretrained(BUNDLED / "lm")
     assert "then" not in bundled.get_vocab()
-    tokenizer = AutoTokenizer.from_pretrained(train_lm(["--corpus", "events", "--out", str(tmp_path / "lm"),
-                                                        "--steps", "1"]))
+    tokenizer = AutoTokenizer.from_pretrained(
+        train_lm(["--corpus", "events", "--out", str(tmp_path / "lm"), "--steps", "1"])
+    )
     unknown = tokenizer.unk_token_id
     assert all(unknown not in tokenizer(caption).input_ids for caption in events.caption_corpus())

@@ -16,7 +16,7 @@ def test_only_consecutive_non_finite_steps_stop_the_run():
     assert guard.state_dict() == {"skipped": 4, "current_run": 0, "longest_run": 2}
     for _ in range(3):
         guard.update(torch.tensor(True))
-    with pytest.raises(TooManyNonFiniteSteps, match="3 steps in a row.*max_nonfinite_in_a_row=3.*step 10"):
+    with pytest.raises(TooManyNonFiniteSteps, match=r"3 steps in a row.*max_nonfinite_in_a_row=3.*step 10"):
         guard.check(step=10)
 
 

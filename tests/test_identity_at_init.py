@@ -12,12 +12,14 @@ from simvlg_video.model.model_dir import load_model_dir
 
 PLACEMENTS = {
     "reference-all": lambda m, t: Reference(qk_dim=32, num_heads=4, time_encoding=t).apply(m),
-    "reference-last2": lambda m, t: Reference(blocks="last_k", last_k=2, qk_dim=32, num_heads=4,
-                                              time_encoding=t).apply(m),
+    "reference-last2": lambda m, t: Reference(blocks="last_k", last_k=2, qk_dim=32, num_heads=4, time_encoding=t).apply(
+        m
+    ),
     "reference-[1]": lambda m, t: Reference(blocks=[1], qk_dim=32, num_heads=4, time_encoding=t).apply(m),
     "merged_tokens": lambda m, t: MergedTokens(num_heads=4, time_encoding=t, space_encoding="none").apply(m),
-    "merged_tokens+space": lambda m, t: MergedTokens(num_heads=4, time_encoding=t,
-                                                     space_encoding="sinusoidal").apply(m),
+    "merged_tokens+space": lambda m, t: MergedTokens(num_heads=4, time_encoding=t, space_encoding="sinusoidal").apply(
+        m
+    ),
 }
 
 
@@ -31,9 +33,7 @@ def open_gates(model) -> None:
     for name, param in model.named_parameters():
         if name.endswith("alpha"):
             param.data.fill_(1.0)
-        elif name.endswith("time_pool.out.weight"):  # the merged-token pool's gate
-            param.data.normal_()
-        elif name.endswith("time.table"):
+        elif name.endswith("time_pool.out.weight") or name.endswith("time.table"):  # the merged-token pool's gate
             param.data.normal_()
 
 

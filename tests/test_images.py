@@ -46,7 +46,7 @@ def test_a_lone_file_is_an_image_by_its_suffix():
     assert not ClipRecord.for_file("clip.mp4").is_image and not ClipRecord.for_file("animated.gif").is_image
 
 
-@pytest.mark.parametrize("suffix, options", [(".png", {}), (".webp", {"lossless": True})])
+@pytest.mark.parametrize(("suffix", "options"), [(".png", {}), (".webp", {"lossless": True})])
 def test_lossless_images_decode_exactly(tmp_path, suffix, options):
     expected = pixels(1)
     Image.fromarray(expected).save(tmp_path / f"a{suffix}", **options)
@@ -67,8 +67,10 @@ def test_a_jpeg_decodes_close_to_its_pixels_and_is_turned_upright(tmp_path):
     assert np.abs(upright.astype(int) - np.rot90(smooth, k=-1)).max() <= 4
 
 
-@pytest.mark.parametrize("content, reason", [
-    (b"", "empty"), (b"plain text, not a picture", "not a readable image"), (None, "not a readable image")])
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"", "empty"), (b"plain text, not a picture", "not a readable image"), (None, "not a readable image")],
+)
 def test_a_broken_image_is_an_error_naming_the_file(tmp_path, content, reason):
     path = tmp_path / "broken.png"
     if content is None:  # a real PNG cut short
@@ -100,10 +102,18 @@ def test_check_videos_keeps_readable_images_beside_videos(tmp_path):
     Image.fromarray(pixels(4)).save(tmp_path / "good.jpg")
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
     write_video(tmp_path / "clip.mp4", np.stack([pixels(5, 48, 64)] * 8), 8)
-    video_row = {"clip_id": "v", "video": "clip.mp4", "start": None, "end": None, "captions": ["a clip"],
-                 "split": "train"}
-    write_manifest(tmp_path / "m.jsonl", [image_line("good", "good.jpg"), image_line("bad", "bad.jpg"),
-                                          image_line("gone", "gone.jpg"), video_row])
+    video_row = {
+        "clip_id": "v",
+        "video": "clip.mp4",
+        "start": None,
+        "end": None,
+        "captions": ["a clip"],
+        "split": "train",
+    }
+    write_manifest(
+        tmp_path / "m.jsonl",
+        [image_line("good", "good.jpg"), image_line("bad", "bad.jpg"), image_line("gone", "gone.jpg"), video_row],
+    )
     report = check([str(tmp_path / "m.jsonl"), "--workers", "0", "--quiet"])
     assert (report["kept_clips"], report["unreadable_videos"], report["missing_videos"]) == (2, 1, 1)
     kept = {record.clip_id: record for record in read_manifest(tmp_path / "m.checked.jsonl")}
@@ -113,10 +123,10 @@ def test_check_videos_keeps_readable_images_beside_videos(tmp_path):
 def test_caption_reads_images_and_names_a_broken_one(tmp_path):
     """The bundled image model captions a still image of a shape it knows (held-out stills: 100% colour, >= 95%
     shape); a broken file beside it is one line, and the exit status says that one failed."""
+    from adapt_runs import run_module
+
     from simvlg_video.data_tools import shapes
     from simvlg_video.data_tools.build_tiny_image_model import BUNDLED
-
-    from adapt_runs import run_module
 
     spec = shapes.sample_clip_spec(np.random.default_rng(7), "square", "blue", "still")
     Image.fromarray(shapes.render_image(spec, 96, 96)).save(tmp_path / "square.png")

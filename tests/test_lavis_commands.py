@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from adapt_runs import command_env, run_module
+from omegaconf import OmegaConf
 from reference_layout import lavis_tensors, write_reference_files, write_tiny_lm
 
 from simvlg_video.adapters.patch import TemporalEvaBlock
@@ -31,8 +31,17 @@ def rewrite_checkpoint(files, state: dict) -> None:
 
 def export_args(files, tmp_path: Path) -> list[str]:
     OmegaConf.save(OmegaConf.structured(files.model_cfg), tmp_path / "tiny.yaml")
-    return [str(files.ckpt), "--vit-weights", str(files.vit_weights), "--lm-path", str(files.lm_path),
-            "--model-config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "exported")]
+    return [
+        str(files.ckpt),
+        "--vit-weights",
+        str(files.vit_weights),
+        "--lm-path",
+        str(files.lm_path),
+        "--model-config",
+        str(tmp_path / "tiny.yaml"),
+        "--out",
+        str(tmp_path / "exported"),
+    ]
 
 
 def test_export_command_writes_a_loadable_model_directory(tmp_path, lm_path):
@@ -49,8 +58,7 @@ def test_export_command_runs_as_a_module_and_refuses_without_a_traceback(tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == f"wrote {tmp_path / 'exported'}"
     model, _ = load_model_dir(tmp_path / "exported")
-    assert torch.equal(model.connector.embeddings.LayerNorm.bias,
-                       files.state["VLconnector.embeddings.LayerNorm.bias"])
+    assert torch.equal(model.connector.embeddings.LayerNorm.bias, files.state["VLconnector.embeddings.LayerNorm.bias"])
 
     rewrite_checkpoint(files, lavis_tensors(lm_width=80))
     command[command.index("--out") + 1] = str(tmp_path / "refused")
@@ -65,8 +73,12 @@ def test_export_command_runs_as_a_module_and_refuses_without_a_traceback(tmp_pat
 
 
 # A small synthetic set, so that a run that wrongly gets as far as generating data still ends soon.
-SMALL_DATA = ["data.synthetic.num_clips=21", "data.synthetic.height=48", "data.synthetic.width=48",
-              "data.synthetic.duration=1.0"]
+SMALL_DATA = [
+    "data.synthetic.num_clips=21",
+    "data.synthetic.height=48",
+    "data.synthetic.width=48",
+    "data.synthetic.duration=1.0",
+]
 
 
 def run_adapt(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -90,10 +102,22 @@ def test_adapt_refuses_a_video_checkpoint_before_training(tmp_path, lm_path):
     files = write_reference_files(tmp_path / "ref", temporal_blocks=[0, 1, 2], lm_path=lm_path)
     OmegaConf.save(OmegaConf.structured(files.model_cfg), tmp_path / "tiny.yaml")
     result = run_adapt(
-        "--image-ckpt", str(files.ckpt), f"vit_weights={files.vit_weights}", f"lm_path={lm_path}",
-        f"model_config={tmp_path / 'tiny.yaml'}", "adapter=reference", "adapter.qk_dim=16", "adapter.num_heads=4",
-        *SMALL_DATA, "train.steps=1", "train.batch_size=4", "train.num_workers=0", "train.warmup_steps=1",
-        "eval.before=false", "eval.visualize=0", cwd=tmp_path,
+        "--image-ckpt",
+        str(files.ckpt),
+        f"vit_weights={files.vit_weights}",
+        f"lm_path={lm_path}",
+        f"model_config={tmp_path / 'tiny.yaml'}",
+        "adapter=reference",
+        "adapter.qk_dim=16",
+        "adapter.num_heads=4",
+        *SMALL_DATA,
+        "train.steps=1",
+        "train.batch_size=4",
+        "train.num_workers=0",
+        "train.warmup_steps=1",
+        "eval.before=false",
+        "eval.visualize=0",
+        cwd=tmp_path,
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -106,12 +130,28 @@ def test_adapt_runs_from_a_reference_checkpoint(tmp_path, lm_path):
     files = write_reference_files(tmp_path / "ref", lm_path=lm_path)
     OmegaConf.save(OmegaConf.structured(files.model_cfg), tmp_path / "tiny.yaml")
     result = run_adapt(
-        "--image-ckpt", str(files.ckpt), f"vit_weights={files.vit_weights}", f"lm_path={lm_path}",
-        f"model_config={tmp_path / 'tiny.yaml'}", "adapter=reference", "adapter.qk_dim=16", "adapter.num_heads=4",
-        "data.synthetic.num_clips=21", "data.synthetic.height=48", "data.synthetic.width=48",
-        "data.synthetic.duration=1.0", "train.steps=2", "train.batch_size=4", "train.num_workers=0",
-        "train.warmup_steps=1", "eval.batch_size=8", "eval.num_beams=1", "eval.max_new_tokens=4", "eval.before=false",
-        "eval.visualize=0", cwd=tmp_path,
+        "--image-ckpt",
+        str(files.ckpt),
+        f"vit_weights={files.vit_weights}",
+        f"lm_path={lm_path}",
+        f"model_config={tmp_path / 'tiny.yaml'}",
+        "adapter=reference",
+        "adapter.qk_dim=16",
+        "adapter.num_heads=4",
+        "data.synthetic.num_clips=21",
+        "data.synthetic.height=48",
+        "data.synthetic.width=48",
+        "data.synthetic.duration=1.0",
+        "train.steps=2",
+        "train.batch_size=4",
+        "train.num_workers=0",
+        "train.warmup_steps=1",
+        "eval.batch_size=8",
+        "eval.num_beams=1",
+        "eval.max_new_tokens=4",
+        "eval.before=false",
+        "eval.visualize=0",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     imported, imported_cfg = load_model_dir(tmp_path / "run" / "image_model")

@@ -12,8 +12,9 @@ from simvlg_video.eval.shape_accuracy import COLOURS, DIRECTIONAL_MOTIONS, SHAPE
 def test_prompts_stop_just_before_a_motion_word_that_follows_a_verb():
     prompts = context_prompts("left")
     assert ("a red circle moves to the left\na red circle slides", "left") not in prompts  # context is another one
-    assert any(text.endswith("\na red circle slides") and text.startswith("the red circle goes left\n")
-               for text, _ in prompts)
+    assert any(
+        text.endswith("\na red circle slides") and text.startswith("the red circle goes left\n") for text, _ in prompts
+    )
     assert all(not text.endswith(("circle", "square", "triangle")) for text, _ in prompts), "no 'a red circle' -> rises"
     assert len(prompts) == len(SHAPES) * len(COLOURS) * 4
 

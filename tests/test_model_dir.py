@@ -58,8 +58,12 @@ def test_every_tensor_not_behind_a_frozen_pointer_is_stored(tiny_model_dir, tmp_
     """Whatever trained or not: ViT (stored here: the tiny model has no ViT file), connector, projections, adapters."""
     model, cfg = load_model_dir(tiny_model_dir)
     Reference(qk_dim=32, num_heads=4, blocks=[1]).apply(model)
-    cfg.adapter = {"_target_": "simvlg_video.adapters.placements.Reference", "qk_dim": 32, "num_heads": 4,
-                   "blocks": [1]}
+    cfg.adapter = {
+        "_target_": "simvlg_video.adapters.placements.Reference",
+        "qk_dim": 32,
+        "num_heads": 4,
+        "blocks": [1],
+    }
     save_model_dir(model, cfg, tmp_path / "video", base_dir=tiny_model_dir)
     stored = load_file(tmp_path / "video" / WEIGHTS)
     expected = {name for name in model.state_dict() if not name.startswith("lm.")}
@@ -73,12 +77,17 @@ def test_a_vit_behind_a_pointer_is_not_copied_but_its_adapters_are(tiny_model_di
     cfg.vit.weights = str(tmp_path / "vit.safetensors")
     cfg.frozen = {}
     Reference(qk_dim=32, num_heads=4, blocks=[0]).apply(model)
-    cfg.adapter = {"_target_": "simvlg_video.adapters.placements.Reference", "qk_dim": 32, "num_heads": 4,
-                   "blocks": [0]}
+    cfg.adapter = {
+        "_target_": "simvlg_video.adapters.placements.Reference",
+        "qk_dim": 32,
+        "num_heads": 4,
+        "blocks": [0],
+    }
     save_model_dir(model, cfg, tmp_path / "video", base_dir=tiny_model_dir)
     stored = load_file(tmp_path / "video" / WEIGHTS)
     assert {name for name in stored if name.startswith("vit.")} == {
-        f"vit.blocks.0.temporal_merge.{name}" for name in ("query.weight", "query.bias", "key.weight", "key.bias", "alpha")
+        f"vit.blocks.0.temporal_merge.{name}"
+        for name in ("query.weight", "query.bias", "key.weight", "key.bias", "alpha")
     }
     assert set(read_model_config(tmp_path / "video" / MODEL_CONFIG).frozen) == {"vit", "lm"}
     loaded, _ = load_model_dir(tmp_path / "video")
@@ -147,7 +156,7 @@ def test_weights_that_do_not_belong_to_the_config_are_refused(model_copy):
     tensors = load_file(model_copy / WEIGHTS)
     tensors["VL_proj.bias"] += 1
     save_file(tensors, model_copy / WEIGHTS)  # as if a save was interrupted between its two files
-    with pytest.raises(ModelDirError, match="is not the file .*model.yaml was written with"):
+    with pytest.raises(ModelDirError, match=r"is not the file .*model.yaml was written with"):
         load_model_dir(model_copy)
 
 
@@ -188,7 +197,7 @@ def test_the_fingerprint_samples_a_large_file_and_sees_a_changed_block(tmp_path)
 @pytest.mark.parametrize("make", [lambda d: None, lambda d: (d / "weights.safetensors").write_bytes(b"x")])
 def test_a_folder_without_model_yaml_is_not_a_model_directory(tmp_path, make):
     make(tmp_path)
-    with pytest.raises(ModelDirError, match="is not a model directory: it has no model.yaml"):
+    with pytest.raises(ModelDirError, match=r"is not a model directory: it has no model.yaml"):
         load_model_dir(tmp_path)
 
 

@@ -44,11 +44,17 @@ def files() -> list[tuple[str, list[int]]]:
     cases = []
     samples, bench = sample_folder(), bench_folder()
     if samples:
-        cases += [(str(samples / "bigbuckbunny.mp4"), [0, 9, 64, 131]), (str(samples / "bikes.mp4"), [0, 30, 77, 249]),
-                  (str(samples / "carphone_pristine.mp4"), [3, 60, 119])]
+        cases += [
+            (str(samples / "bigbuckbunny.mp4"), [0, 9, 64, 131]),
+            (str(samples / "bikes.mp4"), [0, 30, 77, 249]),
+            (str(samples / "carphone_pristine.mp4"), [3, 60, 119]),
+        ]
     if bench:
-        cases += [(str(bench / "longgop_720p.mp4"), [0, 124, 250, 251, 999]),
-                  (str(bench / "hd_1080p.mp4"), [0, 100, 199]), (str(bench / "tagged_bt709_720p.mp4"), [0, 25, 49])]
+        cases += [
+            (str(bench / "longgop_720p.mp4"), [0, 124, 250, 251, 999]),
+            (str(bench / "hd_1080p.mp4"), [0, 100, 199]),
+            (str(bench / "tagged_bt709_720p.mp4"), [0, 25, 49]),
+        ]
     return cases
 
 

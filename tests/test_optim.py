@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -47,8 +48,11 @@ def test_no_gate_norm_bias_or_code_table_is_decayed(tiny_model_dir, placement: s
     from simvlg_video.model.model_dir import load_model_dir
 
     model, _ = load_model_dir(tiny_model_dir)
-    (MergedTokens(num_heads=4, time_encoding="learned") if placement == "merged_tokens"
-     else Reference(qk_dim=32, num_heads=4, time_encoding="learned")).apply(model)
+    (
+        MergedTokens(num_heads=4, time_encoding="learned")
+        if placement == "merged_tokens"
+        else Reference(qk_dim=32, num_heads=4, time_encoding="learned")
+    ).apply(model)
     apply_freeze_policy(model, ["adapters", "ln_vision", "VL_proj", "connector", "opt_proj"])
     optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05)
     decayed = {name for group in optimizer.param_groups if group["weight_decay"] > 0 for name in group["param_names"]}
@@ -83,16 +87,19 @@ def test_no_trainable_parameters_is_an_error() -> None:
         parameter_groups(nn.Linear(2, 2).requires_grad_(False), weight_decay=0.05)
 
 
-def reference_schedule(base_lr: float = 1e-5, lr_start: float = 1e-8, min_lr: float = 1e-6, warmup: int = 1000,
-                       total: int = 50_000) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+def reference_schedule(
+    base_lr: float = 1e-5, lr_start: float = 1e-8, min_lr: float = 1e-6, warmup: int = 1000, total: int = 50_000
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """The reference video recipe's schedule (the number of steps scaled down where a test steps through it)."""
     optimizer = build_optimizer(nn.Linear(3, 3), lr=base_lr)
-    return optimizer, warmup_cosine(optimizer, warmup_steps=warmup, total_steps=total, warmup_start_lr=lr_start,
-                                    min_lr=min_lr)
+    return optimizer, warmup_cosine(
+        optimizer, warmup_steps=warmup, total_steps=total, warmup_start_lr=lr_start, min_lr=min_lr
+    )
 
 
-def lrs_by_step(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                steps: int) -> list[float]:
+def lrs_by_step(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int
+) -> list[float]:
     """The lr the optimiser holds before each of `steps` optimiser steps, stepping as the training loop does."""
     values = []
     for _ in range(steps):
@@ -107,14 +114,19 @@ def test_schedule_values_as_the_training_loop_sees_them() -> None:
     expected = {0: 1e-8, 5: 1e-8 + (1e-5 - 1e-8) / 2, 10: 1e-5, 60: (1e-5 + 1e-6) / 2, 110: 1e-6, 120: 1e-6}
     assert {step: lrs[step] for step in expected} == pytest.approx(expected, rel=1e-12, abs=0)
     assert max(lrs) == lrs[10]
-    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))
-    assert all(a > b for a, b in zip(lrs[10:110], lrs[11:111]))
+    assert all(a < b for a, b in itertools.pairwise(lrs))
+    assert all(a > b for a, b in itertools.pairwise(lrs))
 
 
 @pytest.mark.parametrize(
     ("step", "expected"),
-    [(0, 1e-8), (1000, 1e-5), (1000 + 49_000 // 2, (1e-5 + 1e-6) / 2), (50_000, 1e-6),
-     (1000 + 49_000 // 4, 1e-6 + 9e-6 * 0.5 * (1 + math.cos(math.pi / 4)))],
+    [
+        (0, 1e-8),
+        (1000, 1e-5),
+        (1000 + 49_000 // 2, (1e-5 + 1e-6) / 2),
+        (50_000, 1e-6),
+        (1000 + 49_000 // 4, 1e-6 + 9e-6 * 0.5 * (1 + math.cos(math.pi / 4))),
+    ],
 )
 def test_reference_recipe_values(step: int, expected: float) -> None:
     _, scheduler = reference_schedule()
@@ -134,8 +146,9 @@ def test_resume_continues_the_same_schedule() -> None:
     expected = lrs_by_step(optimizer, scheduler, steps=10)
 
     # Built with other settings: the checkpoint's schedule (settings and position) wins, as exact resume needs.
-    resumed_optimizer, resumed_scheduler = reference_schedule(base_lr=3e-4, lr_start=1e-7, min_lr=0.0, warmup=3,
-                                                              total=500)
+    resumed_optimizer, resumed_scheduler = reference_schedule(
+        base_lr=3e-4, lr_start=1e-7, min_lr=0.0, warmup=3, total=500
+    )
     resumed_optimizer.load_state_dict(optimizer_state)
     resumed_scheduler.load_state_dict(scheduler_state)
     assert resumed_scheduler.last_epoch == 7

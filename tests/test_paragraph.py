@@ -19,8 +19,15 @@ METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
 
 def segment(video: str, reference_set: str, index: int, start: float, end: float, caption: str) -> ClipRecord:
-    raw = {"clip_id": f"{video}:{reference_set}:{index}", "video": f"{video}.mp4", "start": start, "end": end,
-           "captions": [caption], "split": "val", "attributes": {"video_id": video, "reference_set": reference_set}}
+    raw = {
+        "clip_id": f"{video}:{reference_set}:{index}",
+        "video": f"{video}.mp4",
+        "start": start,
+        "end": end,
+        "captions": [caption],
+        "split": "val",
+        "attributes": {"video_id": video, "reference_set": reference_set},
+    }
     return parse_record(raw, Path("/data"), f"segment {index}")
 
 
@@ -36,18 +43,26 @@ RECORDS = [
     segment("v_b", "val_2", 1, 4.0, 9.0, "She drinks it."),
 ]
 CAPTIONS = {
-    "v_a:val_1:0": "a man sits on a bench", "v_a:val_1:1": "a man walks in a park",
+    "v_a:val_1:0": "a man sits on a bench",
+    "v_a:val_1:1": "a man walks in a park",
     "v_a:val_2:0": "a man walks and sits",
-    "v_b:val_1:0": "a woman pours coffee", "v_b:val_1:1": "a woman grinds beans", "v_b:val_1:2": "steam rises",
-    "v_b:val_2:0": "a woman makes coffee", "v_b:val_2:1": "she drinks",
+    "v_b:val_1:0": "a woman pours coffee",
+    "v_b:val_1:1": "a woman grinds beans",
+    "v_b:val_1:2": "steam rises",
+    "v_b:val_2:0": "a woman makes coffee",
+    "v_b:val_2:1": "she drinks",
 }
 REFERENCE_PARAGRAPHS = {
     "v_a": ["A man walks into the park. The man sits down on a bench.", "A man walks in and sits on a bench."],
-    "v_b": ["A woman grinds coffee beans. Steam rises. She pours the coffee.",
-            "A woman makes café au lait. She drinks it."],
+    "v_b": [
+        "A woman grinds coffee beans. Steam rises. She pours the coffee.",
+        "A woman makes café au lait. She drinks it.",
+    ],
 }
-PREDICTED_PARAGRAPHS = {"v_a": "a man walks in a park a man sits on a bench",
-                        "v_b": "a woman grinds beans steam rises a woman pours coffee"}
+PREDICTED_PARAGRAPHS = {
+    "v_a": "a man walks in a park a man sits on a bench",
+    "v_b": "a woman grinds beans steam rises a woman pours coffee",
+}
 
 
 def pycocoevalcap_scores(*pairs: tuple[dict[str, list[str]], dict[str, str]]) -> list[dict[str, float]]:
@@ -89,9 +104,19 @@ def test_video_with_an_uncaptioned_proposal_is_incomplete():
 
 def test_switch_is_the_manifest_attributes():
     assert is_paragraph_set(RECORDS)
-    shapes = parse_record({"clip_id": "s", "video": "s.mp4", "start": None, "end": None, "captions": ["a"],
-                           "split": "test", "attributes": {"shape": "circle", "colour": "red", "motion": "still"}},
-                          Path("/data"), "shapes")
+    shapes = parse_record(
+        {
+            "clip_id": "s",
+            "video": "s.mp4",
+            "start": None,
+            "end": None,
+            "captions": ["a"],
+            "split": "test",
+            "attributes": {"shape": "circle", "colour": "red", "motion": "still"},
+        },
+        Path("/data"),
+        "shapes",
+    )
     assert not is_paragraph_set([*RECORDS, shapes])
     assert not is_paragraph_set([])
 

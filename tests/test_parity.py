@@ -80,8 +80,9 @@ def temporal_merge(x: torch.Tensor, sd: Tensors, i: int, num_frames: int, heads:
     q = sequences @ sd[p + "query.weight"].T + sd[p + "query.bias"]
     k = sequences @ sd[p + "key.weight"].T + sd[p + "key.bias"]
     scale = q.shape[-1] ** -0.5  # the full query width, as the reference scales
-    mixed = merge_heads(softmax_attention(split_heads(q, heads), split_heads(k, heads), split_heads(sequences, heads),
-                                          scale))
+    mixed = merge_heads(
+        softmax_attention(split_heads(q, heads), split_heads(k, heads), split_heads(sequences, heads), scale)
+    )
     return x + sd[p + "alpha"].reshape(()) * mixed.transpose(1, 2).reshape(frames, tokens, width)
 
 
@@ -121,14 +122,15 @@ def tome_mean_merge(x: torch.Tensor, metric: torch.Tensor, r: int) -> torch.Tens
 
 def bert_tome_layer(x: torch.Tensor, sd: Tensors, i: int, heads: int, r: int) -> torch.Tensor:
     p = f"VLconnector.encoder.layer.{i}."
-    q, k, v = (x @ sd[f"{p}attention.self.{n}.weight"].T + sd[f"{p}attention.self.{n}.bias"]
-               for n in ("query", "key", "value"))
+    q, k, v = (
+        x @ sd[f"{p}attention.self.{n}.weight"].T + sd[f"{p}attention.self.{n}.bias"] for n in ("query", "key", "value")
+    )
     head_dim = x.shape[-1] // heads
-    context = merge_heads(softmax_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads),
-                                            head_dim**-0.5))
+    context = merge_heads(
+        softmax_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads), head_dim**-0.5)
+    )
     h = context @ sd[p + "attention.output.dense.weight"].T + sd[p + "attention.output.dense.bias"]
-    h = layer_norm(h + x, sd[p + "attention.output.LayerNorm.weight"], sd[p + "attention.output.LayerNorm.bias"],
-                   1e-12)
+    h = layer_norm(h + x, sd[p + "attention.output.LayerNorm.weight"], sd[p + "attention.output.LayerNorm.bias"], 1e-12)
     metric = k.reshape(*k.shape[:-1], heads, head_dim).mean(-2)  # the layer's keys averaged over heads
     h = torch.stack([tome_mean_merge(h[b], metric[b], r) for b in range(len(h))])
     inner = gelu(h @ sd[p + "intermediate.dense.weight"].T + sd[p + "intermediate.dense.bias"])
@@ -164,17 +166,22 @@ def video_files(tmp_path_factory: pytest.TempPathFactory):
     return write_reference_files(out, temporal_blocks=TEMPORAL_BLOCKS, lm_path=write_tiny_lm(Path(out) / "lm"))
 
 
-@pytest.fixture()
+@pytest.fixture
 def imported(video_files, tmp_path_factory: pytest.TempPathFactory):
     """The checkpoint imported as a model directory and loaded (a fresh model per test: tests switch kernels)."""
-    out = import_lavis_checkpoint(video_files.ckpt, video_files.vit_weights, video_files.lm_path,
-                                  video_files.model_cfg, tmp_path_factory.mktemp("imported"),
-                                  temporal_heads=TEMPORAL_HEADS)
+    out = import_lavis_checkpoint(
+        video_files.ckpt,
+        video_files.vit_weights,
+        video_files.lm_path,
+        video_files.model_cfg,
+        tmp_path_factory.mktemp("imported"),
+        temporal_heads=TEMPORAL_HEADS,
+    )
     model, _ = load_model_dir(out)
     return model.eval()
 
 
-@pytest.fixture()
+@pytest.fixture
 def vit_state(video_files) -> Tensors:
     return {k: v for k, v in video_files.vit_state.items() if not k.startswith(f"blocks.{VIT['depth']}.")}
 

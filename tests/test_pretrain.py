@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from adapt_runs import records, run_module, train_losses
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertForMaskedLM
@@ -21,19 +22,34 @@ from simvlg_video.model.lavis_checkpoint import load_model_config
 from simvlg_video.model.model_dir import MODEL_CONFIG, WEIGHTS, load_model_dir, read_model_config
 from simvlg_video.model.tensor_io import StateDictMismatch
 
-from adapt_runs import records, run_module, train_losses
-
-TINY_PRETRAIN = ["data.synthetic.num_images=60", "data.synthetic.size=64", "train.steps=4", "train.batch_size=4",
-                 "train.num_workers=0", "train.warmup_steps=1", "eval.batch_size=8", "eval.num_beams=1",
-                 "eval.max_new_tokens=4", "eval.visualize=1"]
+TINY_PRETRAIN = [
+    "data.synthetic.num_images=60",
+    "data.synthetic.size=64",
+    "train.steps=4",
+    "train.batch_size=4",
+    "train.num_workers=0",
+    "train.warmup_steps=1",
+    "eval.batch_size=8",
+    "eval.num_beams=1",
+    "eval.max_new_tokens=4",
+    "eval.visualize=1",
+]
 
 
 def tiny_bert(folder: Path, hidden: int = 64, layers: int = 4) -> BertForMaskedLM:
     """A randomly initialised BERT saved as Hugging Face saves bert-base-uncased (a pre-training model: `bert.`
     names, a `cls.` head), at the tiny connector's size."""
     torch.manual_seed(0)
-    bert = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=hidden, num_hidden_layers=layers,
-                                      num_attention_heads=4, intermediate_size=256, max_position_embeddings=128))
+    bert = BertForMaskedLM(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            intermediate_size=256,
+            max_position_embeddings=128,
+        )
+    )
     bert.save_pretrained(folder)
     return bert
 
@@ -48,8 +64,11 @@ def test_the_connector_starts_from_bert_and_the_rest_stays_behind_pointers(tiny_
     bert = tiny_bert(tmp_path / "bert")
     out = assemble_image_model(tiny_config(tiny_model_dir / "lm"), tmp_path / "initial", tmp_path / "bert")
     model, cfg = load_model_dir(out)
-    expected = {name.removeprefix("bert."): t for name, t in bert.state_dict().items()
-                if name.startswith("bert.") and "word_embeddings" not in name and "pooler" not in name}
+    expected = {
+        name.removeprefix("bert."): t
+        for name, t in bert.state_dict().items()
+        if name.startswith("bert.") and "word_embeddings" not in name and "pooler" not in name
+    }
     actual = model.connector.state_dict()
     assert set(actual) == set(expected)
     for name, tensor in expected.items():
@@ -66,7 +85,7 @@ def test_a_bert_of_another_size_is_refused_naming_tensors(tiny_model_dir, tmp_pa
     tiny_bert(tmp_path / "deeper", layers=5)
     with pytest.raises(StateDictMismatch, match=r"unexpected: encoder\.layer\.4\."):
         assemble_image_model(tiny_config(tiny_model_dir / "lm"), tmp_path / "initial", tmp_path / "deeper")
-    with pytest.raises(FileNotFoundError, match="has none of model.safetensors, pytorch_model.bin"):
+    with pytest.raises(FileNotFoundError, match=r"has none of model.safetensors, pytorch_model.bin"):
         connector_tensors_from_bert(tmp_path)
 
 
@@ -74,9 +93,15 @@ def test_old_bert_names_are_read(tmp_path):
     """The original bert-base-uncased checkpoint names LayerNorm parameters gamma and beta."""
     folder = tmp_path / "bert"
     folder.mkdir()
-    torch.save({"bert.embeddings.LayerNorm.gamma": torch.ones(4), "bert.embeddings.LayerNorm.beta": torch.zeros(4),
-                "bert.embeddings.word_embeddings.weight": torch.zeros(9, 4), "cls.predictions.bias": torch.zeros(9)},
-               folder / "pytorch_model.bin")
+    torch.save(
+        {
+            "bert.embeddings.LayerNorm.gamma": torch.ones(4),
+            "bert.embeddings.LayerNorm.beta": torch.zeros(4),
+            "bert.embeddings.word_embeddings.weight": torch.zeros(9, 4),
+            "cls.predictions.bias": torch.zeros(9),
+        },
+        folder / "pytorch_model.bin",
+    )
     assert set(connector_tensors_from_bert(folder)) == {"embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias"}
 
 
@@ -84,8 +109,14 @@ def test_old_bert_names_are_read(tmp_path):
 def test_pretrain_makes_an_image_model_that_adapt_takes_to_video(tiny_model_dir, tmp_path):
     tiny_bert(tmp_path / "bert")
     run = tmp_path / "pretrain"
-    result = run_module("simvlg_video.pretrain", *TINY_PRETRAIN, f"bert_path={tmp_path / 'bert'}",
-                        f"lm_path={tiny_model_dir / 'lm'}", f"hydra.run.dir={run}", cwd=tmp_path)
+    result = run_module(
+        "simvlg_video.pretrain",
+        *TINY_PRETRAIN,
+        f"bert_path={tmp_path / 'bert'}",
+        f"lm_path={tiny_model_dir / 'lm'}",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| pretrained |" in result.stdout and "shape_acc" in result.stdout  # the stills' held-out accuracy
     summary = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
@@ -93,17 +124,32 @@ def test_pretrain_makes_an_image_model_that_adapt_takes_to_video(tiny_model_dir,
     assert read_model_config(run / "model" / MODEL_CONFIG).adapter is None  # an image model
     trained, _ = load_model_dir(run / "model")
     initial, _ = load_model_dir(run / "initial_model")
-    assert not torch.equal(trained.connector.embeddings.position_embeddings.weight,
-                           initial.connector.embeddings.position_embeddings.weight)
+    assert not torch.equal(
+        trained.connector.embeddings.position_embeddings.weight, initial.connector.embeddings.position_embeddings.weight
+    )
     assert len(list((run / "visualize").glob("*.png"))) == 1
 
     evaluated = run_module("simvlg_video.evaluate", "--ckpt", str(run), "batch_size=8", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    adapt = run_module("simvlg_video.adapt", "--image-ckpt", str(run / "model"), "data.synthetic.num_clips=21",
-                       "data.synthetic.height=64", "data.synthetic.width=64", "data.synthetic.duration=1.0",
-                       "train.steps=2", "train.batch_size=4", "train.num_workers=0", "train.warmup_steps=1",
-                       "eval.batch_size=8", "eval.num_beams=1", "eval.max_new_tokens=4", "eval.visualize=0",
-                       f"hydra.run.dir={tmp_path / 'adapt'}", cwd=tmp_path)
+    adapt = run_module(
+        "simvlg_video.adapt",
+        "--image-ckpt",
+        str(run / "model"),
+        "data.synthetic.num_clips=21",
+        "data.synthetic.height=64",
+        "data.synthetic.width=64",
+        "data.synthetic.duration=1.0",
+        "train.steps=2",
+        "train.batch_size=4",
+        "train.num_workers=0",
+        "train.warmup_steps=1",
+        "eval.batch_size=8",
+        "eval.num_beams=1",
+        "eval.max_new_tokens=4",
+        "eval.visualize=0",
+        f"hydra.run.dir={tmp_path / 'adapt'}",
+        cwd=tmp_path,
+    )
     assert adapt.returncode == 0, adapt.stderr[-3000:]
     assert "| image model |" in adapt.stdout and "| adapted |" in adapt.stdout
 
@@ -118,20 +164,37 @@ def test_pretrain_reads_coco_image_lines_and_a_frozen_vit_file(tiny_model_dir, t
         (root / "val2014").mkdir(parents=True, exist_ok=True)
         pixels = np.random.default_rng(index).integers(0, 256, (48, 64, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(root / "val2014" / name)
-        images.append({"filepath": "val2014", "filename": name, "split": ["train", "test"][index % 2],
-                       "sentences": [{"raw": f"a picture number {index % 3}"}]})
+        images.append(
+            {
+                "filepath": "val2014",
+                "filename": name,
+                "split": ["train", "test"][index % 2],
+                "sentences": [{"raw": f"a picture number {index % 3}"}],
+            }
+        )
     (root / "dataset_coco.json").write_text(json.dumps({"images": images}))
     convert(["coco", "--root", str(root), "--karpathy", str(root / "dataset_coco.json")])
     check([str(root / "manifest.jsonl"), "--workers", "0", "--quiet"])
     model, _ = load_model_dir(tiny_model_dir)
     save_file({k: v.contiguous() for k, v in model.vit.state_dict().items()}, tmp_path / "vit.safetensors")
     run = tmp_path / "run"
-    result = run_module("simvlg_video.pretrain", "data=coco", f"data.root={root}", f"lm_path={tiny_model_dir / 'lm'}",
-                        f"vit_weights={tmp_path / 'vit.safetensors'}",
-                        "train.trainable=[ln_vision,VL_proj,connector,opt_proj]",
-                        "train.steps=3", "train.batch_size=4", "train.num_workers=0", "train.warmup_steps=1",
-                        "eval.num_beams=1", "eval.max_new_tokens=4", "eval.visualize=0", f"hydra.run.dir={run}",
-                        cwd=tmp_path)
+    result = run_module(
+        "simvlg_video.pretrain",
+        "data=coco",
+        f"data.root={root}",
+        f"lm_path={tiny_model_dir / 'lm'}",
+        f"vit_weights={tmp_path / 'vit.safetensors'}",
+        "train.trainable=[ln_vision,VL_proj,connector,opt_proj]",
+        "train.steps=3",
+        "train.batch_size=4",
+        "train.num_workers=0",
+        "train.warmup_steps=1",
+        "eval.num_beams=1",
+        "eval.max_new_tokens=4",
+        "eval.visualize=0",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((run / "eval" / "test_metrics.json").read_text())["metrics"]["clips"] == 6
     stored = load_file(run / "model" / WEIGHTS)
@@ -144,13 +207,15 @@ def test_the_stills_set_is_balanced_and_reproducible(tmp_path):
     second = make_stills_dataset(tmp_path / "b", num_images=120, seed=3, size=32, show_progress=False)
     lines = [json.loads(line) for line in first.read_text().splitlines()]
     assert first.read_text() == second.read_text()
-    assert all((tmp_path / "a" / line["image"]).read_bytes() == (tmp_path / "b" / line["image"]).read_bytes()
-               for line in lines)
+    assert all(
+        (tmp_path / "a" / line["image"]).read_bytes() == (tmp_path / "b" / line["image"]).read_bytes() for line in lines
+    )
     for split, share in (("train", 96), ("val", 12), ("test", 12)):  # 10 of each of the 12 shape-colour pairs
         chosen = [line for line in lines if line["split"] == split]
         assert len(chosen) == share
         assert {(line["attributes"]["shape"], line["attributes"]["colour"]) for line in chosen} == {
-            (line["attributes"]["shape"], line["attributes"]["colour"]) for line in lines}
+            (line["attributes"]["shape"], line["attributes"]["colour"]) for line in lines
+        }
 
 
 @pytest.mark.slow
@@ -158,8 +223,15 @@ def test_the_stills_set_is_balanced_and_reproducible(tmp_path):
 def test_gradual_merging_is_a_setting_and_every_choice_trains(tiny_model_dir, tmp_path, settings):
     """r = 0 merges nothing (65 tokens reach the LLM); r = 19 per layer merges as far as each layer can."""
     run = tmp_path / "run"
-    result = run_module("simvlg_video.pretrain", *TINY_PRETRAIN, "eval.visualize=0", *settings,
-                        f"lm_path={tiny_model_dir / 'lm'}", f"hydra.run.dir={run}", cwd=tmp_path)
+    result = run_module(
+        "simvlg_video.pretrain",
+        *TINY_PRETRAIN,
+        "eval.visualize=0",
+        *settings,
+        f"lm_path={tiny_model_dir / 'lm'}",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     model, cfg = load_model_dir(run / "model")
     r = int(settings[0].split("=")[1])
@@ -169,8 +241,13 @@ def test_gradual_merging_is_a_setting_and_every_choice_trains(tiny_model_dir, tm
 
 
 def test_a_bad_merge_setting_is_one_line(tiny_model_dir, tmp_path):
-    result = run_module("simvlg_video.pretrain", "merge_mode=median", f"lm_path={tiny_model_dir / 'lm'}",
-                        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    result = run_module(
+        "simvlg_video.pretrain",
+        "merge_mode=median",
+        f"lm_path={tiny_model_dir / 'lm'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: the starting image model: merge mode must be")
 
@@ -179,8 +256,15 @@ def test_a_bad_merge_setting_is_one_line(tiny_model_dir, tmp_path):
 def test_a_killed_image_run_resumes_exactly(tiny_model_dir, tmp_path):
     """SIGKILL after step 4 of 6, then resume=auto: the same trainable weights, bit for bit, and the same losses as
     the run never stopped (two loader workers decoding JPEGs, dropout on)."""
-    settings = [*TINY_PRETRAIN, "eval.visualize=0", "train.steps=6", "train.checkpoint_every=2", "train.log_every=1",
-                "train.num_workers=2", f"lm_path={tiny_model_dir / 'lm'}"]
+    settings = [
+        *TINY_PRETRAIN,
+        "eval.visualize=0",
+        "train.steps=6",
+        "train.checkpoint_every=2",
+        "train.log_every=1",
+        "train.num_workers=2",
+        f"lm_path={tiny_model_dir / 'lm'}",
+    ]
     _, arguments = run_whole_then_killed(settings, tmp_path)
     resumed = run_module("simvlg_video.pretrain", *arguments, "resume=auto", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -234,10 +318,23 @@ def test_an_image_run_streaming_shards_resumes_at_the_exact_sample(tiny_model_di
     """data=webdataset: two loader streams over tar shards, SIGKILL after step 4 of 6 (mid-shard: each stream has
     read 8 of its shard's 10 samples), resume=auto: bit-identical weights and losses."""
     pattern = streamed_image_set(tmp_path / "coco")
-    settings = ["data=webdataset", f"data.root={tmp_path / 'coco'}", f"data.shards='{pattern}'",  # quoted for Hydra
-                "data.shuffle_buffer=4", "train.steps=6", "train.batch_size=4", "train.num_workers=2",
-                "train.warmup_steps=1", "train.checkpoint_every=2", "train.log_every=1", "eval.batch_size=8",
-                "eval.num_beams=1", "eval.max_new_tokens=4", "eval.visualize=0", f"lm_path={tiny_model_dir / 'lm'}"]
+    settings = [
+        "data=webdataset",
+        f"data.root={tmp_path / 'coco'}",
+        f"data.shards='{pattern}'",  # quoted for Hydra
+        "data.shuffle_buffer=4",
+        "train.steps=6",
+        "train.batch_size=4",
+        "train.num_workers=2",
+        "train.warmup_steps=1",
+        "train.checkpoint_every=2",
+        "train.log_every=1",
+        "eval.batch_size=8",
+        "eval.num_beams=1",
+        "eval.max_new_tokens=4",
+        "eval.visualize=0",
+        f"lm_path={tiny_model_dir / 'lm'}",
+    ]
     result, arguments = run_whole_then_killed(settings, tmp_path)
     assert "| pretrained |" in result.stdout
     refused = run_module("simvlg_video.pretrain", *arguments, "resume=auto", "train.num_workers=1", cwd=tmp_path)
@@ -250,10 +347,17 @@ def test_an_image_run_streaming_shards_resumes_at_the_exact_sample(tiny_model_di
 
 def test_missing_shards_are_one_line_naming_them(tiny_model_dir, tmp_path):
     streamed_image_set(tmp_path / "coco")
-    result = run_module("simvlg_video.pretrain", "data=webdataset", f"data.root={tmp_path / 'coco'}",
-                        f"data.shards='{tmp_path}/elsewhere/{{00000..00003}}.tar'", "train.steps=1",
-                        "train.warmup_steps=0",
-                        f"lm_path={tiny_model_dir / 'lm'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    result = run_module(
+        "simvlg_video.pretrain",
+        "data=webdataset",
+        f"data.root={tmp_path / 'coco'}",
+        f"data.shards='{tmp_path}/elsewhere/{{00000..00003}}.tar'",
+        "train.steps=1",
+        "train.warmup_steps=0",
+        f"lm_path={tiny_model_dir / 'lm'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "4 of 4 shard(s) do not exist" in result.stderr and "elsewhere/00000.tar" in result.stderr
 
@@ -268,11 +372,25 @@ def test_two_processes_stream_shards_each_from_its_own_position(tiny_model_dir, 
 
     pattern = streamed_image_set(tmp_path / "coco")
     run = tmp_path / "ddp"
-    result = run_module("simvlg_video.pretrain", "data=webdataset", f"data.root={tmp_path / 'coco'}",
-                        f"data.shards='{pattern}'", "train.steps=3", "train.batch_size=4", "train.num_workers=1",
-                        "train.warmup_steps=1", "train.checkpoint_every=3", "eval.batch_size=8", "eval.num_beams=1",
-                        "eval.max_new_tokens=4", "eval.visualize=0", f"lm_path={tiny_model_dir / 'lm'}",
-                        f"hydra.run.dir={run}", cwd=tmp_path, launcher=TORCHRUN)
+    result = run_module(
+        "simvlg_video.pretrain",
+        "data=webdataset",
+        f"data.root={tmp_path / 'coco'}",
+        f"data.shards='{pattern}'",
+        "train.steps=3",
+        "train.batch_size=4",
+        "train.num_workers=1",
+        "train.warmup_steps=1",
+        "train.checkpoint_every=3",
+        "eval.batch_size=8",
+        "eval.num_beams=1",
+        "eval.max_new_tokens=4",
+        "eval.visualize=0",
+        f"lm_path={tiny_model_dir / 'lm'}",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+        launcher=TORCHRUN,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(run / "checkpoints" / "00000003" / STATE, weights_only=False)
     streams = [rank["batches"]["shards"] for rank in state["ranks"]]

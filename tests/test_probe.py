@@ -24,10 +24,13 @@ def broken_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_broken_set(tmp_path_factory.mktemp("broken"), num_good=1)
 
 
-@pytest.mark.parametrize(("name", "frames", "fps", "size"), [
-    ("bikes.mp4", 250, 25.0, (640, 272)),
-    ("carphone_pristine.mp4", 120, 30000 / 1001, (176, 144)),
-])
+@pytest.mark.parametrize(
+    ("name", "frames", "fps", "size"),
+    [
+        ("bikes.mp4", 250, 25.0, (640, 272)),
+        ("carphone_pristine.mp4", 120, 30000 / 1001, (176, 144)),
+    ],
+)
 def test_real_samples_report_frames_rate_size_and_decord_keyframes(name, frames, fps, size) -> None:
     probe = probe_file(SAMPLES / name)
     assert (probe.num_frames, probe.reported_frames) == (frames, frames)
@@ -61,10 +64,16 @@ def test_colour_tag_and_keyframe_spacing_of_a_generated_file(tmp_path: Path) -> 
     assert probe.colour_matrix == "bt601"
 
 
-@pytest.mark.parametrize(("case", "reason"), [
-    ("missing", "file not found"), ("empty", "file is empty"), ("not_a_video", "Invalid data"),
-    ("audio_only", "no video stream"), ("truncated_no_index", "Invalid data"),
-])
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("missing", "file not found"),
+        ("empty", "file is empty"),
+        ("not_a_video", "Invalid data"),
+        ("audio_only", "no video stream"),
+        ("truncated_no_index", "Invalid data"),
+    ],
+)
 def test_unreadable_files_raise_probe_error_with_the_reason(broken_set: Path, case: str, reason: str) -> None:
     path = broken_set.parent / f"{case}.mp4"
     with pytest.raises(ProbeError, match=reason) as caught:
@@ -82,8 +91,10 @@ def test_probe_tool_writes_metadata_and_reports_unreadable_files(broken_set: Pat
     assert capsys.readouterr().err.count("cannot probe") == len(unreadable)
     probed = {r.clip_id: r for r in read_manifest(manifest)}
     assert len(probed) == len(rows)  # unreadable rows are kept, without metadata
-    assert probed["rotated_90"].rotation == 90 and probed["good_0"].keyframes == probe_file(
-        probed["good_0"].video_path).keyframes
+    assert (
+        probed["rotated_90"].rotation == 90
+        and probed["good_0"].keyframes == probe_file(probed["good_0"].video_path).keyframes
+    )
     assert probed["missing"].num_frames is None
     line = json.loads(manifest.read_text().splitlines()[-1])
     assert {"num_frames", "fps", "duration", "width", "height", "keyframes", "rotation"} <= line.keys()

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from adapt_runs import run_module
 from omegaconf import OmegaConf
 from PIL import Image
 from reference_layout import write_reference_files
 from test_dataset_runs import TINY_RUN, msrvtt_standin
 from test_report import make_sweep
-
-from adapt_runs import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -26,24 +25,28 @@ README = (REPO / "README.md").read_text()
 RUN_ELSEWHERE = {
     "python -m simvlg_video.adapt --image-ckpt IMAGE_MODEL data=msrvtt data.root=ROOT": "test_dataset_runs.py",
     "python -m simvlg_video.adapt --image-ckpt image_model data=msrvtt data.root=ROOT": "test_dataset_runs.py",
-    "torchrun --nproc_per_node 8 -m simvlg_video.adapt --image-ckpt image_model data=msrvtt data.root=ROOT":
-        "test_distributed.py (2 processes, gloo)",
+    "torchrun --nproc_per_node 8 -m simvlg_video.adapt --image-ckpt image_model data=msrvtt data.root=ROOT": (
+        "test_distributed.py (2 processes, gloo)"
+    ),
     "torchrun --nproc_per_node 8 -m simvlg_video.adapt [...] train.strategy=fsdp": "test_distributed.py",
     "python -m simvlg_video.adapt hydra.run.dir=RUN_DIR resume=auto [the run's own overrides]": "test_resume.py",
     "python -m simvlg_video.adapt -m data.num_frames=2,4,8 sampler=uniform,headtail adapter=none,merged_tokens "
     "hydra.sweep.dir=runs/ablation": "test_sweep.py",
-    "pip install torch==2.14.1 torchvision==0.29.1 && pip install -e '.[dev]' && python -m simvlg_video.adapt":
-        ".ci/run and the demo",
+    "pip install torch==2.14.1 torchvision==0.29.1 && pip install -e '.[dev]' && python -m simvlg_video.adapt": (
+        ".ci/run and the demo"
+    ),
     "python -m pytest -q": ".ci/run",
     "python -m simvlg_video.pretrain": "test_pretrain.py (at toy size; the demo's figures are measured)",
     "torchrun --nproc_per_node 8 -m simvlg_video.pretrain experiment=simvlg_image data=webdataset "
     "data.shards=\"'/data/cc3m/{00000..00331}.tar'\" data.root=COCO vit_weights=eva_vit_g.pth "
-    "bert_path=/models/bert-base-uncased lm_path=/models/opt-2.7b":
+    "bert_path=/models/bert-base-uncased lm_path=/models/opt-2.7b": (
         "test_pretrain.py (shards under torchrun with 2 processes, with a quoted brace list; data=coco with a ViT "
-        "weights file), test_configs.py (the recipe)",
+        "weights file), test_configs.py (the recipe)"
+    ),
     "python -m simvlg_video.adapt --image-ckpt RUN_DIR/model data=msrvtt data.root=ROOT": "test_pretrain.py",
-    "python -m simvlg_video.adapt --image-ckpt /models/blip2-opt-2.7b data=msrvtt data.root=ROOT":
-        "test_blip2_commands.py (a tiny BLIP-2 folder on the shapes set)",
+    "python -m simvlg_video.adapt --image-ckpt /models/blip2-opt-2.7b data=msrvtt data.root=ROOT": (
+        "test_blip2_commands.py (a tiny BLIP-2 folder on the shapes set)"
+    ),
     "python -m simvlg_video.adapt --image-ckpt blip2_opt2.7b.pth lm_path=/models/opt-2.7b vit_weights=eva_vit_g.pth "
     "data=msrvtt data.root=ROOT": "test_blip2_commands.py (a tiny LAVIS BLIP-2 checkpoint on the shapes set)",
 }
@@ -69,7 +72,8 @@ def test_the_readme_leads_with_the_two_commands_ci_runs():
     assert README.startswith("# simvlg-video\n\n```bash\n")
     assert [commands(b) for b in blocks[:2]] == [
         ["pip install torch==2.14.1 torchvision==0.29.1 && pip install -e '.[dev]' && python -m simvlg_video.adapt"],
-        ["python -m pytest -q"]]
+        ["python -m pytest -q"],
+    ]
     ci = (REPO / ".ci" / "run").read_text()
     assert "pip install --quiet torch==2.14.1 torchvision==0.29.1" in ci and "-e '.[dev]'" in ci
     assert ci.rstrip().endswith("python -m pytest -q")
@@ -83,10 +87,10 @@ def test_the_readme_is_a_short_front_door_for_users():
 
 def test_the_layout_tables_match_the_tree():
     for text in (README, (REPO / "docs" / "architecture.md").read_text()):
-        table = text[text.index("| where | what |"):].split("\n\n")[0]
+        table = text[text.index("| where | what |") :].split("\n\n")[0]
         for path in re.findall(r"^\| `([^`]+)`", table, flags=re.M):
             assert (REPO / path.split(" ")[0]).exists(), path
-    listed = set(re.findall(r"^\| `([^`]+)`", README[README.index("| where | what |"):], flags=re.M))
+    listed = set(re.findall(r"^\| `([^`]+)`", README[README.index("| where | what |") :], flags=re.M))
     packages = {f"{p.relative_to(REPO)}/" for p in (REPO / "simvlg_video").iterdir() if (p / "__init__.py").is_file()}
     assert packages | {"adapters/", "configs/", "data_tools/", "tests/"} <= listed
 
@@ -104,9 +108,14 @@ def test_every_readme_command_is_run_by_a_test():
     assert not unaccounted, f"README commands no test runs: {unaccounted}"
 
 
-RUN_HERE = ("python -m simvlg_video.data_tools.", "python -m simvlg_video.evaluate", "python -m simvlg_video.caption",
-            "python -m simvlg_video.model.lavis_checkpoint", "python -m simvlg_video.model.blip2_checkpoint",
-            "python -m simvlg_video.report")
+RUN_HERE = (
+    "python -m simvlg_video.data_tools.",
+    "python -m simvlg_video.evaluate",
+    "python -m simvlg_video.caption",
+    "python -m simvlg_video.model.lavis_checkpoint",
+    "python -m simvlg_video.model.blip2_checkpoint",
+    "python -m simvlg_video.report",
+)
 
 
 def coco_standin(root: Path) -> Path:
@@ -135,25 +144,55 @@ def test_the_readme_commands_run(tiny_model_dir: Path, blip2_files, tmp_path: Pa
     msrvtt_standin(root)
     reference = write_reference_files(tmp_path / "reference")
     make_sweep(tmp_path / "runs" / "ablation")
-    places = {"ROOT": str(root), "simvlg_image.pth": str(reference.ckpt), "eva_vit_g.pth": str(reference.vit_weights),
-              "/models/opt-2.7b": str(reference.lm_path), "image_model": str(tmp_path / "image_model"),
-              "/models/blip2-opt-2.7b": str(blip2_files.folder), "blip2_model": str(tmp_path / "blip2_model")}
-    places.update({f"ROOT/{name}": str(root / name) for name in (
-        "train_val_videodatainfo.json", "test_videodatainfo.json", "manifest.jsonl", "manifest.checked.jsonl")})
+    places = {
+        "ROOT": str(root),
+        "simvlg_image.pth": str(reference.ckpt),
+        "eva_vit_g.pth": str(reference.vit_weights),
+        "/models/opt-2.7b": str(reference.lm_path),
+        "image_model": str(tmp_path / "image_model"),
+        "/models/blip2-opt-2.7b": str(blip2_files.folder),
+        "blip2_model": str(tmp_path / "blip2_model"),
+    }
+    places.update(
+        {
+            f"ROOT/{name}": str(root / name)
+            for name in (
+                "train_val_videodatainfo.json",
+                "test_videodatainfo.json",
+                "manifest.jsonl",
+                "manifest.checked.jsonl",
+            )
+        }
+    )
     coco = coco_standin(tmp_path / "COCO")
-    places.update({"COCO": str(coco), **{f"COCO/{name}": str(coco / name) for name in (
-        "dataset_coco.json", "manifest.jsonl")}})
+    places.update(
+        {"COCO": str(coco), **{f"COCO/{name}": str(coco / name) for name in ("dataset_coco.json", "manifest.jsonl")}}
+    )
     run = tmp_path / "run"  # what RUN_DIR is: made by adapt once the commands before it wrote the manifest
-    places.update({"RUN_DIR": str(run), "video.mp4": str(root / "TestVideo" / "video5.mp4"),
-                   "more_videos/": str(root / "TrainValVideo"), "captions.jsonl": str(tmp_path / "captions.jsonl")})
+    places.update(
+        {
+            "RUN_DIR": str(run),
+            "video.mp4": str(root / "TestVideo" / "video5.mp4"),
+            "more_videos/": str(root / "TrainValVideo"),
+            "captions.jsonl": str(tmp_path / "captions.jsonl"),
+        }
+    )
     tiny_architecture = tmp_path / "tiny.yaml"
     OmegaConf.save(OmegaConf.structured(reference.model_cfg), tiny_architecture)
     for command in readme_commands():
         if command.startswith(RUN_HERE) and "msvd" not in command and "activitynet" not in command:
             if "RUN_DIR" in command and not run.exists():
-                adapt = run_module("simvlg_video.adapt", "--image-ckpt", str(tiny_model_dir), "data=msrvtt",
-                                   f"data.root={root}", *TINY_RUN, "eval.visualize=0", f"hydra.run.dir={run}",
-                                   cwd=tmp_path)
+                adapt = run_module(
+                    "simvlg_video.adapt",
+                    "--image-ckpt",
+                    str(tiny_model_dir),
+                    "data=msrvtt",
+                    f"data.root={root}",
+                    *TINY_RUN,
+                    "eval.visualize=0",
+                    f"hydra.run.dir={run}",
+                    cwd=tmp_path,
+                )
                 assert adapt.returncode == 0, adapt.stderr[-3000:]
             arguments = as_run(command, places)
             if "lavis_checkpoint" in command:  # the stand-in files are tiny, not the default OPT-2.7B architecture

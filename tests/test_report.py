@@ -22,16 +22,28 @@ UNFINISHED = 11  # the last job: training lines only, no summary
 
 def scores(job: int, motion: bool) -> dict:
     """Adapted scores of job JOB; job 0 has CIDEr 0.8543 (shown as 85.4)."""
-    values = {"BLEU-1": 0.9, "BLEU-4": 0.4121 + 0.01 * job, "METEOR": 0.3307 + 0.002 * job,
-              "ROUGE-L": 0.6012 - 0.003 * job, "CIDEr": 0.8543 + 0.05 * job, "clips": 70}
+    values = {
+        "BLEU-1": 0.9,
+        "BLEU-4": 0.4121 + 0.01 * job,
+        "METEOR": 0.3307 + 0.002 * job,
+        "ROUGE-L": 0.6012 - 0.003 * job,
+        "CIDEr": 0.8543 + 0.05 * job,
+        "clips": 70,
+    }
     if motion:
         values.update(motion_acc=0.25 + 0.02 * job, object_acc=1.0, direction_acc=float("nan"))
     return values
 
 
 def summary(job: int, motion: bool) -> dict:
-    return {"phase": "summary", "train_steps": 30, "train_videos_per_s": 70.25 + job, "train_peak_memory_gib": 2.0832,
-            "train_memory_kind": "process RSS" if job % 2 else "cuda max allocated", "adapted": scores(job, motion)}
+    return {
+        "phase": "summary",
+        "train_steps": 30,
+        "train_videos_per_s": 70.25 + job,
+        "train_peak_memory_gib": 2.0832,
+        "train_memory_kind": "process RSS" if job % 2 else "cuda max allocated",
+        "adapted": scores(job, motion),
+    }
 
 
 def write_run(run: Path, cfg, overrides: list[str] | None, records: list[dict]) -> None:
@@ -45,13 +57,17 @@ def write_run(run: Path, cfg, overrides: list[str] | None, records: list[dict]) 
 def train_lines(job: int, steps: range, offset: float = 0.0) -> list[dict]:
     """Odd jobs log like older runs, without a phase."""
     phase = {"phase": "train"} if job % 2 == 0 else {}
-    return [{**phase, "step": s, "loss": 2.0 - s / 100 + offset + job / 1000, "lr": 1e-4, "grad_norm": 1.0}
-            for s in steps]
+    return [
+        {**phase, "step": s, "loss": 2.0 - s / 100 + offset + job / 1000, "lr": 1e-4, "grad_norm": 1.0} for s in steps
+    ]
 
 
 def make_sweep(root: Path, frames=FRAMES, motion: bool = True) -> list[list[str]]:
-    """SWEEP/<job>/ as `adapt -m data.num_frames=... sampler=... adapter=...` leaves it; returns each job's overrides."""
-    jobs = [[f"data.num_frames={f}", f"sampler={s}", f"adapter={a}"] for f in frames for s in SAMPLERS for a in ADAPTERS]
+    """SWEEP/<job>/ as `adapt -m data.num_frames=... sampler=... adapter=...` leaves it; returns each job's
+    overrides."""
+    jobs = [
+        [f"data.num_frames={f}", f"sampler={s}", f"adapter={a}"] for f in frames for s in SAMPLERS for a in ADAPTERS
+    ]
     for job, overrides in enumerate(jobs):
         cfg = compose_adapt(*overrides)
         records = [{"phase": "eval", "model": "image", **scores(0, motion), "CIDEr": 0.1}]
@@ -76,8 +92,17 @@ def test_table_has_one_row_per_run_in_job_order_with_the_logged_numbers(tmp_path
     assert table in capsys.readouterr().out
     assert table in (tmp_path / "out" / "report.md").read_text()
     header, *rows = table_rows(table)
-    assert header == ["run", "overrides", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "motion acc", "train videos/s",
-                      "peak memory (GiB)"]
+    assert header == [
+        "run",
+        "overrides",
+        "BLEU-4",
+        "METEOR",
+        "ROUGE-L",
+        "CIDEr",
+        "motion acc",
+        "train videos/s",
+        "peak memory (GiB)",
+    ]
     assert [row[0] for row in rows] == [str(job) for job in range(len(jobs))]  # 10 after 9: numeric order
     assert rows[0][5] == "85.4"
     for job, row in enumerate(rows):
@@ -143,7 +168,7 @@ def test_both_pictures_are_readable_pngs_linked_from_the_report(tmp_path: Path) 
 
 
 def test_errors_name_the_missing_path_the_empty_sweep_and_the_broken_line(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="error: .*nowhere: no such directory"):
+    with pytest.raises(SystemExit, match=r"error: .*nowhere: no such directory"):
         main([str(tmp_path / "nowhere")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="error: no run directory"):

@@ -12,14 +12,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from adapt_runs import TINY_RUN, command_env, records, run_module, train_losses
+from safetensors.torch import load_file
 
 STEPS = 8
 # Dropout on and two loader workers: the RNG states and the data position must both come back exactly.
-RESUMABLE = [*TINY_RUN, f"train.steps={STEPS}", "train.checkpoint_every=2", "train.log_every=1",
-             "train.num_workers=2", "eval.before=false", "eval.num_beams=1", "eval.max_new_tokens=4"]
+RESUMABLE = [
+    *TINY_RUN,
+    f"train.steps={STEPS}",
+    "train.checkpoint_every=2",
+    "train.log_every=1",
+    "train.num_workers=2",
+    "eval.before=false",
+    "eval.num_beams=1",
+    "eval.max_new_tokens=4",
+]
 
 
 def adapt_args(tiny_model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
@@ -37,8 +44,13 @@ def uninterrupted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 def kill_when(args: list[str], cwd: Path, ready, module: str = "simvlg_video.adapt") -> None:
     """Start `module` (adapt) and SIGKILL it the moment `ready()` holds (polled every 10 ms), or let it end if it
     never does."""
-    process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=command_env(cwd),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=command_env(cwd),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while process.poll() is None and not ready():
             time.sleep(0.01)
@@ -78,8 +90,13 @@ def assert_same_end(resumed: Path, uninterrupted: Path) -> None:
 @pytest.mark.slow
 def test_killed_while_writing_a_checkpoint(uninterrupted: Path, tiny_model_dir: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
-    killed = subprocess.run([sys.executable, "-c", KILLED_MID_CHECKPOINT, *adapt_args(tiny_model_dir, run_dir)],
-                            cwd=tmp_path, env=command_env(tmp_path), capture_output=True, text=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_CHECKPOINT, *adapt_args(tiny_model_dir, run_dir)],
+        cwd=tmp_path,
+        env=command_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     partial = run_dir / "checkpoints" / "00000004.partial"
     assert (partial / "training_state.pt").is_file() and not (run_dir / "checkpoints" / "00000004").exists()
@@ -121,9 +138,11 @@ def test_killed_at_a_random_step(uninterrupted: Path, tiny_model_dir: Path, tmp_
 def test_a_run_that_only_produces_nan_stops_with_its_last_good_state(tiny_model_dir: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
     # An absurd learning rate: after one step every activation overflows and every later loss is NaN.
-    result = run_module("simvlg_video.adapt", *adapt_args(tiny_model_dir, run_dir, "train.lr=1e30",
-                                                          "train.warmup_steps=0", "train.max_nonfinite_in_a_row=3"),
-                        cwd=tmp_path)
+    result = run_module(
+        "simvlg_video.adapt",
+        *adapt_args(tiny_model_dir, run_dir, "train.lr=1e30", "train.warmup_steps=0", "train.max_nonfinite_in_a_row=3"),
+        cwd=tmp_path,
+    )
     assert result.returncode != 0
     assert "3 steps in a row had a non-finite loss or gradient" in result.stderr
     assert "Saved that state as" in result.stderr and "Traceback" not in result.stderr
@@ -135,16 +154,20 @@ def test_a_run_that_only_produces_nan_stops_with_its_last_good_state(tiny_model_
 
 def test_resuming_with_other_settings_is_refused_and_touches_nothing(uninterrupted: Path, tiny_model_dir: Path):
     before = {p: p.read_bytes() for p in uninterrupted.rglob("*") if p.is_file()}
-    result = run_module("simvlg_video.adapt", *adapt_args(tiny_model_dir, uninterrupted, "resume=auto",
-                                                          "train.lr=0.1"), cwd=uninterrupted.parent)
+    result = run_module(
+        "simvlg_video.adapt",
+        *adapt_args(tiny_model_dir, uninterrupted, "resume=auto", "train.lr=0.1"),
+        cwd=uninterrupted.parent,
+    )
     assert result.returncode != 0
     assert "other settings than its config.yaml:\n  train.lr: 0.001 -> 0.1\nresume with" in result.stderr
     after = {p: p.read_bytes() for p in uninterrupted.rglob("*") if p.is_file()}
     assert after == before and (uninterrupted / ".hydra" / "overrides.yaml") in after
 
 
-def test_a_fresh_run_into_a_directory_with_checkpoints_is_refused(uninterrupted: Path, tiny_model_dir: Path,
-                                                                   tmp_path: Path):
+def test_a_fresh_run_into_a_directory_with_checkpoints_is_refused(
+    uninterrupted: Path, tiny_model_dir: Path, tmp_path: Path
+):
     result = run_module("simvlg_video.adapt", *adapt_args(tiny_model_dir, uninterrupted), cwd=tmp_path)
     assert result.returncode != 0
     assert "already holds checkpoints; continue it with resume=auto" in result.stderr

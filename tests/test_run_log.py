@@ -27,7 +27,9 @@ def test_records_reach_both_the_jsonl_and_tensorboard(tmp_path: Path):
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 2.0), (2, 1.0)]
     assert [e.value for e in events.Scalars("val/CIDEr")] == [0.5]
-    assert "val/direction_acc" not in events.Tags()["scalars"] and "train/grad_norm_spike" not in events.Tags()["scalars"]
+    assert (
+        "val/direction_acc" not in events.Tags()["scalars"] and "train/grad_norm_spike" not in events.Tags()["scalars"]
+    )
 
 
 def test_resume_drops_records_past_the_checkpoint_and_marks_the_seam(tmp_path: Path):
@@ -39,7 +41,13 @@ def test_resume_drops_records_past_the_checkpoint_and_marks_the_seam(tmp_path: P
     RunLog(tmp_path, tensorboard=False, resume_step=3)({"phase": "train", "step": 4, "loss": 0.5})
     kept = lines(tmp_path / "metrics.jsonl")
     assert [(r["phase"], r.get("step")) for r in kept] == [
-        ("eval", None), ("train", 1), ("train", 2), ("train", 3), ("resume", 3), ("train", 4)]
+        ("eval", None),
+        ("train", 1),
+        ("train", 2),
+        ("train", 3),
+        ("resume", 3),
+        ("train", 4),
+    ]
 
 
 def test_only_rank_zero_writes(tmp_path: Path):

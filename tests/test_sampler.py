@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import pytest
 
 from simvlg_video.train.batches import ShardedClipOrder
@@ -12,19 +15,18 @@ def batches(sampler: ShardedClipOrder) -> list[list[int]]:
     return [order[i : i + sampler.batch_size] for i in range(0, len(order), sampler.batch_size)]
 
 
-@pytest.mark.parametrize("num_items, batch_size, world_size", [(50, 4, 2), (37, 3, 3), (64, 2, 4)])
+@pytest.mark.parametrize(("num_items", "batch_size", "world_size"), [(50, 4, 2), (37, 3, 3), (64, 2, 4)])
 @pytest.mark.parametrize("epoch", [0, 3])
 def test_ranks_together_take_the_single_process_batch(num_items: int, batch_size: int, world_size: int, epoch: int):
     single = ShardedClipOrder(num_items, batch_size * world_size, seed=7)
     single.set_epoch(epoch)
-    ranks = [ShardedClipOrder(num_items, batch_size, seed=7, rank=r, world_size=world_size)
-             for r in range(world_size)]
+    ranks = [ShardedClipOrder(num_items, batch_size, seed=7, rank=r, world_size=world_size) for r in range(world_size)]
     for sampler in ranks:
         sampler.set_epoch(epoch)
     per_rank = [batches(sampler) for sampler in ranks]
     assert len({len(b) for b in per_rank}) == 1, "every rank must take the same number of steps"
     for step, whole in enumerate(batches(single)):
-        assert sorted(sum((b[step] for b in per_rank), [])) == sorted(whole)
+        assert sorted(functools.reduce(operator.iadd, (b[step] for b in per_rank), [])) == sorted(whole)
     seen = [i for b in per_rank for batch in b for i in batch]
     assert len(seen) == len(set(seen)), "no clip twice in one epoch"
 
@@ -35,7 +37,8 @@ def test_accumulating_micro_batches_takes_the_same_steps_as_one_big_batch():
     for epoch in range(3):
         big.set_epoch(epoch)
         micro.set_epoch(epoch)
-        steps = [sum(batches(micro)[i : i + 4], []) for i in range(0, micro.batches_per_epoch, 4)]
+        micro_batches = batches(micro)
+        steps = [functools.reduce(operator.iadd, micro_batches[i : i + 4], []) for i in range(0, len(micro_batches), 4)]
         assert steps == batches(big), "an epoch must end at the same step"
 
 

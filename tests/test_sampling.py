@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 from functools import partial
 
+import numpy as np
+import pytest
 from adapt_runs import compose_adapt
 from hydra.utils import instantiate
 
@@ -25,8 +24,15 @@ from simvlg_video.data.sampling import (
 
 # every sampler, with the clip facts the dataset passes (a 25 fps video with a keyframe every 10 frames)
 CLIP = {"fps": 25.0, "keyframes": list(range(0, 1000, 10))}
-SAMPLERS = [uniform, head, headtail, random_segment, random, partial(at_rate, **CLIP, rate=5.0),
-            partial(keyframe, keyframes=CLIP["keyframes"])]
+SAMPLERS = [
+    uniform,
+    head,
+    headtail,
+    random_segment,
+    random,
+    partial(at_rate, **CLIP, rate=5.0),
+    partial(keyframe, keyframes=CLIP["keyframes"]),
+]
 SAMPLER_CONFIGS = ["uniform", "head", "headtail", "random_segment", "random", "fps", "keyframe"]
 
 
@@ -96,13 +102,16 @@ def test_short_clip_repeats_are_spread_evenly() -> None:
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS[:5])
-@pytest.mark.parametrize(("available", "wanted", "message"), [
-    (0, 4, "num_available must be >= 1"),
-    (10, 0, "num_frames must be >= 1"),
-    (-3, 4, "num_available must be >= 1"),
-    (10, 2.5, "num_frames must be a positive integer"),
-    (True, 4, "num_available must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    ("available", "wanted", "message"),
+    [
+        (0, 4, "num_available must be >= 1"),
+        (10, 0, "num_frames must be >= 1"),
+        (-3, 4, "num_available must be >= 1"),
+        (10, 2.5, "num_frames must be a positive integer"),
+        (True, 4, "num_available must be a positive integer"),
+    ],
+)
 def test_bad_counts_raise_a_clear_error(sampler, available, wanted, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         sampler(available, wanted)
@@ -137,7 +146,7 @@ def test_at_rate_keeps_equal_time_between_frames() -> None:
     rng = np.random.default_rng(0)
     for _ in range(20):
         run = at_rate(100, 8, rng, fps=25.0, rate=5.0)
-        assert np.diff(run).tolist() == [5] * 7 and 0 <= run[0] and run[-1] < 100
+        assert np.diff(run).tolist() == [5] * 7 and run[0] >= 0 and run[-1] < 100
     # a short clip at that rate has 3 frames (0, 5, 10): they repeat up to 8, in order
     assert at_rate(12, 8, fps=25.0, rate=5.0) == [0, 0, 0, 5, 5, 10, 10, 10]
     # a rate above the video's: every frame
@@ -176,12 +185,15 @@ def test_frame_window_maps_seconds_to_frames() -> None:
     assert frame_window(300, 30.0, 9.0, 60.0) == (270, 300)  # an end past the video is clipped
 
 
-@pytest.mark.parametrize(("window", "message"), [
-    ((2.0, 2.0), "end=2.0 s must be after start=2.0 s"),  # zero length
-    ((3.0, 2.0), "must be after start"),
-    ((10.0, None), "holds no frames of a video with 300 frames"),
-    ((2.01, 2.02), "holds no frames"),  # shorter than a frame, between two frame starts
-])
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        ((2.0, 2.0), "end=2.0 s must be after start=2.0 s"),  # zero length
+        ((3.0, 2.0), "must be after start"),
+        ((10.0, None), "holds no frames of a video with 300 frames"),
+        ((2.01, 2.02), "holds no frames"),  # shorter than a frame, between two frame starts
+    ],
+)
 def test_empty_windows_are_rejected_with_a_clear_error(window, message: str) -> None:
     with pytest.raises(ClipWindowError, match=message):
         frame_window(300, 30.0, *window)
@@ -195,11 +207,9 @@ def test_a_window_needs_the_frame_rate() -> None:
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_sample_window_keeps_every_sampler_inside_the_window(sampler) -> None:
     for rng in (None, np.random.default_rng(1)):
-        indices = sample_window(sampler, 4, 1000, fps=25.0, window=(10.0, 12.0), keyframes=CLIP["keyframes"],
-                                rng=rng)
+        indices = sample_window(sampler, 4, 1000, fps=25.0, window=(10.0, 12.0), keyframes=CLIP["keyframes"], rng=rng)
         assert len(indices) == 4 and indices == sorted(indices) and all(250 <= i < 300 for i in indices)
-        end = sample_window(sampler, 4, 1000, fps=25.0, window=(39.9, None), keyframes=CLIP["keyframes"],
-                            rng=rng)
+        end = sample_window(sampler, 4, 1000, fps=25.0, window=(39.9, None), keyframes=CLIP["keyframes"], rng=rng)
         assert all(997 <= i < 1000 for i in end)  # the last three frames, repeated
 
 
@@ -220,5 +230,6 @@ def test_every_sampler_config_composes_and_samples(name: str) -> None:
         sampler = instantiate(cfg.sampler[part])
         indices = sampler(200, 4, rng, fps=25.0, keyframes=[0, 50, 100, 150])
         assert len(indices) == 4 and indices == sorted(indices) and all(0 <= i < 200 for i in indices)
-    assert instantiate(cfg.sampler.eval)(200, 4, None, fps=25.0, keyframes=[0, 50, 100, 150]) == \
-        instantiate(cfg.sampler.eval)(200, 4, None, fps=25.0, keyframes=[0, 50, 100, 150])
+    assert instantiate(cfg.sampler.eval)(200, 4, None, fps=25.0, keyframes=[0, 50, 100, 150]) == instantiate(
+        cfg.sampler.eval
+    )(200, 4, None, fps=25.0, keyframes=[0, 50, 100, 150])

@@ -87,5 +87,5 @@ def test_bad_inputs_are_rejected():
         shape_accuracy({"zzz": "a red circle"}, ATTRIBUTES)
     with pytest.raises(ValueError, match="empty"):
         shape_accuracy({}, {})
-    with pytest.raises(ValueError, match="'q'.*motion.*'spin'"):
+    with pytest.raises(ValueError, match=r"'q'.*motion.*'spin'"):
         shape_accuracy({}, {"q": {"shape": "circle", "colour": "red", "motion": "spin"}})

@@ -76,7 +76,7 @@ def test_shapes_move_as_their_motion_says(motion):
             "shrink": (0, 0, -1),
         }[motion]
         for move, sign in ((moved_x, expected[0]), (moved_y, expected[1])):
-            assert (move >= 0.35 if sign > 0 else move <= -0.35 if sign < 0 else abs(move) < 0.03), spec
+            assert move >= 0.35 if sign > 0 else move <= -0.35 if sign < 0 else abs(move) < 0.03, spec
         if expected[2] == 0:
             assert 0.85 < growth < 1.15, spec
         else:  # at least x1.8 in size is x3.2 in area
@@ -94,10 +94,7 @@ def test_shape_stays_inside_every_frame_at_any_aspect_ratio():
 
 def test_shapes_with_the_same_geometry_have_different_masks():
     spec = sample_clip_spec(np.random.default_rng(3), "circle", "blue", "still")
-    masks = {
-        shape: shape_mask(render_image(replace(spec, shape=shape), SIZE, SIZE), "blue")
-        for shape in SHAPES
-    }
+    masks = {shape: shape_mask(render_image(replace(spec, shape=shape), SIZE, SIZE), "blue") for shape in SHAPES}
     for a, b in ((a, b) for i, a in enumerate(SHAPES) for b in SHAPES[i + 1 :]):
         iou = (masks[a] & masks[b]).sum() / (masks[a] | masks[b]).sum()
         assert iou < 0.85, (a, b, iou)
@@ -191,8 +188,9 @@ def decode(path) -> tuple[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes")
-    manifest = make_shapes_dataset(out, num_clips=NUM_CLIPS, seed=7, height=GEN_SIZE, width=GEN_SIZE,
-                                   show_progress=False)
+    manifest = make_shapes_dataset(
+        out, num_clips=NUM_CLIPS, seed=7, height=GEN_SIZE, width=GEN_SIZE, show_progress=False
+    )
     return manifest, [json.loads(line) for line in manifest.read_text().splitlines()]
 
 
@@ -200,8 +198,20 @@ def test_manifest_rows_follow_the_schema(dataset):
     manifest, rows = dataset
     assert manifest.name == MANIFEST_NAME and len(rows) == NUM_CLIPS
     assert len({row["clip_id"] for row in rows}) == NUM_CLIPS
-    keys = {"clip_id", "video", "start", "end", "captions", "split", "num_frames", "fps", "duration", "width",
-            "height", "attributes"}
+    keys = {
+        "clip_id",
+        "video",
+        "start",
+        "end",
+        "captions",
+        "split",
+        "num_frames",
+        "fps",
+        "duration",
+        "width",
+        "height",
+        "attributes",
+    }
     for row in rows:
         assert set(row) == keys
         assert row["video"] == f"videos/{row['clip_id']}.mp4" and (manifest.parent / row["video"]).is_file()
@@ -236,21 +246,33 @@ def test_videos_are_h264_and_decode_to_the_rendered_frames(dataset):
 def test_same_seed_gives_the_same_dataset_and_another_seed_does_not(dataset, tmp_path):
     manifest, rows = dataset
     (tmp_path / MANIFEST_NAME).write_text("stale\n")  # replaced, never left behind
-    again = make_shapes_dataset(tmp_path, num_clips=NUM_CLIPS, seed=7, height=GEN_SIZE, width=GEN_SIZE,
-                                show_progress=False)
+    again = make_shapes_dataset(
+        tmp_path, num_clips=NUM_CLIPS, seed=7, height=GEN_SIZE, width=GEN_SIZE, show_progress=False
+    )
     assert again.read_text() == manifest.read_text()
     for row in rows:  # byte-identical files (a flaky encoder setting once broke this for a third of the clips)
         assert (tmp_path / row["video"]).read_bytes() == (manifest.parent / row["video"]).read_bytes(), row["video"]
     video = rows[0]["video"]
     np.testing.assert_array_equal(decode(tmp_path / video)[1], decode(manifest.parent / video)[1])
-    other = make_shapes_dataset(tmp_path / "other", num_clips=NUM_CLIPS, seed=8, height=GEN_SIZE, width=GEN_SIZE,
-                                show_progress=False)
+    other = make_shapes_dataset(
+        tmp_path / "other", num_clips=NUM_CLIPS, seed=8, height=GEN_SIZE, width=GEN_SIZE, show_progress=False
+    )
     assert other.read_text() != manifest.read_text()
 
 
 def test_vp9_webm_option_writes_decodable_clips(tmp_path):
-    manifest = make_shapes_dataset(tmp_path, num_clips=2, seed=1, height=24, width=40, fps=4, duration=1.5,
-                                   codec="libvpx-vp9", container="webm", show_progress=False)
+    manifest = make_shapes_dataset(
+        tmp_path,
+        num_clips=2,
+        seed=1,
+        height=24,
+        width=40,
+        fps=4,
+        duration=1.5,
+        codec="libvpx-vp9",
+        container="webm",
+        show_progress=False,
+    )
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     planned = plan_clips(2, seed=1)
     for row, clip in zip(rows, planned):

@@ -50,8 +50,14 @@ def write_img2dataset_shards(folder: Path, num_shards: int, per_shard: int, seed
             for n in range(per_shard):
                 key = f"{shard:05d}{n:04d}"
                 caption = f"picture {key}"
-                writer.write({"__key__": key, "jpg": jpeg(seed * 1000 + shard * per_shard + n), "txt": caption,
-                              "json": json.dumps({"key": key, "caption": caption, "status": "success"})})
+                writer.write(
+                    {
+                        "__key__": key,
+                        "jpg": jpeg(seed * 1000 + shard * per_shard + n),
+                        "txt": caption,
+                        "json": json.dumps({"key": key, "caption": caption, "status": "success"}),
+                    }
+                )
     return [str(folder / f"{shard:05d}.tar") for shard in range(num_shards)]
 
 
@@ -73,18 +79,17 @@ def test_shard_lists_expand_braces_and_name_what_is_missing(tmp_path):
         list_shards(f"{tmp_path}/{{00000..00004}}.tar")
 
 
-@pytest.mark.parametrize("world_size,streams", [(1, 1), (2, 2), (3, 1)])
+@pytest.mark.parametrize(("world_size", "streams"), [(1, 1), (2, 2), (3, 1)])
 def test_each_epoch_reads_every_sample_once_split_over_ranks_and_streams(tmp_path, world_size, streams):
     shards = write_img2dataset_shards(tmp_path, 7, 3)
     reading = ShardReading(shuffle_buffer=2)
     for epoch in (0, 1):
         seen = []
         for rank in range(world_size):
-            rank_stream = ShardStream(shards, 2, reading, seed=4, rank=rank, world_size=world_size,
-                                      num_streams=streams)
+            rank_stream = ShardStream(shards, 2, reading, seed=4, rank=rank, world_size=world_size, num_streams=streams)
             seen += [epoch_keys(rank_stream, s, epoch) for s in range(streams)]
         shard_sets = [{shard for _, shard, _ in keys} for keys in seen]
-        assert all(a.isdisjoint(b) for i, a in enumerate(shard_sets) for b in shard_sets[i + 1:])
+        assert all(a.isdisjoint(b) for i, a in enumerate(shard_sets) for b in shard_sets[i + 1 :])
         flat = sorted(key[1:] for keys in seen for key in keys)
         assert flat == [(shard, n) for shard in range(7) for n in range(3)]
 
@@ -94,8 +99,10 @@ def test_shard_order_and_sample_order_change_with_the_epoch_and_follow_the_seed(
 
     def names(seed: int, epoch: int) -> list[str]:
         stream = ShardStream(shards, 1, ShardReading(shuffle_buffer=4), seed=seed)
-        return [f"{sample['__url__']}:{sample['__key__']}"
-                for _, _, sample in itertools.islice(stream.samples(0, StreamPosition(epoch)), 24)]
+        return [
+            f"{sample['__url__']}:{sample['__key__']}"
+            for _, _, sample in itertools.islice(stream.samples(0, StreamPosition(epoch)), 24)
+        ]
 
     assert names(0, 0) == names(0, 0)
     assert names(0, 0) != names(0, 1) and sorted(names(0, 0)) == sorted(names(0, 1))
@@ -117,7 +124,7 @@ def test_a_stream_restarted_at_any_position_yields_exactly_what_came_next(tmp_pa
     batches = [next(whole) for _ in range(12)]  # 15 samples an epoch: crosses two epoch ends
     for cut in np.random.default_rng(0).choice(11, size=4, replace=False):
         restarted = stream.batches(0, StreamPosition(**batches[cut]["position"]))
-        for expected in batches[cut + 1:]:
+        for expected in batches[cut + 1 :]:
             got = next(restarted)
             assert got["keys"] == expected["keys"] and got["captions"] == expected["captions"]
             assert all(torch.equal(a, b) for a, b in zip(got["frames"], expected["frames"]))
@@ -142,8 +149,9 @@ def test_broken_samples_are_skipped_and_listed_with_their_reason(tmp_path, on_de
     broken_shard(tmp_path / "00000.tar")
     stream = ShardStream([str(tmp_path / "00000.tar")], 3, ShardReading(shuffle_buffer=1, decode_on_device=on_device))
     loader = DataLoader(stream, batch_size=None, num_workers=0)
-    batches = ShardBatches(loader, stream, FrameTransform(size=16, train=True), torch.device("cpu"),
-                           max_skip_fraction=0.9)
+    batches = ShardBatches(
+        loader, stream, FrameTransform(size=16, train=True), torch.device("cpu"), max_skip_fraction=0.9
+    )
     iterator, captions = iter(batches), []
     while len(captions) < 3:  # decoded on the device, a damaged JPEG is found after its batch was made
         frames, more = next(iterator)
@@ -174,15 +182,25 @@ def test_a_truncated_shard_keeps_what_came_before_the_break(tmp_path):
 def test_a_batch_losing_too_many_samples_stops_the_run_naming_them(tmp_path):
     broken_shard(tmp_path / "00000.tar")
     stream = ShardStream([str(tmp_path / "00000.tar")], 3, ShardReading(shuffle_buffer=1))
-    batches = ShardBatches(DataLoader(stream, batch_size=None), stream, FrameTransform(size=16, train=True),
-                           torch.device("cpu"), max_skip_fraction=0.3)
+    batches = ShardBatches(
+        DataLoader(stream, batch_size=None),
+        stream,
+        FrameTransform(size=16, train=True),
+        torch.device("cpu"),
+        max_skip_fraction=0.3,
+    )
     with pytest.raises(TooManySkippedClips, match=r"(?s)3 of the 6 samples.*damaged.*not a readable"):
         next(iter(batches))
 
 
 def shard_batches(shards: list[str], workers: int, decode_on_device: bool = False) -> ShardBatches:
-    stream = ShardStream(shards, 2, ShardReading(num_frames=2, shuffle_buffer=3, decode_on_device=decode_on_device),
-                         seed=7, num_streams=max(1, workers))
+    stream = ShardStream(
+        shards,
+        2,
+        ShardReading(num_frames=2, shuffle_buffer=3, decode_on_device=decode_on_device),
+        seed=7,
+        num_streams=max(1, workers),
+    )
     loader = DataLoader(stream, batch_size=None, num_workers=workers)
     return ShardBatches(loader, stream, FrameTransform(size=16, train=True), torch.device("cpu"), seed=7)
 
@@ -206,7 +224,7 @@ def test_training_batches_resume_at_the_exact_sample_with_loader_workers(tmp_pat
     again.close()
 
     other = shard_batches(shards, workers=1)
-    with pytest.raises(ValueError, match="train.num_workers=2"):
+    with pytest.raises(ValueError, match=r"train.num_workers=2"):
         other.load_state_dict(state)
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
-
 from adapt_runs import TINY_RUN, records, run_module, train_losses
 
 SWEEP = [*TINY_RUN, "train.log_every=1", "eval.before=false", "eval.num_beams=1", "eval.max_new_tokens=4"]
@@ -15,12 +14,28 @@ SWEEP = [*TINY_RUN, "train.log_every=1", "eval.before=false", "eval.num_beams=1"
 @pytest.mark.slow
 def test_a_sweep_run_equals_the_same_run_alone_and_the_report_matches(tiny_model_dir: Path, tmp_path: Path):
     # The first job patches temporal adapters into its model; the second must start from the clean image model.
-    sweep = run_module("simvlg_video.adapt", "-m", "--image-ckpt", str(tiny_model_dir), *SWEEP,
-                       "adapter=reference,none", "data.num_frames=2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                       cwd=tmp_path)
+    sweep = run_module(
+        "simvlg_video.adapt",
+        "-m",
+        "--image-ckpt",
+        str(tiny_model_dir),
+        *SWEEP,
+        "adapter=reference,none",
+        "data.num_frames=2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+    )
     assert sweep.returncode == 0, sweep.stderr[-3000:]
-    alone = run_module("simvlg_video.adapt", "--image-ckpt", str(tiny_model_dir), *SWEEP, "adapter=none",
-                       "data.num_frames=2", f"hydra.run.dir={tmp_path / 'alone'}", cwd=tmp_path)
+    alone = run_module(
+        "simvlg_video.adapt",
+        "--image-ckpt",
+        str(tiny_model_dir),
+        *SWEEP,
+        "adapter=none",
+        "data.num_frames=2",
+        f"hydra.run.dir={tmp_path / 'alone'}",
+        cwd=tmp_path,
+    )
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert train_losses(tmp_path / "sweep" / "1") == train_losses(tmp_path / "alone")
     assert train_losses(tmp_path / "sweep" / "0") != train_losses(tmp_path / "alone")

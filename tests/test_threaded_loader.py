@@ -20,13 +20,22 @@ VIDEOS = ["carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4"]
 
 
 def records(count: int) -> list[ClipRecord]:
-    return [ClipRecord(f"clip{i}", VIDEOS[i % 3], SAMPLES / VIDEOS[i % 3], None, None, (f"caption {i}",), "test")
-            for i in range(count)]
+    return [
+        ClipRecord(f"clip{i}", VIDEOS[i % 3], SAMPLES / VIDEOS[i % 3], None, None, (f"caption {i}",), "test")
+        for i in range(count)
+    ]
 
 
 def loader_for(dataset, shuffle: bool, seed: int = 0, drop_last: bool = False) -> ThreadedClipLoader:
-    return ThreadedClipLoader(dataset, batch_size=3, shuffle=shuffle, seed=seed, drop_last=drop_last, num_threads=3,
-                              collate=functools.partial(collate_clips, max_skip_fraction=1.0))
+    return ThreadedClipLoader(
+        dataset,
+        batch_size=3,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=drop_last,
+        num_threads=3,
+        collate=functools.partial(collate_clips, max_skip_fraction=1.0),
+    )
 
 
 def test_batches_hold_the_same_frames_as_the_dataset_in_order() -> None:
@@ -64,8 +73,9 @@ class _HangsOnOneClip(VideoClipDataset):
 
 
 def test_an_item_past_the_time_limit_is_skipped_and_its_thread_replaced() -> None:
-    dataset = _HangsOnOneClip(records(6), num_frames=1, sampler=uniform, train=False, backend="decord",
-                              decode_timeout=2.0)
+    dataset = _HangsOnOneClip(
+        records(6), num_frames=1, sampler=uniform, train=False, backend="decord", decode_timeout=2.0
+    )
     loader = loader_for(dataset, shuffle=False)
     try:
         batches = list(loader)

@@ -25,8 +25,9 @@ def test_more_frames_keep_the_first_frames_codes_and_add_new_ones(kind: str) -> 
 
 def test_learned_codes_past_the_trained_length_stay_zero_so_those_frames_have_no_time_code() -> None:
     torch.manual_seed(0)
-    pool = TemporalTokenPool(dim=16, num_heads=2, num_output_tokens=None, time_encoding="learned", max_frames=64,
-                             space_encoding="none")
+    pool = TemporalTokenPool(
+        dim=16, num_heads=2, num_output_tokens=None, time_encoding="learned", max_frames=64, space_encoding="none"
+    )
     torch.nn.init.normal_(pool.out.weight)  # an opened gate, as after training
     optimizer = torch.optim.AdamW(pool.parameters(), lr=1e-2, weight_decay=0.0)
     for _ in range(5):  # training at T = 4

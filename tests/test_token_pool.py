@@ -10,8 +10,17 @@ from simvlg_video.adapters.token_pool import TemporalTokenPool, merge_to_count
 
 def make_pool(dim: int, **settings) -> TemporalTokenPool:
     """A pool without codes unless asked for (the placement, MergedTokens, turns both on)."""
-    return TemporalTokenPool(dim, **{"num_heads": 8, "num_output_tokens": None, "time_encoding": "none",
-                                     "max_frames": 64, "space_encoding": "none", **settings})
+    return TemporalTokenPool(
+        dim,
+        **{
+            "num_heads": 8,
+            "num_output_tokens": None,
+            "time_encoding": "none",
+            "max_frames": 64,
+            "space_encoding": "none",
+            **settings,
+        },
+    )
 
 
 def test_zero_output_gate_is_the_time_average():

@@ -17,8 +17,15 @@ TRAINABLE = ["adapters", "ln_vision", "VL_proj", "connector", "opt_proj"]
 
 
 def session(model, steps: int, lr: float, warmup_steps: int, precision: str = "fp32") -> Session:
-    settings = TrainConfig(steps=steps, lr=lr, weight_decay=0.05, warmup_steps=warmup_steps, warmup_start_lr=1e-3,
-                           min_lr=1e-3, max_nonfinite_in_a_row=10**9)
+    settings = TrainConfig(
+        steps=steps,
+        lr=lr,
+        weight_decay=0.05,
+        warmup_steps=warmup_steps,
+        warmup_start_lr=1e-3,
+        min_lr=1e-3,
+        max_nonfinite_in_a_row=10**9,
+    )
     return Session.create(model, settings, precision)
 
 
@@ -60,8 +67,11 @@ def test_a_non_finite_loss_skips_its_step_without_touching_weights_or_optimiser_
     assert optimizer.defaults["fused"], "the device-side skip needs the fused AdamW"
     fit(model, iter([(good, captions)]), steps, steps=1, show_progress=False)
     weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-    state = {name: {k: v.clone() for k, v in optimizer.state[p].items()}
-             for name, p in model.named_parameters() if p.requires_grad}
+    state = {
+        name: {k: v.clone() for k, v in optimizer.state[p].items()}
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
 
     result = fit(model, iter([(poisoned, captions)]), steps, steps=2, start_step=1, show_progress=False)
 

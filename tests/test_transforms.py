@@ -50,8 +50,9 @@ def test_normalisation_uses_clip_mean_and_std(train: bool) -> None:
     out = FrameTransform(size=SIZE, train=train)([solid_clip(colour)], generator=torch.Generator().manual_seed(0))
     expected = [(value / 255 - mean) / std for value, mean, std in zip(colour, CLIP_MEAN, CLIP_STD)]
     for channel in range(3):
-        torch.testing.assert_close(out[0, :, channel], torch.full((3, SIZE, SIZE), expected[channel]),
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            out[0, :, channel], torch.full((3, SIZE, SIZE), expected[channel]), rtol=0, atol=1e-5
+        )
 
 
 def test_custom_mean_and_std() -> None:
@@ -66,10 +67,13 @@ def test_bicubic_overshoot_is_clamped_to_the_pixel_range() -> None:
     assert out.min() >= 0 and out.max() <= 1
 
 
-@pytest.mark.parametrize(("height", "width", "red_area"), [
-    (20, 40, (slice(None), slice(0, 10))),   # wide frame: its left quarter lies outside the centre square
-    (40, 20, (slice(0, 10), slice(None))),   # tall frame: its top quarter lies outside the centre square
-])
+@pytest.mark.parametrize(
+    ("height", "width", "red_area"),
+    [
+        (20, 40, (slice(None), slice(0, 10))),  # wide frame: its left quarter lies outside the centre square
+        (40, 20, (slice(0, 10), slice(None))),  # tall frame: its top quarter lies outside the centre square
+    ],
+)
 def test_eval_resizes_the_shorter_side_and_crops_the_centre(height: int, width: int, red_area) -> None:
     clip = solid_clip(BLUE, height=height, width=width)
     clip[:, red_area[0], red_area[1]] = torch.tensor(RED, dtype=torch.uint8)
@@ -109,7 +113,7 @@ def test_train_crop_boxes_respect_scale_and_ratio() -> None:
     areas = []
     for _ in range(300):
         top, left, height, width = transform._crop_box(120, 160, generator)
-        assert 0 <= top and top + height <= 120 and 0 <= left and left + width <= 160
+        assert top >= 0 and top + height <= 120 and left >= 0 and left + width <= 160
         assert 3 / 4 - 0.03 <= width / height <= 4 / 3 + 0.03
         areas.append(height * width / (120 * 160))
     assert 0.5 - 0.02 <= min(areas) < 0.6 and 0.9 < max(areas) <= 1.0
@@ -145,27 +149,35 @@ def test_eval_never_flips() -> None:
     assert all(left_is_red(transform([half_red_half_blue_square()])[0]) for _ in range(10))
 
 
-@pytest.mark.parametrize(("clips", "message"), [
-    ([], "no clips"),
-    ([torch.zeros(2, 8, 8, 3)], r"clip 0 must be a uint8 tensor \(T, H, W, 3\), got torch.float32"),
-    ([torch.zeros(8, 8, 3, dtype=torch.uint8)], r"clip 0 must be a uint8 tensor"),
-    ([torch.zeros(2, 3, 8, 8, dtype=torch.uint8)], r"clip 0 must be a uint8 tensor"),
-    (torch.zeros(2, 8, 8, 3, dtype=torch.uint8), r"batch tensor must be \(B, T, H, W, 3\)"),
-    ([torch.zeros(2, 8, 8, 3, dtype=torch.uint8), torch.zeros(3, 8, 8, 3, dtype=torch.uint8)],
-     r"same number of frames, got \[2, 3\]"),
-])
+@pytest.mark.parametrize(
+    ("clips", "message"),
+    [
+        ([], "no clips"),
+        ([torch.zeros(2, 8, 8, 3)], r"clip 0 must be a uint8 tensor \(T, H, W, 3\), got torch.float32"),
+        ([torch.zeros(8, 8, 3, dtype=torch.uint8)], r"clip 0 must be a uint8 tensor"),
+        ([torch.zeros(2, 3, 8, 8, dtype=torch.uint8)], r"clip 0 must be a uint8 tensor"),
+        (torch.zeros(2, 8, 8, 3, dtype=torch.uint8), r"batch tensor must be \(B, T, H, W, 3\)"),
+        (
+            [torch.zeros(2, 8, 8, 3, dtype=torch.uint8), torch.zeros(3, 8, 8, 3, dtype=torch.uint8)],
+            r"same number of frames, got \[2, 3\]",
+        ),
+    ],
+)
 def test_bad_input_is_rejected_with_a_clear_message(clips, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FrameTransform(size=SIZE)(clips)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"size": 0}, "size must be >= 1"),
-    ({"scale": (0.0, 1.0)}, "scale must be"),
-    ({"scale": (0.8, 0.5)}, "scale must be"),
-    ({"ratio": (2.0, 1.0)}, "ratio must be"),
-    ({"std": (0.1, 0.0, 0.1)}, "std > 0"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"size": 0}, "size must be >= 1"),
+        ({"scale": (0.0, 1.0)}, "scale must be"),
+        ({"scale": (0.8, 0.5)}, "scale must be"),
+        ({"ratio": (2.0, 1.0)}, "ratio must be"),
+        ({"std": (0.1, 0.0, 0.1)}, "std > 0"),
+    ],
+)
 def test_bad_settings_are_rejected(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FrameTransform(**kwargs)

@@ -62,10 +62,15 @@ def test_eva_vit_g_structure_on_the_meta_device():
     width, hidden = 1408, 6144
     per_block = (
         2 * width  # norm1
-        + width * 3 * width + 2 * width  # qkv weight, q_bias, v_bias
-        + width * width + width  # proj
+        + width * 3 * width
+        + 2 * width  # qkv weight, q_bias, v_bias
+        + width * width
+        + width  # proj
         + 2 * width  # norm2
-        + width * hidden + hidden + hidden * width + width  # fc1, fc2
+        + width * hidden
+        + hidden
+        + hidden * width
+        + width  # fc1, fc2
     )
     stem = 3 * 14 * 14 * width + width + width + 257 * width  # patch embed, cls token, position embedding
     assert sum(p.numel() for p in vit.parameters()) == stem + 39 * per_block == 985_894_528

@@ -25,6 +25,7 @@ forward. When the pool's place codes are on, each cross-attention's weights are 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from torch import nn
@@ -158,7 +159,7 @@ def _connector_training_flops(s: CaptionerSizes, inputs: int) -> tuple[float, in
     vl_proj = 2 * n0 * s.vit_width * h
     total = 3 * vl_proj  # forward, weight and input gradients (ln_vision below it trains)
     counts = merge_schedule(n0, list(s.merge_r), len(s.merge_r), s.protect_cls)
-    for layer, (n, n_out) in enumerate(zip(counts[:-1], counts[1:])):
+    for layer, (n, n_out) in enumerate(itertools.pairwise(counts)):
         products = 8 * n * h * h + 4 * n * n * h + 4 * n_out * h * s.connector_ffn
         total += 3 * products
         if min(s.merge_r[layer], max_merge_count(n, s.protect_cls)) > 0:

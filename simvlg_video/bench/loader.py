@@ -33,8 +33,12 @@ from simvlg_video.data.dataset import ClipReading, clip_loader
 from simvlg_video.data.manifest import ClipRecord, read_manifest
 from simvlg_video.data.transforms import CLIP_MEAN, CLIP_STD, FrameTransform
 
-SAMPLERS = {"uniform": sampling.uniform, "head": sampling.head, "keyframe": sampling.keyframe,
-            "random_segment": sampling.random_segment}
+SAMPLERS = {
+    "uniform": sampling.uniform,
+    "head": sampling.head,
+    "keyframe": sampling.keyframe,
+    "random_segment": sampling.random_segment,
+}
 
 
 @dataclass
@@ -55,8 +59,17 @@ def clip_records(paths: list[Path]) -> list[ClipRecord]:
         if path.suffix == ".jsonl":
             records.extend(read_manifest(path))
         else:
-            records.append(ClipRecord(clip_id=path.name, video=str(path), video_path=path.resolve(), start=None,
-                                      end=None, captions=("clip",), split="test"))
+            records.append(
+                ClipRecord(
+                    clip_id=path.name,
+                    video=str(path),
+                    video_path=path.resolve(),
+                    start=None,
+                    end=None,
+                    captions=("clip",),
+                    split="test",
+                )
+            )
     return records
 
 
@@ -84,8 +97,15 @@ def _timed(batches, on_batch) -> tuple[float, int, int, float]:
 
 def measure_pipeline(record: ClipRecord, backend: str, sampler_name: str, args, device: torch.device) -> Row:
     reading = ClipReading(args.frames, backend, args.timeout, max_skip_fraction=1.0)
-    loader = clip_loader(_copies(record, args.clips), reading, SAMPLERS[sampler_name], train=False,
-                         batch_size=args.batch_size, num_workers=args.workers, decode_threads=args.threads)
+    loader = clip_loader(
+        _copies(record, args.clips),
+        reading,
+        SAMPLERS[sampler_name],
+        train=False,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        decode_threads=args.threads,
+    )
     dataset = loader.dataset
     transform = FrameTransform(size=args.size)
 
@@ -152,9 +172,12 @@ class _BaselineClips(Dataset):
 
 
 def measure_baseline(record: ClipRecord, args) -> Row:
-    loader = DataLoader(_BaselineClips(_copies(record, args.clips), args.frames, args.size),
-                        batch_size=args.batch_size, num_workers=args.baseline_workers,
-                        collate_fn=lambda items: {"clip_ids": list(range(len(items))), "skipped": [], "x": items})
+    loader = DataLoader(
+        _BaselineClips(_copies(record, args.clips), args.frames, args.size),
+        batch_size=args.batch_size,
+        num_workers=args.baseline_workers,
+        collate_fn=lambda items: {"clip_ids": list(range(len(items))), "skipped": [], "x": items},
+    )
     seconds, clips, skipped, _ = _timed(loader, lambda batch: torch.stack(batch["x"]))
     name = f"baseline: pyav all frames, per-frame cpu, {args.baseline_workers} workers"
     return _row(record, name, "uniform", seconds, clips, skipped, args.frames)
@@ -168,13 +191,17 @@ def _row(record, backend, sampler_name, seconds, clips, skipped, frames) -> Row:
 def table(rows: list[Row]) -> str:
     """Markdown table; 'x baseline' compares with the baseline row of the same file."""
     baseline = {row.file: row.clips_per_s for row in rows if row.backend.startswith("baseline")}
-    lines = ["| file | backend | sampler | clips/s | frames/s | x baseline | skipped | waiting for data |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| file | backend | sampler | clips/s | frames/s | x baseline | skipped | waiting for data |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         ratio = row.clips_per_s / baseline[row.file] if baseline.get(row.file) else float("nan")
         wait = "-" if row.wait_share is None else f"{100 * row.wait_share:.0f}%"
-        lines.append(f"| {row.file} | {row.backend} | {row.sampler} | {row.clips_per_s:.2f} | {row.frames_per_s:.1f}"
-                     f" | {ratio:.2f} | {row.skipped} | {wait} |")
+        lines.append(
+            f"| {row.file} | {row.backend} | {row.sampler} | {row.clips_per_s:.2f} | {row.frames_per_s:.1f}"
+            f" | {ratio:.2f} | {row.skipped} | {wait} |"
+        )
     return "\n".join(lines)
 
 
@@ -193,14 +220,21 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--size", type=int, default=224, help="model input size")
     parser.add_argument("--device", default="auto", help="where transforms run: auto, cpu, cuda")
     parser.add_argument("--no-baseline", action="store_true", help="skip the baseline rows")
-    parser.add_argument("--step-ms", type=float, default=0.0,
-                        help="after each batch, keep the device busy this long (a training step's time) and report"
-                             " the share of time spent waiting for data")
+    parser.add_argument(
+        "--step-ms",
+        type=float,
+        default=0.0,
+        help="after each batch, keep the device busy this long (a training step's time) and report"
+        " the share of time spent waiting for data",
+    )
     parser.add_argument("--only", nargs="+", help="clip ids of the manifests to run (default: all)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     torch.set_num_threads(1)
     rows = []
     records = clip_records(args.inputs)
@@ -217,11 +251,15 @@ def main(argv: list[str] | None = None) -> list[Row]:
             for sampler_name in args.samplers:
                 rows.append(measure_pipeline(record, backend, sampler_name, args, device))
                 print(rows[-1], flush=True)
-    print(f"\nmachine: {platform.node()} {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} torch threads, transforms on {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    print(f"{args.frames} frames per clip, {args.clips} clips per row, batch {args.batch_size}, "
-          f"{args.workers} workers, {args.threads} nvdec threads\n")
+    print(
+        f"\nmachine: {platform.node()} {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, transforms on {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    )
+    print(
+        f"{args.frames} frames per clip, {args.clips} clips per row, batch {args.batch_size}, "
+        f"{args.workers} workers, {args.threads} nvdec threads\n"
+    )
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps([asdict(row) for row in rows], indent=1) + "\n")

@@ -47,10 +47,10 @@ from simvlg_video.bench.timing import count_host_syncs, matmul_rate, peak_memory
 from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_parameters
 from simvlg_video.model.captioner import MeanOverTime, VideoCaptioner
 from simvlg_video.model.connector import ConnectorConfig, apply_tome
-from simvlg_video.model.model_dir import build_connector
-from simvlg_video.model.qformer import QFormerConfig
 from simvlg_video.model.freeze import apply_freeze_policy
 from simvlg_video.model.lm import CaptionText, build_word_tokenizer
+from simvlg_video.model.model_dir import build_connector
+from simvlg_video.model.qformer import QFormerConfig
 from simvlg_video.model.speed import cast_frozen_, compile_vit_blocks, set_fused_attention
 from simvlg_video.model.vit import build_vit, vit_tokens
 from simvlg_video.train.optim import build_optimizer, parameter_groups
@@ -69,31 +69,67 @@ class Sizes:
 
 
 FULL = Sizes(
-    vit_preset="eva_vit_g", vit_overrides={}, image_size=224,
+    vit_preset="eva_vit_g",
+    vit_overrides={},
+    image_size=224,
     connector=dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, r=19),
-    lm=dict(hidden_size=2560, num_hidden_layers=32, num_attention_heads=32, ffn_dim=10240, vocab_size=50272,
-            max_position_embeddings=2048),
+    lm=dict(
+        hidden_size=2560,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        ffn_dim=10240,
+        vocab_size=50272,
+        max_position_embeddings=2048,
+    ),
     adapter=dict(qk_dim=256, num_heads=8),
 )
 # BLIP-2 OPT-2.7B: the same ViT and LLM, the Q-Former (REFERENCE.md section 9) as the connector.
 FULL_QFORMER = Sizes(
-    vit_preset="eva_vit_g", vit_overrides={}, image_size=224,
-    connector=dict(kind="qformer", hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
-                   num_query_tokens=32, cross_attention_frequency=2),
-    lm=FULL.lm, adapter=FULL.adapter,
+    vit_preset="eva_vit_g",
+    vit_overrides={},
+    image_size=224,
+    connector=dict(
+        kind="qformer",
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        intermediate_size=3072,
+        num_query_tokens=32,
+        cross_attention_frequency=2,
+    ),
+    lm=FULL.lm,
+    adapter=FULL.adapter,
 )
 TINY = Sizes(
-    vit_preset="tiny", vit_overrides=dict(img_size=32, embed_dim=32, depth=10), image_size=32,
+    vit_preset="tiny",
+    vit_overrides=dict(img_size=32, embed_dim=32, depth=10),
+    image_size=32,
     connector=dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=64, r=4),
-    lm=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, vocab_size=300,
-            max_position_embeddings=128),
+    lm=dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        ffn_dim=64,
+        vocab_size=300,
+        max_position_embeddings=128,
+    ),
     adapter=dict(qk_dim=16, num_heads=4),
 )
 TINY_QFORMER = Sizes(
-    vit_preset="tiny", vit_overrides=TINY.vit_overrides, image_size=32,
-    connector=dict(kind="qformer", hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64,
-                   num_query_tokens=6, cross_attention_frequency=2),
-    lm=TINY.lm, adapter=TINY.adapter,
+    vit_preset="tiny",
+    vit_overrides=TINY.vit_overrides,
+    image_size=32,
+    connector=dict(
+        kind="qformer",
+        hidden_size=32,
+        num_layers=3,
+        num_heads=4,
+        intermediate_size=64,
+        num_query_tokens=6,
+        cross_attention_frequency=2,
+    ),
+    lm=TINY.lm,
+    adapter=TINY.adapter,
 )
 CONNECTORS = {"tome": (FULL, TINY), "qformer": (FULL_QFORMER, TINY_QFORMER)}  # name -> (full size, tiny)
 
@@ -106,8 +142,11 @@ def build_random_captioner(sizes: Sizes, device: torch.device) -> VideoCaptioner
     vocab = sizes.lm["vocab_size"]
     tokenizer = build_word_tokenizer([" ".join(f"w{i}" for i in range(vocab - 4))])
     lm_config = OPTConfig(
-        **sizes.lm, word_embed_proj_dim=sizes.lm["hidden_size"], do_layer_norm_before=True,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        **sizes.lm,
+        word_embed_proj_dim=sizes.lm["hidden_size"],
+        do_layer_norm_before=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
     qformer = sizes.connector.get("kind") == "qformer"
@@ -115,8 +154,9 @@ def build_random_captioner(sizes: Sizes, device: torch.device) -> VideoCaptioner
         vit = build_vit(sizes.vit_preset, **sizes.vit_overrides)
         connector = build_connector((QFormerConfig if qformer else ConnectorConfig)(**sizes.connector), vit.embed_dim)
         lm = OPTForCausalLM(lm_config)
-        return VideoCaptioner(vit, connector, lm, CaptionText(tokenizer), sizes.connector["hidden_size"],
-                              project_vision=not qformer)
+        return VideoCaptioner(
+            vit, connector, lm, CaptionText(tokenizer), sizes.connector["hidden_size"], project_vision=not qformer
+        )
 
 
 @dataclass(frozen=True)
@@ -238,7 +278,7 @@ def bench_training(model, variant: Variant, options: Options, batch: tuple, peak
     except torch.OutOfMemoryError:
         result.error = "out of memory"
     finally:
-        del optimizer, scaler
+        optimizer = scaler = None  # released before the next variant is built
         model.zero_grad(set_to_none=True)
         gc.collect()
         reset_memory(device)
@@ -258,12 +298,19 @@ def bench_vit_forward(model, frames: int, fused: bool, repeats: int, size: int, 
         seconds_per_call(lambda: vit_tokens(model.vit, images), 2, device)
         seconds = seconds_per_call(lambda: vit_tokens(model.vit, images), repeats, device)
     flops = vit_forward_flops(CaptionerSizes.of(model), frames)
-    return {"attention": "fused" if fused else "naive", "frames": frames, "seconds": seconds,
-            "frames_per_s": frames / seconds, "tflop_per_s": flops / seconds / 1e12, "mfu": flops / seconds / peak_flops}
+    return {
+        "attention": "fused" if fused else "naive",
+        "frames": frames,
+        "seconds": seconds,
+        "frames_per_s": frames / seconds,
+        "tflop_per_s": flops / seconds / 1e12,
+        "mfu": flops / seconds / peak_flops,
+    }
 
 
-def bench_generation(model, batch_sizes: list[int], options: Options, generation: dict, repeats: int,
-                     size: int) -> list[dict]:
+def bench_generation(
+    model, batch_sizes: list[int], options: Options, generation: dict, repeats: int, size: int
+) -> list[dict]:
     """Beam-search captions from frames (ViT + connector + LLM generate), with adapters in all blocks."""
     configure(model, Variant("all", "all"), Options(**{**asdict(options), "compile": False}))
     device = next(model.parameters()).device
@@ -273,15 +320,21 @@ def bench_generation(model, batch_sizes: list[int], options: Options, generation
         frames = torch.randn(batch, options.frames, 3, size, size, device=device)
         generated: list[torch.Tensor] = []
 
-        def run() -> None:
+        def run(frames: torch.Tensor = frames, generated: list[torch.Tensor] = generated) -> None:
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 generated[:] = [model.generate_ids(frames, **generation)]
 
         seconds_per_call(run, 1, device)
         seconds = seconds_per_call(run, repeats, device)
-        rows.append({"batch": batch, "beams": generation["num_beams"], "seconds_per_batch": seconds,
-                     "captions_per_s": batch / seconds,
-                     "mean_new_tokens": caption_lengths(generated[0], model.text).float().mean().item()})
+        rows.append(
+            {
+                "batch": batch,
+                "beams": generation["num_beams"],
+                "seconds_per_batch": seconds,
+                "captions_per_s": batch / seconds,
+                "mean_new_tokens": caption_lengths(generated[0], model.text).float().mean().item(),
+            }
+        )
     model.zero_grad(set_to_none=True)
     return rows
 
@@ -296,20 +349,32 @@ def run(args: argparse.Namespace) -> Report:
     connectors = [name for name in args.connectors.split(",") if name]
     device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: the full-size benchmark needs a CUDA GPU; use --tiny to run it at toy sizes on the CPU")
+        raise SystemExit(
+            "error: the full-size benchmark needs a CUDA GPU; use --tiny to run it at toy sizes on the CPU"
+        )
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         name = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
         peak = matmul_rate(device, torch.bfloat16, 8192, repeats=20)
     else:
-        name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}"
+        cpu = platform.processor() or platform.machine()
+        name = f"CPU ({cpu}, {torch.get_num_threads()} threads), torch {torch.__version__}"
         peak = matmul_rate(device, torch.float32, 256, repeats=5)
     report = None
     for connector in connectors:  # one captioner at a time: two full-size ones need not fit together
         sizes = CONNECTORS[connector][1 if args.tiny else 0]
-        options = Options(args.batch, args.frames, args.text_tokens, args.steps, args.warmup, args.compile,
-                          args.checkpointing, sizes.adapter, sizes.connector.get("r"))
+        options = Options(
+            args.batch,
+            args.frames,
+            args.text_tokens,
+            args.steps,
+            args.warmup,
+            args.compile,
+            args.checkpointing,
+            sizes.adapter,
+            sizes.connector.get("r"),
+        )
         report = report or Report(name, peak / 1e12, asdict(options))
         torch.manual_seed(0)
         model = build_random_captioner(sizes, device)
@@ -323,11 +388,13 @@ def run(args: argparse.Namespace) -> Report:
             print(format_report(report).splitlines()[-1], flush=True)
         if args.vit_frames and not report.vit_forward:  # the same ViT whatever the connector
             for fused in (True, False):
-                report.vit_forward.append(bench_vit_forward(model, args.vit_frames, fused, args.steps,
-                                                            sizes.image_size, peak))
+                report.vit_forward.append(
+                    bench_vit_forward(model, args.vit_frames, fused, args.steps, sizes.image_size, peak)
+                )
         if args.gen_batches:
-            generation = dict(num_beams=args.gen_beams, min_new_tokens=args.gen_min_tokens,
-                              max_new_tokens=args.gen_max_tokens)
+            generation = dict(
+                num_beams=args.gen_beams, min_new_tokens=args.gen_min_tokens, max_new_tokens=args.gen_max_tokens
+            )
             batches = [int(b) for b in args.gen_batches.split(",") if b]
             rows = bench_generation(model, batches, options, generation, args.gen_repeats, sizes.image_size)
             report.generation += [{"connector": connector, **row} for row in rows]
@@ -346,10 +413,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text-tokens", type=int, default=20, help="caption tokens per video")
     parser.add_argument("--steps", type=int, help="timed steps per variant (10; tiny 2)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (3; tiny 1)")
-    parser.add_argument("--variants", default="port,all,last8,merged,none,image,image_r0",
-                        help="comma list: port,all,lastK,merged,none,image,image_rN")
-    parser.add_argument("--connectors", default="tome",
-                        help="comma list: tome (SimVLG's ToMe connector), qformer (BLIP-2's Q-Former)")
+    parser.add_argument(
+        "--variants",
+        default="port,all,last8,merged,none,image,image_r0",
+        help="comma list: port,all,lastK,merged,none,image,image_rN",
+    )
+    parser.add_argument(
+        "--connectors", default="tome", help="comma list: tome (SimVLG's ToMe connector), qformer (BLIP-2's Q-Former)"
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the ViT blocks (our variants)")
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the ViT blocks")
     parser.add_argument("--vit-frames", type=int, help="frames for the ViT-forward timing, 0 to skip (128; tiny 4)")
@@ -360,8 +431,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gen-repeats", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     args = parser.parse_args(argv)
-    defaults = dict(batch=2, steps=2, warmup=1, vit_frames=4, gen_batches="2") if args.tiny else dict(
-        batch=16, steps=10, warmup=3, vit_frames=128, gen_batches="32,64")
+    defaults = (
+        dict(batch=2, steps=2, warmup=1, vit_frames=4, gen_batches="2")
+        if args.tiny
+        else dict(batch=16, steps=10, warmup=3, vit_frames=128, gen_batches="32,64")
+    )
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)

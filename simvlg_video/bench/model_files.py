@@ -48,22 +48,39 @@ from simvlg_video.model.lm import build_word_tokenizer
 from simvlg_video.model.model_dir import build_captioner, stored_tensors
 from simvlg_video.model.vit import build_vit
 
-OPT_2_7B = dict(hidden_size=2560, num_hidden_layers=32, num_attention_heads=32, ffn_dim=10240, vocab_size=50272,
-                max_position_embeddings=2048, word_embed_proj_dim=2560)
+OPT_2_7B = dict(
+    hidden_size=2560,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    ffn_dim=10240,
+    vocab_size=50272,
+    max_position_embeddings=2048,
+    word_embed_proj_dim=2560,
+)
 SHARD_BYTES = 2 * 2**30  # the LLM's safetensors shards, as Hugging Face splits them
 # --tiny: the same files at toy sizes (the test suite runs it)
-TINY_OPT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, vocab_size=300,
-                max_position_embeddings=64, word_embed_proj_dim=32)
+TINY_OPT = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    ffn_dim=64,
+    vocab_size=300,
+    max_position_embeddings=64,
+    word_embed_proj_dim=32,
+)
 TINY_MODEL = """vit: {preset: tiny, overrides: {img_size: 32, embed_dim: 32, depth: 3}}
 connector: {hidden_size: 32, num_layers: 2, num_heads: 4, intermediate_size: 64, max_position_embeddings: 64, r: 4}
 image_size: 32
 """
 
 
-TINY_BLIP2 = dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                              image_size=32, patch_size=8),
-                  qformer=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
-                  queries=4)
+TINY_BLIP2 = dict(
+    vision=dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8
+    ),
+    qformer=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+    queries=4,
+)
 BLIP2_OPT_2_7B = dict(vision={}, qformer={}, queries=32)  # Blip2VisionConfig's and Blip2QFormerConfig's defaults
 
 
@@ -91,8 +108,10 @@ def write_vit_file(path: Path, model_config: str) -> Path:
     """BLIP-2's eva_vit_g.pth: the ViT with one block more than the captioner uses (EVA-g's 40th), fp16."""
     cfg = load_model_config(model_config)
     with torch.device("meta"):
-        vit = build_vit(cfg.vit.preset, **{**cfg.vit.overrides, "depth": len(build_vit(
-            cfg.vit.preset, **cfg.vit.overrides).blocks) + 1})
+        vit = build_vit(
+            cfg.vit.preset,
+            **{**cfg.vit.overrides, "depth": len(build_vit(cfg.vit.preset, **cfg.vit.overrides).blocks) + 1},
+        )
     torch.save({name: _random_like(t, torch.float16) for name, t in vit.state_dict().items()}, path)
     return path
 
@@ -102,8 +121,13 @@ def write_lm_folder(folder: Path, sizes: dict) -> Path:
     folder.mkdir(parents=True)
     tokenizer = build_word_tokenizer(["a caption"])
     tokenizer.save_pretrained(folder)
-    config = OPTConfig(**sizes, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, torch_dtype="float16")
+    config = OPTConfig(
+        **sizes,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        torch_dtype="float16",
+    )
     config.save_pretrained(folder)
     with torch.device("meta"):
         names = {name: t for name, t in OPTForCausalLM(config).state_dict().items() if name != "lm_head.weight"}
@@ -118,14 +142,25 @@ def write_blip2_folder(folder: Path, sizes: dict, opt: dict) -> Path:
     tokenizer = build_word_tokenizer(["a caption"])
     tokenizer.save_pretrained(folder)
     config = Blip2Config(
-        vision_config=Blip2VisionConfig(**sizes["vision"]), qformer_config=Blip2QFormerConfig(**sizes["qformer"]),
-        text_config=OPTConfig(**opt, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                              eos_token_id=tokenizer.eos_token_id),
-        num_query_tokens=sizes["queries"], image_token_index=opt["vocab_size"] - 1, torch_dtype="float16")
+        vision_config=Blip2VisionConfig(**sizes["vision"]),
+        qformer_config=Blip2QFormerConfig(**sizes["qformer"]),
+        text_config=OPTConfig(
+            **opt,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        num_query_tokens=sizes["queries"],
+        image_token_index=opt["vocab_size"] - 1,
+        torch_dtype="float16",
+    )
     config.save_pretrained(folder)
     with torch.device("meta"):
-        names = {name: t for name, t in Blip2ForConditionalGeneration(config).state_dict().items()
-                 if name != "language_model.lm_head.weight"}
+        names = {
+            name: t
+            for name, t in Blip2ForConditionalGeneration(config).state_dict().items()
+            if name != "language_model.lm_head.weight"
+        }
 
     def fill(name: str, meta: torch.Tensor) -> torch.Tensor:
         tensor = _random_like(meta, torch.float16)
@@ -142,10 +177,15 @@ def write_reference_checkpoint(path: Path, lm_folder: Path, model_config: str) -
     cfg = load_model_config(model_config)
     cfg.lm.path = str(lm_folder)
     tensors = stored_tensors(build_captioner(cfg, path.parent, meta=True), cfg)
-    model = {reference_name(name): _random_like(t, torch.float32) for name, t in tensors.items()
-             if not name.startswith("vit.")}
-    state = {index: {"step": torch.tensor(1.0), "exp_avg": torch.zeros_like(t), "exp_avg_sq": torch.zeros_like(t)}
-             for index, t in enumerate(model.values())}
+    model = {
+        reference_name(name): _random_like(t, torch.float32)
+        for name, t in tensors.items()
+        if not name.startswith("vit.")
+    }
+    state = {
+        index: {"step": torch.tensor(1.0), "exp_avg": torch.zeros_like(t), "exp_avg_sq": torch.zeros_like(t)}
+        for index, t in enumerate(model.values())
+    }
     torch.save({"model": model, "optimizer": {"state": state, "param_groups": []}, "iters": 250000}, path)
     return path
 
@@ -170,9 +210,12 @@ def timed(kind: str, target: str, *args: str) -> dict:
     with tempfile.TemporaryFile() as errors, tempfile.TemporaryDirectory() as scratch:
         peak_file = Path(scratch) / "peak_kib"
         started = time.perf_counter()
-        process = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, kind, target, *args],
-                                 stdout=subprocess.DEVNULL, stderr=errors,
-                                 env={**os.environ, "SIMVLG_PEAK_FILE": str(peak_file)})
+        process = subprocess.run(
+            [sys.executable, "-c", _PEAK_WRAPPER, kind, target, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            env={**os.environ, "SIMVLG_PEAK_FILE": str(peak_file)},
+        )
         seconds = time.perf_counter() - started
         if process.returncode != 0:
             errors.seek(0)
@@ -184,8 +227,12 @@ def timed(kind: str, target: str, *args: str) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="folder for the files (about 9 GB; blip2: 7.5 GB)")
-    parser.add_argument("--source", choices=("simvlg", "blip2"), default="simvlg",
-                        help="the reference's three files, or a Hugging Face BLIP-2 OPT-2.7B folder")
+    parser.add_argument(
+        "--source",
+        choices=("simvlg", "blip2"),
+        default="simvlg",
+        help="the reference's three files, or a Hugging Face BLIP-2 OPT-2.7B folder",
+    )
     parser.add_argument("--only", choices=("import", "load"), help="measure one of the two commands")
     parser.add_argument("--keep", action="store_true", help="keep the files for another run")
     parser.add_argument("--tiny", action="store_true", help="toy sizes (the code path, not the cost)")
@@ -206,21 +253,36 @@ def main(argv: list[str] | None = None) -> dict:
         write_vit_file(vit, model_config)
         write_lm_folder(lm, TINY_OPT if args.tiny else OPT_2_7B)
         write_reference_checkpoint(ckpt, lm, model_config)
-    sizes = {p.name: round(sum(f.stat().st_size for f in ([p] if p.is_file() else p.rglob("*"))) / 2**30, 2)
-             for p in (vit, lm, ckpt)}
+    sizes = {
+        p.name: round(sum(f.stat().st_size for f in ([p] if p.is_file() else p.rglob("*"))) / 2**30, 2)
+        for p in (vit, lm, ckpt)
+    }
     figures: dict = {"files_gib": sizes, "cpu_threads": torch.get_num_threads()}
     if args.only in (None, "import"):
         shutil.rmtree(out, ignore_errors=True)
-        figures["import"] = timed("-m", "simvlg_video.model.lavis_checkpoint", str(ckpt), "--vit-weights", str(vit),
-                                  "--lm-path", str(lm), "--out", str(out), "--model-config", model_config)
+        figures["import"] = timed(
+            "-m",
+            "simvlg_video.model.lavis_checkpoint",
+            str(ckpt),
+            "--vit-weights",
+            str(vit),
+            "--lm-path",
+            str(lm),
+            "--out",
+            str(out),
+            "--model-config",
+            model_config,
+        )
     return finish(args, figures, out)
 
 
 def finish(args: argparse.Namespace, figures: dict, out: Path) -> dict:
     """Time the load of the imported model directory `out` in bf16, then report (and clean up unless --keep)."""
     if args.only in (None, "load") and out.is_dir():
-        load = (f"import torch; from simvlg_video.model.model_dir import load_model_dir; "
-                f"load_model_dir({str(out)!r}, dtype=torch.bfloat16)")
+        load = (
+            f"import torch; from simvlg_video.model.model_dir import load_model_dir; "
+            f"load_model_dir({str(out)!r}, dtype=torch.bfloat16)"
+        )
         figures["load_bf16"] = timed("-c", load)
     if not args.keep:
         shutil.rmtree(args.work)

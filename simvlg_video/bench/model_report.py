@@ -37,13 +37,16 @@ def _fmt(value: float | None, spec: str) -> str:
 def format_report(report: Report) -> str:
     """Markdown tables of the report, ratios relative to the plain port where it ran."""
     o = report.options
-    lines = [f"device: {report.device}; measured matmul peak {report.peak_tflop_per_s:.3g} TFLOP/s",
-             f"training step: B={o['batch']} videos x T={o['frames']} frames, {o['text_tokens']} text tokens, "
-             f"{o['steps']} timed steps after {o['warmup']} warm-up; compile={o['compile']}, "
-             f"checkpointing={o['checkpointing']}", "",
-             "| variant | adapters | s/step | videos/s (image rows: images/s) | vs port | peak GiB | memory vs port "
-             "| TFLOP/step | TFLOP/s | MFU | host syncs/step |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"device: {report.device}; measured matmul peak {report.peak_tflop_per_s:.3g} TFLOP/s",
+        f"training step: B={o['batch']} videos x T={o['frames']} frames, {o['text_tokens']} text tokens, "
+        f"{o['steps']} timed steps after {o['warmup']} warm-up; compile={o['compile']}, "
+        f"checkpointing={o['checkpointing']}",
+        "",
+        "| variant | adapters | s/step | videos/s (image rows: images/s) | vs port | peak GiB | memory vs port "
+        "| TFLOP/step | TFLOP/s | MFU | host syncs/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     port = next((r for r in report.training if r.variant == "port" and r.error is None), None)
     for r in report.training:
         if r.error:
@@ -59,16 +62,28 @@ def format_report(report: Report) -> str:
     lines += merged_summary(report.training) + image_summary(report.training)
     lines += connector_summary(report.training)
     if report.vit_forward:
-        lines += ["", "| ViT forward (no grad, bf16) | frames | s | frames/s | TFLOP/s | of matmul peak |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {v['attention']} attention | {v['frames']} | {v['seconds']:.4f} | {v['frames_per_s']:.0f} "
-                  f"| {v['tflop_per_s']:.3g} | {v['mfu']:.1%} |" for v in report.vit_forward]
+        lines += [
+            "",
+            "| ViT forward (no grad, bf16) | frames | s | frames/s | TFLOP/s | of matmul peak |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {v['attention']} attention | {v['frames']} | {v['seconds']:.4f} | {v['frames_per_s']:.0f} "
+            f"| {v['tflop_per_s']:.3g} | {v['mfu']:.1%} |"
+            for v in report.vit_forward
+        ]
     if report.generation:
-        lines += ["", "| generation (adapters in all blocks) | beams | s/batch | captions/s | mean new tokens |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {_connector(g)}batch {g['batch']} | {g['beams']} | {g['seconds_per_batch']:.3f} "
-                  f"| {g['captions_per_s']:.1f} "
-                  f"| {g['mean_new_tokens']:.1f} |" for g in report.generation]
+        lines += [
+            "",
+            "| generation (adapters in all blocks) | beams | s/batch | captions/s | mean new tokens |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {_connector(g)}batch {g['batch']} | {g['beams']} | {g['seconds_per_batch']:.3f} "
+            f"| {g['captions_per_s']:.1f} "
+            f"| {g['mean_new_tokens']:.1f} |"
+            for g in report.generation
+        ]
     return "\n".join(lines)
 
 
@@ -83,8 +98,11 @@ def merged_summary(training: list[TrainResult]) -> list[str]:
     if "merged" not in done:
         return []
     merged = done["merged"].videos_per_s
-    parts = [f"{merged / done[name].videos_per_s:.2f}x the videos/s of {name}" for name in ("all", "port", "none")
-             if name in done]
+    parts = [
+        f"{merged / done[name].videos_per_s:.2f}x the videos/s of {name}"
+        for name in ("all", "port", "none")
+        if name in done
+    ]
     return ["", "merged: " + "; ".join(parts)] if parts else []
 
 
@@ -94,10 +112,14 @@ def image_summary(training: list[TrainResult]) -> list[str]:
     if "image" not in done or "image_r0" not in done:
         return []
     merged, plain = done["image"], done["image_r0"]
-    memory = f", at {merged.peak_gib / plain.peak_gib:.2f} of its peak memory" if merged.peak_gib and plain.peak_gib \
-        else ""
-    return ["", f"image stage: merging trains at {merged.videos_per_s / plain.videos_per_s:.2f}x the images/s of "
-                f"merging nothing (image_r0){memory}"]
+    memory = (
+        f", at {merged.peak_gib / plain.peak_gib:.2f} of its peak memory" if merged.peak_gib and plain.peak_gib else ""
+    )
+    return [
+        "",
+        f"image stage: merging trains at {merged.videos_per_s / plain.videos_per_s:.2f}x the images/s of "
+        f"merging nothing (image_r0){memory}",
+    ]
 
 
 def connector_summary(training: list[TrainResult]) -> list[str]:
@@ -108,6 +130,8 @@ def connector_summary(training: list[TrainResult]) -> list[str]:
         base = done.get(name.split("/", 1)[1]) if "/" in name else None
         if base is not None:
             memory = f", {row.peak_gib / base.peak_gib:.2f}x its peak memory" if row.peak_gib and base.peak_gib else ""
-            lines.append(f"{name}: {row.videos_per_s / base.videos_per_s:.2f}x the videos/s of {base.variant}"
-                         f" (ToMe connector){memory}")
+            lines.append(
+                f"{name}: {row.videos_per_s / base.videos_per_s:.2f}x the videos/s of {base.variant}"
+                f" (ToMe connector){memory}"
+            )
     return ["", *lines] if lines else []

@@ -33,8 +33,10 @@ FPS = 25
 def source_frames(source: Path, width: int, height: int) -> list[av.VideoFrame]:
     """Every frame of ``source`` scaled to width x height (yuv420p), ready to encode."""
     with av.open(str(source)) as container:
-        return [frame.reformat(width=width, height=height, format="yuv420p")
-                for frame in container.decode(container.streams.video[0])]
+        return [
+            frame.reformat(width=width, height=height, format="yuv420p")
+            for frame in container.decode(container.streams.video[0])
+        ]
 
 
 def encode(frames: list[av.VideoFrame], count: int, path: Path, gop: int | None, bt709: bool = False) -> Path:
@@ -75,8 +77,15 @@ def make_bench_videos(source: Path, out_dir: Path, seconds: float = 40.0, sample
     ]
     records = []
     for path in files:
-        record = ClipRecord(clip_id=path.stem, video=str(path.relative_to(out_dir)), video_path=path, start=None,
-                            end=None, captions=("benchmark clip",), split="test")
+        record = ClipRecord(
+            clip_id=path.stem,
+            video=str(path.relative_to(out_dir)),
+            video_path=path,
+            start=None,
+            end=None,
+            captions=("benchmark clip",),
+            split="test",
+        )
         records.append(dataclasses.replace(record, **probe_file(path).record_fields()))
     manifest = out_dir / "manifest.jsonl"
     write_manifest(manifest, records)

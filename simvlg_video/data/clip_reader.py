@@ -61,8 +61,11 @@ class ClipReader:
         self.backend = backend
         self.decode_timeout = decode_timeout
         self.nvdec_fallback = nvdec_fallback
-        self._caller = (IsolatedCaller(decode_timeout, preload=("simvlg_video.data.probe", "simvlg_video.data.decode"))
-                        if decode_timeout is not None else None)
+        self._caller = (
+            IsolatedCaller(decode_timeout, preload=("simvlg_video.data.probe", "simvlg_video.data.decode"))
+            if decode_timeout is not None
+            else None
+        )
         self._sources: dict[Path, ClipSource] = {}
         self._local = threading.local()
 
@@ -104,7 +107,7 @@ class ClipReader:
         if self.backend == "nvdec":
             try:
                 return self._nvdec().read(path, indices, rotation=source.rotation)
-            except Exception as error:  # noqa: BLE001 - any hardware-decoder failure is this file's problem
+            except Exception as error:
                 if not self.nvdec_fallback:
                     raise VideoDecodeError(path, f"nvdec: {error}") from None
                 return self._read_on_cpu(path, indices, "auto", source)
@@ -118,8 +121,10 @@ class ClipReader:
     def _read_on_cpu(self, path: Path, indices: list[int], backend: str, source: ClipSource) -> torch.Tensor:
         if source.rotation:
             if backend == "decord":
-                raise VideoDecodeError(path, f"decord ignores the file's {source.rotation} degree display rotation;"
-                                       " use backend pyav or auto")
+                raise VideoDecodeError(
+                    path,
+                    f"decord ignores the file's {source.rotation} degree display rotation; use backend pyav or auto",
+                )
             backend = "pyav"
         frames = self._call("simvlg_video.data.decode:read_frames", read_frames, path, indices, backend)
         return torch.from_numpy(frames)
@@ -131,8 +136,9 @@ class ClipReader:
         try:
             return self._caller(name, path, *args)
         except CallTimeout:
-            raise VideoDecodeError(path, f"decoding did not finish within {self.decode_timeout:g} s"
-                                   " (decoder process killed)") from None
+            raise VideoDecodeError(
+                path, f"decoding did not finish within {self.decode_timeout:g} s (decoder process killed)"
+            ) from None
         except ChildDied as error:
             raise VideoDecodeError(path, str(error)) from None
 
@@ -143,4 +149,3 @@ class ClipReader:
 
             reader = self._local.nvdec = NvdecReader(device=torch.cuda.current_device())
         return reader
-

@@ -79,12 +79,16 @@ class ClipData:
         if self.manifest:
             path = Path(self.manifest).expanduser()
             if not path.is_file():
-                raise DataConfigError(f"data.manifest: {path} does not exist (a dataset's manifest is written by "
-                                      "simvlg_video.data_tools.convert, then checked by data_tools.check_videos)")
+                raise DataConfigError(
+                    f"data.manifest: {path} does not exist (a dataset's manifest is written by "
+                    "simvlg_video.data_tools.convert, then checked by data_tools.check_videos)"
+                )
             return path
         if self.synthetic is None:
-            raise DataConfigError("data.manifest and data.synthetic are both null: set data.manifest to a manifest "
-                                  "file (or choose a data config that has one, e.g. data=msrvtt data.root=FOLDER)")
+            raise DataConfigError(
+                "data.manifest and data.synthetic are both null: set data.manifest to a manifest "
+                "file (or choose a data config that has one, e.g. data=msrvtt data.root=FOLDER)"
+            )
         settings = OmegaConf.to_container(OmegaConf.create(self.synthetic), resolve=True)
         key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
         out_dir = Path(self.cache_dir).expanduser() / key
@@ -104,8 +108,11 @@ class ClipData:
         trains.
         """
         manifest = self.manifest_path()
-        needed = {(field, getattr(sampler, "func", sampler).__name__) for sampler in samplers
-                  for field in needed_fields(sampler)}
+        needed = {
+            (field, getattr(sampler, "func", sampler).__name__)
+            for sampler in samplers
+            for field in needed_fields(sampler)
+        }
         records = read_manifest(manifest)
         videos = [record for record in records if not record.is_image]  # an image is one frame: nothing to probe
         if not any(getattr(record, field) is None for record in videos for field, _ in needed):
@@ -113,18 +120,31 @@ class ClipData:
         digest = hashlib.sha1(manifest.read_bytes()).hexdigest()[:10]
         probed = manifest.with_name(f"{manifest.stem}.probed-{digest}.jsonl")
         if not probed.is_file():
-            found = probe_paths([r.video_path for r in videos], workers or os.cpu_count() or 1, self.decode_timeout
-                                or 600.0)
-            write_manifest(probed, [dataclasses.replace(r, **found[r.video_path].record_fields())
-                                    if r.video_path in found and not isinstance(found[r.video_path], str) else r
-                                    for r in records])
-        lacking = [(record, field, sampler) for record in read_manifest(probed) if not record.is_image
-                   for field, sampler in sorted(needed) if getattr(record, field) is None]
+            found = probe_paths(
+                [r.video_path for r in videos], workers or os.cpu_count() or 1, self.decode_timeout or 600.0
+            )
+            write_manifest(
+                probed,
+                [
+                    dataclasses.replace(r, **found[r.video_path].record_fields())
+                    if r.video_path in found and not isinstance(found[r.video_path], str)
+                    else r
+                    for r in records
+                ],
+            )
+        lacking = [
+            (record, field, sampler)
+            for record in read_manifest(probed)
+            if not record.is_image
+            for field, sampler in sorted(needed)
+            if getattr(record, field) is None
+        ]
         if lacking:
             shown = "; ".join(f"{r.clip_id} ({r.video_path})" for r, _, _ in lacking[:5])
-            record, field, sampler = lacking[0]
+            _record, field, sampler = lacking[0]
             raise DataConfigError(
                 f"sampler {sampler} needs `{field}`, which {len(lacking)} clip(s) of {manifest} lack even after "
                 f"probing (their videos cannot be read): {shown}. Drop them with "
-                f"`python -m simvlg_video.data_tools.check_videos {manifest}`, or choose another sampler")
+                f"`python -m simvlg_video.data_tools.check_videos {manifest}`, or choose another sampler"
+            )
         return probed

@@ -15,8 +15,9 @@ import torch
 MATRICES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
 
 
-def nv12_to_rgb(nv12: torch.Tensor, height: int, width: int, matrix: str = "bt601",
-                full_range: bool = False) -> torch.Tensor:
+def nv12_to_rgb(
+    nv12: torch.Tensor, height: int, width: int, matrix: str = "bt601", full_range: bool = False
+) -> torch.Tensor:
     """NV12 frames (..., height + ceil(height / 2), width) uint8 -> RGB (..., height, width, 3) uint8.
 
     NV12 is the luma plane followed by one plane of interleaved U, V samples at half resolution both ways.
@@ -25,8 +26,10 @@ def nv12_to_rgb(nv12: torch.Tensor, height: int, width: int, matrix: str = "bt60
         raise ValueError(f"unknown colour matrix {matrix!r}; expected one of {sorted(MATRICES)}")
     chroma_rows = (height + 1) // 2
     if nv12.dtype != torch.uint8 or nv12.shape[-2:] != (height + chroma_rows, width):
-        raise ValueError(f"expected uint8 NV12 of shape (..., {height + chroma_rows}, {width}) for a {width}x{height}"
-                         f" frame, got {nv12.dtype} {tuple(nv12.shape)}")
+        raise ValueError(
+            f"expected uint8 NV12 of shape (..., {height + chroma_rows}, {width}) for a {width}x{height}"
+            f" frame, got {nv12.dtype} {tuple(nv12.shape)}"
+        )
     if width % 2:
         raise ValueError(f"NV12 needs an even frame width, got {width}")
     luma = nv12[..., :height, :].float()

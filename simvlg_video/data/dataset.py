@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from simvlg_video.data.clip_reader import ClipReader, resolve_backend
 from simvlg_video.data.decode import VideoDecodeError
@@ -106,8 +105,13 @@ class VideoClipDataset(Dataset):
             else:
                 source = self.reader.source(record, needed_fields(self.sampler))
                 frame_indices = sample_window(
-                    self.sampler, self.num_frames, source.num_frames, fps=source.fps,
-                    window=(record.start, record.end), keyframes=source.keyframes, rng=rng,
+                    self.sampler,
+                    self.num_frames,
+                    source.num_frames,
+                    fps=source.fps,
+                    window=(record.start, record.end),
+                    keyframes=source.keyframes,
+                    rng=rng,
                 )
                 frames = self.reader.read(record.video_path, frame_indices, source)
         except ClipWindowError as error:
@@ -129,20 +133,26 @@ class VideoClipDataset(Dataset):
         return {"index": index, "clip_id": record.clip_id, "error": error.reason, "video": str(record.video_path)}
 
 
-def collate_clips(items: Sequence[dict[str, Any]],
-                  max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION) -> dict[str, Any]:
+def collate_clips(
+    items: Sequence[dict[str, Any]], max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION
+) -> dict[str, Any]:
     """Batch decoded items as lists (clips may differ in size); failed items go to ``skipped`` instead.
 
     A batch in which every clip failed has empty lists: callers skip it. More than ``max_skip_fraction`` of the
     batch failing raises :class:`TooManySkippedClips`.
     """
     decoded = [item for item in items if "error" not in item]
-    skipped = [{"clip_id": item["clip_id"], "video": item["video"], "reason": item["error"]}
-               for item in items if "error" in item]
+    skipped = [
+        {"clip_id": item["clip_id"], "video": item["video"], "reason": item["error"]}
+        for item in items
+        if "error" in item
+    ]
     if items and len(skipped) > max_skip_fraction * len(items):
         listing = "\n".join(f"  {entry['clip_id']} ({entry['video']}): {entry['reason']}" for entry in skipped)
-        raise TooManySkippedClips(f"{len(skipped)} of {len(items)} clips in a batch could not be decoded, more than"
-                                  f" max_skip_fraction={max_skip_fraction}:\n{listing}")
+        raise TooManySkippedClips(
+            f"{len(skipped)} of {len(items)} clips in a batch could not be decoded, more than"
+            f" max_skip_fraction={max_skip_fraction}:\n{listing}"
+        )
     return {
         "indices": [item.get("index") for item in decoded],
         "clip_ids": [item["clip_id"] for item in decoded],
@@ -182,8 +192,16 @@ def build_loader(
     if dataset.backend == "nvdec":
         from simvlg_video.data.threaded_loader import ThreadedClipLoader
 
-        return ThreadedClipLoader(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                                  num_threads=decode_threads, collate=collate, order=order)
+        return ThreadedClipLoader(
+            dataset,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            num_threads=decode_threads,
+            collate=collate,
+            order=order,
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -208,12 +226,38 @@ class ClipReading:
     max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION  # a batch losing more of its clips raises
 
 
-def clip_loader(records: Sequence[ClipRecord], reading: ClipReading, sampler: FrameSampler, *, train: bool,
-                batch_size: int, num_workers: int, seed: int = 0, order: Sampler[int] | None = None,
-                drop_last: bool = False, decode_threads: int = 8):
+def clip_loader(
+    records: Sequence[ClipRecord],
+    reading: ClipReading,
+    sampler: FrameSampler,
+    *,
+    train: bool,
+    batch_size: int,
+    num_workers: int,
+    seed: int = 0,
+    order: Sampler[int] | None = None,
+    drop_last: bool = False,
+    decode_threads: int = 8,
+):
     """The one way clips become batches, for training, evaluation, captioning and benchmarks alike (the loader's
     `dataset` is the VideoClipDataset)."""
-    dataset = VideoClipDataset(records, reading.num_frames, sampler, train=train, seed=seed, backend=reading.backend,
-                               decode_timeout=reading.decode_timeout)
-    return build_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, seed=seed, drop_last=drop_last,
-                        max_skip_fraction=reading.max_skip_fraction, decode_threads=decode_threads, order=order)
+    dataset = VideoClipDataset(
+        records,
+        reading.num_frames,
+        sampler,
+        train=train,
+        seed=seed,
+        backend=reading.backend,
+        decode_timeout=reading.decode_timeout,
+    )
+    return build_loader(
+        dataset,
+        batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        seed=seed,
+        drop_last=drop_last,
+        max_skip_fraction=reading.max_skip_fraction,
+        decode_threads=decode_threads,
+        order=order,
+    )

@@ -144,8 +144,10 @@ def read_frames(path: str | Path, indices: Sequence[int], backend: str = "auto")
     def read_checked(chosen: DecoderBackend) -> np.ndarray:
         frames = chosen.read(path, index_list)
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[0] != len(index_list) or frames.shape[3] != 3:
-            raise ValueError(f"decoder returned {frames.dtype} array of shape {frames.shape}, expected uint8"
-                             f" ({len(index_list)}, H, W, 3)")
+            raise ValueError(
+                f"decoder returned {frames.dtype} array of shape {frames.shape}, expected uint8"
+                f" ({len(index_list)}, H, W, 3)"
+            )
         return frames
 
     return _run_with_fallback(path, backend, read_checked)
@@ -170,7 +172,7 @@ def _run_with_fallback(path: Path, backend: str, operation: Callable[[DecoderBac
         except _IndexOutOfRange as error:
             # The file decodes; the request is wrong. Another backend would say the same.
             raise VideoDecodeError(path, "; ".join([*reasons, f"{name}: {error}"])) from None
-        except Exception as error:  # noqa: BLE001 - any library failure becomes a VideoDecodeError below
+        except Exception as error:
             reason = _short_reason(error)
             reasons.append(f"{name}: {reason}")
             if name != names[-1]:

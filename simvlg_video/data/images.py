@@ -98,8 +98,7 @@ def _torchvision_decode(encoded: list[torch.Tensor], device: torch.device) -> li
         return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
 
 
-def decode_jpegs(encoded: list[bytes], orientations: list[int],
-                 device: torch.device | str) -> list[torch.Tensor | str]:
+def decode_jpegs(encoded: list[bytes], orientations: list[int], device: torch.device | str) -> list[torch.Tensor | str]:
     """Decode a batch of JPEGs in one call on `device` (nvJPEG on a GPU): each an upright uint8 (H, W, 3) tensor
     there, or the reason it failed. A batch with a damaged image is decoded again one by one to find it."""
     device = torch.device(device)
@@ -114,5 +113,7 @@ def decode_jpegs(encoded: list[bytes], orientations: list[int],
             except RuntimeError as error:
                 reason = _SOURCE_PREFIX.sub("", str(error).strip().splitlines()[0])
                 decoded.append(f"not a readable JPEG ({reason})")
-    return [image if isinstance(image, str) else orient(image, orientation).permute(1, 2, 0)
-            for image, orientation in zip(decoded, orientations)]
+    return [
+        image if isinstance(image, str) else orient(image, orientation).permute(1, 2, 0)
+        for image, orientation in zip(decoded, orientations)
+    ]

@@ -14,6 +14,7 @@ it dies with its owner (end of input, and on Linux a parent-death signal). Start
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib
 import logging
@@ -118,30 +119,34 @@ class IsolatedCaller:
             process.stdout.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing useful left to do
-            pass
 
     def _child(self) -> subprocess.Popen:
         if self._owner_pid != os.getpid():  # inherited through fork: never touch the parent's child
             self._process, self._owner_pid, self._calls = None, os.getpid(), 0
         if self._process is not None and self._process.poll() is not None:
-            logger.warning("decode process %d had exited (code %s); starting a new one", self._process.pid,
-                           self._process.returncode)
+            logger.warning(
+                "decode process %d had exited (code %s); starting a new one",
+                self._process.pid,
+                self._process.returncode,
+            )
             self._process = None
             self.restarts += 1
         if self._process is None:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "simvlg_video.data.isolated", str(os.getpid()), *self.preload],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
             )
             if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux: 1 MiB pipe, so frames cross in fewer system calls
                 fcntl.fcntl(self._process.stdout.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
             self._calls = 0
             try:
-                status, detail = pickle.loads(_read_message(self._process.stdout.fileno(),
-                                                            time.monotonic() + STARTUP_LIMIT))
+                status, detail = pickle.loads(
+                    _read_message(self._process.stdout.fileno(), time.monotonic() + STARTUP_LIMIT)
+                )
             except (CallTimeout, ChildDied) as error:
                 self._kill()
                 raise ChildDied(f"the decode process did not start ({error})") from None
@@ -157,10 +162,8 @@ class IsolatedCaller:
         process.kill()
         process.wait()
         for stream in (process.stdin, process.stdout):
-            try:
+            with contextlib.suppress(OSError):
                 stream.close()
-            except OSError:
-                pass
         self.restarts += 1
 
 
@@ -198,7 +201,7 @@ def _serve(parent_pid: int, preload: list[str]) -> None:
     try:
         for module in preload:
             importlib.import_module(module)
-    except Exception as error:  # noqa: BLE001 - reported to the parent, which names it
+    except Exception as error:
         _send(writer, ("failed", f"{type(error).__name__}: {error}"))
         return
     _send(writer, ("ready", None))
@@ -211,7 +214,7 @@ def _serve(parent_pid: int, preload: list[str]) -> None:
         try:
             function = functions.get(function_name) or functions.setdefault(function_name, _resolve(function_name))
             result = function(*args, **kwargs)
-        except Exception as error:  # noqa: BLE001 - every failure goes back to the caller
+        except Exception as error:
             _send(writer, ("error", _picklable(error)))
             continue
         if isinstance(result, np.ndarray):
@@ -244,7 +247,7 @@ def _picklable(error: Exception) -> Exception:
     try:
         pickle.loads(pickle.dumps(error))
         return error
-    except Exception:  # noqa: BLE001 - any pickling problem: fall back to the text
+    except Exception:
         return RuntimeError(f"{type(error).__name__}: {error}")
 
 

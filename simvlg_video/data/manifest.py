@@ -70,13 +70,24 @@ class ClipRecord:
     def for_file(cls, path: str | Path) -> ClipRecord:
         """A record for a video or image file on its own (no captions, the whole video): what `caption` reads."""
         path = Path(path)
-        return cls(clip_id=str(path), video=str(path), video_path=path.resolve(), start=None, end=None, captions=(),
-                   split="test", is_image=path.suffix.lower() in IMAGE_SUFFIXES)
+        return cls(
+            clip_id=str(path),
+            video=str(path),
+            video_path=path.resolve(),
+            start=None,
+            end=None,
+            captions=(),
+            split="test",
+            is_image=path.suffix.lower() in IMAGE_SUFFIXES,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest line for this record (metadata left out where unknown)."""
-        line: dict[str, Any] = {"clip_id": self.clip_id, "image": self.video} if self.is_image else {
-            "clip_id": self.clip_id, "video": self.video, "start": self.start, "end": self.end}
+        line: dict[str, Any] = (
+            {"clip_id": self.clip_id, "image": self.video}
+            if self.is_image
+            else {"clip_id": self.clip_id, "video": self.video, "start": self.start, "end": self.end}
+        )
         line.update(captions=list(self.captions), split=self.split)
         for key in METADATA_KEYS:
             if getattr(self, key) is not None:
@@ -106,8 +117,10 @@ def read_manifest(path: str | Path, split: str | None = None) -> list[ClipRecord
                 raise ManifestError(f"{location}: not valid JSON ({json_problem(error, line=False)})") from None
             record = parse_record(raw, path.parent, location)
             if record.clip_id in first_line_of:
-                raise ManifestError(f"{location}: key 'clip_id': duplicate {record.clip_id!r}"
-                                    f" (first seen on line {first_line_of[record.clip_id]})")
+                raise ManifestError(
+                    f"{location}: key 'clip_id': duplicate {record.clip_id!r}"
+                    f" (first seen on line {first_line_of[record.clip_id]})"
+                )
             first_line_of[record.clip_id] = line_number
             records.append(record)
     return [record for record in records if split is None or record.split == split]
@@ -153,12 +166,16 @@ def parse_record(raw: Any, base_dir: Path, location: str) -> ClipRecord:
     required = IMAGE_KEYS if is_image else REQUIRED_KEYS
     missing = [key for key in required if key not in raw]
     if missing:
-        raise ManifestError(f"{location}: missing key {missing[0]!r} (required keys: {list(required)}"
-                            f"{'' if is_image else '; an image line has ' + repr(list(IMAGE_KEYS))})")
+        raise ManifestError(
+            f"{location}: missing key {missing[0]!r} (required keys: {list(required)}"
+            f"{'' if is_image else '; an image line has ' + repr(list(IMAGE_KEYS))})"
+        )
     unknown = sorted(set(raw) - set(KNOWN_KEYS))
     if unknown:
-        raise ManifestError(f"{location}: unknown key {unknown[0]!r}; allowed keys are {list(KNOWN_KEYS)}"
-                            " (put extra information under 'attributes')")
+        raise ManifestError(
+            f"{location}: unknown key {unknown[0]!r}; allowed keys are {list(KNOWN_KEYS)}"
+            " (put extra information under 'attributes')"
+        )
 
     def fail(key: str, expected: str) -> ManifestError:
         return ManifestError(f"{location}: key {key!r}: expected {expected}, got {raw[key]!r}")
@@ -227,9 +244,12 @@ def _optional_keyframes(raw, fail) -> tuple[int, ...] | None:
     value = raw.get("keyframes")
     if value is None:
         return None
-    if (not isinstance(value, list) or not value
-            or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in value)
-            or value != sorted(set(value))):
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in value)
+        or value != sorted(set(value))
+    ):
         raise fail("keyframes", "a non-empty increasing list of frame numbers >= 0, or null")
     return tuple(value)
 

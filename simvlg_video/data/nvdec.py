@@ -52,8 +52,9 @@ class NvdecReader:
         self._built_for = (0, 0)
         self.opened = 0  # decoders built (the slow part); the rest were reconfigured
 
-    def read(self, path: str | Path, indices: list[int], colour: tuple[str, bool] | None = None,
-             rotation: int = 0) -> torch.Tensor:
+    def read(
+        self, path: str | Path, indices: list[int], colour: tuple[str, bool] | None = None, rotation: int = 0
+    ) -> torch.Tensor:
         """Frames ``indices`` (any order, repeats allowed) as uint8 RGB (len(indices), H, W, 3) on the GPU.
 
         ``colour`` is (matrix, full_range) from the probe; None reads it from the file's header. ``rotation`` is
@@ -103,13 +104,18 @@ class NvdecReader:
                 self._decoder.reconfigure_decoder(path)
                 self._path = path
                 return self._decoder
-            except Exception as error:  # noqa: BLE001 - rebuild below, and say why
+            except Exception as error:
                 logger.debug("reconfiguring the hardware decoder for %s failed (%s); rebuilding it", path, error)
         self.close()
         built_for = (max(size[0], self.max_size[0]), max(size[1], self.max_size[1]))
         self._decoder = self._nvc.SimpleDecoder(
-            path, gpu_id=self.device.index, cuda_stream=self.stream.cuda_stream, use_device_memory=True,
-            max_width=built_for[0], max_height=built_for[1], output_color_type=self._nvc.OutputColorType.NATIVE,
+            path,
+            gpu_id=self.device.index,
+            cuda_stream=self.stream.cuda_stream,
+            use_device_memory=True,
+            max_width=built_for[0],
+            max_height=built_for[1],
+            output_color_type=self._nvc.OutputColorType.NATIVE,
         )
         self._path, self._built_for = path, built_for
         self.opened += 1
@@ -129,6 +135,8 @@ def _as_nv12_plane(frame: torch.Tensor) -> torch.Tensor:
     if frame.ndim == 3 and frame.shape[-1] == 1:
         frame = frame[..., 0]
     if frame.ndim != 2 or frame.dtype != torch.uint8:
-        raise RuntimeError(f"expected an NV12 frame (H * 3/2, W) uint8 from the decoder, got {frame.dtype}"
-                           f" {tuple(frame.shape)}: is the video 8-bit 4:2:0?")
+        raise RuntimeError(
+            f"expected an NV12 frame (H * 3/2, W) uint8 from the decoder, got {frame.dtype}"
+            f" {tuple(frame.shape)}: is the video 8-bit 4:2:0?"
+        )
     return frame

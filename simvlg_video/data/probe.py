@@ -57,8 +57,13 @@ class VideoProbe:
     def record_fields(self) -> dict:
         """The probed fields of a manifest record (``manifest.METADATA_KEYS``), for ``dataclasses.replace``."""
         return {
-            "num_frames": self.num_frames, "fps": self.fps, "duration": self.duration, "width": self.width,
-            "height": self.height, "keyframes": self.keyframes, "rotation": self.rotation,
+            "num_frames": self.num_frames,
+            "fps": self.fps,
+            "duration": self.duration,
+            "width": self.width,
+            "height": self.height,
+            "keyframes": self.keyframes,
+            "rotation": self.rotation,
         }
 
 
@@ -88,7 +93,7 @@ def probe_file(path: str | Path) -> VideoProbe:
         return probe
     except ProbeError:
         raise
-    except Exception as error:  # noqa: BLE001 - any demuxer failure is reported as the file's problem
+    except Exception as error:
         raise ProbeError(path, _first_line(error).replace(f": '{path}'", "")) from None
 
 
@@ -106,7 +111,7 @@ def _complete_packets(container, stream) -> list[tuple[int | None, int | None, b
             if packet.is_corrupt:
                 break
             packets.append((packet.pts, packet.duration, bool(packet.is_keyframe)))
-    except Exception:  # noqa: BLE001 - a read error mid-file: what was read so far is what the file holds
+    except Exception:
         pass
     return packets
 
@@ -163,7 +168,7 @@ def _rotation(path: Path) -> int:
     angle = getattr(frame, "rotation", 0) or 0
     if not math.isclose(angle % 90, 0, abs_tol=1) and not math.isclose(angle % 90, 90, abs_tol=1):
         raise ProbeError(path, f"display rotation of {angle} degrees is not a multiple of 90")
-    return int(round(angle / 90)) % 4 * 90
+    return round(angle / 90) % 4 * 90
 
 
 def _first_line(error: BaseException) -> str:
@@ -171,8 +176,9 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def probe_paths(paths: list[Path], workers: int = 4, timeout: float = 60.0,
-                show_progress: bool = True) -> dict[Path, VideoProbe | str]:
+def probe_paths(
+    paths: list[Path], workers: int = 4, timeout: float = 60.0, show_progress: bool = True
+) -> dict[Path, VideoProbe | str]:
     """Each distinct path -> its probe, or the reason it could not be probed. ``workers`` child processes."""
     local = threading.local()
     callers: list[IsolatedCaller] = []
@@ -193,8 +199,15 @@ def probe_paths(paths: list[Path], workers: int = 4, timeout: float = 60.0,
     unique = list(dict.fromkeys(paths))
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            results = list(tqdm(pool.map(probe_one, unique), total=len(unique), desc="probe",
-                                disable=not show_progress, dynamic_ncols=True))
+            results = list(
+                tqdm(
+                    pool.map(probe_one, unique),
+                    total=len(unique),
+                    desc="probe",
+                    disable=not show_progress,
+                    dynamic_ncols=True,
+                )
+            )
     finally:
         for caller in callers:
             caller.close()

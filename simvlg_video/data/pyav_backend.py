@@ -86,7 +86,7 @@ def _index_packets(container, stream) -> _PacketIndex:
                 break
             timestamps.append(packet.pts)
             keys.append(bool(packet.is_keyframe))
-    except Exception:  # noqa: BLE001 - a read error mid-file ends what the file holds
+    except Exception:
         pass
     if not timestamps:
         raise ValueError("the video stream holds no complete frame")
@@ -181,5 +181,5 @@ def _check_found(found: dict[int, np.ndarray], wanted: list[int]) -> dict[int, n
 def _to_rgb(frame) -> np.ndarray:
     """RGB of a decoded frame, turned by the file's display rotation (counter-clockwise, as players turn it)."""
     rgb = frame.to_ndarray(format="rgb24")
-    turns = int(round((getattr(frame, "rotation", 0) or 0) / 90)) % 4
+    turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb

@@ -171,8 +171,10 @@ def keyframe(
     window within one group of pictures) uses the targets themselves, decoded exactly.
     """
     if keyframes is None:
-        raise ValueError("the keyframe sampler needs keyframe positions: probe the videos first"
-                         " (python -m simvlg_video.data_tools.probe_videos)")
+        raise ValueError(
+            "the keyframe sampler needs keyframe positions: probe the videos first"
+            " (python -m simvlg_video.data_tools.probe_videos)"
+        )
     targets = random_segment(num_available, num_frames, rng)
     inside = sorted(k for k in keyframes if 0 <= k < num_available)
     if not inside:
@@ -204,8 +206,9 @@ def frame_window(total_frames: int, fps: float | None, start: float | None, end:
     stop = math.ceil(end * fps - _TIME_EPSILON) if end is not None else total_frames
     stop = min(stop, total_frames)
     if stop <= first:
-        raise ClipWindowError(f"clip window start={start} end={end} s holds no frames of a video with"
-                              f" {total_frames} frames at {fps} fps")
+        raise ClipWindowError(
+            f"clip window start={start} end={end} s holds no frames of a video with {total_frames} frames at {fps} fps"
+        )
     return first, stop
 
 
@@ -224,6 +227,8 @@ def sample_window(
     relative_keyframes = None if keyframes is None else [k - first for k in keyframes if first <= k < stop]
     offsets = sampler(stop - first, num_frames, rng, fps=fps, keyframes=relative_keyframes)
     if len(offsets) != num_frames or not all(0 <= offset < stop - first for offset in offsets):
-        raise ValueError(f"sampler {sampler!r} returned {offsets} for {stop - first} frames and"
-                         f" num_frames={num_frames}; expected {num_frames} indices in range")
+        raise ValueError(
+            f"sampler {sampler!r} returned {offsets} for {stop - first} frames and"
+            f" num_frames={num_frames}; expected {num_frames} indices in range"
+        )
     return [first + int(offset) for offset in offsets]

@@ -141,15 +141,27 @@ class ShardStream(IterableDataset):
     :meth:`resume` before the loader starts its workers to continue from saved positions.
     """
 
-    def __init__(self, shards: list[str], batch_size: int, reading: ShardReading, *, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, num_streams: int = 1) -> None:
+    def __init__(
+        self,
+        shards: list[str],
+        batch_size: int,
+        reading: ShardReading,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_streams: int = 1,
+    ) -> None:
         if len(shards) < world_size * num_streams:
-            raise ShardError(f"{len(shards)} shard(s) cannot feed {world_size} process(es) x {num_streams} loader "
-                             f"stream(s) (train.num_workers, at least 1): every stream needs a shard of its own; "
-                             f"lower train.num_workers or write smaller shards")
+            raise ShardError(
+                f"{len(shards)} shard(s) cannot feed {world_size} process(es) x {num_streams} loader "
+                f"stream(s) (train.num_workers, at least 1): every stream needs a shard of its own; "
+                f"lower train.num_workers or write smaller shards"
+            )
         if batch_size < 1 or reading.shuffle_buffer < 1:
-            raise ValueError(f"batch_size and shuffle_buffer must be >= 1, got {batch_size} and "
-                             f"{reading.shuffle_buffer}")
+            raise ValueError(
+                f"batch_size and shuffle_buffer must be >= 1, got {batch_size} and {reading.shuffle_buffer}"
+            )
         self.shards = list(shards)
         self.batch_size = batch_size
         self.reading = reading
@@ -183,8 +195,10 @@ class ShardStream(IterableDataset):
         for position, key, sample in self.samples(stream, start):
             if position.epoch != epoch:
                 if whole_epoch and readable_in_epoch == 0:
-                    raise ShardError(f"a whole epoch of stream {stream} held no readable sample; check the shards "
-                                     f"(e.g. {self.shards[0]})")
+                    raise ShardError(
+                        f"a whole epoch of stream {stream} held no readable sample; check the shards "
+                        f"(e.g. {self.shards[0]})"
+                    )
                 readable_in_epoch, epoch, whole_epoch = 0, position.epoch, True
             name = f"{sample['__url__']}:{sample['__key__']}"
             item = self.item(sample, name)
@@ -198,10 +212,20 @@ class ShardStream(IterableDataset):
             keys.append(key)
             names.append(name)
             if len(frames) == self.batch_size:
-                images = ({"jpegs": [f[0] for f in frames], "orientations": [f[1] for f in frames]}
-                          if self.reading.decode_on_device else frames)
-                yield {"frames": images, "captions": captions, "keys": keys, "names": names, "skipped": skipped,
-                       "stream": stream, "position": asdict(position)}
+                images = (
+                    {"jpegs": [f[0] for f in frames], "orientations": [f[1] for f in frames]}
+                    if self.reading.decode_on_device
+                    else frames
+                )
+                yield {
+                    "frames": images,
+                    "captions": captions,
+                    "keys": keys,
+                    "names": names,
+                    "skipped": skipped,
+                    "stream": stream,
+                    "position": asdict(position),
+                }
                 frames, captions, keys, names, skipped = [], [], [], [], []
 
     def samples(self, stream: int, start: StreamPosition) -> Iterator[tuple[StreamPosition, tuple, dict]]:
@@ -215,8 +239,9 @@ class ShardStream(IterableDataset):
                 shard = mine[shard_number]
                 rng = np.random.default_rng([self.seed, epoch, shard, 0x5A])
                 url = self.shards[shard]
-                for ordinal, sample in enumerate(buffered_shuffle(shard_samples(url), self.reading.shuffle_buffer,
-                                                                  rng)):
+                for ordinal, sample in enumerate(
+                    buffered_shuffle(shard_samples(url), self.reading.shuffle_buffer, rng)
+                ):
                     if ordinal >= skip:  # a resumed stream passes over what it had read, undecoded
                         yield StreamPosition(epoch, shard_number, ordinal + 1), (epoch, shard, ordinal), sample
                 skip = 0
@@ -230,7 +255,7 @@ class ShardStream(IterableDataset):
         if extension is None:
             return f"no image ({'/'.join(IMAGE_EXTENSIONS)}) in the sample"
         if not sample_caption(sample):
-            return "no caption (.txt, or .json with a \"caption\")"
+            return 'no caption (.txt, or .json with a "caption")'
         data = sample[extension]
         if self.reading.decode_on_device and is_jpeg(data):
             return data, jpeg_orientation(data)

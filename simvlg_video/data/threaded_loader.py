@@ -33,12 +33,23 @@ class ThreadedClipLoader:
     Up to ``prefetch_batches`` batches are decoded ahead.
     """
 
-    def __init__(self, dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool, num_threads: int,
-                 collate: Callable[[list[dict[str, Any]]], dict[str, Any]], prefetch_batches: int = 2,
-                 order: Iterable[int] | None = None) -> None:
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        num_threads: int,
+        collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        prefetch_batches: int = 2,
+        order: Iterable[int] | None = None,
+    ) -> None:
         if batch_size < 1 or num_threads < 1 or prefetch_batches < 1:
-            raise ValueError(f"batch_size, num_threads and prefetch_batches must be >= 1, got {batch_size},"
-                             f" {num_threads}, {prefetch_batches}")
+            raise ValueError(
+                f"batch_size, num_threads and prefetch_batches must be >= 1, got {batch_size},"
+                f" {num_threads}, {prefetch_batches}"
+            )
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -123,5 +134,5 @@ class _ReplaceablePool:
                 continue
             try:
                 future.set_result(function(*args))
-            except BaseException as error:  # noqa: BLE001 - handed to the waiting loader
+            except BaseException as error:
                 future.set_exception(error)

@@ -64,7 +64,8 @@ class FrameTransform:
     ) -> torch.Tensor:
         """Transform a batch: one (B, T, H, W, 3) uint8 tensor, or a list of (T, H, W, 3) uint8 tensors whose H and
         W may differ. ``generator`` (a CPU ``torch.Generator``, or one per clip so that a clip's crop does not depend
-        on which batch it is in) drives the train-time crops and flips; None uses torch's global RNG. ``device`` is where the output lives (default: where the input is).
+        on which batch it is in) drives the train-time crops and flips; None uses torch's global RNG. ``device`` is
+        where the output lives (default: where the input is).
 
         Each clip crosses to ``device`` once, as uint8 (asynchronously from pinned memory); everything after runs
         there as batched tensor ops: eval resizes all clips of one frame size in one call, train resizes each
@@ -92,8 +93,9 @@ class FrameTransform:
                 out[position] = clip
         return torch.stack(out)
 
-    def _train_batch(self, clips: list[torch.Tensor],
-                     generators: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+    def _train_batch(
+        self, clips: list[torch.Tensor], generators: torch.Generator | Sequence[torch.Generator] | None
+    ) -> torch.Tensor:
         """One random crop box per clip (shared by its frames) resized to ``size``, then one flip per clip."""
         if isinstance(generators, Sequence):
             if len(generators) != len(clips):

@@ -53,8 +53,16 @@ def write_video(
     return path
 
 
-def _open_stream(output, codec: str, fps: float, first: av.VideoFrame, pix_fmt: str,
-                 encoder_options: Mapping[str, str] | None, rotation: int, millisecond_times: bool):
+def _open_stream(
+    output,
+    codec: str,
+    fps: float,
+    first: av.VideoFrame,
+    pix_fmt: str,
+    encoder_options: Mapping[str, str] | None,
+    rotation: int,
+    millisecond_times: bool,
+):
     stream = output.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
     stream.width, stream.height, stream.pix_fmt = first.width, first.height, pix_fmt
     stream.options = dict(encoder_options or {})

@@ -26,8 +26,9 @@ from simvlg_video.eval.shape_accuracy import parse_motion
 PAIRS = (("left", "right"), ("up", "down"), ("grow", "shrink"))
 
 
-def ridge_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                strength: float = 10.0) -> tuple[float, float]:
+def ridge_probe(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, strength: float = 10.0
+) -> tuple[float, float]:
     """(train accuracy, test accuracy) of a ridge classifier on boolean labels (closed form, standardised inputs)."""
     mean, scale = train_x.mean(0), train_x.std(0) + 1e-6
     design = np.c_[(train_x - mean) / scale, np.ones(len(train_x))]
@@ -43,8 +44,14 @@ def soft_prompts(opened: OpenedModel, records: list[ClipRecord]) -> np.ndarray:
     model, inference = opened.model, opened.inference
     device = next(model.parameters()).device
     transform = inference.transform(opened.config.image_size)
-    loader = clip_loader(records, inference.reading, inference.frame_sampler, train=False,
-                         batch_size=inference.batch_size, num_workers=inference.num_workers)
+    loader = clip_loader(
+        records,
+        inference.reading,
+        inference.frame_sampler,
+        train=False,
+        batch_size=inference.batch_size,
+        num_workers=inference.num_workers,
+    )
     rows = []
     for batch in tqdm(loader, desc="soft prompts", dynamic_ncols=True):
         if batch["skipped"]:
@@ -63,8 +70,9 @@ def probe_run(run_dir: Path, train_clips: int = 240) -> list[dict]:
     records = read_manifest(cfg.data.manifest)
     predictions_file = run_dir / "eval" / f"{cfg.eval.split}_predictions.json"
     if not predictions_file.is_file():
-        raise SystemExit(f"error: {predictions_file} not found "
-                         f"(run `python -m simvlg_video.evaluate --ckpt {run_dir}`)")
+        raise SystemExit(
+            f"error: {predictions_file} not found (run `python -m simvlg_video.evaluate --ckpt {run_dir}`)"
+        )
     captions = {row["clip_id"]: row["caption"] for row in json.loads(predictions_file.read_text())}
     rows = []
     for pair in PAIRS:
@@ -74,11 +82,22 @@ def probe_run(run_dir: Path, train_clips: int = 240) -> list[dict]:
             continue
         train = train[:train_clips]
         train_acc, test_acc = ridge_probe(
-            soft_prompts(opened, train), np.array([r.attributes["motion"] == pair[0] for r in train]),
-            soft_prompts(opened, test), np.array([r.attributes["motion"] == pair[0] for r in test]))
+            soft_prompts(opened, train),
+            np.array([r.attributes["motion"] == pair[0] for r in train]),
+            soft_prompts(opened, test),
+            np.array([r.attributes["motion"] == pair[0] for r in test]),
+        )
         said = [parse_motion(captions.get(r.clip_id, "")) == r.attributes["motion"] for r in test]
-        rows.append({"pair": "/".join(pair), "train_clips": len(train), "test_clips": len(test),
-                     "probe_train_acc": train_acc, "probe_test_acc": test_acc, "caption_acc": float(np.mean(said))})
+        rows.append(
+            {
+                "pair": "/".join(pair),
+                "train_clips": len(train),
+                "test_clips": len(test),
+                "probe_train_acc": train_acc,
+                "probe_test_acc": test_acc,
+                "caption_acc": float(np.mean(said)),
+            }
+        )
     if not rows:
         raise SystemExit(f"error: {cfg.data.manifest} has no clips with opposite motions in its train and test splits")
     return rows
@@ -93,8 +112,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("| pair | probe on soft prompts: train / test | captions naming the right motion | test clips |")
     print("|---|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['pair']} | {100 * row['probe_train_acc']:.0f}% / {100 * row['probe_test_acc']:.0f}% "
-              f"| {100 * row['caption_acc']:.0f}% | {row['test_clips']} |")
+        print(
+            f"| {row['pair']} | {100 * row['probe_train_acc']:.0f}% / {100 * row['probe_test_acc']:.0f}% "
+            f"| {100 * row['caption_acc']:.0f}% | {row['test_clips']} |"
+        )
     return rows
 
 

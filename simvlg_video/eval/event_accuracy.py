@@ -58,12 +58,15 @@ def parse_clause(clause: str) -> tuple[str | None, str | None, str | None]:
         actions.append(STOP)
     turn_at = next((i for i, word in enumerate(words) if word in TURN_KEYWORDS), None)
     if turn_at is not None:
-        colours = [word for word in words[turn_at + 1:] if word in COLOURS]
+        colours = [word for word in words[turn_at + 1 :] if word in COLOURS]
         if colours:
             actions.append(TURN)
             to = colours[0] if len(set(colours)) == 1 else None
-    return (shapes[0] if len(shapes) == 1 else None, actions[0] if len(actions) == 1 else None,
-            to if actions == [TURN] else None)
+    return (
+        shapes[0] if len(shapes) == 1 else None,
+        actions[0] if len(actions) == 1 else None,
+        to if actions == [TURN] else None,
+    )
 
 
 def clause_matches(clause: str, event: Event) -> bool:
@@ -84,7 +87,8 @@ def events_in_order(caption: str, events: Sequence[Event]) -> bool:
             current.append(word)
     clauses.append(current)
     return len(clauses) == len(events) and all(
-        clause_matches(" ".join(clause), event) for clause, event in zip(clauses, events))
+        clause_matches(" ".join(clause), event) for clause, event in zip(clauses, events)
+    )
 
 
 def parse_speed(caption: str) -> str | None:
@@ -105,7 +109,8 @@ def event_accuracy(predictions: Mapping[str, str], attributes: Mapping[str, Mapp
     event_order_acc: over clips with two or more events (attribute "events"), the share whose caption names every
     event in the right order; also per clip kind (event_order_acc/<kind>) where the attributes give "kind".
     speed_acc: over clips with a "speed" attribute, the share whose caption names that speed (and no other);
-    speed_motion_acc: the same clips, speed and motion (attribute "motion") both right. A metric is absent when no clip calls for it.
+    speed_motion_acc: the same clips, speed and motion (attribute "motion") both right. A metric is absent when no
+    clip calls for it.
     """
     unknown = sorted(set(predictions) - set(attributes))
     if unknown:

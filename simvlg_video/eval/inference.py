@@ -58,8 +58,11 @@ class InferenceConfig:
 
     @property
     def generation(self) -> dict[str, int]:
-        return {"num_beams": self.num_beams, "min_new_tokens": self.min_new_tokens,
-                "max_new_tokens": self.max_new_tokens}
+        return {
+            "num_beams": self.num_beams,
+            "min_new_tokens": self.min_new_tokens,
+            "max_new_tokens": self.max_new_tokens,
+        }
 
     def transform(self, image_size: int) -> FrameTransform:
         return FrameTransform(size=image_size)
@@ -76,12 +79,15 @@ def split_settings(argv: list[str]) -> tuple[list[str], list[str]]:
 def read_inference_config(stored: Any, overrides: list[str] = (), source: str = "") -> InferenceConfig:
     """`stored` (a model.yaml's `inference:`, None for the defaults) with `key=value` overrides, type-checked."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(InferenceConfig), stored or {},
-                                 OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(
+            OmegaConf.structured(InferenceConfig), stored or {}, OmegaConf.from_dotlist(list(overrides))
+        )
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         known = ", ".join(f.name for f in fields(InferenceConfig))
-        raise ValueError(f"{source or 'inference settings'}: {str(error).splitlines()[0]} (settings: {known})") from None
+        raise ValueError(
+            f"{source or 'inference settings'}: {str(error).splitlines()[0]} (settings: {known})"
+        ) from None
 
 
 @dataclass
@@ -103,13 +109,18 @@ def find_model_dir(path: str | Path) -> tuple[Path, Path | None]:
     if (path / MODEL_CONFIG).is_file():
         return path, None
     if (path / RUN_CONFIG).is_file():
-        raise ModelDirError(f"{path} is a run directory without an exported model ({path / RUN_MODEL} is missing: "
-                            "the run did not finish; continue it with resume=auto)")
+        raise ModelDirError(
+            f"{path} is a run directory without an exported model ({path / RUN_MODEL} is missing: "
+            "the run did not finish; continue it with resume=auto)"
+        )
     if is_blip2_folder(path):
-        raise ModelDirError(f"{path} is a Hugging Face BLIP-2 folder; import it as a model directory first: "
-                            f"python -m simvlg_video.model.blip2_checkpoint {path} --out MODEL_DIR")
-    raise ModelDirError(f"{path} is neither a model directory ({MODEL_CONFIG}) nor a run directory ({RUN_CONFIG} "
-                        f"and {RUN_MODEL}/)")
+        raise ModelDirError(
+            f"{path} is a Hugging Face BLIP-2 folder; import it as a model directory first: "
+            f"python -m simvlg_video.model.blip2_checkpoint {path} --out MODEL_DIR"
+        )
+    raise ModelDirError(
+        f"{path} is neither a model directory ({MODEL_CONFIG}) nor a run directory ({RUN_CONFIG} and {RUN_MODEL}/)"
+    )
 
 
 def open_model(path: str | Path, overrides: list[str] = (), device: torch.device | None = None) -> OpenedModel:
@@ -120,10 +131,16 @@ def open_model(path: str | Path, overrides: list[str] = (), device: torch.device
     stored = OmegaConf.load(config_file).get("inference")
     inference = read_inference_config(stored, overrides, str(config_file))
     chosen = any(item.startswith("precision=") for item in overrides)
-    if (device is None or device.type == "cpu") and inference.precision == "bf16" and not chosen \
-            and not cpu_runs_bf16():
-        log.info("this CPU has no bf16 kernels (AVX2 only), where bf16 runs 5-7x slower than fp32: captioning in "
-                 "fp32 (precision=bf16 to insist)")
+    if (
+        (device is None or device.type == "cpu")
+        and inference.precision == "bf16"
+        and not chosen
+        and not cpu_runs_bf16()
+    ):
+        log.info(
+            "this CPU has no bf16 kernels (AVX2 only), where bf16 runs 5-7x slower than fp32: captioning in "
+            "fp32 (precision=bf16 to insist)"
+        )
         inference.precision = "fp32"
     model, config = load_model_dir(model_dir, dtype=compute_dtype(inference.precision))
     if device is not None:

@@ -47,8 +47,10 @@ def build_paragraphs(records: Iterable[ClipRecord], captions: Mapping[str, str])
         if missing:
             raise ValueError(f"clip {record.clip_id!r}: paragraph evaluation needs attribute {missing[0]!r}")
         if len(record.captions) != 1:
-            raise ValueError(f"clip {record.clip_id!r}: a segment needs exactly one reference caption to form a "
-                             f"reference paragraph, got {len(record.captions)}")
+            raise ValueError(
+                f"clip {record.clip_id!r}: a segment needs exactly one reference caption to form a "
+                f"reference paragraph, got {len(record.captions)}"
+            )
         video, reference_set = (str(record.attributes[key]) for key in PARAGRAPH_ATTRIBUTES)
         segments.setdefault(video, {}).setdefault(reference_set, []).append(record)
     result = Paragraphs({}, {}, [])
@@ -63,8 +65,9 @@ def build_paragraphs(records: Iterable[ClipRecord], captions: Mapping[str, str])
     return result
 
 
-def paragraph_scores(records: Iterable[ClipRecord], captions: Mapping[str, str], spice: bool = False
-                     ) -> dict[str, float]:
+def paragraph_scores(
+    records: Iterable[ClipRecord], captions: Mapping[str, str], spice: bool = False
+) -> dict[str, float]:
     """COCO metrics of the predicted paragraphs, keys prefixed "paragraph/", plus the number of videos scored
     ("paragraph/videos") and left out for missing segment captions ("paragraph/videos_incomplete")."""
     paragraphs = build_paragraphs(records, captions)

@@ -31,15 +31,28 @@ class Predictions:
     skipped: list[dict] = field(default_factory=list)
 
 
-def predict(model: VideoCaptioner, records: list[ClipRecord], inference: InferenceConfig, image_size: int, *,
-            desc: str = "caption", synced: bool = False) -> Predictions:
+def predict(
+    model: VideoCaptioner,
+    records: list[ClipRecord],
+    inference: InferenceConfig,
+    image_size: int,
+    *,
+    desc: str = "caption",
+    synced: bool = False,
+) -> Predictions:
     """One caption per clip (deterministic frame sampling); clips that fail to decode are skipped and listed.
 
     `synced` (FSDP): every batch runs the model, even one whose clips all failed (on a blank clip whose caption
     is dropped), so all ranks join the same number of parameter gathers."""
     device = next(model.parameters()).device
-    loader = clip_loader(records, inference.reading, inference.frame_sampler, train=False,
-                         batch_size=inference.batch_size, num_workers=inference.num_workers)
+    loader = clip_loader(
+        records,
+        inference.reading,
+        inference.frame_sampler,
+        train=False,
+        batch_size=inference.batch_size,
+        num_workers=inference.num_workers,
+    )
     transform = inference.transform(image_size)
     result = Predictions()
     model.eval()
@@ -91,9 +104,16 @@ def write_eval(out_dir: Path, split: str, predictions: Predictions, metrics: dic
 
 
 @torch.no_grad()
-def evaluate_split(model: VideoCaptioner, records: list[ClipRecord], inference: InferenceConfig, image_size: int,
-                   world: World = World(), *, spice: bool = False,
-                   desc: str = "evaluate") -> tuple[Predictions, dict[str, float]]:
+def evaluate_split(
+    model: VideoCaptioner,
+    records: list[ClipRecord],
+    inference: InferenceConfig,
+    image_size: int,
+    world: World = World(),
+    *,
+    spice: bool = False,
+    desc: str = "evaluate",
+) -> tuple[Predictions, dict[str, float]]:
     """Caption and score `records`; under torchrun each rank captions every world_size-th clip, rank 0 scores
     the gathered captions and every rank gets the metrics."""
     shard = records[world.rank :: world.world_size]

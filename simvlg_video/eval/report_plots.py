@@ -11,9 +11,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import matplotlib.pyplot as plt
 
-from simvlg_video.eval.sweep import RunResult, common_overrides, own_overrides  # noqa: E402
+from simvlg_video.eval.sweep import RunResult, common_overrides, own_overrides
 
 Series = dict[tuple[str, str], list[tuple[int, float]]]
 
@@ -38,8 +38,14 @@ def plot_metric_vs_frames(rows: dict[str, Series], out: Path) -> None:
         plt.close(fig)
         return
     colors = {sampler: f"C{i % 10}" for i, sampler in enumerate(samplers)}
-    fig, axes = plt.subplots(len(rows), len(panels), figsize=(max(5.0, 3.4 * len(panels)), 2.8 * len(rows) + 1.2),
-                             sharey="row", squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(rows),
+        len(panels),
+        figsize=(max(5.0, 3.4 * len(panels)), 2.8 * len(rows) + 1.2),
+        sharey="row",
+        squeeze=False,
+        layout="constrained",
+    )
     for row, (metric, series) in enumerate(rows.items()):
         for col, panel in enumerate(panels):
             ax = axes[row][col]
@@ -77,8 +83,15 @@ def plot_loss_curves(runs: list[RunResult], out: Path) -> None:
             continue
         steps, losses = zip(*run.loss)
         label = _wrap(f"{run.name}: {own_overrides(run, common)}" + ("" if run.finished else " (unfinished)"), 70)
-        ax.plot(steps, losses, color=palette(i % palette.N), linestyle="-" if run.finished else "--", linewidth=1,
-                marker="o" if len(steps) == 1 else None, label=label)
+        ax.plot(
+            steps,
+            losses,
+            color=palette(i % palette.N),
+            linestyle="-" if run.finished else "--",
+            linewidth=1,
+            marker="o" if len(steps) == 1 else None,
+            label=label,
+        )
         drawn += 1
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")

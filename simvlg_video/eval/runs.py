@@ -25,8 +25,9 @@ EVENT_COLUMNS = ("event_order_acc", "speed_acc")  # shown when some run has them
 
 def _job_order(path: Path) -> tuple:
     """Sort key: shallower first, then names with their numbers compared as numbers (a sweep's job 10 after job 9)."""
-    return len(path.parts), [(0, int(part), "") if part.isdigit() else (1, 0, part)
-                             for part in re.split(r"(\d+)", str(path)) if part]
+    return len(path.parts), [
+        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", str(path)) if part
+    ]
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -35,8 +36,11 @@ def find_runs(paths: list[Path]) -> list[Path]:
     for path in paths:
         if not path.exists():
             raise SystemExit(f"error: {path}: no such directory")
-        runs.update(p.parent for p in ([path / "config.yaml"] if (path / "config.yaml").is_file()
-                                       else path.rglob("config.yaml")) if not p.parent.name.startswith("."))
+        runs.update(
+            p.parent
+            for p in ([path / "config.yaml"] if (path / "config.yaml").is_file() else path.rglob("config.yaml"))
+            if not p.parent.name.startswith(".")
+        )
     if not runs:
         raise SystemExit(f"error: no run directory (config.yaml) under {', '.join(map(str, paths))}")
     return sorted(runs, key=_job_order)
@@ -47,8 +51,14 @@ def adapter_label(cfg) -> str:
     blocks where they apply."""
     adapter = cfg.get("adapter") or {}
     target = str(adapter.get("_target_", ""))
-    name = next((choice for choice, placement in PLACEMENTS.items()
-                 if target == f"{placement.__module__}.{placement.__qualname__}"), target.rsplit(".", 1)[-1] or "none")
+    name = next(
+        (
+            choice
+            for choice, placement in PLACEMENTS.items()
+            if target == f"{placement.__module__}.{placement.__qualname__}"
+        ),
+        target.rsplit(".", 1)[-1] or "none",
+    )
     details = []
     if adapter.get("blocks") not in (None, "all"):
         details.append(f"blocks={adapter.blocks}" if adapter.blocks != "last_k" else f"last {adapter.last_k}")
@@ -95,8 +105,10 @@ def memory_cell(summary: dict) -> str:
 def runs_table(run_dirs: list[Path]) -> str:
     """Markdown table: one row per run; scores x100, videos/s and peak memory of training."""
     summaries = {run_dir: run_summary(run_dir) for run_dir in run_dirs}
-    columns = [*COLUMNS, *(c for c in EVENT_COLUMNS
-                           if any(s is not None and c in s["adapted"] for s in summaries.values()))]
+    columns = [
+        *COLUMNS,
+        *(c for c in EVENT_COLUMNS if any(s is not None and c in s["adapted"] for s in summaries.values())),
+    ]
     header = ["run", "adapter", *columns, "train videos/s", "peak memory (GiB)"]
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     for run_dir in run_dirs:
@@ -107,8 +119,11 @@ def runs_table(run_dirs: list[Path]) -> str:
             continue
         metrics = summary["adapted"]
         cells = [f"{100 * metrics[c]:.1f}" if c in metrics else "-" for c in columns]
-        lines.append(f"| {run_dir.name} | {label} | " + " | ".join(cells)
-                     + f" | {summary['train_videos_per_s']:.1f} | {memory_cell(summary)} |")
+        lines.append(
+            f"| {run_dir.name} | {label} | "
+            + " | ".join(cells)
+            + f" | {summary['train_videos_per_s']:.1f} | {memory_cell(summary)} |"
+        )
     return "\n".join(lines)
 
 

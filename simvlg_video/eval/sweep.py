@@ -23,11 +23,11 @@ class RunResult:
     """One run directory: what was asked for (overrides, frames, sampler, adapter) and what came out."""
 
     name: str
-    overrides: list[str] | None            # None: no .hydra/overrides.yaml (a run started without -m)
+    overrides: list[str] | None  # None: no .hydra/overrides.yaml (a run started without -m)
     num_frames: int | None
     sampler: str
     adapter: str
-    summary: dict | None                   # None: the run did not finish
+    summary: dict | None  # None: the run did not finish
     loss: list[tuple[int, float]] = field(default_factory=list)
 
     @property
@@ -75,15 +75,23 @@ def read_run(run_dir: Path, name: str) -> RunResult:
     log = run_dir / "metrics.jsonl"
     records = read_log(log) if log.is_file() else []
     frames = (cfg.get("data") or {}).get("num_frames")
-    return RunResult(name=name, overrides=overrides, num_frames=None if frames is None else int(frames),
-                     sampler=sampler_name(cfg), adapter=adapter_label(cfg), summary=summary_line(records),
-                     loss=loss_curve(records))
+    return RunResult(
+        name=name,
+        overrides=overrides,
+        num_frames=None if frames is None else int(frames),
+        sampler=sampler_name(cfg),
+        adapter=adapter_label(cfg),
+        summary=summary_line(records),
+        loss=loss_curve(records),
+    )
 
 
 def read_sweep(path: Path) -> list[RunResult]:
     """Every run below PATH (or PATH itself when it is a run), in job order, named by their folder under PATH."""
-    return [read_run(run_dir, run_dir.relative_to(path).as_posix() if run_dir != path else path.name)
-            for run_dir in find_runs([path])]
+    return [
+        read_run(run_dir, run_dir.relative_to(path).as_posix() if run_dir != path else path.name)
+        for run_dir in find_runs([path])
+    ]
 
 
 def _shown(override: str) -> bool:

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-DEFAULT_COLUMNS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "motion_acc", "direction_acc", "shape_acc", "colour_acc",
-                   "object_acc", "event_order_acc", "speed_acc", "speed_motion_acc")
+DEFAULT_COLUMNS = (
+    "BLEU-4",
+    "METEOR",
+    "ROUGE-L",
+    "CIDEr",
+    "motion_acc",
+    "direction_acc",
+    "shape_acc",
+    "colour_acc",
+    "object_acc",
+    "event_order_acc",
+    "speed_acc",
+    "speed_motion_acc",
+)
 
 
 def metrics_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
@@ -29,8 +41,10 @@ def training_table(summary: Mapping) -> str:
         ("waiting for data (s, rank 0)", f"{summary['train_data_wait_s']:.1f}"),
         ("peak memory", memory),
         ("steps skipped as non-finite", str(summary["nonfinite_steps_skipped"])),
-        ("clips skipped (training / evaluation)",
-         f"{summary['train_clips_skipped']} / {summary['eval_clips_skipped']}"),
+        (
+            "clips skipped (training / evaluation)",
+            f"{summary['train_clips_skipped']} / {summary['eval_clips_skipped']}",
+        ),
         ("best checkpoint", f"step {best['step']}, {best['metric']} {100 * best['value']:.1f}" if best else "-"),
     ]
     return "\n".join(["| training | |", "|---|---:|", *(f"| {name} | {value} |" for name, value in rows)])

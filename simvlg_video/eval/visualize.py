@@ -13,16 +13,16 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from simvlg_video.data.dataset import clip_loader  # noqa: E402
-from simvlg_video.data.manifest import ClipRecord  # noqa: E402
-from simvlg_video.eval.inference import InferenceConfig  # noqa: E402
-from simvlg_video.model.adapter_protocol import AttentionMap, adapter_modules  # noqa: E402
-from simvlg_video.model.captioner import VideoCaptioner  # noqa: E402
-from simvlg_video.model.model_dir import ModelConfig  # noqa: E402
+from simvlg_video.data.dataset import clip_loader
+from simvlg_video.data.manifest import ClipRecord
+from simvlg_video.eval.inference import InferenceConfig
+from simvlg_video.model.adapter_protocol import AttentionMap, adapter_modules
+from simvlg_video.model.captioner import VideoCaptioner
+from simvlg_video.model.model_dir import ModelConfig
 
 
 class CannotDecode(ValueError):
@@ -50,11 +50,15 @@ def _record(model: VideoCaptioner, on: bool) -> None:
 
 
 @torch.no_grad()
-def draw_clip(model: VideoCaptioner, config: ModelConfig, inference: InferenceConfig, record: ClipRecord,
-              out: Path) -> str:
+def draw_clip(
+    model: VideoCaptioner, config: ModelConfig, inference: InferenceConfig, record: ClipRecord, out: Path
+) -> str:
     """Draw one clip's picture into `out` (PNG); returns the caption."""
-    batch = next(iter(clip_loader([record], inference.reading, inference.frame_sampler, train=False, batch_size=1,
-                                  num_workers=0)))
+    batch = next(
+        iter(
+            clip_loader([record], inference.reading, inference.frame_sampler, train=False, batch_size=1, num_workers=0)
+        )
+    )
     if not batch["clip_ids"]:
         raise CannotDecode(f"cannot decode {record.video_path}: {batch['skipped'][0]['reason']}")
     clip, frame_numbers = batch["frames"][0], batch["frame_indices"][0]
@@ -69,13 +73,31 @@ def draw_clip(model: VideoCaptioner, config: ModelConfig, inference: InferenceCo
         attention = recorded_attention(model)
     finally:
         _record(model, False)
-    _draw(clip, frame_numbers, assignments, attention, caption, tuple(model.vit.patch_embed.grid_size),
-          config.image_size, out, model.connector.assignment_title)
+    _draw(
+        clip,
+        frame_numbers,
+        assignments,
+        attention,
+        caption,
+        tuple(model.vit.patch_embed.grid_size),
+        config.image_size,
+        out,
+        model.connector.assignment_title,
+    )
     return caption
 
 
-def _draw(clip: torch.Tensor, frame_numbers: list[int], assignments: np.ndarray, attention: AttentionMap | None,
-          caption: str, grid: tuple[int, int], size: int, out: Path, groups_title: str = "merge groups") -> None:
+def _draw(
+    clip: torch.Tensor,
+    frame_numbers: list[int],
+    assignments: np.ndarray,
+    attention: AttentionMap | None,
+    caption: str,
+    grid: tuple[int, int],
+    size: int,
+    out: Path,
+    groups_title: str = "merge groups",
+) -> None:
     num_frames = len(frame_numbers)
     shown = torch.nn.functional.interpolate(clip.permute(0, 3, 1, 2).float().cpu(), size=size)
     shown = shown.permute(0, 2, 3, 1).numpy() / 255
@@ -85,8 +107,9 @@ def _draw(clip: torch.Tensor, frame_numbers: list[int], assignments: np.ndarray,
     for t in range(num_frames):
         colours = group_colours(assignments[t if len(assignments) == num_frames else 0], grid)
         overlay = np.kron(colours, np.ones((shown.shape[1] // grid[0], shown.shape[2] // grid[1], 1)))
-        for row, (image, title) in enumerate([(shown[t], f"frame {frame_numbers[t]}"),
-                                              (0.45 * shown[t] + 0.55 * overlay, groups_title)]):
+        for row, (image, title) in enumerate(
+            [(shown[t], f"frame {frame_numbers[t]}"), (0.45 * shown[t] + 0.55 * overlay, groups_title)]
+        ):
             axis = figure.add_subplot(layout[row, t])
             axis.imshow(image)
             axis.set_title(title, fontsize=9)
@@ -111,8 +134,9 @@ def _draw(clip: torch.Tensor, frame_numbers: list[int], assignments: np.ndarray,
     plt.close(figure)
 
 
-def draw_clips(model: VideoCaptioner, config: ModelConfig, inference: InferenceConfig, records: list[ClipRecord],
-               out_dir: Path) -> list[Path]:
+def draw_clips(
+    model: VideoCaptioner, config: ModelConfig, inference: InferenceConfig, records: list[ClipRecord], out_dir: Path
+) -> list[Path]:
     """One picture per clip, `out_dir/<clip id>.png`; clips that do not decode are left out."""
     pictures = []
     for record in records:

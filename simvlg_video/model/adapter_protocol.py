@@ -75,11 +75,15 @@ def _qualified(prefix: str, name: str) -> str:
 
 def adapter_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """(qualified name, parameter) of every parameter of every adapter inside `model`."""
-    return [(_qualified(prefix, name), param) for prefix, adapter in adapter_modules(model)
-            for name, param in adapter.named_parameters()]
+    return [
+        (_qualified(prefix, name), param)
+        for prefix, adapter in adapter_modules(model)
+        for name, param in adapter.named_parameters()
+    ]
 
 
 def no_decay_parameter_names(model: nn.Module) -> set[str]:
     """Qualified names of the adapter parameters that their adapters exempt from weight decay."""
-    return {_qualified(prefix, name) for prefix, adapter in adapter_modules(model)
-            for name in adapter.no_decay_params()}
+    return {
+        _qualified(prefix, name) for prefix, adapter in adapter_modules(model) for name in adapter.no_decay_params()
+    }

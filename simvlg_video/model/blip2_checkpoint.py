@@ -62,18 +62,24 @@ EVA_EPS = 1e-6  # the LayerNorm eps of timm's EVA blocks (and of BLIP-2's EVA Vi
 # eva_vit_g's constructor arguments; a folder's vision config is stored as the arguments that differ.
 _EVA_G = dict(img_size=224, patch_size=14, embed_dim=1408, depth=39, num_heads=16, mlp_ratio=6144 / 1408)
 
-_HF = {"ln_vision.": f"{VISION}post_layernorm.", "connector.query_tokens": "query_tokens",
-       "connector.qformer.": "qformer.", "opt_proj.": "language_projection."}
+_HF = {
+    "ln_vision.": f"{VISION}post_layernorm.",
+    "connector.query_tokens": "query_tokens",
+    "connector.qformer.": "qformer.",
+    "opt_proj.": "language_projection.",
+}
 _TEXT_SIDE = re.compile(r"\.layer\.\d+\.(intermediate|output)\.")  # the Q-Former's text feed-forward
-_LAVIS_IGNORED = re.compile(r"^(Qformer\.cls\.|Qformer\.bert\.embeddings\.(word_embeddings|position_embeddings|"
-                            r"position_ids)|vision_proj\.|text_proj\.|itm_head\.|temp$)")
+_LAVIS_IGNORED = re.compile(
+    r"^(Qformer\.cls\.|Qformer\.bert\.embeddings\.(word_embeddings|position_embeddings|"
+    r"position_ids)|vision_proj\.|text_proj\.|itm_head\.|temp$)"
+)
 
 
 def hf_name(name: str) -> str:
     """Our stored tensor's name -> the Hugging Face BLIP-2 folder's."""
     for ours, theirs in _HF.items():
         if name.startswith(ours):
-            return theirs + name[len(ours):]
+            return theirs + name[len(ours) :]
     raise KeyError(f"{name} has no place in a Hugging Face BLIP-2 folder")
 
 
@@ -82,9 +88,9 @@ def lavis_name(name: str) -> str:
     if name == "connector.query_tokens":
         return "query_tokens"
     if name.startswith("connector.qformer.layernorm."):
-        return "Qformer.bert.embeddings.LayerNorm." + name[len("connector.qformer.layernorm."):]
+        return "Qformer.bert.embeddings.LayerNorm." + name[len("connector.qformer.layernorm.") :]
     if name.startswith("connector.qformer."):
-        inner = re.sub(r"\.(attention|crossattention)\.attention\.", r".\1.self.", name[len("connector.qformer."):])
+        inner = re.sub(r"\.(attention|crossattention)\.attention\.", r".\1.self.", name[len("connector.qformer.") :])
         return "Qformer.bert." + inner
     return name
 
@@ -97,35 +103,58 @@ def _require(ok: bool, folder: Path, what: str) -> None:
 def hf_model_config(config: Blip2Config, folder: Path, prompt: str = "") -> ModelConfig:
     """Our model config for a Hugging Face BLIP-2 config, refusing what our ViT (timm's EVA) does not compute."""
     vision, qformer = config.vision_config, config.qformer_config
-    _require(vision.hidden_act == "gelu", folder, f"vision_config.hidden_act is {vision.hidden_act!r}; EVA uses "
-             "'gelu' (exact)")
-    _require(vision.layer_norm_eps == EVA_EPS, folder, f"vision_config.layer_norm_eps is {vision.layer_norm_eps}; "
-             f"EVA's blocks use {EVA_EPS}")
+    _require(
+        vision.hidden_act == "gelu",
+        folder,
+        f"vision_config.hidden_act is {vision.hidden_act!r}; EVA uses 'gelu' (exact)",
+    )
+    _require(
+        vision.layer_norm_eps == EVA_EPS,
+        folder,
+        f"vision_config.layer_norm_eps is {vision.layer_norm_eps}; EVA's blocks use {EVA_EPS}",
+    )
     _require(vision.qkv_bias, folder, "vision_config.qkv_bias is false; BLIP-2's EVA has q and v biases")
-    _require(isinstance(vision.image_size, int) and isinstance(vision.patch_size, int), folder,
-             "vision_config.image_size and patch_size must be single numbers (square images and patches)")
+    _require(
+        isinstance(vision.image_size, int) and isinstance(vision.patch_size, int),
+        folder,
+        "vision_config.image_size and patch_size must be single numbers (square images and patches)",
+    )
     width, inner = vision.hidden_size, vision.intermediate_size
     ratio = inner / width if int(width * (inner / width)) == inner else (inner + 0.5) / width  # timm: int(C * r)
-    wanted = dict(img_size=vision.image_size, patch_size=vision.patch_size, embed_dim=width,
-                  depth=vision.num_hidden_layers, num_heads=vision.num_attention_heads, mlp_ratio=ratio)
+    wanted = dict(
+        img_size=vision.image_size,
+        patch_size=vision.patch_size,
+        embed_dim=width,
+        depth=vision.num_hidden_layers,
+        num_heads=vision.num_attention_heads,
+        mlp_ratio=ratio,
+    )
     connector = QFormerConfig(
-        hidden_size=qformer.hidden_size, num_layers=qformer.num_hidden_layers, num_heads=qformer.num_attention_heads,
-        intermediate_size=qformer.intermediate_size, num_query_tokens=config.num_query_tokens,
-        cross_attention_frequency=qformer.cross_attention_frequency, hidden_act=qformer.hidden_act,
+        hidden_size=qformer.hidden_size,
+        num_layers=qformer.num_hidden_layers,
+        num_heads=qformer.num_attention_heads,
+        intermediate_size=qformer.intermediate_size,
+        num_query_tokens=config.num_query_tokens,
+        cross_attention_frequency=qformer.cross_attention_frequency,
+        hidden_act=qformer.hidden_act,
         hidden_dropout=float(qformer.hidden_dropout_prob),
         attention_dropout=float(qformer.attention_probs_dropout_prob),
         layer_norm_eps=qformer.layer_norm_eps,
     )
     return ModelConfig(
         vit=VitConfig(preset="eva_vit_g", overrides={k: v for k, v in wanted.items() if v != _EVA_G[k]}),
-        connector=connector, lm=LMConfig(prompt=prompt), image_size=vision.image_size,
+        connector=connector,
+        lm=LMConfig(prompt=prompt),
+        image_size=vision.image_size,
         ln_vision_eps=vision.layer_norm_eps,
     )
 
 
 def _widths(model: torch.nn.Module) -> str:
-    return (f"the model has a ViT of width {model.vit.embed_dim}, a Q-Former of width {model.connector_width} with "
-            f"{model.connector.num_query_tokens} queries and an LLM of width {model.opt_proj.out_features}")
+    return (
+        f"the model has a ViT of width {model.vit.embed_dim}, a Q-Former of width {model.connector_width} with "
+        f"{model.connector.num_query_tokens} queries and an LLM of width {model.opt_proj.out_features}"
+    )
 
 
 def import_hf_blip2(folder: str | Path, out_dir: str | Path, prompt: str = "") -> Path:
@@ -135,8 +164,10 @@ def import_hf_blip2(folder: str | Path, out_dir: str | Path, prompt: str = "") -
     config = read_blip2_config(folder)
     cfg = hf_model_config(config, folder, prompt)
     if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        raise FileNotFoundError(f"{folder} has no tokenizer (tokenizer.json / tokenizer_config.json): save the "
-                                "processor or the OPT tokenizer into it with save_pretrained")
+        raise FileNotFoundError(
+            f"{folder} has no tokenizer (tokenizer.json / tokenizer_config.json): save the "
+            "processor or the OPT tokenizer into it with save_pretrained"
+        )
     cfg.vit.weights = cfg.lm.path = str(folder)
     model = build_captioner(cfg, folder, meta=True)
     if model.vit.blocks[0].mlp.fc1.out_features != config.vision_config.intermediate_size:
@@ -153,8 +184,9 @@ def import_hf_blip2(folder: str | Path, out_dir: str | Path, prompt: str = "") -
     check_tensors(expected, used, f"{folder} ({_widths(model)})")
     eva_from_hf({name: t for name, t in used.items() if name.endswith("self_attn.qkv.bias")}, str(folder))
     if ignored:
-        log.info("%s: ignored %d tensors of the Q-Former's text side, which captioning does not use", folder,
-                 len(ignored))
+        log.info(
+            "%s: ignored %d tensors of the Q-Former's text side, which captioning does not use", folder, len(ignored)
+        )
     frozen = fingerprint(folder)
     cfg.frozen = {"vit": frozen, "lm": frozen}
     return save_model_dir(None, cfg, out_dir, tensors={name: used[hf_name(name)] for name in stored})
@@ -165,8 +197,13 @@ def lavis_holds_vit(state: Mapping[str, torch.Tensor]) -> bool:
 
 
 def import_lavis_blip2(
-    ckpt: str | Path, lm_path: str | Path, model_cfg: ModelConfig, out_dir: str | Path,
-    vit_weights: str | Path | None = None, prompt: str | None = None, allow_pickle: bool = False,
+    ckpt: str | Path,
+    lm_path: str | Path,
+    model_cfg: ModelConfig,
+    out_dir: str | Path,
+    vit_weights: str | Path | None = None,
+    prompt: str | None = None,
+    allow_pickle: bool = False,
 ) -> Path:
     """Check a LAVIS blip2_opt checkpoint against the captioner `model_cfg` describes on the given frozen parts, and
     write it as a model directory at `out_dir`. The ViT comes from the checkpoint when it holds `visual_encoder.*`
@@ -174,8 +211,9 @@ def import_lavis_blip2(
     ckpt, lm_path = (Path(p).expanduser().resolve() for p in (ckpt, lm_path))
     state = read_lavis_checkpoint(ckpt, allow_pickle)
     if model_cfg.connector.kind != "qformer":
-        raise ValueError(f"the model config for a BLIP-2 checkpoint needs connector.kind qformer, got "
-                         f"{model_cfg.connector.kind!r}")
+        raise ValueError(
+            f"the model config for a BLIP-2 checkpoint needs connector.kind qformer, got {model_cfg.connector.kind!r}"
+        )
     if lavis_holds_vit(state):
         if vit_weights is not None:
             raise ValueError(f"{ckpt} holds its ViT ({VISUAL_PREFIX}*); other ViT weights must not be given")
@@ -196,17 +234,26 @@ def import_lavis_blip2(
     model = build_captioner(cfg, ckpt.parent, meta=True)
     vit = vit_source_tensors(vit_source, len(model.vit.blocks))
     prefix = VISUAL_PREFIX if vit_source == ckpt else ""  # names as the file spells them
-    check_tensors({prefix + name: t.shape for name, t in model.vit.state_dict().items()},
-                  {prefix + name: t for name, t in vit.items()}, f"{vit_source} (its ViT)")
+    check_tensors(
+        {prefix + name: t.shape for name, t in model.vit.state_dict().items()},
+        {prefix + name: t for name, t in vit.items()},
+        f"{vit_source} (its ViT)",
+    )
 
-    ignored = sorted(name for name in state if _LAVIS_IGNORED.match(name)
-                     or (name.startswith("Qformer.bert.encoder.") and _TEXT_SIDE.search(name)))
+    ignored = sorted(
+        name
+        for name in state
+        if _LAVIS_IGNORED.match(name) or (name.startswith("Qformer.bert.encoder.") and _TEXT_SIDE.search(name))
+    )
     found = {name: t for name, t in state.items() if name not in ignored and not name.startswith(VISUAL_PREFIX)}
     stored = stored_tensors(model, cfg)
     check_tensors({lavis_name(name): t.shape for name, t in stored.items()}, found, f"{ckpt} ({_widths(model)})")
     if ignored:
-        log.info("%s: ignored %d tensors captioning does not use (the Q-Former's text side, representation heads)",
-                 ckpt, len(ignored))
+        log.info(
+            "%s: ignored %d tensors captioning does not use (the Q-Former's text side, representation heads)",
+            ckpt,
+            len(ignored),
+        )
     cfg.frozen = {"vit": fingerprint(vit_source), "lm": fingerprint(lm_path)}
     return save_model_dir(None, cfg, out_dir, tensors={name: found[lavis_name(name)] for name in stored})
 
@@ -216,8 +263,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("source", type=Path, help="a Hugging Face BLIP-2 folder, or a LAVIS blip2_opt checkpoint")
     parser.add_argument("--lm-path", type=Path, help="with a .pth: local Hugging Face folder of the OPT")
     parser.add_argument("--vit-weights", type=Path, help="with a .pth that holds no ViT: BLIP-2's eva_vit_g.pth")
-    parser.add_argument("--model-config", help=f"with a .pth: name in configs/model/ or a .yaml "
-                                               f"(default {DEFAULT_MODEL_CONFIG})")
+    parser.add_argument(
+        "--model-config", help=f"with a .pth: name in configs/model/ or a .yaml (default {DEFAULT_MODEL_CONFIG})"
+    )
     parser.add_argument("--prompt", help="text between the soft prompt and every caption (default: none)")
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
     parser.add_argument("--allow-pickle", action="store_true", help="UNSAFE: unpickle non-tensor entries")
@@ -225,17 +273,30 @@ def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if is_blip2_folder(args.source):
-            extra = [flag for flag, value in (("--lm-path", args.lm_path), ("--vit-weights", args.vit_weights),
-                                              ("--model-config", args.model_config)) if value is not None]
+            extra = [
+                flag
+                for flag, value in (
+                    ("--lm-path", args.lm_path),
+                    ("--vit-weights", args.vit_weights),
+                    ("--model-config", args.model_config),
+                )
+                if value is not None
+            ]
             if extra:
                 parser.error(f"{' and '.join(extra)} do not apply to a Hugging Face folder, which holds everything")
             out = import_hf_blip2(args.source, args.out, args.prompt or "")
         else:
             if args.lm_path is None:
                 parser.error(f"{args.source} is not a Hugging Face BLIP-2 folder; a LAVIS checkpoint needs --lm-path")
-            out = import_lavis_blip2(args.source, args.lm_path,
-                                     load_model_config(args.model_config or DEFAULT_MODEL_CONFIG), args.out,
-                                     args.vit_weights, args.prompt, args.allow_pickle)
+            out = import_lavis_blip2(
+                args.source,
+                args.lm_path,
+                load_model_config(args.model_config or DEFAULT_MODEL_CONFIG),
+                args.out,
+                args.vit_weights,
+                args.prompt,
+                args.allow_pickle,
+            )
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
     print(f"wrote {out}")

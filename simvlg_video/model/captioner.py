@@ -48,8 +48,16 @@ class MeanOverTime(nn.Module):
 class VideoCaptioner(nn.Module):
     """SimVLG-style captioner applied to clips of T frames; with T=1 it is the image model."""
 
-    def __init__(self, vit: nn.Module, connector: nn.Module, lm: nn.Module, text: CaptionText, connector_width: int,
-                 project_vision: bool = True, ln_vision_eps: float = 1e-5):
+    def __init__(
+        self,
+        vit: nn.Module,
+        connector: nn.Module,
+        lm: nn.Module,
+        text: CaptionText,
+        connector_width: int,
+        project_vision: bool = True,
+        ln_vision_eps: float = 1e-5,
+    ):
         """`project_vision`: a trainable `VL_proj` (ViT width -> `connector_width`) in front of the connector (False:
         the connector reads the ViT width itself); `ln_vision_eps`: 1e-5 in LAVIS and SimVLG (torch's default), the
         vision config's `layer_norm_eps` in a Hugging Face BLIP-2."""
@@ -71,7 +79,9 @@ class VideoCaptioner(nn.Module):
         batch, num_frames = frames.shape[:2]
         with clip_length(self.vit, num_frames):
             tokens = vit_tokens(
-                self.vit, frames.flatten(0, 1), grad_from_block=first_trainable_block(self.vit),
+                self.vit,
+                frames.flatten(0, 1),
+                grad_from_block=first_trainable_block(self.vit),
                 checkpoint_blocks=self.checkpoint_vit,
                 recompute_context=lambda: clip_length(self.vit, num_frames),
             )
@@ -114,7 +124,11 @@ class VideoCaptioner(nn.Module):
         return self.caption_loss(frames, *self.text.training_batch(captions, frames.device), num_targets=num_targets)
 
     def caption_loss(
-        self, frames: torch.Tensor, token_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+        self,
+        frames: torch.Tensor,
+        token_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
         num_targets: int | None = None,
     ) -> torch.Tensor:
         """The loss for already tokenised captions (labels -100 where nothing is predicted)."""
@@ -132,7 +146,11 @@ class VideoCaptioner(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, frames: torch.Tensor, num_beams: int = 5, min_new_tokens: int = 5, max_new_tokens: int = 20,
+        self,
+        frames: torch.Tensor,
+        num_beams: int = 5,
+        min_new_tokens: int = 5,
+        max_new_tokens: int = 20,
         synced: bool = False,
     ) -> list[str]:
         """Beam-search captions through the LM's own `generate`, continuing soft prompt + text prompt."""
@@ -140,7 +158,11 @@ class VideoCaptioner(nn.Module):
 
     @torch.no_grad()
     def generate_ids(
-        self, frames: torch.Tensor, num_beams: int = 5, min_new_tokens: int = 5, max_new_tokens: int = 20,
+        self,
+        frames: torch.Tensor,
+        num_beams: int = 5,
+        min_new_tokens: int = 5,
+        max_new_tokens: int = 20,
         synced: bool = False,
     ) -> torch.Tensor:
         """The new token ids `generate` decodes: (B, up to max_new_tokens), padded after each caption's end.

@@ -56,8 +56,10 @@ class ToMeState:
         self.groups = [None] * len(self.r)
         self.footprints = [None] * (len(self.r) + 1)
         if positions is not None:
-            self.footprints[0] = (positions, torch.ones(positions.shape[:2], dtype=positions.dtype,
-                                                        device=positions.device))
+            self.footprints[0] = (
+                positions,
+                torch.ones(positions.shape[:2], dtype=positions.dtype, device=positions.device),
+            )
 
 
 def _remember_keys(module: nn.Module, inputs: tuple, output: Tensor) -> None:
@@ -138,8 +140,9 @@ class ToMeBertModel(BertModel):
             )
         if token_positions is not None:
             if token_positions.shape[-2:] != (inputs_embeds.shape[1], 2):
-                raise ValueError(f"token_positions must be (B, {inputs_embeds.shape[1]}, 2), "
-                                 f"got {tuple(token_positions.shape)}")
+                raise ValueError(
+                    f"token_positions must be (B, {inputs_embeds.shape[1]}, 2), got {tuple(token_positions.shape)}"
+                )
             token_positions = token_positions.float().expand(inputs_embeds.shape[0], -1, -1)
         self._tome_state.start_forward(token_positions)
         return super().forward(inputs_embeds=inputs_embeds).last_hidden_state

@@ -41,9 +41,14 @@ def _sampled_digest(path: Path, size: int) -> str:
 def _files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and not p.suffix.lower() in _IGNORED_SUFFIXES
-                  and p.name not in _IGNORED_NAMES
-                  and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    return sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() not in _IGNORED_SUFFIXES
+        and p.name not in _IGNORED_NAMES
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
 
 
 def fingerprint(path: str | Path) -> dict[str, dict]:
@@ -72,6 +77,7 @@ def check_fingerprint(label: str, path: str | Path, recorded: dict[str, dict]) -
             problems.append(f"{name}: content changed (same size)")
     if problems:
         raise FrozenSourceChanged(
-            f"{label} {path} is not the one this model was made with:\n  " + "\n  ".join(problems)
+            f"{label} {path} is not the one this model was made with:\n  "
+            + "\n  ".join(problems)
             + "\nPoint the model at the original files, or adapt again from the new ones."
         )

@@ -38,12 +38,17 @@ _STEM = {
     "patch_embed.proj.bias": "embeddings.patch_embedding.bias",
 }
 _BLOCK = {  # EVA block tensor -> Hugging Face encoder layer tensor (q_bias and v_bias share `self_attn.qkv.bias`)
-    "norm1.weight": "layer_norm1.weight", "norm1.bias": "layer_norm1.bias",
+    "norm1.weight": "layer_norm1.weight",
+    "norm1.bias": "layer_norm1.bias",
     "attn.qkv.weight": "self_attn.qkv.weight",
-    "attn.proj.weight": "self_attn.projection.weight", "attn.proj.bias": "self_attn.projection.bias",
-    "norm2.weight": "layer_norm2.weight", "norm2.bias": "layer_norm2.bias",
-    "mlp.fc1.weight": "mlp.fc1.weight", "mlp.fc1.bias": "mlp.fc1.bias",
-    "mlp.fc2.weight": "mlp.fc2.weight", "mlp.fc2.bias": "mlp.fc2.bias",
+    "attn.proj.weight": "self_attn.projection.weight",
+    "attn.proj.bias": "self_attn.projection.bias",
+    "norm2.weight": "layer_norm2.weight",
+    "norm2.bias": "layer_norm2.bias",
+    "mlp.fc1.weight": "mlp.fc1.weight",
+    "mlp.fc1.bias": "mlp.fc1.bias",
+    "mlp.fc2.weight": "mlp.fc2.weight",
+    "mlp.fc2.bias": "mlp.fc2.bias",
 }
 _HF_BLOCK = {hf: eva for eva, hf in _BLOCK.items()}
 _QKV_BIAS = "self_attn.qkv.bias"
@@ -65,8 +70,10 @@ def read_blip2_config(folder: str | Path) -> Blip2Config:
     """The folder's `Blip2Config`; a folder of another kind is an error naming what it is."""
     folder = Path(folder)
     if not is_blip2_folder(folder):
-        raise ValueError(f"{folder} is not a Hugging Face BLIP-2 folder (its config.json must say model_type "
-                         f"{MODEL_TYPE!r}, as Blip2ForConditionalGeneration.save_pretrained writes it)")
+        raise ValueError(
+            f"{folder} is not a Hugging Face BLIP-2 folder (its config.json must say model_type "
+            f"{MODEL_TYPE!r}, as Blip2ForConditionalGeneration.save_pretrained writes it)"
+        )
     return Blip2Config.from_pretrained(folder, local_files_only=True)
 
 
@@ -79,8 +86,10 @@ def folder_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
     else:
         files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{folder} holds no .safetensors weights (a folder with only pytorch_model*.bin: "
-                                "load it with transformers and save it again with save_pretrained)")
+        raise FileNotFoundError(
+            f"{folder} holds no .safetensors weights (a folder with only pytorch_model*.bin: "
+            "load it with transformers and save it again with save_pretrained)"
+        )
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
         for name, tensor in read_safetensors(file).items():
@@ -117,7 +126,7 @@ def eva_from_hf(vision: Mapping[str, torch.Tensor], source: str) -> dict[str, to
     eva_of = {f"{VISION}{hf}": eva for eva, hf in _STEM.items()}
     out: dict[str, torch.Tensor] = {}
     for name, tensor in vision.items():
-        match = _LAYER.match(name[len(VISION):]) if name.startswith(VISION) else None
+        match = _LAYER.match(name[len(VISION) :]) if name.startswith(VISION) else None
         if name in eva_of:
             out[eva_of[name]] = tensor
         elif match and match.group(2) == _QKV_BIAS and tensor.ndim == 1 and tensor.shape[0] % 3 == 0:
@@ -136,8 +145,11 @@ def eva_from_hf(vision: Mapping[str, torch.Tensor], source: str) -> dict[str, to
 def vision_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
     """The folder's ViT as an EVA state dict (memory-mapped; post_layernorm, the captioner's ln_vision, left out)."""
     tensors = folder_tensors(folder)
-    vision = {name: t for name, t in tensors.items()
-              if name.startswith(VISION) and not name.startswith(f"{VISION}post_layernorm.")}
+    vision = {
+        name: t
+        for name, t in tensors.items()
+        if name.startswith(VISION) and not name.startswith(f"{VISION}post_layernorm.")
+    }
     return eva_from_hf(vision, str(folder))
 
 
@@ -147,19 +159,24 @@ def language_model(folder: str | Path, dtype: torch.dtype = torch.float32, meta:
     folder = Path(folder)
     config = read_blip2_config(folder)
     if not config.use_decoder_only_language_model:
-        raise ValueError(f"{folder} is a BLIP-2 with a {config.text_config.model_type} language model; the captioner "
-                         "takes a decoder-only (causal) LM such as OPT")
+        raise ValueError(
+            f"{folder} is a BLIP-2 with a {config.text_config.model_type} language model; the captioner "
+            "takes a decoder-only (causal) LM such as OPT"
+        )
     text_config = config.text_config
     with torch.device("meta"):
         lm = AutoModelForCausalLM.from_config(text_config, dtype=dtype)
     if meta:
         return lm
     lm = lm.to_empty(device="cpu")
-    found = {name[len(LANGUAGE):]: t for name, t in folder_tensors(folder).items() if name.startswith(LANGUAGE)}
+    found = {name[len(LANGUAGE) :]: t for name, t in folder_tensors(folder).items() if name.startswith(LANGUAGE)}
     tied = set(tied_names(lm))
     if tied & set(found):
-        log.info("%s: %s tied to the input embedding, as transformers ties it; the stored copy is not read",
-                 folder, ", ".join(f"{LANGUAGE}{name}" for name in sorted(tied & set(found))))
+        log.info(
+            "%s: %s tied to the input embedding, as transformers ties it; the stored copy is not read",
+            folder,
+            ", ".join(f"{LANGUAGE}{name}" for name in sorted(tied & set(found))),
+        )
     expected = {name: t for name, t in lm.state_dict().items() if name not in tied}
     copy_into(lm, {name: t for name, t in found.items() if name not in tied}, f"{folder} ({LANGUAGE}*)", expected)
     lm.tie_weights()

@@ -1,11 +1,11 @@
 """What `--image-ckpt` points at, recognised from the files, and its import as a model directory.
 
-    kind           recognised by                                      frozen parts from
-    model_dir      a folder with model.yaml                           its own pointers
-    blip2_folder   a folder whose config.json says model_type blip-2  the folder itself
-    simvlg_pth     a torch checkpoint with VLconnector.*              vit_weights and lm_path
-    blip2_pth      a torch checkpoint with query_tokens / Qformer.*   lm_path, and vit_weights unless it holds
-                                                                      visual_encoder.*
+kind           recognised by                                      frozen parts from
+model_dir      a folder with model.yaml                           its own pointers
+blip2_folder   a folder whose config.json says model_type blip-2  the folder itself
+simvlg_pth     a torch checkpoint with VLconnector.*              vit_weights and lm_path
+blip2_pth      a torch checkpoint with query_tokens / Qformer.*   lm_path, and vit_weights unless it holds
+                                                                  visual_encoder.*
 """
 
 from __future__ import annotations
@@ -19,11 +19,15 @@ from simvlg_video.model.tensor_io import NotATensorFile
 
 MODEL_DIR, BLIP2_FOLDER, SIMVLG_PTH, BLIP2_PTH = "model_dir", "blip2_folder", "simvlg_pth", "blip2_pth"
 DESCRIPTION = {
-    MODEL_DIR: "a model directory", BLIP2_FOLDER: "a Hugging Face BLIP-2 folder",
-    SIMVLG_PTH: "a SimVLG reference checkpoint file", BLIP2_PTH: "a LAVIS BLIP-2 OPT checkpoint file",
+    MODEL_DIR: "a model directory",
+    BLIP2_FOLDER: "a Hugging Face BLIP-2 folder",
+    SIMVLG_PTH: "a SimVLG reference checkpoint file",
+    BLIP2_PTH: "a LAVIS BLIP-2 OPT checkpoint file",
 }
-DEFAULT_MODEL_CONFIG = {SIMVLG_PTH: lavis_checkpoint.DEFAULT_MODEL_CONFIG,
-                        BLIP2_PTH: blip2_checkpoint.DEFAULT_MODEL_CONFIG}
+DEFAULT_MODEL_CONFIG = {
+    SIMVLG_PTH: lavis_checkpoint.DEFAULT_MODEL_CONFIG,
+    BLIP2_PTH: blip2_checkpoint.DEFAULT_MODEL_CONFIG,
+}
 
 
 @dataclass
@@ -59,32 +63,44 @@ def inspect_image_checkpoint(path: str | Path, allow_pickle: bool = False) -> Im
             return ImageCheckpoint(path, MODEL_DIR)
         if is_blip2_folder(path):
             return ImageCheckpoint(path, BLIP2_FOLDER)
-        raise NotATensorFile("not a model directory (it has no model.yaml) nor a Hugging Face BLIP-2 folder (no "
-                             "config.json with model_type blip-2); give one written by adapt, lavis_checkpoint or "
-                             "blip2_checkpoint, a BLIP-2 folder, or a checkpoint file (.pth)")
+        raise NotATensorFile(
+            "not a model directory (it has no model.yaml) nor a Hugging Face BLIP-2 folder (no "
+            "config.json with model_type blip-2); give one written by adapt, lavis_checkpoint or "
+            "blip2_checkpoint, a BLIP-2 folder, or a checkpoint file (.pth)"
+        )
     state = lavis_checkpoint.read_lavis_checkpoint(path, allow_pickle)
     if any(name.startswith("VLconnector.") for name in state):
         return ImageCheckpoint(path, SIMVLG_PTH)
     if "query_tokens" in state or any(name.startswith("Qformer.") for name in state):
         return ImageCheckpoint(path, BLIP2_PTH, blip2_checkpoint.lavis_holds_vit(state))
-    raise NotATensorFile(f"neither a SimVLG reference checkpoint (VLconnector.* tensors) nor a LAVIS BLIP-2 OPT "
-                         f"checkpoint (query_tokens, Qformer.*); it holds {', '.join(sorted(state)[:6])} ...")
+    raise NotATensorFile(
+        f"neither a SimVLG reference checkpoint (VLconnector.* tensors) nor a LAVIS BLIP-2 OPT "
+        f"checkpoint (query_tokens, Qformer.*); it holds {', '.join(sorted(state)[:6])} ..."
+    )
 
 
-def import_image_checkpoint(found: ImageCheckpoint, out_dir: Path, vit_weights: str | None, lm_path: str | None,
-                            model_config: str | None = None, prompt: str | None = None,
-                            allow_pickle: bool = False) -> Path:
+def import_image_checkpoint(
+    found: ImageCheckpoint,
+    out_dir: Path,
+    vit_weights: str | None,
+    lm_path: str | None,
+    model_config: str | None = None,
+    prompt: str | None = None,
+    allow_pickle: bool = False,
+) -> Path:
     """Write a checkpoint file or a BLIP-2 folder as a model directory at `out_dir` (the caller has checked that
     exactly the frozen parts `found.needs` are given)."""
     if found.kind == BLIP2_FOLDER:
         return blip2_checkpoint.import_hf_blip2(found.path, out_dir, prompt or "")
     architecture = lavis_checkpoint.load_model_config(model_config or DEFAULT_MODEL_CONFIG[found.kind])
     if found.kind == BLIP2_PTH:
-        return blip2_checkpoint.import_lavis_blip2(found.path, lm_path, architecture, out_dir, vit_weights, prompt,
-                                                   allow_pickle)
+        return blip2_checkpoint.import_lavis_blip2(
+            found.path, lm_path, architecture, out_dir, vit_weights, prompt, allow_pickle
+        )
     if found.kind == SIMVLG_PTH:
         if prompt is not None:
             architecture.lm.prompt = prompt
-        return lavis_checkpoint.import_lavis_checkpoint(found.path, vit_weights, lm_path, architecture, out_dir,
-                                                        allow_pickle)
+        return lavis_checkpoint.import_lavis_checkpoint(
+            found.path, vit_weights, lm_path, architecture, out_dir, allow_pickle
+        )
     raise ValueError(f"{found.path} is {found.description}; there is nothing to import")

@@ -29,13 +29,17 @@ BERT_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 def bert_weights_file(folder: Path) -> Path:
     """The one weights file of a Hugging Face BERT folder."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"bert_path {folder}: not a folder (give a local Hugging Face bert-base-uncased "
-                                "folder, with config.json and model.safetensors or pytorch_model.bin)")
+        raise FileNotFoundError(
+            f"bert_path {folder}: not a folder (give a local Hugging Face bert-base-uncased "
+            "folder, with config.json and model.safetensors or pytorch_model.bin)"
+        )
     for name in BERT_WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"bert_path {folder}: has none of {', '.join(BERT_WEIGHT_FILES)} (a sharded BERT is "
-                            "not expected: bert-base is one file)")
+    raise FileNotFoundError(
+        f"bert_path {folder}: has none of {', '.join(BERT_WEIGHT_FILES)} (a sharded BERT is "
+        "not expected: bert-base is one file)"
+    )
 
 
 def connector_tensors_from_bert(folder: Path) -> dict[str, torch.Tensor]:

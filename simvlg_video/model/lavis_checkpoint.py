@@ -91,7 +91,7 @@ def reference_name(name: str) -> str:
     """Our trainable tensor name -> the reference checkpoint's name for it."""
     for ours, theirs in _PREFIXES.items():
         if name.startswith(ours):
-            return theirs + name[len(ours):]
+            return theirs + name[len(ours) :]
     return name
 
 
@@ -138,8 +138,9 @@ def import_lavis_checkpoint(
     with the query/key width read from the tensors and `temporal_heads` heads (the file does not record it).
     """
     if model_cfg.connector.kind != "tome":
-        raise ValueError(f"the model config for a SimVLG checkpoint needs connector.kind tome, got "
-                         f"{model_cfg.connector.kind!r}")
+        raise ValueError(
+            f"the model config for a SimVLG checkpoint needs connector.kind tome, got {model_cfg.connector.kind!r}"
+        )
     ckpt, vit_weights, lm_path = (Path(p).expanduser().resolve() for p in (ckpt, vit_weights, lm_path))
     state = read_lavis_checkpoint(ckpt, allow_pickle)
     ignored = sorted(name for name in state if _is_ignored(name))
@@ -150,8 +151,12 @@ def import_lavis_checkpoint(
     blocks, qk_dim = temporal_layout(found)
     if blocks:
         every = blocks == list(range(len(_meta_vit(cfg).blocks)))
-        cfg.adapter = {"_target_": _PLACEMENT, "blocks": "all" if every else blocks, "qk_dim": qk_dim or 256,
-                       "num_heads": temporal_heads}
+        cfg.adapter = {
+            "_target_": _PLACEMENT,
+            "blocks": "all" if every else blocks,
+            "qk_dim": qk_dim or 256,
+            "num_heads": temporal_heads,
+        }
     model = build_captioner(cfg, ckpt.parent, meta=True)
     _check_vit_file(vit_weights, cfg)
 
@@ -194,8 +199,9 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        out = import_lavis_checkpoint(args.ckpt, args.vit_weights, args.lm_path, load_model_config(args.model_config),
-                                      args.out, args.allow_pickle)
+        out = import_lavis_checkpoint(
+            args.ckpt, args.vit_weights, args.lm_path, load_model_config(args.model_config), args.out, args.allow_pickle
+        )
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
     print(f"wrote {out}")

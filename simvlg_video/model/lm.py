@@ -39,7 +39,9 @@ class LMConfig:
 
 def _checked_folder(path: Path) -> Path:
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"language model folder {path} has no config.json (expected a Hugging Face model folder)")
+        raise FileNotFoundError(
+            f"language model folder {path} has no config.json (expected a Hugging Face model folder)"
+        )
     return path
 
 
@@ -79,7 +81,9 @@ def build_word_tokenizer(corpus: Sequence[str]) -> PreTrainedTokenizerFast:
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=END, unk_token=UNK, pad_token=PAD)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=BOS, eos_token=END, unk_token=UNK, pad_token=PAD
+    )
 
 
 @dataclass
@@ -100,11 +104,15 @@ class CaptionText:
     def __post_init__(self) -> None:
         end_ids = self.tokenizer(self.caption_end, add_special_tokens=False).input_ids
         if len(end_ids) != 1:
-            raise ValueError(f"caption_end {self.caption_end!r} must be one token for this tokenizer, got ids {end_ids}")
+            raise ValueError(
+                f"caption_end {self.caption_end!r} must be one token for this tokenizer, got ids {end_ids}"
+            )
         self.end_token_id: int = end_ids[0]
         self.prompt_ids: list[int] = self.tokenizer(self.prompt).input_ids
 
-    def training_batch(self, captions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def training_batch(
+        self, captions: list[str], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token ids, attention mask and labels (-100 on prompt and padding) for teacher forcing."""
         space = " " if self.prompt and not self.prompt[-1].isspace() else ""
         texts = [self.prompt + space + caption.strip() + self.caption_end for caption in captions]
@@ -118,8 +126,10 @@ class CaptionText:
         labels[:, : len(self.prompt_ids)] = -100
         prefix = torch.tensor(self.prompt_ids, device=device)
         if ids.shape[1] < len(prefix) or (ids[:, : len(prefix)] != prefix).any():
-            raise ValueError(f"the prompt {self.prompt!r} tokenizes differently before a caption than alone; "
-                             "give it without trailing whitespace")
+            raise ValueError(
+                f"the prompt {self.prompt!r} tokenizes differently before a caption than alone; "
+                "give it without trailing whitespace"
+            )
         return ids, mask, labels
 
     def num_targets(self, captions: list[str]) -> int:

@@ -27,8 +27,8 @@ from simvlg_video.model.adapter_protocol import adapter_modules
 from simvlg_video.model.captioner import VideoCaptioner
 from simvlg_video.model.connector import ConnectorConfig, build_tome_connector
 from simvlg_video.model.fingerprint import FrozenSourceChanged, check_fingerprint, fingerprint
-from simvlg_video.model.parallel import whole_on_cpu
 from simvlg_video.model.lm import CaptionText, LMConfig, lm_skeleton, load_lm, load_tokenizer
+from simvlg_video.model.parallel import whole_on_cpu
 from simvlg_video.model.qformer import QFormerConfig, build_qformer_connector
 from simvlg_video.model.tensor_io import check_tensors, read_safetensors, write_safetensors
 from simvlg_video.model.vit import VitConfig, build_vit
@@ -70,8 +70,10 @@ def read_model_config(path: str | Path) -> ModelConfig:
     try:
         raw = OmegaConf.load(path)
         if path.name == MODEL_CONFIG and raw.get("format") != FORMAT:
-            raise ModelDirError(f"{path} is a model directory in format {raw.get('format', 1)}; this version reads "
-                                f"format {FORMAT}: rebuild it (adapt or import it again)")
+            raise ModelDirError(
+                f"{path} is a model directory in format {raw.get('format', 1)}; this version reads "
+                f"format {FORMAT}: rebuild it (adapt or import it again)"
+            )
         connector = raw.pop("connector", None) or {}
         kind = connector.get("kind", "tome")
         if kind not in CONNECTORS:
@@ -108,8 +110,13 @@ def build_connector(cfg: ConnectorConfig | QFormerConfig, vision_width: int) -> 
     return build_tome_connector(cfg)
 
 
-def build_captioner(cfg: ModelConfig, base_dir: Path, dtype: torch.dtype = torch.float32,
-                    meta: bool = False, frozen_on_meta: bool = False) -> VideoCaptioner:
+def build_captioner(
+    cfg: ModelConfig,
+    base_dir: Path,
+    dtype: torch.dtype = torch.float32,
+    meta: bool = False,
+    frozen_on_meta: bool = False,
+) -> VideoCaptioner:
     """The captioner `cfg` describes, its frozen parts loaded straight into `dtype` (the ViT and the LLM never exist
     at a wider precision); everything else as initialised, in fp32. `meta=True` builds names and shapes only, on
     the meta device, reading no weights; `frozen_on_meta=True` does so for the parts behind frozen files only (what
@@ -132,8 +139,15 @@ def build_captioner(cfg: ModelConfig, base_dir: Path, dtype: torch.dtype = torch
     lm = lm_skeleton(sources["lm"]) if meta or frozen_on_meta else load_lm(sources["lm"], dtype)[0]
     text = CaptionText(load_tokenizer(sources["lm"]), cfg.lm.prompt, cfg.lm.caption_end, cfg.lm.max_text_tokens)
     with torch.device("meta") if meta else torch.device("cpu"):
-        model = VideoCaptioner(vit, connector, lm, text, connector_width=cfg.connector.hidden_size,
-                               project_vision=cfg.connector.kind == "tome", ln_vision_eps=cfg.ln_vision_eps)
+        model = VideoCaptioner(
+            vit,
+            connector,
+            lm,
+            text,
+            connector_width=cfg.connector.hidden_size,
+            project_vision=cfg.connector.kind == "tome",
+            ln_vision_eps=cfg.ln_vision_eps,
+        )
         if cfg.adapter is not None:
             instantiate(cfg.adapter).apply(model)
     return model
@@ -148,8 +162,11 @@ def _from_frozen_source(name: str, cfg: ModelConfig, adapter_prefixes: tuple[str
 def stored_tensors(model: nn.Module, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Every state-dict tensor of `model` that no frozen source provides (live tensors; FSDP shards as they are)."""
     prefixes = tuple(f"{name}." for name, _ in adapter_modules(model))
-    return {name: tensor for name, tensor in model.state_dict(keep_vars=True).items()
-            if not _from_frozen_source(name, cfg, prefixes)}
+    return {
+        name: tensor
+        for name, tensor in model.state_dict(keep_vars=True).items()
+        if not _from_frozen_source(name, cfg, prefixes)
+    }
 
 
 def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[VideoCaptioner, ModelConfig]:
@@ -160,9 +177,11 @@ def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> tupl
     if not path.is_dir():
         raise ModelDirError(f"{path} is not a model directory (not a folder)")
     if not config_file.is_file():
-        raise ModelDirError(f"{path} is not a model directory: it has no {MODEL_CONFIG} (a model directory holds "
-                            f"{MODEL_CONFIG} and {WEIGHTS}; `adapt`, `lavis_checkpoint` and `blip2_checkpoint` "
-                            "write them)")
+        raise ModelDirError(
+            f"{path} is not a model directory: it has no {MODEL_CONFIG} (a model directory holds "
+            f"{MODEL_CONFIG} and {WEIGHTS}; `adapt`, `lavis_checkpoint` and `blip2_checkpoint` "
+            "write them)"
+        )
     cfg = read_model_config(config_file)
     for label, source in frozen_sources(cfg, path).items():
         if label not in cfg.frozen:
@@ -175,8 +194,10 @@ def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> tupl
     if not weights.is_file():
         raise ModelDirError(f"{path} has no {WEIGHTS}")
     if cfg.stored != fingerprint(weights)[weights.name]:
-        raise ModelDirError(f"{weights} is not the file {config_file} was written with (a write was interrupted, "
-                            "or one of the two files was replaced)")
+        raise ModelDirError(
+            f"{weights} is not the file {config_file} was written with (a write was interrupted, "
+            "or one of the two files was replaced)"
+        )
     stored = read_safetensors(weights)
     targets = stored_tensors(model, cfg)
     check_tensors({name: t.shape for name, t in targets.items()}, stored, str(weights))
@@ -186,8 +207,13 @@ def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> tupl
     return model, cfg
 
 
-def save_model_dir(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, base_dir: Path | None = None,
-                   tensors: dict[str, torch.Tensor] | None = None) -> Path:
+def save_model_dir(
+    model: nn.Module,
+    cfg: ModelConfig,
+    out_dir: str | Path,
+    base_dir: Path | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write `cfg` and every stored tensor (`tensors` when given, e.g. gathered from FSDP shards, else the model's).
 
     Frozen pointers relative to `base_dir` (the directory the model was loaded from) become absolute; the
@@ -208,8 +234,11 @@ def save_model_dir(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, base
                 cfg.vit.weights = str(source)
     tensors = whole_on_cpu(stored_tensors(model, cfg) if tensors is None else tensors)
     described = stored_tensors(build_captioner(cfg, base_dir, meta=True), cfg)  # what a load will expect
-    check_tensors({name: t.shape for name, t in described.items()}, tensors,
-                  f"the tensors to save in {out_dir} (against its model.yaml: is the adapter recorded in the config?)")
+    check_tensors(
+        {name: t.shape for name, t in described.items()},
+        tensors,
+        f"the tensors to save in {out_dir} (against its model.yaml: is the adapter recorded in the config?)",
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     temporary = out_dir / (WEIGHTS + ".partial")
     write_safetensors(tensors, temporary)
@@ -221,5 +250,14 @@ def save_model_dir(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, base
     return out_dir
 
 
-__all__ = ["FORMAT", "FrozenSourceChanged", "ModelConfig", "ModelDirError", "build_captioner", "load_model_dir",
-           "read_model_config", "save_model_dir", "stored_tensors"]
+__all__ = [
+    "FORMAT",
+    "FrozenSourceChanged",
+    "ModelConfig",
+    "ModelDirError",
+    "build_captioner",
+    "load_model_dir",
+    "read_model_config",
+    "save_model_dir",
+    "stored_tensors",
+]

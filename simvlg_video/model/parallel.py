@@ -46,8 +46,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 def whole_on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors whole, detached, contiguous, on the CPU; FSDP shards are gathered (a collective: call it on every
     rank)."""
-    return {name: (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu().contiguous()
-            for name, t in tensors.items()}
+    return {
+        name: (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu().contiguous()
+        for name, t in tensors.items()
+    }
 
 
 def layer_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:

@@ -60,11 +60,18 @@ class QFormerConnector(nn.Module):
         if cfg.kind != "qformer":
             raise ValueError(f"QFormerConnector needs a connector of kind 'qformer', got {cfg.kind!r}")
         config = Blip2QFormerConfig(
-            hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-            intermediate_size=cfg.intermediate_size, hidden_act=cfg.hidden_act,
-            hidden_dropout_prob=cfg.hidden_dropout, attention_probs_dropout_prob=cfg.attention_dropout,
-            layer_norm_eps=cfg.layer_norm_eps, cross_attention_frequency=cfg.cross_attention_frequency,
-            encoder_hidden_size=vision_width, use_qformer_text_input=False, attn_implementation=attn_implementation,
+            hidden_size=cfg.hidden_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            intermediate_size=cfg.intermediate_size,
+            hidden_act=cfg.hidden_act,
+            hidden_dropout_prob=cfg.hidden_dropout,
+            attention_probs_dropout_prob=cfg.attention_dropout,
+            layer_norm_eps=cfg.layer_norm_eps,
+            cross_attention_frequency=cfg.cross_attention_frequency,
+            encoder_hidden_size=vision_width,
+            use_qformer_text_input=False,
+            attn_implementation=attn_implementation,
         )
         self.config = config
         self.query_tokens = nn.Parameter(torch.zeros(1, cfg.num_query_tokens, cfg.hidden_size))
@@ -82,7 +89,7 @@ class QFormerConnector(nn.Module):
                 attention.key.register_forward_hook(_KeepProjection(self, "key"))
 
     def set_attn_implementation(self, implementation: str) -> None:
-        """"sdpa" (fused) or "eager" (matmul-softmax-matmul), as on any transformers model."""
+        """ "sdpa" (fused) or "eager" (matmul-softmax-matmul), as on any transformers model."""
         self.qformer.set_attn_implementation(implementation)
 
     def record_assignments(self, on: bool) -> None:
@@ -101,8 +108,9 @@ class QFormerConnector(nn.Module):
         if image_tokens.ndim != 3 or image_tokens.shape[-1] != width:
             raise ValueError(f"the Q-Former reads (B, N, {width}) ViT tokens, got {tuple(image_tokens.shape)}")
         if token_positions is not None and token_positions.shape[-2:] != (image_tokens.shape[1], 2):
-            raise ValueError(f"token_positions must be (B, {image_tokens.shape[1]}, 2), "
-                             f"got {tuple(token_positions.shape)}")
+            raise ValueError(
+                f"token_positions must be (B, {image_tokens.shape[1]}, 2), got {tuple(token_positions.shape)}"
+            )
         self._tracking = token_positions is not None or self._record
         self._projections = {}
         try:

@@ -28,7 +28,7 @@ def cast_frozen_(model: nn.Module, dtype: torch.dtype) -> dict[str, int]:
     counts = {"frozen": 0, "trainable": 0}
     for module in model.modules():
         own = list(module.named_parameters(recurse=False))
-        for name, param in own:
+        for _, param in own:
             if not param.is_floating_point():
                 continue
             target = torch.float32 if param.requires_grad else dtype

@@ -51,8 +51,12 @@ def check_tensors(expected: Mapping[str, torch.Size], found: Mapping[str, torch.
         raise StateDictMismatch(source, missing, unexpected, mismatched)
 
 
-def copy_into(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str,
-              expected: Mapping[str, torch.Tensor] | None = None) -> None:
+def copy_into(
+    module: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    source: str,
+    expected: Mapping[str, torch.Tensor] | None = None,
+) -> None:
     """Copy `tensors` into `module`'s state-dict entries (cast to each target's dtype) after checking that they are
     exactly `expected` (default: the module's whole state dict) by name and shape."""
     targets = dict(module.state_dict(keep_vars=True))
@@ -92,7 +96,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file (memory-mapped, so untouched tensors cost nothing)."""
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return {name: handle.get_tensor(name) for name in handle.keys()}
+            return {name: handle.get_tensor(name) for name in handle}
     except Exception as error:  # safetensors raises its own error types for damaged headers
         raise NotATensorFile(f"{path} is not a readable safetensors file ({_first_line(error)})") from None
 
@@ -111,8 +115,10 @@ def load_torch_file(path: Path, allow_pickle: bool = False) -> object:
         raise NotATensorFile(f"{path} is a safetensors file; give it a .safetensors name")
     mmap = head.startswith(b"PK\x03\x04")  # the zip format torch.save writes since 1.6 can be mapped
     if not mmap and not head.startswith(b"\x80"):  # nor the legacy format, a pickle stream
-        raise NotATensorFile(f"{path} is not a torch checkpoint: it starts with {head[:8]!r}, neither the zip "
-                             "header nor the pickle header torch.save writes")
+        raise NotATensorFile(
+            f"{path} is not a torch checkpoint: it starts with {head[:8]!r}, neither the zip "
+            "header nor the pickle header torch.save writes"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle, mmap=mmap)
     except pickle.UnpicklingError as error:
@@ -125,8 +131,9 @@ def load_torch_file(path: Path, allow_pickle: bool = False) -> object:
             "file), or re-save only its tensors: torch.save({'model': ckpt['model']}, new_path)."
         ) from None
     except Exception as error:  # torch raises several types (EOFError, RuntimeError, ...) for non-checkpoint files
-        raise NotATensorFile(f"{path} is not a torch checkpoint ({type(error).__name__}: "
-                             f"{_first_line(error)})") from None
+        raise NotATensorFile(
+            f"{path} is not a torch checkpoint ({type(error).__name__}: {_first_line(error)})"
+        ) from None
 
 
 def _first_line(error: BaseException) -> str:

@@ -52,9 +52,7 @@ def r_per_layer(r: int | Sequence[int], num_layers: int) -> list[int]:
     return values
 
 
-def merge_schedule(
-    num_tokens: int, r: int | Sequence[int], num_layers: int, protect_cls: bool = True
-) -> list[int]:
+def merge_schedule(num_tokens: int, r: int | Sequence[int], num_layers: int, protect_cls: bool = True) -> list[int]:
     """Token counts entering the first layer and leaving every layer (``num_layers + 1`` numbers), r capped per layer.
 
     >>> merge_schedule(257, 19, 12)[-1]
@@ -105,9 +103,7 @@ class Merge:
         out[:, 1::2] = num_kept + torch.arange(num_b, device=device)
         return out
 
-    def __call__(
-        self, x: Tensor, mode: str = "mean", sizes: Tensor | None = None
-    ) -> tuple[Tensor, Tensor | None]:
+    def __call__(self, x: Tensor, mode: str = "mean", sizes: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Merge ``x`` (B, N, D); returns ``(x_merged, sizes_merged)``.
 
         ``sizes`` (B, N) only applies to "weighted" mode, where None means every token has size 1; the returned

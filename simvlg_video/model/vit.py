@@ -176,7 +176,10 @@ def _run_blocks(
             x = vit.blocks[i](x, rope=block_rope)
         else:
             x = checkpoint(
-                vit.blocks[i], x, rope=block_rope, use_reentrant=False,
+                vit.blocks[i],
+                x,
+                rope=block_rope,
+                use_reentrant=False,
                 context_fn=lambda: (nullcontext(), recompute_context()),
             )
     return x

@@ -36,7 +36,7 @@ def strip_visual_prefix(tensors: Mapping[str, torch.Tensor], source: str) -> dic
     """Drop a leading `visual_encoder.` from every key that has one; a name present in both forms is an error."""
     out: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
-        bare = name[len(VISUAL_PREFIX):] if name.startswith(VISUAL_PREFIX) else name
+        bare = name[len(VISUAL_PREFIX) :] if name.startswith(VISUAL_PREFIX) else name
         if bare in out:
             raise ValueError(f"{source} holds {bare!r} both with and without the {VISUAL_PREFIX!r} prefix")
         out[bare] = tensor
@@ -56,7 +56,9 @@ def drop_blocks_past(tensors: Mapping[str, torch.Tensor], depth: int, source: st
     if dropped_blocks:
         log.info(
             "%s: using blocks 0..%d; dropped blocks %s, which the model does not have (as BLIP-2 drops EVA-g's 40th)",
-            source, depth - 1, ", ".join(map(str, sorted(dropped_blocks))),
+            source,
+            depth - 1,
+            ", ".join(map(str, sorted(dropped_blocks))),
         )
     return kept
 
@@ -102,4 +104,3 @@ def fill_unsaved_buffers(vit: nn.Module) -> None:
             unsaved -= {f"{prefix}.{name}" if prefix else name for name, _ in module.named_buffers(recurse=False)}
     if unsaved:
         raise RuntimeError(f"the ViT has buffers that neither its weights file nor its modules fill: {sorted(unsaved)}")
-

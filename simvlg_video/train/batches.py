@@ -31,15 +31,25 @@ log = logging.getLogger(__name__)
 class ShardedClipOrder(Sampler[int]):
     """Indices of `num_items` for one rank, one epoch at a time; `drop_last` keeps every rank's count equal."""
 
-    def __init__(self, num_items: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, accumulation: int = 1) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        accumulation: int = 1,
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         if batch_size < 1 or accumulation < 1:
             raise ValueError(f"batch_size and accumulation must be >= 1, got {batch_size} and {accumulation}")
         if num_items < batch_size * world_size * accumulation:
-            raise ValueError(f"{num_items} clips cannot fill one step of {accumulation} batch(es) of {batch_size} on "
-                             f"each of {world_size} processes; lower train.batch_size or add data")
+            raise ValueError(
+                f"{num_items} clips cannot fill one step of {accumulation} batch(es) of {batch_size} on "
+                f"each of {world_size} processes; lower train.batch_size or add data"
+            )
         self.num_items = num_items
         self.batch_size = batch_size
         self.seed = seed
@@ -59,8 +69,10 @@ class ShardedClipOrder(Sampler[int]):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Iterate epoch `epoch` from its batch `start_batch` (0: the whole epoch)."""
         if epoch < 0 or not 0 <= start_batch <= self.batches_per_epoch:
-            raise ValueError(f"epoch {epoch} / start_batch {start_batch} out of range "
-                             f"(an epoch has {self.batches_per_epoch} batches)")
+            raise ValueError(
+                f"epoch {epoch} / start_batch {start_batch} out of range "
+                f"(an epoch has {self.batches_per_epoch} batches)"
+            )
         self.epoch = epoch
         self.start_batch = start_batch
 
@@ -94,8 +106,7 @@ class TrainBatches:
     `loader` must draw its indices from `order` (see `clip_loader(order=...)`).
     """
 
-    def __init__(self, loader, order: ShardedClipOrder, transform: FrameTransform,
-                 device: torch.device, seed: int = 0):
+    def __init__(self, loader, order: ShardedClipOrder, transform: FrameTransform, device: torch.device, seed: int = 0):
         self.loader = loader
         self.order = order
         self.transform = transform
@@ -136,8 +147,15 @@ class ShardBatches:
     resumed run must have as many streams (train.num_workers) and processes as the interrupted one.
     """
 
-    def __init__(self, loader, stream: ShardStream, transform: FrameTransform, device: torch.device,
-                 seed: int = 0, max_skip_fraction: float = 0.5):
+    def __init__(
+        self,
+        loader,
+        stream: ShardStream,
+        transform: FrameTransform,
+        device: torch.device,
+        seed: int = 0,
+        max_skip_fraction: float = 0.5,
+    ):
         self.loader = loader
         self.stream = stream
         self.transform = transform
@@ -149,21 +167,29 @@ class ShardBatches:
         self.handed_out = 0
 
     def state_dict(self) -> dict:
-        return {"shards": {"streams": self.stream.num_streams, "world_size": self.stream.world_size,
-                           "positions": [asdict(position) for position in self.positions],
-                           "handed_out": self.handed_out},
-                "skipped": list(self.skipped)}
+        return {
+            "shards": {
+                "streams": self.stream.num_streams,
+                "world_size": self.stream.world_size,
+                "positions": [asdict(position) for position in self.positions],
+                "handed_out": self.handed_out,
+            },
+            "skipped": list(self.skipped),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue at a saved position (call before iterating); refuses another number of streams or processes."""
         if "shards" not in state:
-            raise ValueError("the checkpoint's data position is a manifest's, not shards'; resume with the data "
-                             "it was trained on")
+            raise ValueError(
+                "the checkpoint's data position is a manifest's, not shards'; resume with the data it was trained on"
+            )
         saved = state["shards"]
         if (saved["streams"], saved["world_size"]) != (self.stream.num_streams, self.stream.world_size):
-            raise ValueError(f"the run was streaming shards with train.num_workers={saved['streams']} (streams) on "
-                             f"{saved['world_size']} process(es); resume it with the same, not "
-                             f"{self.stream.num_streams} on {self.stream.world_size}")
+            raise ValueError(
+                f"the run was streaming shards with train.num_workers={saved['streams']} (streams) on "
+                f"{saved['world_size']} process(es); resume it with the same, not "
+                f"{self.stream.num_streams} on {self.stream.world_size}"
+            )
         self.positions = [StreamPosition(**position) for position in saved["positions"]]
         self.handed_out = int(saved["handed_out"])
         self.skipped = list(state["skipped"])
@@ -176,10 +202,13 @@ class ShardBatches:
             frames, captions, keys = self._frames(batch)
             lost = len(batch["skipped"]) + len(batch["keys"]) - len(keys)
             if lost > self.max_skip_fraction * (len(batch["skipped"]) + len(batch["keys"])):
-                listing = "\n".join(f"  {entry['clip_id']} ({entry['video']}): {entry['reason']}"
-                                    for entry in self.skipped[-lost:])
-                raise TooManySkippedClips(f"{lost} of the {lost + len(keys)} samples read for a batch could not be "
-                                          f"used, more than max_skip_fraction={self.max_skip_fraction}:\n{listing}")
+                listing = "\n".join(
+                    f"  {entry['clip_id']} ({entry['video']}): {entry['reason']}" for entry in self.skipped[-lost:]
+                )
+                raise TooManySkippedClips(
+                    f"{lost} of the {lost + len(keys)} samples read for a batch could not be "
+                    f"used, more than max_skip_fraction={self.max_skip_fraction}:\n{listing}"
+                )
             if not keys:
                 continue
             generators = [clip_generator(self.seed, *key) for key in keys]
@@ -192,8 +221,14 @@ class ShardBatches:
         if not isinstance(images, dict):
             return images, batch["captions"], batch["keys"]
         encoded = [i for i, image in enumerate(images["jpegs"]) if isinstance(image, bytes)]
-        decoded = dict(zip(encoded, decode_jpegs([images["jpegs"][i] for i in encoded],
-                                                 [images["orientations"][i] for i in encoded], self.device)))
+        decoded = dict(
+            zip(
+                encoded,
+                decode_jpegs(
+                    [images["jpegs"][i] for i in encoded], [images["orientations"][i] for i in encoded], self.device
+                ),
+            )
+        )
         frames, captions, keys = [], [], []
         for i, image in enumerate(images["jpegs"]):
             image = decoded.get(i, image)

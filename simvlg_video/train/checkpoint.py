@@ -81,8 +81,11 @@ class Checkpoints:
         """Finished checkpoint folders, oldest first."""
         if not self.folder.is_dir():
             return []
-        return sorted(p for p in self.folder.iterdir() if _STEP_FOLDER.fullmatch(p.name)
-                      and (p / TRAINABLE).is_file() and (p / STATE).is_file())
+        return sorted(
+            p
+            for p in self.folder.iterdir()
+            if _STEP_FOLDER.fullmatch(p.name) and (p / TRAINABLE).is_file() and (p / STATE).is_file()
+        )
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint as rank 0 sees it (the same answer on every rank)."""
@@ -93,17 +96,28 @@ class Checkpoints:
         path = self.folder / BEST
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
-             rank_state: dict[str, Any], best: dict | None = None) -> Path:
+    def save(
+        self,
+        step: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: dict[str, Any],
+        rank_state: dict[str, Any],
+        best: dict | None = None,
+    ) -> Path:
         """Write checkpoint `step`; `state` is shared by the ranks, `rank_state` is this rank's (data position...).
 
         With `best` ({"metric", "value"}), this checkpoint is the best so far and is kept whatever `keep_last` says.
         """
         inner = unwrap(model)
         tensors = whole_on_cpu(trainable_tensors(inner))
-        full_state = {**state, "step": step, "world_size": self.world.world_size,
-                      "optimizer": self._optimizer_state(inner, optimizer),
-                      "ranks": gather({**rank_state, "rng": rng_state()}, self.world)}
+        full_state = {
+            **state,
+            "step": step,
+            "world_size": self.world.world_size,
+            "optimizer": self._optimizer_state(inner, optimizer),
+            "ranks": gather({**rank_state, "rng": rng_state()}, self.world),
+        }
         final = self.folder / f"{step:08d}"
         if self.world.is_main:
             partial = final.with_name(final.name + ".partial")
@@ -125,14 +139,18 @@ class Checkpoints:
         (shared state, this rank's state)."""
         state = torch.load(path / STATE, map_location="cpu", weights_only=False)
         if state["world_size"] != self.world.world_size:
-            raise SystemExit(f"error: checkpoint {path} was written by {state['world_size']} processes; resume it "
-                             f"with the same number (got {self.world.world_size}): each keeps its own data position")
+            raise SystemExit(
+                f"error: checkpoint {path} was written by {state['world_size']} processes; resume it "
+                f"with the same number (got {self.world.world_size}): each keeps its own data position"
+            )
         inner = unwrap(model)
         targets = trainable_tensors(inner)
         stored = read_safetensors(path / TRAINABLE)
         if set(stored) != set(targets):
-            raise SystemExit(f"error: checkpoint {path / TRAINABLE} does not match the model: missing "
-                             f"{sorted(set(targets) - set(stored))[:5]}, unexpected {sorted(set(stored) - set(targets))[:5]}")
+            raise SystemExit(
+                f"error: checkpoint {path / TRAINABLE} does not match the model: missing "
+                f"{sorted(set(targets) - set(stored))[:5]}, unexpected {sorted(set(stored) - set(targets))[:5]}"
+            )
         with torch.no_grad():
             for name, target in targets.items():
                 target.copy_(_place_like(stored[name], target))
@@ -147,8 +165,9 @@ class Checkpoints:
             return optimizer.state_dict()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(model, optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_optimizer_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
 
     @staticmethod
     def _load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict) -> None:
@@ -167,7 +186,7 @@ class Checkpoints:
     def _prune(self) -> None:
         """Keep the newest `keep_last` checkpoints and the best one."""
         best = self.best()
-        keep = {p.name for p in self.complete()[-self.keep_last:]}
+        keep = {p.name for p in self.complete()[-self.keep_last :]}
         if best is not None:
             keep.add(f"{best['step']:08d}")
         for path in self.complete():
@@ -196,15 +215,19 @@ def resume_point(cfg: DictConfig, checkpoints: Checkpoints, run_dir: Path) -> Pa
     fresh), `resume=PATH` that checkpoint folder, `resume=null` none (a run directory with checkpoints is refused)."""
     if cfg.resume in (None, False):
         if checkpoints.complete():
-            raise SystemExit(f"error: {run_dir} already holds checkpoints; continue it with resume=auto or choose "
-                             "another run directory")
+            raise SystemExit(
+                f"error: {run_dir} already holds checkpoints; continue it with resume=auto or choose "
+                "another run directory"
+            )
         return None
     if cfg.resume == "auto":
         return checkpoints.latest()
     folder = Path(cfg.resume).expanduser()
     if folder not in checkpoints.complete():
-        raise SystemExit(f"error: resume={folder}: not a complete checkpoint of {run_dir} "
-                         f"(complete: {[p.name for p in checkpoints.complete()] or 'none'})")
+        raise SystemExit(
+            f"error: resume={folder}: not a complete checkpoint of {run_dir} "
+            f"(complete: {[p.name for p in checkpoints.complete()] or 'none'})"
+        )
     return folder
 
 
@@ -226,8 +249,11 @@ def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
     current = OmegaConf.to_container(cfg, resolve=True)
     changes = [c for c in changed_settings(saved, current) if not c.startswith("resume:")]
     if changes:
-        raise SystemExit(f"error: resuming {run_dir} with other settings than its config.yaml:\n  "
-                         + "\n  ".join(changes) + "\nresume with the run's own overrides")
+        raise SystemExit(
+            f"error: resuming {run_dir} with other settings than its config.yaml:\n  "
+            + "\n  ".join(changes)
+            + "\nresume with the run's own overrides"
+        )
 
 
 @dataclass

@@ -42,8 +42,11 @@ def launch_overrides(arguments: list[str], world: World) -> list[str]:
     if not world.distributed:
         return extra
     stamp = broadcast(datetime.now().strftime("%Y-%m-%d_%H-%M-%S"), world)
-    extra += [f"{key}={folder}/{stamp}" for key, folder in (("hydra.run.dir", "runs"), ("hydra.sweep.dir", "multirun"))
-              if key not in given]
+    extra += [
+        f"{key}={folder}/{stamp}"
+        for key, folder in (("hydra.run.dir", "runs"), ("hydra.sweep.dir", "multirun"))
+        if key not in given
+    ]
     if not world.is_main:
         extra += [f"hydra.job.name=adapt_rank{world.rank}"]
         if "hydra.output_subdir=null" not in extra:

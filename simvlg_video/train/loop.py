@@ -60,11 +60,15 @@ class NonFiniteGuard:
         if longest >= self.max_in_a_row:
             raise TooManyNonFiniteSteps(
                 f"{longest} steps in a row had a non-finite loss or gradient (limit train.max_nonfinite_in_a_row="
-                f"{self.max_in_a_row}), the last at step {step}; the weights are those of the last finite step")
+                f"{self.max_in_a_row}), the last at step {step}; the weights are those of the last finite step"
+            )
 
     def state_dict(self) -> dict:
-        return {"skipped": int(self.skipped), "current_run": int(self.current_run),
-                "longest_run": int(self.longest_run)}
+        return {
+            "skipped": int(self.skipped),
+            "current_run": int(self.current_run),
+            "longest_run": int(self.longest_run),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("skipped", "current_run", "longest_run"):
@@ -86,11 +90,17 @@ class GradNormWatch:
             return False  # a skipped step, counted by NonFiniteGuard
         spike = self.seen >= self.warmup_logs and self.average is not None and grad_norm > self.factor * self.average
         if spike:
-            log.warning("gradient norm %.3g at step %d is over %gx its running average %.3g: the run may be diverging",
-                        grad_norm, step, self.factor, self.average)
+            log.warning(
+                "gradient norm %.3g at step %d is over %gx its running average %.3g: the run may be diverging",
+                grad_norm,
+                step,
+                self.factor,
+                self.average,
+            )
         else:
-            self.average = grad_norm if self.average is None else \
-                self.smoothing * self.average + (1 - self.smoothing) * grad_norm
+            self.average = (
+                grad_norm if self.average is None else self.smoothing * self.average + (1 - self.smoothing) * grad_norm
+            )
         self.seen += 1
         return spike
 
@@ -154,11 +164,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Settings that cannot work together are refused before anything runs."""
         if self.steps < 1 or self.batch_size < 1 or self.accumulation < 1:
-            raise ValueError(f"train.steps, train.batch_size and train.accumulation must be >= 1 (got {self.steps}, "
-                             f"{self.batch_size}, {self.accumulation})")
+            raise ValueError(
+                f"train.steps, train.batch_size and train.accumulation must be >= 1 (got {self.steps}, "
+                f"{self.batch_size}, {self.accumulation})"
+            )
         if not 0 <= self.warmup_steps <= self.steps:
-            raise ValueError(f"train.warmup_steps ({self.warmup_steps}) must be between 0 and train.steps "
-                             f"({self.steps})")
+            raise ValueError(
+                f"train.warmup_steps ({self.warmup_steps}) must be between 0 and train.steps ({self.steps})"
+            )
         if self.strategy not in ("ddp", "fsdp"):
             raise ValueError(f"train.strategy must be ddp or fsdp, got {self.strategy!r}")
 
@@ -179,18 +192,32 @@ class Session:
     def create(cls, model: nn.Module, train: TrainConfig, precision: str = "fp32") -> Session:
         """AdamW over the model's trainable parameters, warmup then cosine, a grad scaler for fp16, fresh guards."""
         optimizer = build_optimizer(model, lr=train.lr, weight_decay=train.weight_decay)
-        scheduler = warmup_cosine(optimizer, train.warmup_steps, train.steps, train.warmup_start_lr,
-                                  train.lr if train.min_lr is None else train.min_lr)
+        scheduler = warmup_cosine(
+            optimizer,
+            train.warmup_steps,
+            train.steps,
+            train.warmup_start_lr,
+            train.lr if train.min_lr is None else train.min_lr,
+        )
         device = next(unwrap(model).parameters()).device
-        return cls(optimizer, scheduler, train, precision, NonFiniteGuard(train.max_nonfinite_in_a_row, device),
-                   GradNormWatch(train.grad_norm_spike),
-                   torch.amp.GradScaler(device.type) if precision == "fp16" else None)
+        return cls(
+            optimizer,
+            scheduler,
+            train,
+            precision,
+            NonFiniteGuard(train.max_nonfinite_in_a_row, device),
+            GradNormWatch(train.grad_norm_spike),
+            torch.amp.GradScaler(device.type) if precision == "fp16" else None,
+        )
 
     def state_dict(self) -> dict:
         """Schedule, guards and grad scaler (the optimiser's state is saved with the model's tensors)."""
-        return {"scheduler": self.scheduler.state_dict(), "guard": self.guard.state_dict(),
-                "grad_watch": self.grad_watch.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+        return {
+            "scheduler": self.scheduler.state_dict(),
+            "guard": self.guard.state_dict(),
+            "grad_watch": self.grad_watch.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.scheduler.load_state_dict(state["scheduler"])
@@ -200,7 +227,7 @@ class Session:
             self.scaler.load_state_dict(state["scaler"])
 
 
-@dataclass
+@dataclass(frozen=True)
 class Hooks:
     """Called by `fit`: `on_log(record)` every log_every steps (rank 0), `on_step_end(step)` after every step on
     every rank (checkpoints, validation)."""
@@ -238,8 +265,14 @@ def fit(
     interval = _Interval(device)
     model.train()
     started = time.perf_counter()
-    progress = tqdm(range(start_step, steps), desc=desc, initial=start_step, total=steps, dynamic_ncols=True,
-                    disable=not (show_progress and world.is_main))
+    progress = tqdm(
+        range(start_step, steps),
+        desc=desc,
+        initial=start_step,
+        total=steps,
+        dynamic_ncols=True,
+        disable=not (show_progress and world.is_main),
+    )
     for step in progress:
         waiting = time.perf_counter()
         micro_batches = [next(batches) for _ in range(settings.accumulation)]
@@ -274,8 +307,9 @@ def fit(
     return result
 
 
-def _optimiser_step(model: nn.Module, micro_batches: list[Batch], session: Session, params: list[nn.Parameter],
-                    world: World) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _optimiser_step(
+    model: nn.Module, micro_batches: list[Batch], session: Session, params: list[nn.Parameter], world: World
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward/backward over the micro-batches, clip, step; returns (this rank's share of the loss, global grad
     norm, bool tensor: step skipped)."""
     optimizer, scaler, settings = session.optimizer, session.scaler, session.train
@@ -334,9 +368,17 @@ class _Interval:
         stats = torch.stack([loss, loss.new_tensor(float(self.videos))])
         loss_value, videos = sum_over_ranks(stats, world).tolist()
         seconds = time.perf_counter() - self.started
-        record = {"phase": "train", "step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
-                  "grad_norm_max": float(self.grad_norm_max), "videos_per_s": videos / seconds if seconds else 0.0,
-                  "data_wait_s": self.data_wait, "videos": int(videos)}
+        record = {
+            "phase": "train",
+            "step": step,
+            "loss": loss_value,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "grad_norm_max": float(self.grad_norm_max),
+            "videos_per_s": videos / seconds if seconds else 0.0,
+            "data_wait_s": self.data_wait,
+            "videos": int(videos),
+        }
         self._reset()
         return record
 

@@ -69,8 +69,12 @@ class RunLog:
         phase, step = record.get("phase", "train"), record.get("step", 0)
         prefix = phase if phase != "eval" else f"eval_{record.get('model', 'model')}"
         for key, value in {**record, **record.get("metrics", {})}.items():
-            if key not in ("step", "phase") and isinstance(value, (int, float)) and not isinstance(value, bool) \
-                    and math.isfinite(value):
+            if (
+                key not in ("step", "phase")
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
                 self.writer.add_scalar(f"{prefix}/{key}", value, global_step=step)
         self.writer.flush()
 

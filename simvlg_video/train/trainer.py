@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader
 from simvlg_video.data.clips import ClipData
 from simvlg_video.data.dataset import FrameSampler, clip_loader
 from simvlg_video.data.manifest import ClipRecord
-from simvlg_video.model.parallel import wrap_model
 from simvlg_video.data.shards import ShardStream, list_shards
+from simvlg_video.model.parallel import wrap_model
 from simvlg_video.train.batches import ShardBatches, ShardedClipOrder, TrainBatches
 from simvlg_video.train.checkpoint import RunFiles
 from simvlg_video.train.loop import FitResult, Hooks, Session, TooManyNonFiniteSteps, TrainConfig, fit
@@ -61,28 +61,69 @@ def set_dropout(model: nn.Module, probability: float) -> int:
     return changed
 
 
-def training_batches(run: TrainingRun, records: list[ClipRecord], device: torch.device,
-                     world: World) -> TrainBatches | ShardBatches:
+def training_batches(
+    run: TrainingRun, records: list[ClipRecord], device: torch.device, world: World
+) -> TrainBatches | ShardBatches:
     """This rank's endless training batches: its share of every epoch's shuffle (of the manifest's clips, or of
     `data.shards`), decoded by the loader workers, transformed on `device`."""
     train = run.train
     if run.data.shards:
         streams = max(1, train.num_workers)
-        stream = ShardStream(list_shards(run.data.shards), train.batch_size, run.data.shard_reading(device),
-                             seed=run.seed, rank=world.rank, world_size=world.world_size, num_streams=streams)
-        loader = DataLoader(stream, batch_size=None, num_workers=train.num_workers, pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(run.seed))  # not the global RNG dropout draws on
-        return ShardBatches(loader, stream, run.data.train_transform(run.image_size), device, seed=run.seed,
-                            max_skip_fraction=run.data.max_skip_fraction)
-    order = ShardedClipOrder(len(records), train.batch_size, seed=run.seed, rank=world.rank,
-                             world_size=world.world_size, accumulation=train.accumulation)
-    loader = clip_loader(records, run.data.reading, run.frame_sampler, train=True, batch_size=train.batch_size,
-                         num_workers=train.num_workers, seed=run.seed, order=order, drop_last=True)
+        stream = ShardStream(
+            list_shards(run.data.shards),
+            train.batch_size,
+            run.data.shard_reading(device),
+            seed=run.seed,
+            rank=world.rank,
+            world_size=world.world_size,
+            num_streams=streams,
+        )
+        loader = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=train.num_workers,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(run.seed),
+        )  # not the global RNG dropout draws on
+        return ShardBatches(
+            loader,
+            stream,
+            run.data.train_transform(run.image_size),
+            device,
+            seed=run.seed,
+            max_skip_fraction=run.data.max_skip_fraction,
+        )
+    order = ShardedClipOrder(
+        len(records),
+        train.batch_size,
+        seed=run.seed,
+        rank=world.rank,
+        world_size=world.world_size,
+        accumulation=train.accumulation,
+    )
+    loader = clip_loader(
+        records,
+        run.data.reading,
+        run.frame_sampler,
+        train=True,
+        batch_size=train.batch_size,
+        num_workers=train.num_workers,
+        seed=run.seed,
+        order=order,
+        drop_last=True,
+    )
     return TrainBatches(loader, order, run.data.train_transform(run.image_size), device, seed=run.seed)
 
 
-def train(model: nn.Module, run: TrainingRun, records: list[ClipRecord], device: torch.device, world: World,
-          files: RunFiles, validate: Validate | None = None) -> FitResult:
+def train(
+    model: nn.Module,
+    run: TrainingRun,
+    records: list[ClipRecord],
+    device: torch.device,
+    world: World,
+    files: RunFiles,
+    validate: Validate | None = None,
+) -> FitResult:
     """Train `model` (the captioner; wrapped here for DDP/FSDP) for run.train.steps, resuming when `files` say so."""
     train_cfg = run.train
     if train_cfg.dropout is not None:
@@ -101,13 +142,24 @@ def train(model: nn.Module, run: TrainingRun, records: list[ClipRecord], device:
         start_step, best = state["step"], state.get("best")
         log.info("resumed from %s at step %d", files.resume_from, start_step)
     global_batch = train_cfg.batch_size * train_cfg.accumulation * world.world_size
-    log.info("global batch: %d clips per step (%d per process x %d accumulation x %d processes), %s",
-             global_batch, train_cfg.batch_size, train_cfg.accumulation, world.world_size,
-             f"{train_cfg.strategy.upper()}" if world.distributed else "one process")
+    log.info(
+        "global batch: %d clips per step (%d per process x %d accumulation x %d processes), %s",
+        global_batch,
+        train_cfg.batch_size,
+        train_cfg.accumulation,
+        world.world_size,
+        f"{train_cfg.strategy.upper()}" if world.distributed else "one process",
+    )
 
     def save(step: int, improved: dict | None = None) -> Path:
-        return files.checkpoints.save(step, wrapped, session.optimizer, {"session": session.state_dict(), "best": best},
-                                      {"batches": batches.state_dict()}, best=improved)
+        return files.checkpoints.save(
+            step,
+            wrapped,
+            session.optimizer,
+            {"session": session.state_dict(), "best": best},
+            {"batches": batches.state_dict()},
+            best=improved,
+        )
 
     def on_step_end(step: int) -> None:
         nonlocal best
@@ -124,13 +176,23 @@ def train(model: nn.Module, run: TrainingRun, records: list[ClipRecord], device:
 
     batch_iter = iter(batches)
     try:
-        result = fit(wrapped, batch_iter, session, train_cfg.steps, world, start_step=start_step,
-                     hooks=Hooks(on_log, on_step_end), desc="train")
+        result = fit(
+            wrapped,
+            batch_iter,
+            session,
+            train_cfg.steps,
+            world,
+            start_step=start_step,
+            hooks=Hooks(on_log, on_step_end),
+            desc="train",
+        )
         result.skipped_clips = len(batches.skipped)
         return result
     except TooManyNonFiniteSteps as error:
         folder = save(session.scheduler.last_epoch)
-        raise SystemExit(f"error: {error}. Saved that state as {folder}; fix the data or lower train.lr, then "
-                         "continue with resume=auto") from None
+        raise SystemExit(
+            f"error: {error}. Saved that state as {folder}; fix the data or lower train.lr, then "
+            "continue with resume=auto"
+        ) from None
     finally:
         batch_iter.close()  # stops the loader's worker processes (a sweep runs many sessions in one process)
