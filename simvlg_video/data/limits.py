@@ -25,7 +25,7 @@ DEFAULT_MAX_MEMBER_BYTES = 64 * 2**20
 def pixel_problem(width: int, height: int, max_pixels: int | None) -> str | None:
     """Why a picture of `width` x `height` is refused, or None when it is within `max_pixels` (None: no limit)."""
     if max_pixels is not None and width * height > max_pixels:
-        return f"{width}x{height} pixels ({width * height:,}), over the limit of {max_pixels:,} (data.max_pixels)"
+        return f"{width}x{height} pixels ({width * height:,}), over the pixel limit of {max_pixels:,} (data.max_pixels)"
     return None
 
 
