@@ -427,7 +427,7 @@ def test_a_fifo_in_a_manifest_is_refused_as_not_a_regular_file(tmp_path: Path):
     items: list[dict] = []
     reader = threading.Thread(target=lambda: items.extend(dataset[i] for i in range(3)), daemon=True)
     reader.start()
-    reader.join(600)  # a bound on the wait, not a measurement: opening a FIFO without a writer never returns
+    reader.join(120)  # a bound on the wait, not a measurement: opening a FIFO without a writer never returns
     assert not reader.is_alive(), "reading the manifest blocked on a FIFO"
     assert [item.get("error") for item in items[:2]] == ["not a regular file", "not a regular file"]
     assert items[2]["frames"].shape == (2, 24, 40, 3)
