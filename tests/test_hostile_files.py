@@ -204,12 +204,20 @@ def test_a_decode_past_the_memory_limit_fails_alone(tmp_path: Path):
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
 def test_a_real_720p_video_decodes_under_the_default_memory_limit(backend: str):
+    import resource
+
+    from simvlg_video.data.decode import read_frames
+    from simvlg_video.data.decode_guard import DecodeGuard
+    from simvlg_video.data.limits import DEFAULT_DECODE_MEMORY_GIB
+
     path = SAMPLES / "bigbuckbunny.mp4"  # 1280 x 720 H.264
-    record = ClipRecord("bunny", path.name, path, None, None, ("a rabbit",), "test")
-    dataset = VideoClipDataset([record], 4, sampling.uniform, train=False, backend=backend, decode_timeout=60)
-    item = dataset[0]
-    assert item["frames"].shape == (4, 720, 1280, 3)
-    dataset.reader.close()
+    guard = DecodeGuard(60, DEFAULT_DECODE_MEMORY_GIB, preload=("simvlg_video.data.decode",))
+    limit = int(DEFAULT_DECODE_MEMORY_GIB * 2**30)
+    assert guard(path, resource.getrlimit, resource.RLIMIT_AS) == (limit, limit)  # the cap holds in the child
+    frames = guard(path, read_frames, path, [0, 40, 80, 120], backend)
+    np.testing.assert_array_equal(frames, read_frames(path, [0, 40, 80, 120], backend))
+    assert frames.shape == (4, 720, 1280, 3)
+    guard.close()
 
 
 def check_set(folder: Path) -> Path:
