@@ -7,6 +7,7 @@ Without a time limit the function runs in the calling process (no child, hence n
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -38,7 +39,7 @@ class DecodeGuard:
         of the bytes) that an error names."""
         if self.caller is None:
             return function(*args, **kwargs)
-        name = f"{function.__module__}:{function.__qualname__}"
+        name = f"{_module_name(function)}:{function.__qualname__}"
         try:
             return self.caller(name, *args, **kwargs)
         except CallTimeout:
@@ -62,6 +63,17 @@ class DecodeGuard:
         """Stop the decode process (a new one starts on the next call)."""
         if self.caller is not None:
             self.caller.close()
+
+
+def _module_name(function: Callable) -> str:
+    """The name the decode process imports `function`'s module by (a module run with `python -m` is `__main__`
+    here)."""
+    if function.__module__ != "__main__":
+        return function.__module__
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is None:
+        raise ValueError(f"{function.__qualname__} is defined in a script, which a decode process cannot import")
+    return spec.name
 
 
 def map_guarded(
