@@ -210,7 +210,7 @@ def field_of(entry: Any, key: str, kind: type | tuple[type, ...], where: str) ->
 
 class MediaIndex:
     """Video files under a folder, found by file stem, and image files, found by file name (searched recursively,
-    symbolic links followed)."""
+    symbolic links followed, each real folder once: a link back up the tree, a loop, is not entered again)."""
 
     def __init__(self, folder: Path) -> None:
         if not folder.is_dir():
@@ -218,8 +218,15 @@ class MediaIndex:
         self.folder = folder
         self.files: dict[str, list[Path]] = {}
         self.images: dict[str, list[Path]] = {}
+        seen = {_identity(folder)}
         for directory, subdirs, names in os.walk(folder, followlinks=True):
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+            kept = []
+            for name in sorted(d for d in subdirs if not d.startswith(".")):
+                identity = _identity(Path(directory) / name)
+                if identity is not None and identity not in seen:
+                    seen.add(identity)
+                    kept.append(name)
+            subdirs[:] = kept
             for name in sorted(names):
                 path = Path(directory) / name
                 if name.startswith("."):
@@ -245,6 +252,15 @@ class MediaIndex:
                 f"video {names[0]!r} matches several files ({', '.join(map(str, found))}); keep one of them"
             )
         return found[0] if found else None
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of the folder a path leads to, links followed; None when it cannot be read."""
+    try:
+        status = folder.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def write_conversion(conversion: Conversion, videos: MediaIndex, out: Path, default_suffix: str) -> ConversionSummary:

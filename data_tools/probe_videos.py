@@ -15,6 +15,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from simvlg_video.data.limits import DEFAULT_DECODE_TIMEOUT
 from simvlg_video.data.manifest import ClipRecord, read_manifest, write_manifest
 from simvlg_video.data.probe import probe_paths
 
@@ -23,7 +24,7 @@ def probe_manifest(
     manifest: Path,
     out: Path | None = None,
     workers: int = 4,
-    timeout: float = 60.0,
+    timeout: float = DEFAULT_DECODE_TIMEOUT,
     drop_unreadable: bool = False,
     show_progress: bool = True,
 ) -> dict[str, str]:
@@ -51,7 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("manifest", type=Path, help="manifest.jsonl to probe")
     parser.add_argument("--out", type=Path, help="write here instead of rewriting the manifest in place")
     parser.add_argument("--workers", type=int, default=4, help="probe processes (default %(default)s)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per file (default %(default)s)")
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_DECODE_TIMEOUT, help="seconds per file (default %(default)s)"
+    )
     parser.add_argument("--drop-unreadable", action="store_true", help="leave out clips whose video cannot be read")
     args = parser.parse_args(argv)
     failed = probe_manifest(args.manifest, args.out, args.workers, args.timeout, args.drop_unreadable)

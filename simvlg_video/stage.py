@@ -93,6 +93,8 @@ def inference_settings(cfg: DictConfig) -> InferenceConfig:
         sampler=OmegaConf.to_container(cfg.sampler.eval, resolve=True),
         backend=cfg.data.backend,
         decode_timeout=cfg.data.decode_timeout,
+        decode_memory_gib=cfg.data.decode_memory_gib,
+        max_pixels=cfg.data.max_pixels,
         num_beams=cfg.eval.num_beams,
         min_new_tokens=cfg.eval.min_new_tokens,
         max_new_tokens=cfg.eval.max_new_tokens,

@@ -114,12 +114,12 @@ def test_a_decode_over_the_time_limit_is_abandoned_and_the_next_clip_loads(caplo
     )
     with caplog.at_level(logging.WARNING, logger="simvlg_video.data.dataset"):
         first = dataset[0]
-        os.kill(dataset.reader._caller._process.pid, signal.SIGSTOP)
+        os.kill(dataset.reader._guard.caller._process.pid, signal.SIGSTOP)
         hung = dataset[1]
         third = dataset[2]
     assert "frames" in first and "frames" in third and torch.equal(first["frames"], third["frames"])
     assert "did not finish within 5 s" in hung["error"]
-    assert dataset.reader._caller.restarts == 1
+    assert dataset.reader._guard.restarts == 1
     assert any("skipping clip stuck" in record.getMessage() for record in caplog.records)
     dataset.reader.close()
 

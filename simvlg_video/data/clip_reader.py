@@ -2,9 +2,11 @@
 
 Backends: ``decord`` and ``pyav`` (CPU, uint8 numpy), ``nvdec`` (GPU, frames land in GPU memory) and ``auto``
 (nvdec when a GPU and PyNvVideoCodec are present, else decord; PyAV when the faster one fails on a file). With a
-``decode_timeout``, CPU probing and decoding run in a killable child process (``isolated.py``), so a decoder that
-hangs in native code costs one skipped clip, not the run. Files with a display rotation are read by PyAV, which
-turns them upright (decord returns them unturned).
+``decode_timeout``, CPU probing and decoding, and the decoding of still images, run in a killable child process
+with a memory limit (``decode_guard.py``), so a decoder that hangs in native code or a file that asks for
+gigabytes costs one skipped clip, not the run. A frame over the pixel limit is refused from the header
+(``limits.py``). Files with a display rotation are read by PyAV, which turns them upright (decord returns them
+unturned).
 
 Each process (or thread, for nvdec) that reads gets its own decoder; nothing is shared across worker processes.
 """
@@ -15,10 +17,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from simvlg_video.data.decode import BACKENDS, VideoDecodeError, read_frames
-from simvlg_video.data.isolated import CallTimeout, ChildDied, IsolatedCaller
+from simvlg_video.data.decode_guard import DecodeGuard
+from simvlg_video.data.images import read_image
+from simvlg_video.data.limits import DEFAULT_DECODE_MEMORY_GIB, DEFAULT_MAX_PIXELS, file_problem
 from simvlg_video.data.manifest import ClipRecord
 from simvlg_video.data.probe import ProbeError, probe_file
 
@@ -49,22 +54,30 @@ def resolve_backend(backend: str) -> str:
 class ClipReader:
     """Probes and decodes clips for one loader; ``backend`` as in :func:`resolve_backend` (already resolved).
 
-    ``decode_timeout`` (seconds, or None for in-process decoding) bounds each CPU probe and decode.
-    ``nvdec_fallback``: when the hardware decoder fails on a file, try the CPU backends (what ``auto`` means).
+    ``decode_timeout`` (seconds, or None for in-process decoding) bounds each CPU probe and decode, which then run
+    in a child process that may map ``decode_memory_gib`` (None: no limit). ``max_pixels``: the largest frame or
+    image (None: no limit). ``nvdec_fallback``: when the hardware decoder fails on a file, try the CPU backends
+    (what ``auto`` means).
     """
 
-    def __init__(self, backend: str, decode_timeout: float | None = None, nvdec_fallback: bool = False) -> None:
+    def __init__(
+        self,
+        backend: str,
+        decode_timeout: float | None = None,
+        nvdec_fallback: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        decode_memory_gib: float | None = DEFAULT_DECODE_MEMORY_GIB,
+    ) -> None:
         if backend not in BACKEND_CHOICES:
             raise ValueError(f"unknown video backend {backend!r}; expected one of {list(BACKEND_CHOICES)}")
-        if decode_timeout is not None and not decode_timeout > 0:
-            raise ValueError(f"decode_timeout must be > 0 seconds or None, got {decode_timeout!r}")
         self.backend = backend
         self.decode_timeout = decode_timeout
         self.nvdec_fallback = nvdec_fallback
-        self._caller = (
-            IsolatedCaller(decode_timeout, preload=("simvlg_video.data.probe", "simvlg_video.data.decode"))
-            if decode_timeout is not None
-            else None
+        self.max_pixels = max_pixels
+        self._guard = DecodeGuard(
+            decode_timeout,
+            decode_memory_gib,
+            preload=("simvlg_video.data.probe", "simvlg_video.data.decode", "simvlg_video.data.images"),
         )
         self._sources: dict[Path, ClipSource] = {}
         self._local = threading.local()
@@ -96,7 +109,7 @@ class ClipReader:
     def _probe(self, path: Path) -> ClipSource:
         if path not in self._sources:
             try:
-                probe = self._call("simvlg_video.data.probe:probe_file", probe_file, path)
+                probe = self._guard(path, probe_file, path, max_pixels=self.max_pixels)
             except ProbeError as error:
                 raise VideoDecodeError(path, error.reason) from None
             self._sources[path] = ClipSource(probe.num_frames, probe.fps, probe.keyframes, probe.rotation)
@@ -104,6 +117,9 @@ class ClipReader:
 
     def read(self, path: Path, indices: list[int], source: ClipSource) -> torch.Tensor:
         """uint8 frames (T, H, W, 3): on the GPU from nvdec, else on the CPU."""
+        problem = file_problem(path)  # before any decoder opens it: opening a FIFO blocks
+        if problem:
+            raise VideoDecodeError(path, problem)
         if self.backend == "nvdec":
             try:
                 return self._nvdec().read(path, indices, rotation=source.rotation)
@@ -113,10 +129,13 @@ class ClipReader:
                 return self._read_on_cpu(path, indices, "auto", source)
         return self._read_on_cpu(path, indices, self.backend, source)
 
+    def read_image(self, path: Path) -> np.ndarray:
+        """A still image as uint8 RGB (H, W, 3), decoded under the same limits as a video."""
+        return self._guard(path, read_image, path, max_pixels=self.max_pixels)
+
     def close(self) -> None:
         """Stop the decode process (a new one starts on the next read)."""
-        if self._caller is not None:
-            self._caller.close()
+        self._guard.close()
 
     def _read_on_cpu(self, path: Path, indices: list[int], backend: str, source: ClipSource) -> torch.Tensor:
         if source.rotation:
@@ -126,26 +145,13 @@ class ClipReader:
                     f"decord ignores the file's {source.rotation} degree display rotation; use backend pyav or auto",
                 )
             backend = "pyav"
-        frames = self._call("simvlg_video.data.decode:read_frames", read_frames, path, indices, backend)
+        frames = self._guard(path, read_frames, path, indices, backend, max_pixels=self.max_pixels)
         return torch.from_numpy(frames)
-
-    def _call(self, name: str, function, path: Path, *args):
-        """``function(path, *args)`` here, or in the child process when a time limit is set."""
-        if self._caller is None:
-            return function(path, *args)
-        try:
-            return self._caller(name, path, *args)
-        except CallTimeout:
-            raise VideoDecodeError(
-                path, f"decoding did not finish within {self.decode_timeout:g} s (decoder process killed)"
-            ) from None
-        except ChildDied as error:
-            raise VideoDecodeError(path, str(error)) from None
 
     def _nvdec(self):
         reader = getattr(self._local, "nvdec", None)
         if reader is None:
             from simvlg_video.data.nvdec import NvdecReader
 
-            reader = self._local.nvdec = NvdecReader(device=torch.cuda.current_device())
+            reader = self._local.nvdec = NvdecReader(device=torch.cuda.current_device(), max_pixels=self.max_pixels)
         return reader

@@ -20,6 +20,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from simvlg_video.data.dataset import DEFAULT_MAX_SKIP_FRACTION, ClipReading, FrameSampler
+from simvlg_video.data.limits import (
+    DEFAULT_DECODE_MEMORY_GIB,
+    DEFAULT_DECODE_TIMEOUT,
+    DEFAULT_MAX_MEMBER_BYTES,
+    DEFAULT_MAX_PIXELS,
+)
 from simvlg_video.data.manifest import ClipRecord, read_manifest, write_manifest
 from simvlg_video.data.probe import probe_paths
 from simvlg_video.data.sampling import needed_fields
@@ -46,8 +52,14 @@ class ClipData:
     cache_dir: str = ".cache/synthetic"  # where a synthetic set is generated, one sub-folder per generator setting
     num_frames: int = 4  # frames per clip (the reference recipe's 4)
     backend: str = "auto"  # nvdec on a GPU with PyNvVideoCodec, else decord; PyAV when those fail on a file
-    decode_timeout: float | None = 60.0  # seconds a probe or decode may take before its process is killed and the
-    # clip skipped; None: no limit
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT  # seconds a probe or decode may take before its process
+    # is killed and the clip skipped; None: no limit (and no decode process: no memory limit either)
+    decode_memory_gib: float | None = DEFAULT_DECODE_MEMORY_GIB  # address space a decode process may map; a file
+    # that needs more is skipped; None: no limit
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # the largest image or video frame, width x height, checked from
+    # the header before decoding; a larger one is skipped; None: no limit
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES  # the largest member of a shard (an encoded image, a caption);
+    # a sample with a larger one is skipped unread
     max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION  # a training batch that loses more than this share of its
     # clips to unreadable videos stops the run
     hflip: bool = True  # the reference flips; these datasets' captions rarely say left or right
@@ -61,14 +73,29 @@ class ClipData:
 
     @property
     def reading(self) -> ClipReading:
-        return ClipReading(self.num_frames, self.backend, self.decode_timeout, self.max_skip_fraction)
+        return ClipReading(
+            self.num_frames,
+            self.backend,
+            self.decode_timeout,
+            self.max_skip_fraction,
+            max_pixels=self.max_pixels,
+            decode_memory_gib=self.decode_memory_gib,
+        )
 
     def shard_reading(self, device: torch.device) -> ShardReading:
         """How shard samples are read for a model on `device`."""
         if self.image_decode not in ("auto", "loader", "device"):
             raise DataConfigError(f"data.image_decode must be auto, loader or device, got {self.image_decode!r}")
         on_device = self.image_decode == "device" or (self.image_decode == "auto" and device.type == "cuda")
-        return ShardReading(self.num_frames, self.shuffle_buffer, decode_on_device=on_device)
+        return ShardReading(
+            self.num_frames,
+            self.shuffle_buffer,
+            decode_on_device=on_device,
+            max_pixels=self.max_pixels,
+            max_member_bytes=self.max_member_bytes,
+            decode_timeout=self.decode_timeout,
+            decode_memory_gib=self.decode_memory_gib,
+        )
 
     def train_transform(self, image_size: int) -> FrameTransform:
         """Training-time crops (and flips where the data allows them) at the model's input size."""
@@ -121,7 +148,11 @@ class ClipData:
         probed = manifest.with_name(f"{manifest.stem}.probed-{digest}.jsonl")
         if not probed.is_file():
             found = probe_paths(
-                [r.video_path for r in videos], workers or os.cpu_count() or 1, self.decode_timeout or 600.0
+                [r.video_path for r in videos],
+                workers or os.cpu_count() or 1,
+                self.decode_timeout or 600.0,
+                memory_gib=self.decode_memory_gib,
+                max_pixels=self.max_pixels,
             )
             write_manifest(
                 probed,

@@ -1,8 +1,9 @@
 """Clips as a torch Dataset: manifest record -> sampled frame indices -> decoded uint8 frames + captions.
 
 Resizing and normalising happen later, batched on the model's device (see ``transforms.py``); loaders only
-decode. A clip that cannot be decoded (missing, empty, truncated or not a video, no video stream, a window past
-the end, a decode over the time limit) comes back as an error item: ``collate_clips`` drops it from the batch
+decode. A clip that cannot be decoded (missing, empty, truncated or not a video, not a regular file, no video
+stream, a window past the end, frames over the pixel limit, a decode over the time or memory limit) comes back as
+an error item: ``collate_clips`` drops it from the batch
 and lists it under ``skipped``, and one warning line names the file and the reason. A batch that loses more than
 ``max_skip_fraction`` of its clips raises :class:`TooManySkippedClips` with the list: that is broken data, not a
 broken file.
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from simvlg_video.data.clip_reader import ClipReader, resolve_backend
 from simvlg_video.data.decode import VideoDecodeError
-from simvlg_video.data.images import read_image
+from simvlg_video.data.limits import DEFAULT_DECODE_MEMORY_GIB, DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS
 from simvlg_video.data.manifest import ClipRecord
 from simvlg_video.data.sampling import ClipWindowError, needed_fields, sample_window
 
@@ -49,8 +50,9 @@ class VideoClipDataset(Dataset):
 
     ``backend``: ``auto`` | ``decord`` | ``pyav`` | ``nvdec`` (see ``clip_reader.py``); with ``nvdec`` (or
     ``auto`` on a GPU machine with PyNvVideoCodec) frames come back in GPU memory and :func:`build_loader` decodes
-    in threads. ``decode_timeout``: seconds one CPU probe or decode may take before it is abandoned (None: no
-    limit, decoding in the loader process itself).
+    in threads. ``decode_timeout``: seconds one CPU probe or decode (of a video or an image) may take before it is
+    abandoned (None: no limit, decoding in the loader process itself); ``decode_memory_gib``: the address space of
+    the process that decodes; ``max_pixels``: the largest image or video frame (see ``limits.py``).
     """
 
     def __init__(
@@ -62,6 +64,8 @@ class VideoClipDataset(Dataset):
         seed: int = 0,
         backend: str = "auto",
         decode_timeout: float | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        decode_memory_gib: float | None = DEFAULT_DECODE_MEMORY_GIB,
     ) -> None:
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -73,7 +77,13 @@ class VideoClipDataset(Dataset):
         self.train = train
         self.seed = seed
         self.backend = resolve_backend(backend)
-        self.reader = ClipReader(self.backend, decode_timeout, nvdec_fallback=backend == "auto")
+        self.reader = ClipReader(
+            self.backend,
+            decode_timeout,
+            nvdec_fallback=backend == "auto",
+            max_pixels=max_pixels,
+            decode_memory_gib=decode_memory_gib,
+        )
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     @property
@@ -101,7 +111,8 @@ class VideoClipDataset(Dataset):
         try:
             if record.is_image:  # a clip of one still frame, as long as the others
                 frame_indices = [0] * self.num_frames
-                frames = torch.from_numpy(read_image(record.video_path)).expand(self.num_frames, -1, -1, -1)
+                image = self.reader.read_image(record.video_path)
+                frames = torch.from_numpy(image).expand(self.num_frames, -1, -1, -1)
             else:
                 source = self.reader.source(record, needed_fields(self.sampler))
                 frame_indices = sample_window(
@@ -222,8 +233,11 @@ class ClipReading:
 
     num_frames: int
     backend: str = "auto"  # auto | decord | pyav | nvdec (see clip_reader.py)
-    decode_timeout: float | None = 60.0  # seconds one probe or decode may take; None: no limit, no child process
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT  # seconds one probe or decode may take; None: no limit,
+    # no child process
     max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION  # a batch losing more of its clips raises
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # the largest image or video frame (width x height); None: no limit
+    decode_memory_gib: float | None = DEFAULT_DECODE_MEMORY_GIB  # address space of a decode process; None: no limit
 
 
 def clip_loader(
@@ -249,6 +263,8 @@ def clip_loader(
         seed=seed,
         backend=reading.backend,
         decode_timeout=reading.decode_timeout,
+        max_pixels=reading.max_pixels,
+        decode_memory_gib=reading.decode_memory_gib,
     )
     return build_loader(
         dataset,

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from simvlg_video.data import pyav_backend
+from simvlg_video.data.limits import DEFAULT_MAX_PIXELS, file_problem, pixel_problem
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +122,11 @@ BACKENDS: dict[str, DecoderBackend] = {
 # ---------------------------------------------------------------------------------------------- public API
 
 
-def probe_video(path: str | Path, backend: str = "auto") -> VideoInfo:
-    """Frame count and average frame rate (decord: the container's count; PyAV: complete packets counted)."""
+def probe_video(path: str | Path, backend: str = "auto", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> VideoInfo:
+    """Frame count and average frame rate (decord: the container's count; PyAV: complete packets counted); a frame
+    size over `max_pixels` (None: no limit) is refused from the header."""
     path = _checked_file(path)
+    check_frame_size(path, max_pixels)
     return _run_with_fallback(path, backend, lambda chosen: chosen.probe(path))
 
 
@@ -132,14 +135,18 @@ def count_frames(path: str | Path, backend: str = "auto") -> int:
     return probe_video(path, backend).num_frames
 
 
-def read_frames(path: str | Path, indices: Sequence[int], backend: str = "auto") -> np.ndarray:
+def read_frames(
+    path: str | Path, indices: Sequence[int], backend: str = "auto", max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Frames ``indices`` (any order, repeats allowed) as uint8 RGB of shape (len(indices), H, W, 3).
 
     With ``backend="auto"`` a backend whose output has the wrong shape (decord on a rotated file) counts as
-    failed, and the next one is tried.
+    failed, and the next one is tried. A frame size over ``max_pixels`` (None: no limit) is refused from the
+    header, before any frame is decoded.
     """
     path = _checked_file(path)
     index_list = _checked_indices(path, indices)
+    check_frame_size(path, max_pixels)
 
     def read_checked(chosen: DecoderBackend) -> np.ndarray:
         frames = chosen.read(path, index_list)
@@ -180,14 +187,28 @@ def _run_with_fallback(path: Path, backend: str, operation: Callable[[DecoderBac
     raise VideoDecodeError(path, "; ".join(reasons))
 
 
+def check_frame_size(path: Path, max_pixels: int | None) -> None:
+    """Refuse a video whose frames are over `max_pixels`, from the stream's header (no frame is converted)."""
+    if max_pixels is None:
+        return
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = pyav_backend.first_video_stream(container)
+            width, height = stream.codec_context.width, stream.codec_context.height
+    except Exception:  # a header PyAV cannot read: the backends report why (their decode is memory-limited
+        return  # in the decode process)
+    problem = pixel_problem(width, height, max_pixels)
+    if problem:
+        raise VideoDecodeError(path, f"frames of {problem}")
+
+
 def _checked_file(path: str | Path) -> Path:
     path = Path(path)
-    if not path.exists():
-        raise VideoDecodeError(path, "file not found")
-    if not path.is_file():
-        raise VideoDecodeError(path, "not a regular file")
-    if path.stat().st_size == 0:
-        raise VideoDecodeError(path, "file is empty (0 bytes)")
+    problem = file_problem(path)
+    if problem:
+        raise VideoDecodeError(path, problem)
     return path
 
 

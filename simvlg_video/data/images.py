@@ -1,8 +1,10 @@
-"""Decode still images (JPEG, PNG, WebP) into upright uint8 RGB: from files or bytes with Pillow in the loader
-workers, or a batch of JPEGs at once with torchvision on the model's device (nvJPEG on a GPU).
+"""Decode still images (JPEG, PNG, WebP) into upright uint8 RGB: from files or bytes with Pillow (in the decode
+process of ``isolated.py`` when the loader sets a time limit), or a batch of JPEGs at once with torchvision on the
+model's device (nvJPEG on a GPU).
 
-Either way a picture comes out turned upright by its EXIF orientation, and a failure is a reason that names the
-image, never a library exception, so the loaders can skip and list it like an unreadable video.
+Either way a picture comes out turned upright by its EXIF orientation, a picture over the pixel limit is refused
+from its header before it is decoded (``limits.py``), and a failure is a reason that names the image, never a
+library exception, so the loaders can skip and list it like an unreadable video.
 """
 
 from __future__ import annotations
@@ -11,48 +13,61 @@ import io
 import re
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from simvlg_video.data.decode import VideoDecodeError
+from simvlg_video.data.limits import DEFAULT_MAX_PIXELS, file_problem, pixel_problem
+
+if TYPE_CHECKING:
+    import torch  # imported where used: the decode process, whose address space is capped, never loads it
 
 EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how the stored pixels must be turned to stand upright
 JPEG_MAGIC = b"\xff\xd8\xff"
 _SOURCE_PREFIX = re.compile(r"^.*?\.cpp:\d+,\s*")  # torchvision's "decode_jpeg, /path/file.cpp:171, " before the reason
 
 
-def _upright_rgb(source, name: str | Path) -> np.ndarray:
-    """Pillow's decode of `source` (a path or a file object), turned upright, as a writable (H, W, 3) array."""
+def _upright_rgb(source, name: str | Path, max_pixels: int | None) -> np.ndarray:
+    """Pillow's decode of `source` (a path or a file object), turned upright, as a writable (H, W, 3) array; its
+    size is checked against `max_pixels` from the header first."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(source) as image:
-            upright = ImageOps.exif_transpose(image).convert("RGB")  # decodes the whole file: truncation shows here
+        with warnings.catch_warnings():  # the pixel limit is ours: Pillow's bomb warning would only repeat it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                problem = pixel_problem(*image.size, max_pixels)
+                if problem:
+                    raise VideoDecodeError(name, f"image of {problem}")
+                upright = ImageOps.exif_transpose(image).convert("RGB")  # decodes the whole file: truncation shows
     except FileNotFoundError:
-        raise VideoDecodeError(name, "cannot read the file (No such file or directory)") from None
+        raise VideoDecodeError(name, "file not found") from None
     except UnidentifiedImageError:
         raise VideoDecodeError(name, "not a readable image (not a format Pillow knows)") from None
+    except Image.DecompressionBombError as error:  # Pillow's own bound, above the default data.max_pixels
+        raise VideoDecodeError(name, f"image over Pillow's pixel limit ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:  # Pillow's errors for damaged data
         raise VideoDecodeError(name, f"not a readable image ({error})") from None
     return np.array(upright)  # a copy: torch tensors over read-only arrays are undefined on write
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A still image file as uint8 RGB (H, W, 3), upright; any failure is a :class:`VideoDecodeError` naming the
-    file, like a video's."""
+    file, like a video's. A special file (a FIFO) is refused before it is opened; `max_pixels` None: no limit."""
     path = Path(path)
-    if path.is_file() and path.stat().st_size == 0:
-        raise VideoDecodeError(path, "the file is empty (0 bytes)")
-    return _upright_rgb(path, path)
+    problem = file_problem(path)
+    if problem:
+        raise VideoDecodeError(path, problem)
+    return _upright_rgb(path, path, max_pixels)
 
 
-def image_from_bytes(data: bytes, name: str) -> np.ndarray:
+def image_from_bytes(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """An encoded image held in memory (a tar member) as uint8 RGB (H, W, 3), upright; `name` is what an error
     names."""
     if not data:
         raise VideoDecodeError(name, "the image is empty (0 bytes)")
-    return _upright_rgb(io.BytesIO(data), name)
+    return _upright_rgb(io.BytesIO(data), name, max_pixels)
 
 
 def is_jpeg(data: bytes) -> bool:
@@ -60,19 +75,30 @@ def is_jpeg(data: bytes) -> bool:
     return data[:3] == JPEG_MAGIC
 
 
-def jpeg_orientation(data: bytes) -> int:
-    """The EXIF orientation of a JPEG (1: stored upright), read from its header alone; 1 when it has none."""
+def jpeg_header(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> int:
+    """The EXIF orientation of a JPEG (1: stored upright), read from its header alone, which must show a size within
+    `max_pixels`: the device decoder is handed only pictures whose size is known to be within the limit."""
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return int(image.getexif().get(EXIF_ORIENTATION, 1))
-    except Exception:  # an unreadable header is the decoder's to report, with its reason
-        return 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                problem = pixel_problem(*image.size, max_pixels)
+                orientation = int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except Image.DecompressionBombError as error:
+        raise VideoDecodeError(name, f"image over Pillow's pixel limit ({error})") from None
+    except Exception as error:  # Pillow cannot read the header: its size is unknown
+        raise VideoDecodeError(name, f"not a readable JPEG ({type(error).__name__}: {error})") from None
+    if problem:
+        raise VideoDecodeError(name, f"image of {problem}")
+    return orientation
 
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     """Turn a (..., H, W) image stored with EXIF `orientation` (1-8) upright, as Pillow's `exif_transpose` does."""
+    import torch
+
     if orientation == 2:
         return image.flip(-1)
     if orientation == 3:
@@ -101,6 +127,8 @@ def _torchvision_decode(encoded: list[torch.Tensor], device: torch.device) -> li
 def decode_jpegs(encoded: list[bytes], orientations: list[int], device: torch.device | str) -> list[torch.Tensor | str]:
     """Decode a batch of JPEGs in one call on `device` (nvJPEG on a GPU): each an upright uint8 (H, W, 3) tensor
     there, or the reason it failed. A batch with a damaged image is decoded again one by one to find it."""
+    import torch
+
     device = torch.device(device)
     tensors = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in encoded]
     try:

@@ -4,7 +4,9 @@ Decoders hang inside C code on some damaged files (decord's ``get_batch`` holdin
 the same thread cannot interrupt that. :class:`IsolatedCaller` keeps one long-lived child Python process per
 owning process (a loader worker), sends it one call at a time over a pipe and waits at most ``timeout`` seconds
 for the answer. A late answer means the child is killed and a fresh one started for the next call; a crash in
-native code (a segfault) is reported the same way instead of taking the worker down. Arrays come back as raw
+native code (a segfault) is reported the same way instead of taking the worker down. With ``memory_limit`` the
+child's address space is capped (``RLIMIT_AS``), so a file that asks for gigabytes fails alone (a MemoryError, or
+the child's death) instead of drawing the kernel's out-of-memory killer onto the trainer. Arrays come back as raw
 bytes, without pickling. The child is restarted every ``max_calls`` calls so a decoder leak cannot grow.
 
 The child runs ``python -m simvlg_video.data.isolated`` and executes functions named ``"module:function"``;
@@ -52,13 +54,22 @@ class IsolatedCaller:
     child on first use and leaves the parent's alone. Thread-safe: calls from several threads queue up.
     """
 
-    def __init__(self, timeout: float, max_calls: int = 500, preload: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        max_calls: int = 500,
+        preload: tuple[str, ...] = (),
+        memory_limit: int | None = None,
+    ) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         if max_calls < 1:
             raise ValueError(f"max_calls must be >= 1, got {max_calls}")
+        if memory_limit is not None and memory_limit < 1:
+            raise ValueError(f"memory_limit must be >= 1 byte or None, got {memory_limit}")
         self.timeout = float(timeout)
         self.max_calls = max_calls
+        self.memory_limit = memory_limit  # bytes of address space the child may map (None: no limit)
         self.preload = tuple(preload)  # modules the child imports before it is ready (outside every time limit)
         self.restarts = 0  # children killed after a time-out or found dead
         self._process: subprocess.Popen | None = None
@@ -94,11 +105,14 @@ class IsolatedCaller:
                 if header[0] == "value":
                     return header[1]
                 raise header[1]
-            except (CallTimeout, ChildDied, BrokenPipeError) as error:
+            except CallTimeout:
                 self._kill()
-                if isinstance(error, BrokenPipeError):
-                    raise ChildDied(f"the decode process died before {function} ran") from None
                 raise
+            except (ChildDied, BrokenPipeError) as error:
+                status = self._kill(exiting=True)
+                if isinstance(error, BrokenPipeError):
+                    raise ChildDied(f"the decode process died before {function} ran ({status})") from None
+                raise ChildDied(f"{error} ({status})") from None
             finally:
                 self._calls += 1
                 if self._calls >= self.max_calls and self._process is not None:
@@ -134,8 +148,9 @@ class IsolatedCaller:
             self._process = None
             self.restarts += 1
         if self._process is None:
+            memory = str(self.memory_limit or 0)
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "simvlg_video.data.isolated", str(os.getpid()), *self.preload],
+                [sys.executable, "-m", "simvlg_video.data.isolated", str(os.getpid()), memory, *self.preload],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -155,16 +170,37 @@ class IsolatedCaller:
                 raise ChildDied(f"the decode process could not start: {detail}")
         return self._process
 
-    def _kill(self) -> None:
+    def _kill(self, exiting: bool = False) -> str:
+        """Kill the child (if it still runs) and say how it ended; `exiting`: it closed its output, so give it a
+        moment to exit and keep its own signal or exit code."""
         process, self._process = self._process, None
         if process is None:
-            return
-        process.kill()
-        process.wait()
+            return "no process"
+        if exiting:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=1.0)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
         for stream in (process.stdin, process.stdout):
             with contextlib.suppress(OSError):
                 stream.close()
         self.restarts += 1
+        return _exit_status(process.returncode, self.memory_limit)
+
+
+def _exit_status(code: int, memory_limit: int | None) -> str:
+    """How a child ended, in words: its signal or exit code, and its memory limit, the usual cause of an abort."""
+    if code >= 0:
+        how = f"exit code {code}"
+    else:
+        try:
+            how = f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"killed by signal {-code}"
+    if memory_limit is not None:
+        how += f"; it may map {memory_limit / 2**30:g} GiB (data.decode_memory_gib)"
+    return how
 
 
 def _read_message(fd: int, deadline: float) -> bytes:
@@ -192,10 +228,14 @@ def _read_into(fd: int, buffer: memoryview, deadline: float) -> None:
 # ---------------------------------------------------------------------------------------------- the child
 
 
-def _serve(parent_pid: int, preload: list[str]) -> None:
-    """Import `preload`, say ready, then answer calls from stdin until it closes: a length-prefixed pickle in, a
-    header (+ raw array bytes) out."""
+def _serve(parent_pid: int, memory_limit: int, preload: list[str]) -> None:
+    """Cap the address space at `memory_limit` bytes (0: no cap), import `preload`, say ready, then answer calls
+    from stdin until it closes: a length-prefixed pickle in, a header (+ raw array bytes) out."""
     _die_with_parent(parent_pid)
+    if memory_limit:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     reader, writer = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # stray prints from libraries must not corrupt the answers
     try:
@@ -263,4 +303,4 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]), sys.argv[2:])
+    _serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])

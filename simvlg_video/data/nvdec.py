@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from simvlg_video.data.colour import nv12_to_rgb
+from simvlg_video.data.limits import DEFAULT_MAX_PIXELS, pixel_problem
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +38,18 @@ def nvdec_available() -> bool:
 
 
 class NvdecReader:
-    """One open hardware decoder on ``device``; not thread-safe: give each thread its own."""
+    """One open hardware decoder on ``device``; not thread-safe: give each thread its own. A file whose frames are
+    over ``max_pixels`` (None: no limit) is refused from its header, before a decoder is built for it."""
 
-    def __init__(self, device: int = 0, max_size: tuple[int, int] = DEFAULT_MAX_SIZE) -> None:
+    def __init__(
+        self, device: int = 0, max_size: tuple[int, int] = DEFAULT_MAX_SIZE, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    ) -> None:
         import PyNvVideoCodec as nvc
 
         self._nvc = nvc
         self.device = torch.device("cuda", device)
         self.max_size = max_size
+        self.max_pixels = max_pixels
         self.stream = torch.cuda.Stream(device=self.device)
         self._decoder = None
         self._path: str | None = None
@@ -99,6 +104,9 @@ class NvdecReader:
         if self._decoder is not None and self._path == path:
             return self._decoder
         size, self._header_colour = self._read_header(path)
+        problem = pixel_problem(*size, self.max_pixels)
+        if problem:
+            raise ValueError(f"frames of {problem}")
         if self._decoder is not None and size[0] <= self._built_for[0] and size[1] <= self._built_for[1]:
             try:
                 self._decoder.reconfigure_decoder(path)

@@ -10,14 +10,20 @@ manifest (``python -m simvlg_video.data_tools.probe_videos``) so training never 
 from __future__ import annotations
 
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from simvlg_video.data.isolated import CallTimeout, ChildDied, IsolatedCaller
+from simvlg_video.data.decode import VideoDecodeError
+from simvlg_video.data.decode_guard import map_guarded
+from simvlg_video.data.limits import (
+    DEFAULT_DECODE_MEMORY_GIB,
+    DEFAULT_DECODE_TIMEOUT,
+    DEFAULT_MAX_PIXELS,
+    file_problem,
+    pixel_problem,
+)
 
 
 class ProbeError(RuntimeError):
@@ -74,20 +80,23 @@ _FULL_RANGE = 2  # AVCOL_RANGE_JPEG
 _FULL_RANGE_PIXEL_FORMATS = {"yuvj420p", "yuvj422p", "yuvj444p", "yuvj440p", "yuvj411p"}
 
 
-def probe_file(path: str | Path) -> VideoProbe:
-    """Probe one file with PyAV (demux only). Raises :class:`ProbeError` for files without decodable video."""
+def probe_file(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> VideoProbe:
+    """Probe one file with PyAV (demux only). Raises :class:`ProbeError` for files without decodable video, and for
+    frames over `max_pixels` (None: no limit), seen in the stream's header before the first frame is decoded."""
     import av
 
     path = Path(path)
-    if not path.is_file():
-        raise ProbeError(path, "file not found" if not path.exists() else "not a regular file")
-    if path.stat().st_size == 0:
-        raise ProbeError(path, "file is empty (0 bytes)")
+    problem = file_problem(path)
+    if problem:
+        raise ProbeError(path, problem)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise ProbeError(path, "the file has no video stream")
             stream = container.streams.video[0]
+            problem = pixel_problem(stream.codec_context.width, stream.codec_context.height, max_pixels)
+            if problem:
+                raise ProbeError(path, f"frames of {problem}")
             packets = _complete_packets(container, stream)
             probe = _summarise(path, stream, packets)
         return probe
@@ -177,38 +186,25 @@ def _first_line(error: BaseException) -> str:
 
 
 def probe_paths(
-    paths: list[Path], workers: int = 4, timeout: float = 60.0, show_progress: bool = True
+    paths: list[Path],
+    workers: int = 4,
+    timeout: float = DEFAULT_DECODE_TIMEOUT,
+    show_progress: bool = True,
+    memory_gib: float | None = DEFAULT_DECODE_MEMORY_GIB,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[Path, VideoProbe | str]:
-    """Each distinct path -> its probe, or the reason it could not be probed. ``workers`` child processes."""
-    local = threading.local()
-    callers: list[IsolatedCaller] = []
-
-    def probe_one(path: Path) -> VideoProbe | str:
-        if not hasattr(local, "caller"):
-            local.caller = IsolatedCaller(timeout, preload=("simvlg_video.data.probe",))
-            callers.append(local.caller)
-        try:
-            return local.caller("simvlg_video.data.probe:probe_file", path)
-        except ProbeError as error:
-            return error.reason
-        except CallTimeout:
-            return f"probing did not finish within {timeout:g} s"
-        except ChildDied:
-            return "the probe process crashed"
-
+    """Each distinct path -> its probe, or the reason it could not be probed; ``workers`` decode processes, each
+    call within the time and memory limits."""
     unique = list(dict.fromkeys(paths))
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            results = list(
-                tqdm(
-                    pool.map(probe_one, unique),
-                    total=len(unique),
-                    desc="probe",
-                    disable=not show_progress,
-                    dynamic_ncols=True,
-                )
-            )
-    finally:
-        for caller in callers:
-            caller.close()
-    return dict(zip(unique, results))
+    found: dict[Path, VideoProbe | str] = {}
+    jobs = ((path, (path,)) for path in unique)
+    outcomes = map_guarded(
+        probe_file, jobs, workers, timeout, memory_gib, ("simvlg_video.data.probe",), max_pixels=max_pixels
+    )
+    for path, outcome in tqdm(outcomes, total=len(unique), desc="probe", disable=not show_progress, dynamic_ncols=True):
+        if isinstance(outcome, (ProbeError, VideoDecodeError)):
+            outcome = outcome.reason
+        elif isinstance(outcome, Exception):
+            raise outcome
+        found[path] = outcome
+    return {path: found[path] for path in unique}

@@ -13,13 +13,16 @@ draws and each sample's crop hang off (seed, epoch, shard, sample), so a stream 
 exactly what it would have yielded next; it re-reads the shard up to there without decoding a single image.
 
 A sample whose image is missing or does not decode, or that has no caption, is skipped and listed with its reason,
-as an unreadable video is; so is the unread rest of a truncated shard.
+as an unreadable video is; so is a sample with two members of the same name (`k.jpg k.txt k.jpg`), one with a
+member over `max_member_bytes` (passed over unread), one whose image is over the pixel limit (seen in its header)
+and the unread rest of a truncated shard. Images are decoded under the same time and memory limits as videos.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -31,11 +34,16 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from simvlg_video.data.decode import VideoDecodeError
-from simvlg_video.data.images import image_from_bytes, is_jpeg, jpeg_orientation
+from simvlg_video.data.decode_guard import DecodeGuard
+from simvlg_video.data.images import image_from_bytes, is_jpeg, jpeg_header
+from simvlg_video.data.limits import DEFAULT_DECODE_MEMORY_GIB, DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_PIXELS
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+# A member's name is its sample key (folders included) up to the first dot of the file name, then its extension.
+_MEMBER_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+_METADATA = re.compile(r"__[^/]*__($|/)")  # tar members that hold no sample (as WebDataset writers name them)
 T = TypeVar("T")
 
 
@@ -90,23 +98,54 @@ def buffered_shuffle(items: Iterable[T], buffer_size: int, rng: np.random.Genera
         yield buffer[chosen]
 
 
-def shard_samples(url: str) -> Iterator[dict[str, Any]]:
-    """The samples of one shard, grouped by key ({"__key__", "jpg", "txt", ...} with bytes values), in tar order.
-    A shard that breaks off keeps the samples read before the break and ends with a {"__key__", "__error__"} entry."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+def shard_samples(url: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[dict[str, Any]]:
+    """The samples of one shard, grouped by key ({"__key__", "__url__", "jpg", "txt", ...} with bytes values), in
+    tar order. A sample that cannot be used carries "__error__" instead of being dropped, so that every sample keeps
+    its place in the count a resumed stream skips by: two members with one name, a member over `max_member_bytes`
+    (passed over unread), and the unread rest of a shard that breaks off (the last entry)."""
+    sample: dict[str, Any] | None = None
+    try:
+        for name, data, problem in _members(url, max_member_bytes):
+            match = _MEMBER_NAME.match(name)
+            if match is None:
+                continue
+            key, extension = match.group(1), match.group(2).lower()
+            if sample is None or key != sample["__key__"]:
+                if sample is not None:
+                    yield sample
+                sample = {"__key__": key, "__url__": url}
+            if "__error__" in sample:
+                continue
+            if problem is not None:
+                sample = {"__key__": key, "__url__": url, "__error__": problem}
+            elif extension in sample:
+                sample = {"__key__": key, "__url__": url, "__error__": f"two members named {name} in the shard"}
+            else:
+                sample[extension] = data
+    except (tarfile.TarError, OSError, EOFError, ValueError) as error:  # ends the shard; what was read is kept
+        if sample is not None:
+            yield sample
+            sample = None
+        yield {"__key__": "(rest of shard)", "__url__": url, "__error__": f"the shard breaks off: {error}"}
+    if sample is not None:
+        yield sample
 
-    breaks: list[str] = []
 
-    def members() -> Iterator[dict[str, Any]]:
-        try:
-            yield from tar_file_expander(url_opener([{"url": url}]))
-        except (tarfile.TarError, OSError, EOFError, ValueError) as error:  # ends the shard, so the sample being
-            reason = str(error.args[0]) if error.args else type(error).__name__  # grouped is still handed on
-            breaks.append(reason.split(" @ ")[0])
+def _members(url: str, max_member_bytes: int) -> Iterator[tuple[str, bytes | None, str | None]]:
+    """(name, bytes, None) of each regular file in a tar stream, or (name, None, why) for one over the size cap,
+    which is passed over without being read into memory."""
+    from webdataset.gopen import gopen
 
-    yield from group_by_keys(members())
-    if breaks:
-        yield {"__key__": "(rest of shard)", "__url__": url, "__error__": f"the shard breaks off: {breaks[0]}"}
+    with gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as archive:
+        for member in archive:
+            if not member.isreg() or _METADATA.match(member.name):
+                continue
+            if member.size > max_member_bytes:
+                too_large = f"member {member.name} is {member.size:,} bytes, over the limit of {max_member_bytes:,}"
+                yield member.name, None, f"{too_large} (data.max_member_bytes)"
+            else:
+                yield member.name, archive.extractfile(member).read(), None
+            archive.members = []  # a streamed archive would otherwise remember every member
 
 
 def sample_caption(sample: dict[str, Any]) -> str:
@@ -130,6 +169,10 @@ class ShardReading:
     num_frames: int = 1
     shuffle_buffer: int = 1000
     decode_on_device: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # the largest image, from its header (limits.py)
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES  # the largest tar member, passed over unread
+    decode_timeout: float | None = None  # seconds one image may take, in a decode process (None: in the worker)
+    decode_memory_gib: float | None = DEFAULT_DECODE_MEMORY_GIB  # the decode process's address space
 
 
 class ShardStream(IterableDataset):
@@ -171,6 +214,9 @@ class ShardStream(IterableDataset):
         self.num_streams = num_streams
         self.positions = [StreamPosition()] * num_streams
         self.first_stream = 0
+        self.decoder = DecodeGuard(
+            reading.decode_timeout, reading.decode_memory_gib, preload=("simvlg_video.data.images",)
+        )  # each loader worker starts its own decode process on first use
 
     def resume(self, positions: list[StreamPosition], first_stream: int) -> None:
         """Start each stream at its position, worker 0 playing stream `first_stream` (the one whose turn is next)."""
@@ -238,10 +284,8 @@ class ShardStream(IterableDataset):
             for shard_number in range(first_shard, len(mine)):
                 shard = mine[shard_number]
                 rng = np.random.default_rng([self.seed, epoch, shard, 0x5A])
-                url = self.shards[shard]
-                for ordinal, sample in enumerate(
-                    buffered_shuffle(shard_samples(url), self.reading.shuffle_buffer, rng)
-                ):
+                samples = shard_samples(self.shards[shard], self.reading.max_member_bytes)
+                for ordinal, sample in enumerate(buffered_shuffle(samples, self.reading.shuffle_buffer, rng)):
                     if ordinal >= skip:  # a resumed stream passes over what it had read, undecoded
                         yield StreamPosition(epoch, shard_number, ordinal + 1), (epoch, shard, ordinal), sample
                 skip = 0
@@ -257,10 +301,10 @@ class ShardStream(IterableDataset):
         if not sample_caption(sample):
             return 'no caption (.txt, or .json with a "caption")'
         data = sample[extension]
-        if self.reading.decode_on_device and is_jpeg(data):
-            return data, jpeg_orientation(data)
         try:
-            image = image_from_bytes(data, name)
+            if self.reading.decode_on_device and is_jpeg(data):
+                return data, jpeg_header(data, name, self.reading.max_pixels)
+            image = self.decoder(name, image_from_bytes, data, name, max_pixels=self.reading.max_pixels)
         except VideoDecodeError as error:
             return error.reason
         frames = torch.from_numpy(image).expand(self.reading.num_frames, -1, -1, -1)

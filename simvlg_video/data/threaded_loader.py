@@ -4,7 +4,8 @@ NVDEC frames land in GPU memory of the process that decodes them, so the decodin
 DataLoader worker processes. Each thread owns one open hardware decoder (see ``clip_reader.py``), several
 threads keep several decodes in flight, and batches are prefetched while the model runs. An item that is not
 back within the time limit becomes an error item (the clip is skipped) and a fresh thread takes the stuck one's
-place, so a hang inside a decoder costs one clip and one idle thread, never the run.
+place, so a hang inside a decoder costs one clip and one idle thread, never the run. The threads stop when the
+loader is closed or garbage-collected, so repeated evaluations do not pile them up.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -61,6 +63,11 @@ class ThreadedClipLoader:
         timeout = dataset.reader.decode_timeout
         self.item_timeout = timeout if timeout is not None else DEFAULT_ITEM_TIMEOUT
         self.pool = _ReplaceablePool(num_threads)
+        self._stop_threads = weakref.finalize(self, self.pool.close)  # the threads hold the pool, not the loader
+
+    def close(self) -> None:
+        """Stop the decoding threads (a thread stuck in a decoder stops when its call returns)."""
+        self._stop_threads()
 
     def __len__(self) -> int:
         count = len(self.order) if self.order is not None else len(self.dataset)
@@ -104,16 +111,36 @@ class ThreadedClipLoader:
         return self.collate(items)
 
 
+_STOP = None  # the task that ends a thread
+
+
 class _ReplaceablePool:
     """A fixed number of daemon threads serving a task queue; a stuck thread can be written off and replaced."""
 
     def __init__(self, num_threads: int) -> None:
         self.tasks: queue.SimpleQueue = queue.SimpleQueue()
         self.written_off = 0
+        self.started = 0
+        self.closed = False
         for _ in range(num_threads):
             self._start_thread()
 
+    def close(self) -> None:
+        """One stop per thread ever started; work still queued is cancelled."""
+        self.closed = True
+        while True:
+            try:
+                task = self.tasks.get_nowait()
+            except queue.Empty:
+                break
+            if task is not _STOP:
+                task[0].cancel()
+        for _ in range(self.started):
+            self.tasks.put(_STOP)
+
     def submit(self, function: Callable, *args: Any) -> Future:
+        if self.closed:
+            raise RuntimeError("the loader was closed")
         future: Future = Future()
         self.tasks.put((future, function, args))
         return future
@@ -125,14 +152,20 @@ class _ReplaceablePool:
         self._start_thread()
 
     def _start_thread(self) -> None:
-        threading.Thread(target=self._serve, daemon=True, name="clip-decoder").start()
+        self.started += 1
+        threading.Thread(target=_serve, args=(self.tasks,), daemon=True, name="clip-decoder").start()
 
-    def _serve(self) -> None:
-        while True:
-            future, function, args = self.tasks.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(function(*args))
-            except BaseException as error:
-                future.set_exception(error)
+
+def _serve(tasks: queue.SimpleQueue) -> None:
+    """A pool thread: run tasks until the stop task (it holds the queue only, so the pool can be collected)."""
+    while True:
+        task = tasks.get()
+        if task is _STOP:
+            return
+        future, function, args = task
+        if not future.set_running_or_notify_cancel():
+            continue
+        try:
+            future.set_result(function(*args))
+        except BaseException as error:
+            future.set_exception(error)

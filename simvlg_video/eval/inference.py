@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from simvlg_video.data.dataset import ClipReading, FrameSampler
+from simvlg_video.data.limits import DEFAULT_DECODE_MEMORY_GIB, DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS
 from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.model.captioner import VideoCaptioner
 from simvlg_video.model.hf_blip2 import is_blip2_folder
@@ -39,7 +40,10 @@ class InferenceConfig:
     sampler: Any = field(default_factory=lambda: {"_target_": "simvlg_video.data.sampling.head", "_partial_": True})
     # the frame sampler (deterministic in evaluation): the first frame of each of num_frames segments
     backend: str = "auto"  # decoder: auto | decord | pyav | nvdec
-    decode_timeout: float | None = 60.0  # seconds one decode may take before the clip is reported and skipped
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT  # seconds one decode may take before the clip is
+    # reported and skipped
+    decode_memory_gib: float | None = DEFAULT_DECODE_MEMORY_GIB  # address space of the decode process
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # the largest image or video frame (width x height)
     num_beams: int = 5
     min_new_tokens: int = 5
     max_new_tokens: int = 20
@@ -50,7 +54,14 @@ class InferenceConfig:
     @property
     def reading(self) -> ClipReading:
         """Every clip that decodes is captioned: skipped clips are reported, never a reason to stop."""
-        return ClipReading(self.num_frames, self.backend, self.decode_timeout, max_skip_fraction=1.0)
+        return ClipReading(
+            self.num_frames,
+            self.backend,
+            self.decode_timeout,
+            max_skip_fraction=1.0,
+            max_pixels=self.max_pixels,
+            decode_memory_gib=self.decode_memory_gib,
+        )
 
     @property
     def frame_sampler(self) -> FrameSampler:

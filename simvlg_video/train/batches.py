@@ -24,6 +24,7 @@ from simvlg_video.data.dataset import TooManySkippedClips
 from simvlg_video.data.images import decode_jpegs
 from simvlg_video.data.shards import ShardStream, StreamPosition
 from simvlg_video.data.transforms import FrameTransform
+from simvlg_video.train.skipped import SkippedSamples
 
 log = logging.getLogger(__name__)
 
@@ -101,27 +102,37 @@ def clip_generator(seed: int, epoch: int, *index: int) -> torch.Generator:
 
 
 class TrainBatches:
-    """Iterates (frames (B, T, 3, S, S), captions) forever; clips that failed to decode are counted in `skipped`.
+    """Iterates (frames (B, T, 3, S, S), captions) forever; clips that failed to decode are counted in `skipped`
+    (and listed in its journal, when given one).
 
     `loader` must draw its indices from `order` (see `clip_loader(order=...)`).
     """
 
-    def __init__(self, loader, order: ShardedClipOrder, transform: FrameTransform, device: torch.device, seed: int = 0):
+    def __init__(
+        self,
+        loader,
+        order: ShardedClipOrder,
+        transform: FrameTransform,
+        device: torch.device,
+        seed: int = 0,
+        skipped: SkippedSamples | None = None,
+    ):
         self.loader = loader
         self.order = order
         self.transform = transform
         self.device = device
         self.seed = seed
-        self.skipped: list[dict] = []
+        self.skipped = skipped if skipped is not None else SkippedSamples()
         self.epoch = 0
         self.batch = 0  # batches of `epoch` already handed out
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch, "skipped": list(self.skipped)}
+        return {"epoch": self.epoch, "batch": self.batch, "skipped": self.skipped.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue at a saved position (call before iterating)."""
-        self.epoch, self.batch, self.skipped = int(state["epoch"]), int(state["batch"]), list(state["skipped"])
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self.skipped.load_state_dict(state["skipped"])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
         while True:
@@ -129,7 +140,7 @@ class TrainBatches:
             self.order.set_epoch(self.epoch, start_batch=self.batch)
             for batch in self.loader:
                 self.batch += 1
-                self.skipped.extend(batch["skipped"])
+                self.skipped.add(batch["skipped"])
                 if not batch["clip_ids"]:
                     continue
                 generators = [clip_generator(self.seed, self.epoch, index) for index in batch["indices"]]
@@ -141,7 +152,8 @@ class TrainBatches:
 
 class ShardBatches:
     """Iterates (frames (B, T, 3, S, S), captions) forever from a :class:`ShardStream` run by `loader` (one stream
-    per worker, batches handed out in turn); samples that could not be used are counted in `skipped`.
+    per worker, batches handed out in turn); samples that could not be used are counted in `skipped` (and listed
+    in its journal, when given one).
 
     The state is every stream's position and how many batches were handed out, which says whose turn is next; a
     resumed run must have as many streams (train.num_workers) and processes as the interrupted one.
@@ -155,6 +167,7 @@ class ShardBatches:
         device: torch.device,
         seed: int = 0,
         max_skip_fraction: float = 0.5,
+        skipped: SkippedSamples | None = None,
     ):
         self.loader = loader
         self.stream = stream
@@ -162,7 +175,7 @@ class ShardBatches:
         self.device = device
         self.seed = seed
         self.max_skip_fraction = max_skip_fraction
-        self.skipped: list[dict] = []
+        self.skipped = skipped if skipped is not None else SkippedSamples()
         self.positions = list(stream.positions)
         self.handed_out = 0
 
@@ -174,7 +187,7 @@ class ShardBatches:
                 "positions": [asdict(position) for position in self.positions],
                 "handed_out": self.handed_out,
             },
-            "skipped": list(self.skipped),
+            "skipped": self.skipped.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -192,21 +205,19 @@ class ShardBatches:
             )
         self.positions = [StreamPosition(**position) for position in saved["positions"]]
         self.handed_out = int(saved["handed_out"])
-        self.skipped = list(state["skipped"])
+        self.skipped.load_state_dict(state["skipped"])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
         self.stream.resume(self.positions, first_stream=self.handed_out)  # read by the workers the loader starts
         for batch in self.loader:
             self.positions[batch["stream"]] = StreamPosition(**batch["position"])
             self.handed_out += 1
-            frames, captions, keys = self._frames(batch)
-            lost = len(batch["skipped"]) + len(batch["keys"]) - len(keys)
-            if lost > self.max_skip_fraction * (len(batch["skipped"]) + len(batch["keys"])):
-                listing = "\n".join(
-                    f"  {entry['clip_id']} ({entry['video']}): {entry['reason']}" for entry in self.skipped[-lost:]
-                )
+            frames, captions, keys, lost = self._frames(batch)
+            self.skipped.add(lost)
+            if len(lost) > self.max_skip_fraction * (len(lost) + len(keys)):
+                listing = "\n".join(f"  {entry['clip_id']} ({entry['video']}): {entry['reason']}" for entry in lost)
                 raise TooManySkippedClips(
-                    f"{lost} of the {lost + len(keys)} samples read for a batch could not be "
+                    f"{len(lost)} of the {len(lost) + len(keys)} samples read for a batch could not be "
                     f"used, more than max_skip_fraction={self.max_skip_fraction}:\n{listing}"
                 )
             if not keys:
@@ -214,12 +225,12 @@ class ShardBatches:
             generators = [clip_generator(self.seed, *key) for key in keys]
             yield self.transform(frames, generator=generators, device=self.device), captions
 
-    def _frames(self, batch: dict) -> tuple[list[torch.Tensor], list[str], list[tuple]]:
-        """The batch's frames on the device, JPEGs decoded there in one call; records what failed in `skipped`."""
-        self.skipped.extend(batch["skipped"])
+    def _frames(self, batch: dict) -> tuple[list[torch.Tensor], list[str], list[tuple], list[dict]]:
+        """The batch's frames on the device, JPEGs decoded there in one call, and every sample of it that failed."""
+        lost = list(batch["skipped"])
         images = batch["frames"]
         if not isinstance(images, dict):
-            return images, batch["captions"], batch["keys"]
+            return images, batch["captions"], batch["keys"], lost
         encoded = [i for i, image in enumerate(images["jpegs"]) if isinstance(image, bytes)]
         decoded = dict(
             zip(
@@ -235,11 +246,11 @@ class ShardBatches:
             if isinstance(image, str):
                 name = batch["names"][i]
                 log.warning("skipping %s: %s", name, image)
-                self.skipped.append({"clip_id": name, "video": name.rsplit(":", 1)[0], "reason": image})
+                lost.append({"clip_id": name, "video": name.rsplit(":", 1)[0], "reason": image})
                 continue
             if image.dim() == 3:  # decoded here: one picture, as many frames as a clip has
                 image = image.expand(self.stream.reading.num_frames, -1, -1, -1)
             frames.append(image)
             captions.append(batch["captions"][i])
             keys.append(batch["keys"][i])
-        return frames, captions, keys
+        return frames, captions, keys, lost

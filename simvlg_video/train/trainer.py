@@ -23,6 +23,7 @@ from simvlg_video.model.parallel import wrap_model
 from simvlg_video.train.batches import ShardBatches, ShardedClipOrder, TrainBatches
 from simvlg_video.train.checkpoint import RunFiles
 from simvlg_video.train.loop import FitResult, Hooks, Session, TooManyNonFiniteSteps, TrainConfig, fit
+from simvlg_video.train.skipped import SKIPPED_JOURNAL, SkippedSamples
 from simvlg_video.world import World
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,13 @@ def set_dropout(model: nn.Module, probability: float) -> int:
 
 
 def training_batches(
-    run: TrainingRun, records: list[ClipRecord], device: torch.device, world: World
+    run: TrainingRun, records: list[ClipRecord], device: torch.device, world: World, skipped_journal: Path | None = None
 ) -> TrainBatches | ShardBatches:
     """This rank's endless training batches: its share of every epoch's shuffle (of the manifest's clips, or of
-    `data.shards`), decoded by the loader workers, transformed on `device`."""
+    `data.shards`), decoded by the loader workers, transformed on `device`; every sample skipped is appended to
+    `skipped_journal`."""
     train = run.train
+    skipped = SkippedSamples(skipped_journal, rank=world.rank)
     if run.data.shards:
         streams = max(1, train.num_workers)
         stream = ShardStream(
@@ -92,6 +95,7 @@ def training_batches(
             device,
             seed=run.seed,
             max_skip_fraction=run.data.max_skip_fraction,
+            skipped=skipped,
         )
     order = ShardedClipOrder(
         len(records),
@@ -112,7 +116,7 @@ def training_batches(
         order=order,
         drop_last=True,
     )
-    return TrainBatches(loader, order, run.data.train_transform(run.image_size), device, seed=run.seed)
+    return TrainBatches(loader, order, run.data.train_transform(run.image_size), device, seed=run.seed, skipped=skipped)
 
 
 def train(
@@ -130,7 +134,7 @@ def train(
         log.info("dropout set to %g in %d layers", train_cfg.dropout, set_dropout(model, train_cfg.dropout))
     wrapped = wrap_model(model, world, train_cfg.strategy)
     session = Session.create(wrapped, train_cfg, run.precision)
-    batches = training_batches(run, records, device, world)
+    batches = training_batches(run, records, device, world, files.checkpoints.folder.parent / SKIPPED_JOURNAL)
     start_step, best = 0, None
     if files.resume_from is not None:
         state, mine = files.checkpoints.load(files.resume_from, wrapped, session.optimizer)
