@@ -101,7 +101,7 @@ def refuse_video_model(model_dir: Path, given: Path) -> Path:
             else "give it to"
         )
         raise SystemExit(
-            f"error: --image-ckpt {given} is a video checkpoint (adapter {adapter.get('_target_', adapter)}); adapt "
+            f"error: --image-ckpt {given} is a video checkpoint (adapter {adapter['name']}); adapt "
             f"starts from an image model. To caption with it, {how} caption or evaluate --ckpt"
         )
     return model_dir

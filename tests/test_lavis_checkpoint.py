@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,12 @@ from safetensors.torch import load_file, save_file
 
 import simvlg_video.model.model_dir as model_dir_module
 from simvlg_video.adapters.patch import TemporalEvaBlock
+from simvlg_video.adapters.placements import Reference
 from simvlg_video.model.lavis_checkpoint import import_lavis_checkpoint, read_lavis_checkpoint
 from simvlg_video.model.model_dir import WEIGHTS, load_model_dir, save_model_dir
 from simvlg_video.model.tensor_io import NotATensorFile, StateDictMismatch
 
-REFERENCE_PLACEMENT = "simvlg_video.adapters.placements.Reference"
+REFERENCE_PLACEMENT = "reference"
 
 
 @pytest.fixture(scope="module")
@@ -299,18 +301,13 @@ def test_video_checkpoint_gets_adapters_in_exactly_its_blocks(tmp_path, lm_path,
         and module.alpha.item() == files.state["visual_encoder.blocks.2.temporal_merge.alpha"].item()
     )
     assert torch.equal(module.key.weight, files.state["visual_encoder.blocks.2.temporal_merge.key.weight"])
-    assert cfg.adapter == {
-        "_target_": REFERENCE_PLACEMENT,
-        "blocks": [1, 2],
-        "qk_dim": QK_DIM,
-        "num_heads": TEMPORAL_HEADS,
-    }
+    assert cfg.adapter == asdict(Reference(blocks=[1, 2], qk_dim=QK_DIM, num_heads=TEMPORAL_HEADS))
 
 
 def test_video_checkpoint_with_every_block_says_all(tmp_path, lm_path):
     files = write_reference_files(tmp_path, temporal_blocks=list(range(VIT["depth"])), lm_path=lm_path)
     model, cfg = load(files, temporal_heads=TEMPORAL_HEADS)
-    assert cfg.adapter["_target_"] == REFERENCE_PLACEMENT and cfg.adapter["blocks"] == "all"
+    assert cfg.adapter["name"] == REFERENCE_PLACEMENT and cfg.adapter["blocks"] == "all"
     assert all(type(b) is TemporalEvaBlock for b in model.vit.blocks)
 
 

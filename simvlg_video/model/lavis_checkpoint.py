@@ -40,7 +40,7 @@ from simvlg_video.model.vit_weights import eva_state_dict
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_CONFIG = "simvlg_opt2.7b"
-_PLACEMENT = "simvlg_video.adapters.placements.Reference"  # the reference's temporal modules
+_PLACEMENT = "reference"  # the reference's temporal modules (adapters.placements.PLACEMENTS)
 
 # Our module prefix -> the reference's.
 _PREFIXES = {"connector.": "VLconnector.", "vit.blocks.": "visual_encoder.blocks."}
@@ -152,7 +152,7 @@ def import_lavis_checkpoint(
     if blocks:
         every = blocks == list(range(len(_meta_vit(cfg).blocks)))
         cfg.adapter = {
-            "_target_": _PLACEMENT,
+            "name": _PLACEMENT,
             "blocks": "all" if every else blocks,
             "qk_dim": qk_dim or 256,
             "num_heads": temporal_heads,
