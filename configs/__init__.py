@@ -79,7 +79,6 @@ class AdaptConfig(StageConfig):
     # simvlg_opt2.7b for SimVLG's checkpoint, blip2_opt2.7b for BLIP-2's
     prompt: str | None = None  # with an imported image_ckpt: text between the soft prompt and every caption (BLIP-2
     # captioners often use "a photo of"); None: none
-    allow_pickle: bool = False  # UNSAFE if true: let a .pth image_ckpt unpickle non-tensor objects (trusted files)
 
 
 @dataclass
