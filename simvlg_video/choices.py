@@ -11,6 +11,7 @@ functions; those strings (and only those) are translated to names by a string lo
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -60,6 +61,8 @@ def choose(
     """
     if isinstance(settings, DictConfig):
         settings = OmegaConf.to_container(settings, resolve=True)
+    if is_dataclass(settings) and not isinstance(settings, type):  # one already chosen: checked again all the same
+        settings = asdict(settings)
     if isinstance(settings, str):
         settings = {"name": settings}
     names = ", ".join(registry)

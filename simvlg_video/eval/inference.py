@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from simvlg_video.choices import ChoiceError
 from simvlg_video.data.dataset import ClipReading, FrameSampler
-from simvlg_video.data.samplers import Head, sampler_from
+from simvlg_video.data.samplers import Head, NamedSampler, sampler_from
 from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.model.captioner import VideoCaptioner
 from simvlg_video.model.hf_blip2 import is_blip2_folder
@@ -57,7 +57,8 @@ class InferenceConfig:
 
     @property
     def frame_sampler(self) -> FrameSampler:
-        return self.sampler.build()
+        chosen = self.sampler if isinstance(self.sampler, NamedSampler) else sampler_from(self.sampler)
+        return chosen.build()
 
     @property
     def generation(self) -> dict[str, int]:
@@ -83,7 +84,10 @@ def read_inference_config(stored: Any, overrides: Sequence[str] = (), source: st
     """`stored` (a model.yaml's `inference:`, None for the defaults) with `key=value` overrides, type-checked; the
     sampler is chosen by name from the registry (`sampler=NAME` picks another at its defaults, `sampler.KEY=VALUE`
     changes one of its settings)."""
-    stored = OmegaConf.to_container(stored) if isinstance(stored, DictConfig) else dict(stored or {})
+    stored = OmegaConf.to_container(stored) if isinstance(stored, DictConfig) else stored or {}
+    if not isinstance(stored, Mapping):
+        raise ValueError(f"{source or 'inference settings'}: expected a mapping of settings, got {stored!r}")
+    stored = dict(stored)
     sampler = stored.pop("sampler", None)
     of_sampler = [item for item in overrides if item.partition("=")[0].split(".")[0] == "sampler"]
     try:
