@@ -1,19 +1,21 @@
 """Where temporal adapters go in a captioner: one typed setting per `adapter=` choice, the one place their defaults
-are stated (`configs/adapter/*.yaml` extend these as schemas, model.yaml files store them).
+are stated (`configs/adapter/*.yaml` extend these as schemas, model.yaml files store them by `name`).
 
 `apply(model)` changes that captioner instance in place; every placement starts as the identity, so the adapted
-model on a clip of one repeated frame is the image model.
+model on a clip of one repeated frame is the image model. `placement_from` is how settings from a file or a command
+line become one: chosen by name from PLACEMENTS, never by an import path.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from simvlg_video.adapters.patch import add_temporal_adapters, resolve_blocks
 from simvlg_video.adapters.token_pool import TemporalTokenPool
+from simvlg_video.choices import choose
 
 
 @dataclass
@@ -22,7 +24,7 @@ class Reference:
     chosen ViT blocks, scalar gate 0, frames averaged after the ViT. With `time_encoding="none"` it is exactly the
     reference, which cannot tell frame order."""
 
-    _target_: str = field(default="simvlg_video.adapters.placements.Reference", repr=False)
+    name: str = "reference"
     blocks: Any = "all"  # "all" | "last_k" | [block indices]
     last_k: int | None = None  # with blocks="last_k": adapters in the top K blocks only (autograd stops below them)
     qk_dim: int = 256  # query/key width of the reference module (8 heads of 32)
@@ -48,7 +50,7 @@ class MergedTokens:
     With BLIP-2's Q-Former the pooled tokens are each frame's query outputs; a query's place is the attention-weighted
     mean place of the patches it reads (`simvlg_video.model.qformer`)."""
 
-    _target_: str = field(default="simvlg_video.adapters.placements.MergedTokens", repr=False)
+    name: str = "merged_tokens"
     num_heads: int = 8
     num_output_tokens: int | None = None  # None: as many tokens as the image model gives (29 for the reference)
     time_encoding: str = "sinusoidal"  # none | learned | sinusoidal: without it the pool is blind to frame order
@@ -72,10 +74,23 @@ class MergedTokens:
 class NoAdapter:
     """The image model with frames averaged over time before the connector: the floor every placement must beat."""
 
-    _target_: str = field(default="simvlg_video.adapters.placements.NoAdapter", repr=False)
+    name: str = "none"
 
     def apply(self, model: nn.Module) -> None:
         """Nothing to add."""
 
 
+Placement = Reference | MergedTokens | NoAdapter
 PLACEMENTS = {"reference": Reference, "merged_tokens": MergedTokens, "none": NoAdapter}
+# What model.yaml files stored before placements had names (format 2 as first written): these exact strings only.
+LEGACY_TARGETS = {
+    "simvlg_video.adapters.placements.Reference": "reference",
+    "simvlg_video.adapters.placements.MergedTokens": "merged_tokens",
+    "simvlg_video.adapters.placements.NoAdapter": "none",
+}
+
+
+def placement_from(settings: Any) -> Placement:
+    """The placement `settings` name (`{name: reference, blocks: ..., ...}`, a Hydra node, or just the name), with
+    its settings type-checked; anything else is a `ChoiceError` (`simvlg_video.choices`)."""
+    return choose(settings, PLACEMENTS, "placement", LEGACY_TARGETS)

@@ -1,7 +1,8 @@
 """The Hydra config tree (the YAML files beside this one) and the typed schemas those files extend.
 
 Defaults live in code, once, beside what they configure: the `train:` settings in `train.loop.TrainConfig`, the
-clips in `data.clips.ClipData`, each adapter placement in `adapters.placements`, and this file's `AdaptConfig` and
+clips in `data.clips.ClipData`, each adapter placement in `adapters.placements`, each frame sampler in
+`data.samplers` (by name: a `sampler=` file picks one for `train` and one for `eval`), and this file's `AdaptConfig` and
 `PretrainConfig` for the rest of `adapt` and `pretrain`. :func:`register_schemas` puts them into Hydra's ConfigStore
 under `schema/`; the YAML files name them first in their defaults lists, so every key has a type, a misspelt key is
 an error, and a YAML file only says what differs.
@@ -17,6 +18,7 @@ from omegaconf import MISSING
 
 from simvlg_video.adapters.placements import PLACEMENTS
 from simvlg_video.data.clips import ClipData
+from simvlg_video.data.samplers import SAMPLERS
 from simvlg_video.train.loop import TrainConfig
 
 
@@ -77,7 +79,6 @@ class AdaptConfig(StageConfig):
     # simvlg_opt2.7b for SimVLG's checkpoint, blip2_opt2.7b for BLIP-2's
     prompt: str | None = None  # with an imported image_ckpt: text between the soft prompt and every caption (BLIP-2
     # captioners often use "a photo of"); None: none
-    allow_pickle: bool = False  # UNSAFE if true: let a .pth image_ckpt unpickle non-tensor objects (trusted files)
 
 
 @dataclass
@@ -97,7 +98,7 @@ class PretrainConfig(StageConfig):
 
 def register_schemas() -> None:
     """Store the schemas the YAML files extend (`schema/adapt`, `schema/pretrain`, `schema/data`,
-    `schema/dataset_folder`, `schema/adapter/<name>`)."""
+    `schema/dataset_folder`, `schema/adapter/<name>`, `schema/sampler/<name>`)."""
     store = ConfigStore.instance()
     store.store(group="schema", name="adapt", node=AdaptConfig)
     store.store(group="schema", name="pretrain", node=PretrainConfig)
@@ -105,3 +106,5 @@ def register_schemas() -> None:
     store.store(group="schema", name="dataset_folder", node=DatasetFolder)
     for name, placement in PLACEMENTS.items():
         store.store(group="schema/adapter", name=name, node=placement)
+    for name, sampler in SAMPLERS.items():
+        store.store(group="schema/sampler", name=name, node=sampler)

@@ -48,7 +48,7 @@ def image_model_dir(cfg: DictConfig, run_dir: Path, world: World) -> Path:
     if not source.exists():
         raise SystemExit(f"error: --image-ckpt {source}: no such file or directory")
     try:
-        found = inspect_image_checkpoint(source, cfg.allow_pickle)
+        found = inspect_image_checkpoint(source)
     except ValueError as error:
         raise SystemExit(f"error: --image-ckpt {source}: {error}") from None
     given = [key for key in ("vit_weights", "lm_path", "model_config", "prompt") if cfg.get(key) is not None]
@@ -77,9 +77,7 @@ def image_model_dir(cfg: DictConfig, run_dir: Path, world: World) -> Path:
     imported, error = run_dir / IMPORTED_IMAGE_MODEL, None
     if world.is_main and not (imported / "model.yaml").is_file():
         try:
-            import_image_checkpoint(
-                found, imported, cfg.vit_weights, cfg.lm_path, cfg.model_config, cfg.prompt, cfg.allow_pickle
-            )
+            import_image_checkpoint(found, imported, cfg.vit_weights, cfg.lm_path, cfg.model_config, cfg.prompt)
         except (ValueError, FileNotFoundError) as failure:  # named missing, unexpected, mis-shaped tensors, files
             error = f"error: --image-ckpt {source}: {failure}"
     error = broadcast(error, world)
@@ -101,7 +99,7 @@ def refuse_video_model(model_dir: Path, given: Path) -> Path:
             else "give it to"
         )
         raise SystemExit(
-            f"error: --image-ckpt {given} is a video checkpoint (adapter {adapter.get('_target_', adapter)}); adapt "
+            f"error: --image-ckpt {given} is a video checkpoint (adapter {adapter['name']}); adapt "
             f"starts from an image model. To caption with it, {how} caption or evaluate --ckpt"
         )
     return model_dir

@@ -19,9 +19,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from simvlg_video.adapters.placements import placement_from
+from simvlg_video.choices import ChoiceError
 from simvlg_video.data.clips import ClipData, DataConfigError
 from simvlg_video.data.dataset import TooManySkippedClips
 from simvlg_video.data.manifest import ClipRecord, ManifestError, read_manifest
+from simvlg_video.data.samplers import sampler_from
 from simvlg_video.data.shards import ShardError, list_shards
 from simvlg_video.eval.inference import InferenceConfig
 from simvlg_video.eval.predict import evaluate_split, write_eval
@@ -61,6 +64,7 @@ USER_ERRORS = (
     DataConfigError,
     TooManySkippedClips,
     ShardError,
+    ChoiceError,
 )
 
 
@@ -90,7 +94,7 @@ def inference_settings(cfg: DictConfig) -> InferenceConfig:
     """How this run captions (evaluation, the exported model's default): frames and decoding of the run."""
     return InferenceConfig(
         num_frames=cfg.data.num_frames,
-        sampler=OmegaConf.to_container(cfg.sampler.eval, resolve=True),
+        sampler=sampler_from(cfg.sampler.eval),
         backend=cfg.data.backend,
         decode_timeout=cfg.data.decode_timeout,
         decode_memory_gib=cfg.data.decode_memory_gib,
@@ -139,7 +143,8 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
     data = clip_data(cfg)
     if data.shards:
         list_shards(data.shards)  # missing shards are named before any work
-    samplers = [instantiate(cfg.sampler.train), instantiate(cfg.sampler.eval)]
+    samplers = [sampler_from(cfg.sampler.train).build(), sampler_from(cfg.sampler.eval).build()]
+    placement = placement_from(cfg.adapter)  # the exported model.yaml stores it by name
     manifest = shared_manifest(data, samplers, world)
     cfg.data.manifest = str(manifest.resolve())  # the run's config names the exact data it used
     files = open_run(cfg, run_dir, world)  # a refused resume stops here, having written nothing
@@ -170,7 +175,7 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
                 desc=stage.before,
                 **evaluation,
             )
-        instantiate(cfg.adapter).apply(model)
+        placement.apply(model)
         trainable = trainable_parts(cfg, model)
         counts = apply_freeze_policy(model, trainable)
         log.info("parameters: %s", counts)
@@ -188,7 +193,7 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
         result = train(model, training, train_records, device, world, files, validate if val_records else None)
 
         predictions, rows[stage.after] = evaluate_split(model, eval_records, desc=f"{stage.after} model", **evaluation)
-        model_cfg.adapter = OmegaConf.to_container(cfg.adapter, resolve=True) if stage.exports_placement else None
+        model_cfg.adapter = asdict(placement) if stage.exports_placement else None
         model_cfg.inference = asdict(inference)
         tensors = whole_on_cpu(stored_tensors(model, model_cfg))  # every rank: FSDP gathers
         if world.is_main:

@@ -103,7 +103,7 @@ def test_adapter_none_trains_the_rest(tiny_model_dir: Path, tmp_path: Path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = OmegaConf.load(tmp_path / "run" / "model" / "model.yaml")
-    assert saved.adapter._target_ == "simvlg_video.adapters.placements.NoAdapter"
+    assert saved.adapter.name == "none"
     image_model, _ = load_model_dir(tiny_model_dir)
     expected = sum(
         p.numel()

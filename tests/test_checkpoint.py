@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from simvlg_video.train.checkpoint import Checkpoints
+from simvlg_video.model.tensor_io import NotATensorFile
+from simvlg_video.train.checkpoint import STATE, Checkpoints
 from simvlg_video.train.optim import build_optimizer
 from simvlg_video.world import World
 
@@ -66,6 +69,7 @@ def test_load_restores_tensors_optimiser_and_rng(tmp_path: Path):
     model, optimizer = trained(seed=0)
     folder = save(checkpoints, 3, model, optimizer)
     expected_draw = torch.rand(5)
+    expected_python, expected_numpy = random.random(), np.random.rand(3)
     expected_state = {k: v.clone() for k, v in optimizer.state[model.head.weight].items()}
 
     other, other_optimizer = trained(seed=1)
@@ -78,6 +82,7 @@ def test_load_restores_tensors_optimiser_and_rng(tmp_path: Path):
     for key, value in other_optimizer.state[other.head.weight].items():
         assert torch.equal(value, expected_state[key]), key
     assert torch.equal(torch.rand(5), expected_draw), "torch's RNG continues where the saved run was"
+    assert random.random() == expected_python and np.array_equal(np.random.rand(3), expected_numpy)
 
 
 def test_a_checkpoint_of_another_world_size_or_model_is_refused(tmp_path: Path):
@@ -89,3 +94,34 @@ def test_a_checkpoint_of_another_world_size_or_model_is_refused(tmp_path: Path):
     model.head = nn.Linear(3, 2, bias=False)
     with pytest.raises(SystemExit, match=r"missing \[\].*unexpected \['head.bias'\]"):
         Checkpoints(tmp_path).load(folder, model, optimizer)
+
+
+class TouchOnLoad:
+    """An object whose unpickling creates a file: what a crafted training_state.pt could hold instead."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_state_file_that_holds_other_objects_is_refused_and_runs_nothing(tmp_path: Path):
+    checkpoints = Checkpoints(tmp_path)
+    model, optimizer = trained()
+    folder = save(checkpoints, 3, model, optimizer)
+    state = torch.load(folder / STATE, weights_only=True)  # what this toolkit writes loads without unpickling
+    marker = tmp_path / "touched"
+    torch.save({**state, "extra": TouchOnLoad(marker)}, folder / STATE)
+    weights_before = model.head.weight.clone()
+    other, other_optimizer = trained(seed=1)
+    with pytest.raises(
+        NotATensorFile,
+        match=r"training_state\.pt holds objects besides tensors \(\S+\), which this toolkit never unpickles.*"
+        "resume from a checkpoint this version wrote",
+    ):
+        checkpoints.load(folder, other, other_optimizer)
+    assert not marker.exists()
+    torch.save(state, folder / STATE)  # the same checkpoint without the object loads
+    checkpoints.load(folder, other, other_optimizer)
+    assert torch.equal(other.head.weight, weights_before)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
@@ -19,8 +20,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers import OPTConfig
 
+from simvlg_video.adapters.placements import placement_from
 from simvlg_video.data.clips import ClipData
 from simvlg_video.data.manifest import write_manifest
+from simvlg_video.data.samplers import sampler_from
 from simvlg_video.data.shards import ShardStream, StreamPosition, list_shards
 from simvlg_video.data_tools.make_shapes import make_shapes_dataset
 from simvlg_video.data_tools.make_stills import make_stills_dataset
@@ -53,7 +56,7 @@ def test_pretrain_composes_the_image_stage_demo() -> None:
     cfg = compose_adapt(config="pretrain")
     data = instantiate(cfg.data)
     assert isinstance(data, ClipData) and data.num_frames == 1 and cfg.model_config == "tiny"
-    assert cfg.adapter._target_.endswith(".NoAdapter") and "adapters" not in cfg.train.trainable
+    assert cfg.adapter.name == "none" and "adapters" not in cfg.train.trainable
     assert not cfg.eval.before  # the starting model is untrained
     with pytest.raises(Exception, match="image_ckpt"):  # adapt's keys are not pretrain's
         compose_adapt("image_ckpt=x", config="pretrain")
@@ -64,7 +67,7 @@ def test_sampler_configs_instantiate_to_samplers_of_the_requested_length(name: s
     cfg = compose_adapt(f"sampler={name}")
     keyframes = list(range(0, 300, 25))
     for phase, rng in (("train", np.random.default_rng(0)), ("eval", None)):
-        sampler = instantiate(cfg.sampler[phase])
+        sampler = sampler_from(cfg.sampler[phase]).build()
         indices = sampler(300, cfg.data.num_frames, rng, fps=25.0, keyframes=keyframes)
         assert len(indices) == cfg.data.num_frames and all(0 <= i < 300 for i in indices)
         assert indices == sorted(indices)
@@ -72,13 +75,14 @@ def test_sampler_configs_instantiate_to_samplers_of_the_requested_length(name: s
 
 @pytest.mark.parametrize("name", options("sampler"))
 def test_the_saved_inference_settings_carry_the_eval_sampler_resolved(name: str) -> None:
-    """The model folder stores the eval sampler as plain JSON: a value it takes from the sampler file (fps's
-    `rate: ${..rate}`) must be resolved there, or the folder's sampler cannot be built on its own."""
+    """The model folder stores the eval sampler by name as plain JSON: a value it takes from the sampler file (fps's
+    `rate: ${..train.rate}`) must be resolved there, or the folder's sampler cannot be built on its own."""
     cfg = compose_config("data.root=/datasets/x", f"sampler={name}")  # unresolved, as a run holds it
-    stored = json.loads(json.dumps(inference_settings(cfg).sampler))
-    saved = InferenceConfig(num_frames=cfg.data.num_frames, sampler=stored).frame_sampler
+    stored = json.loads(json.dumps(asdict(inference_settings(cfg).sampler)))
+    assert stored["name"] == cfg.sampler.eval.name
+    saved = InferenceConfig(num_frames=cfg.data.num_frames, sampler=sampler_from(stored)).frame_sampler
     keyframes = list(range(0, 300, 25))
-    expected = instantiate(compose_adapt(f"sampler={name}").sampler.eval)(
+    expected = sampler_from(compose_adapt(f"sampler={name}").sampler.eval).build()(
         300, cfg.data.num_frames, None, fps=25.0, keyframes=keyframes
     )
     assert saved(300, cfg.data.num_frames, None, fps=25.0, keyframes=keyframes) == expected
@@ -93,7 +97,7 @@ def test_adapter_configs_patch_a_model_that_starts_as_the_image_model(name: str,
     still = torch.randn(2, 1, 3, *size).expand(-1, 3, -1, -1, -1)
     with torch.no_grad():
         image_model = model.encode(still[:, :1])
-        instantiate(cfg.adapter).apply(model)
+        placement_from(cfg.adapter).apply(model)
         video_model = model.encode(still)
     assert bool(adapter_parameters(model)) == (name != "none")
     torch.testing.assert_close(video_model, image_model, atol=1e-5, rtol=1e-5)
@@ -140,7 +144,7 @@ def test_data_configs_build_clips_that_load(name: str, tmp_path: Path) -> None:
     from simvlg_video.data.dataset import clip_loader
 
     loader = clip_loader(
-        records[:2], data.reading, instantiate(cfg.sampler.train), train=True, batch_size=2, num_workers=0
+        records[:2], data.reading, sampler_from(cfg.sampler.train).build(), train=True, batch_size=2, num_workers=0
     )
     batch = next(iter(loader))
     frames = data.train_transform(32)(batch["frames"], generator=torch.Generator().manual_seed(0))
@@ -264,4 +268,4 @@ def test_an_installed_wheel_finds_its_configs(tmp_path: Path) -> None:
     ).stdout
     assert located.startswith(str(site))
     cfg = yaml.safe_load(shown.stdout)
-    assert cfg["adapter"]["_target_"] == "simvlg_video.adapters.placements.Reference" and cfg["train"]["steps"] > 0
+    assert cfg["adapter"]["name"] == "reference" and cfg["train"]["steps"] > 0

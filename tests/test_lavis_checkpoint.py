@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,12 @@ from safetensors.torch import load_file, save_file
 
 import simvlg_video.model.model_dir as model_dir_module
 from simvlg_video.adapters.patch import TemporalEvaBlock
+from simvlg_video.adapters.placements import Reference
 from simvlg_video.model.lavis_checkpoint import import_lavis_checkpoint, read_lavis_checkpoint
 from simvlg_video.model.model_dir import WEIGHTS, load_model_dir, save_model_dir
 from simvlg_video.model.tensor_io import NotATensorFile, StateDictMismatch
 
-REFERENCE_PLACEMENT = "simvlg_video.adapters.placements.Reference"
+REFERENCE_PLACEMENT = "reference"
 
 
 @pytest.fixture(scope="module")
@@ -274,13 +276,16 @@ def test_a_missing_file_is_named(tmp_path):
         read_lavis_checkpoint(tmp_path / "nope.pth")
 
 
-def test_pickled_objects_need_the_unsafe_opt_in(tmp_path, lm_path):
+def test_pickled_objects_are_never_unpickled_and_the_message_says_what_to_do(tmp_path, lm_path):
+    """The reference's own checkpoints pickle their config object: unpickling it could run code the file names, so
+    the file is refused, whoever wrote it; re-saving its tensors, as the message says, imports it."""
     files = write_reference_files(tmp_path, lm_path=lm_path)
     torch.save({"model": files.state, "config": OmegaConf.create({"run": {"lr": 1e-4}})}, files.ckpt)
-    with pytest.raises(ValueError, match=r"omegaconf\.dictconfig\.DictConfig.*allow_pickle=true \(UNSAFE"):
+    with pytest.raises(NotATensorFile, match=r"omegaconf\.dictconfig\.DictConfig.*never unpickles.*load it yourself"):
         import_files(files)
     assert not (tmp_path / "imported").exists()
-    model, _ = load(files, allow_pickle=True)
+    torch.save({"model": torch.load(files.ckpt, weights_only=False)["model"]}, files.ckpt)  # the user's own step
+    model, _ = load(files)
     assert torch.equal(model.ln_vision.weight, files.state["ln_vision.weight"])
 
 
@@ -299,18 +304,13 @@ def test_video_checkpoint_gets_adapters_in_exactly_its_blocks(tmp_path, lm_path,
         and module.alpha.item() == files.state["visual_encoder.blocks.2.temporal_merge.alpha"].item()
     )
     assert torch.equal(module.key.weight, files.state["visual_encoder.blocks.2.temporal_merge.key.weight"])
-    assert cfg.adapter == {
-        "_target_": REFERENCE_PLACEMENT,
-        "blocks": [1, 2],
-        "qk_dim": QK_DIM,
-        "num_heads": TEMPORAL_HEADS,
-    }
+    assert cfg.adapter == asdict(Reference(blocks=[1, 2], qk_dim=QK_DIM, num_heads=TEMPORAL_HEADS))
 
 
 def test_video_checkpoint_with_every_block_says_all(tmp_path, lm_path):
     files = write_reference_files(tmp_path, temporal_blocks=list(range(VIT["depth"])), lm_path=lm_path)
     model, cfg = load(files, temporal_heads=TEMPORAL_HEADS)
-    assert cfg.adapter["_target_"] == REFERENCE_PLACEMENT and cfg.adapter["blocks"] == "all"
+    assert cfg.adapter["name"] == REFERENCE_PLACEMENT and cfg.adapter["blocks"] == "all"
     assert all(type(b) is TemporalEvaBlock for b in model.vit.blocks)
 
 

@@ -17,7 +17,7 @@ from simvlg_video.adapters.patch import TemporalEvaBlock
 from simvlg_video.model.lavis_checkpoint import main
 from simvlg_video.model.model_dir import load_model_dir
 
-REFERENCE_PLACEMENT = "simvlg_video.adapters.placements.Reference"
+REFERENCE_PLACEMENT = "reference"
 
 
 @pytest.fixture(scope="module")
@@ -161,4 +161,4 @@ def test_adapt_runs_from_a_reference_checkpoint(tmp_path, lm_path):
     assert cfg.vit.weights == str(files.vit_weights.resolve()) and cfg.frozen == imported_cfg.frozen
     assert torch.equal(model.vit.blocks[0].attn.q_bias, files.vit_state["blocks.0.attn.q_bias"])
     assert all(type(b) is TemporalEvaBlock for b in model.vit.blocks)
-    assert cfg.adapter["_target_"] == REFERENCE_PLACEMENT and cfg.adapter["qk_dim"] == 16
+    assert cfg.adapter["name"] == REFERENCE_PLACEMENT and cfg.adapter["qk_dim"] == 16

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -40,7 +41,7 @@ def test_export_import_round_trip_is_bit_exact(tiny_model_dir, tmp_path):
         for block in model.vit.blocks:
             block.temporal_merge.alpha.fill_(0.25)
             block.temporal_merge.query.weight.normal_()
-    cfg.adapter = {"_target_": "simvlg_video.adapters.placements.Reference", "qk_dim": 32, "num_heads": 4}
+    cfg.adapter = asdict(Reference(qk_dim=32, num_heads=4))
     save_model_dir(model, cfg, tmp_path / "video", base_dir=tiny_model_dir)
 
     loaded, loaded_cfg = load_model_dir(tmp_path / "video")
@@ -58,12 +59,7 @@ def test_every_tensor_not_behind_a_frozen_pointer_is_stored(tiny_model_dir, tmp_
     """Whatever trained or not: ViT (stored here: the tiny model has no ViT file), connector, projections, adapters."""
     model, cfg = load_model_dir(tiny_model_dir)
     Reference(qk_dim=32, num_heads=4, blocks=[1]).apply(model)
-    cfg.adapter = {
-        "_target_": "simvlg_video.adapters.placements.Reference",
-        "qk_dim": 32,
-        "num_heads": 4,
-        "blocks": [1],
-    }
+    cfg.adapter = asdict(Reference(qk_dim=32, num_heads=4, blocks=[1]))
     save_model_dir(model, cfg, tmp_path / "video", base_dir=tiny_model_dir)
     stored = load_file(tmp_path / "video" / WEIGHTS)
     expected = {name for name in model.state_dict() if not name.startswith("lm.")}
@@ -77,12 +73,7 @@ def test_a_vit_behind_a_pointer_is_not_copied_but_its_adapters_are(tiny_model_di
     cfg.vit.weights = str(tmp_path / "vit.safetensors")
     cfg.frozen = {}
     Reference(qk_dim=32, num_heads=4, blocks=[0]).apply(model)
-    cfg.adapter = {
-        "_target_": "simvlg_video.adapters.placements.Reference",
-        "qk_dim": 32,
-        "num_heads": 4,
-        "blocks": [0],
-    }
+    cfg.adapter = asdict(Reference(qk_dim=32, num_heads=4, blocks=[0]))
     save_model_dir(model, cfg, tmp_path / "video", base_dir=tiny_model_dir)
     stored = load_file(tmp_path / "video" / WEIGHTS)
     assert {name for name in stored if name.startswith("vit.")} == {

@@ -392,7 +392,7 @@ def test_two_processes_stream_shards_each_from_its_own_position(tiny_model_dir, 
         launcher=TORCHRUN,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    state = torch.load(run / "checkpoints" / "00000003" / STATE, weights_only=False)
+    state = torch.load(run / "checkpoints" / "00000003" / STATE, weights_only=True)
     streams = [rank["batches"]["shards"] for rank in state["ranks"]]
     assert [(s["world_size"], s["streams"], s["handed_out"]) for s in streams] == [(2, 1, 3), (2, 1, 3)]
     # 12 samples read from shards of at most 10: each rank is into its second shard of epoch 0

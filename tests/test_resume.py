@@ -171,3 +171,36 @@ def test_a_fresh_run_into_a_directory_with_checkpoints_is_refused(
     result = run_module("simvlg_video.adapt", *adapt_args(tiny_model_dir, uninterrupted), cwd=tmp_path)
     assert result.returncode != 0
     assert "already holds checkpoints; continue it with resume=auto" in result.stderr
+
+
+class TouchOnLoad:
+    """An object whose unpickling creates a file: what a crafted training_state.pt could hold."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+@pytest.mark.slow
+def test_a_crafted_training_state_is_refused_on_resume_and_nothing_runs(tiny_model_dir: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    short = ("train.steps=3", "train.checkpoint_every=1")
+    result = run_module("simvlg_video.adapt", *adapt_args(tiny_model_dir, run_dir, *short), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    crafted = run_dir / "checkpoints" / "00000002" / "training_state.pt"
+    marker = tmp_path / "touched"
+    torch.save({**torch.load(crafted, weights_only=True), "extra": TouchOnLoad(marker)}, crafted)
+    last = {p: p.read_bytes() for p in (run_dir / "checkpoints" / "00000003").iterdir()}
+
+    resumed = run_module(
+        "simvlg_video.adapt",
+        *adapt_args(tiny_model_dir, run_dir, *short, f"resume={crafted.parent}"),
+        cwd=tmp_path,
+    )
+    assert resumed.returncode != 0
+    lines = resumed.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"error: {crafted} holds objects besides tensors") and "Traceback" not in resumed.stderr
+    assert not marker.exists()
+    assert {p: p.read_bytes() for p in (run_dir / "checkpoints" / "00000003").iterdir()} == last  # no step ran

@@ -7,8 +7,8 @@ from functools import partial
 import numpy as np
 import pytest
 from adapt_runs import compose_adapt
-from hydra.utils import instantiate
 
+from simvlg_video.data.samplers import sampler_from
 from simvlg_video.data.sampling import (
     ClipWindowError,
     at_rate,
@@ -155,7 +155,7 @@ def test_at_rate_keeps_equal_time_between_frames() -> None:
 
 def test_at_rate_needs_the_frame_rate() -> None:
     with pytest.raises(ValueError, match="needs the video's frame rate"):
-        at_rate(100, 4)
+        at_rate(100, 4, rate=2.0)
     with pytest.raises(ValueError, match="rate must be > 0"):
         at_rate(100, 4, fps=25.0, rate=0.0)
 
@@ -227,9 +227,10 @@ def test_sample_window_rejects_a_sampler_that_breaks_the_contract() -> None:
 def test_every_sampler_config_composes_and_samples(name: str) -> None:
     cfg = compose_adapt(f"sampler={name}")
     for part, rng in (("train", np.random.default_rng(0)), ("eval", None)):
-        sampler = instantiate(cfg.sampler[part])
+        sampler = sampler_from(cfg.sampler[part]).build()
         indices = sampler(200, 4, rng, fps=25.0, keyframes=[0, 50, 100, 150])
         assert len(indices) == 4 and indices == sorted(indices) and all(0 <= i < 200 for i in indices)
-    assert instantiate(cfg.sampler.eval)(200, 4, None, fps=25.0, keyframes=[0, 50, 100, 150]) == instantiate(
-        cfg.sampler.eval
-    )(200, 4, None, fps=25.0, keyframes=[0, 50, 100, 150])
+    evaluation = sampler_from(cfg.sampler.eval).build()
+    assert evaluation(200, 4, None, fps=25.0, keyframes=[0, 50, 100, 150]) == evaluation(
+        200, 4, None, fps=25.0, keyframes=[0, 50, 100, 150]
+    )

@@ -31,14 +31,8 @@ from torchvision.transforms import InterpolationMode
 from simvlg_video.data import sampling
 from simvlg_video.data.dataset import ClipReading, clip_loader
 from simvlg_video.data.manifest import ClipRecord, read_manifest
+from simvlg_video.data.samplers import SAMPLERS, sampler_from
 from simvlg_video.data.transforms import CLIP_MEAN, CLIP_STD, FrameTransform
-
-SAMPLERS = {
-    "uniform": sampling.uniform,
-    "head": sampling.head,
-    "keyframe": sampling.keyframe,
-    "random_segment": sampling.random_segment,
-}
 
 
 @dataclass
@@ -100,7 +94,7 @@ def measure_pipeline(record: ClipRecord, backend: str, sampler_name: str, args, 
     loader = clip_loader(
         _copies(record, args.clips),
         reading,
-        SAMPLERS[sampler_name],
+        sampler_from(sampler_name).build(),
         train=False,
         batch_size=args.batch_size,
         num_workers=args.workers,

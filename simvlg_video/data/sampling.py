@@ -9,8 +9,8 @@ has ``num_frames`` frames.
 
 Windows: a sampler sees only the frames of its clip. :func:`sample_window` turns a [start, end] window in
 seconds (a manifest's clip boundaries) into that frame range, calls the sampler and shifts the indices back, so
-every sampler accepts a window. Configs point at these functions directly, e.g.
-``{_target_: simvlg_video.data.sampling.uniform, _partial_: true}``; there is no registry.
+every sampler accepts a window. Configs and model directories name these functions through the registry in
+:mod:`simvlg_video.data.samplers` (``{name: uniform}``, ``{name: fps, rate: 2.0}``), which also holds their defaults.
 """
 
 from __future__ import annotations
@@ -132,10 +132,11 @@ def at_rate(
     *,
     fps: float | None = None,
     keyframes: Keyframes = None,
-    rate: float = 1.0,
+    rate: float,
 ) -> list[int]:
     """Frames ``rate`` per second of video, at most ``num_frames`` of them: equal time between frames whatever the
-    clip's length, so motion looks equally fast in every clip.
+    clip's length, so motion looks equally fast in every clip (the ``fps`` sampler, whose default rate is in
+    :mod:`simvlg_video.data.samplers`).
 
     A clip with more than ``num_frames`` frames at that rate gives a run of ``num_frames`` consecutive ones,
     centred (``rng=None``) or at a random start; a shorter clip repeats its frames, spread evenly, up to

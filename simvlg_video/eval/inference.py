@@ -3,27 +3,30 @@ precision; and opening a trained model (a model directory, or a run directory ho
 
 A run writes its evaluation settings into the model directory it exports (model.yaml, `inference:`), so `caption`,
 `evaluate` and `visualize` reproduce the captions of the run's own predictions; a model without them (an imported
-reference checkpoint) captions with the reference recipe's evaluation settings, the defaults below.
+reference checkpoint) captions with the reference recipe's evaluation settings, the defaults below. The frame sampler
+is stored and overridden by name (`sampler=uniform`, `sampler=fps sampler.rate=4`: simvlg_video.data.samplers).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from simvlg_video.choices import ChoiceError
 from simvlg_video.data.dataset import ClipReading, FrameSampler
 from simvlg_video.data.limits import DEFAULT_DECODE_MEMORY_GIB, DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS
+from simvlg_video.data.samplers import Head, NamedSampler, sampler_from
 from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.model.captioner import VideoCaptioner
 from simvlg_video.model.hf_blip2 import is_blip2_folder
-from simvlg_video.model.model_dir import MODEL_CONFIG, ModelConfig, ModelDirError, load_model_dir
+from simvlg_video.model.model_dir import MODEL_CONFIG, ModelConfig, ModelDirError, load_model_dir, read_model_config
 from simvlg_video.world import compute_dtype, cpu_runs_bf16
 
 log = logging.getLogger(__name__)
@@ -37,8 +40,8 @@ class InferenceConfig:
     first of each segment, beam 5, 5 to 20 new tokens)."""
 
     num_frames: int = 4
-    sampler: Any = field(default_factory=lambda: {"_target_": "simvlg_video.data.sampling.head", "_partial_": True})
-    # the frame sampler (deterministic in evaluation): the first frame of each of num_frames segments
+    sampler: Any = field(default_factory=Head)  # the frame sampler by name (simvlg_video.data.samplers), deterministic
+    # in evaluation: the first frame of each of num_frames segments
     backend: str = "auto"  # decoder: auto | decord | pyav | nvdec
     decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT  # seconds one decode may take before the clip is
     # reported and skipped
@@ -65,7 +68,8 @@ class InferenceConfig:
 
     @property
     def frame_sampler(self) -> FrameSampler:
-        return instantiate(self.sampler)
+        chosen = self.sampler if isinstance(self.sampler, NamedSampler) else sampler_from(self.sampler)
+        return chosen.build()
 
     @property
     def generation(self) -> dict[str, int]:
@@ -81,24 +85,50 @@ class InferenceConfig:
 
 def split_settings(argv: list[str]) -> tuple[list[str], list[str]]:
     """(`key=value` inference settings, the other arguments): a setting is an argument whose key is a field of
-    InferenceConfig, wherever it stands on the command line."""
+    InferenceConfig (or a setting of one, `sampler.rate`), wherever it stands on the command line."""
     names = {f.name for f in fields(InferenceConfig)}
-    settings = [argument for argument in argv if "=" in argument and argument.partition("=")[0] in names]
+    settings = [argument for argument in argv if "=" in argument and argument.partition("=")[0].split(".")[0] in names]
     return settings, [argument for argument in argv if argument not in settings]
 
 
-def read_inference_config(stored: Any, overrides: list[str] = (), source: str = "") -> InferenceConfig:
-    """`stored` (a model.yaml's `inference:`, None for the defaults) with `key=value` overrides, type-checked."""
+def read_inference_config(stored: Any, overrides: Sequence[str] = (), source: str = "") -> InferenceConfig:
+    """`stored` (a model.yaml's `inference:`, None for the defaults) with `key=value` overrides, type-checked; the
+    sampler is chosen by name from the registry (`sampler=NAME` picks another at its defaults, `sampler.KEY=VALUE`
+    changes one of its settings)."""
+    stored = OmegaConf.to_container(stored) if isinstance(stored, DictConfig) else stored or {}
+    if not isinstance(stored, Mapping):
+        raise ValueError(f"{source or 'inference settings'}: expected a mapping of settings, got {stored!r}")
+    stored = dict(stored)
+    sampler = stored.pop("sampler", None)
+    of_sampler = [item for item in overrides if item.partition("=")[0].split(".")[0] == "sampler"]
     try:
         merged = OmegaConf.merge(
-            OmegaConf.structured(InferenceConfig), stored or {}, OmegaConf.from_dotlist(list(overrides))
+            OmegaConf.structured(InferenceConfig),
+            stored,
+            OmegaConf.from_dotlist([item for item in overrides if item not in of_sampler]),
         )
-        return OmegaConf.to_object(merged)
+        inference = OmegaConf.to_object(merged)
+        inference.sampler = sampler_from(_sampler_settings(sampler, of_sampler))
+        return inference
+    except ChoiceError as error:
+        raise ValueError(f"{source or 'inference settings'}: sampler: {error}") from None
     except OmegaConfBaseException as error:
         known = ", ".join(f.name for f in fields(InferenceConfig))
         raise ValueError(
             f"{source or 'inference settings'}: {str(error).splitlines()[0]} (settings: {known})"
         ) from None
+
+
+def _sampler_settings(stored: Any, overrides: list[str]) -> Any:
+    """The stored sampler settings (None: the default) with `sampler=...` and `sampler.KEY=...` applied in order."""
+    settings = asdict(InferenceConfig().sampler) if stored is None else stored
+    for item in overrides:
+        given = OmegaConf.to_container(OmegaConf.from_dotlist([item]))["sampler"]
+        if item.partition("=")[0] == "sampler":
+            settings = given
+        elif isinstance(settings, str | Mapping):  # anything else is refused by name, below
+            settings = {**({"name": settings} if isinstance(settings, str) else settings), **given}
+    return settings
 
 
 @dataclass
@@ -139,7 +169,7 @@ def open_model(path: str | Path, overrides: list[str] = (), device: torch.device
     precision it computes in, on `device`."""
     model_dir, run_dir = find_model_dir(path)
     config_file = model_dir / MODEL_CONFIG
-    stored = OmegaConf.load(config_file).get("inference")
+    stored = read_model_config(config_file).inference  # a model.yaml naming code is refused here, before any work
     inference = read_inference_config(stored, overrides, str(config_file))
     chosen = any(item.startswith("precision=") for item in overrides)
     if (

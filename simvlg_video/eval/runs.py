@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from simvlg_video.adapters.placements import PLACEMENTS
+from simvlg_video.adapters.placements import LEGACY_TARGETS
 from simvlg_video.data.manifest import json_problem
 
 COLUMNS = ("CIDEr", "BLEU-4", "motion_acc", "direction_acc", "object_acc")
@@ -50,15 +50,8 @@ def adapter_label(cfg) -> str:
     """`none`, `reference`, `merged_tokens` (the `adapter=` choice), with the time and space codes and the patched
     blocks where they apply."""
     adapter = cfg.get("adapter") or {}
-    target = str(adapter.get("_target_", ""))
-    name = next(
-        (
-            choice
-            for choice, placement in PLACEMENTS.items()
-            if target == f"{placement.__module__}.{placement.__qualname__}"
-        ),
-        target.rsplit(".", 1)[-1] or "none",
-    )
+    target = str(adapter.get("_target_", ""))  # runs configured before placements had names
+    name = adapter.get("name") or LEGACY_TARGETS.get(target) or target.rsplit(".", 1)[-1] or "none"
     details = []
     if adapter.get("blocks") not in (None, "all"):
         details.append(f"blocks={adapter.blocks}" if adapter.blocks != "last_k" else f"last {adapter.last_k}")

@@ -56,8 +56,9 @@ def sampler_name(cfg: DictConfig) -> str:
     """Short name of the training sampler (`uniform`, `headtail`, ...): unique among the shipped sampler configs."""
     sampler = cfg.get("sampler") or {}
     train = sampler.get("train") or {}
-    name = str(train.get("_target_", "?")).rsplit(".", 1)[-1]
-    return f"{name} {sampler.rate}/s" if "rate" in sampler else name
+    name = train.get("name") or str(train.get("_target_", "?")).rsplit(".", 1)[-1]  # or as runs before names had it
+    rate = train.get("rate", sampler.get("rate"))
+    return f"{name} {rate}/s" if rate is not None else name
 
 
 def _load_yaml(path: Path):

@@ -51,7 +51,7 @@ from simvlg_video.model.lavis_checkpoint import load_model_config, read_lavis_ch
 from simvlg_video.model.lm import LMConfig
 from simvlg_video.model.model_dir import ModelConfig, build_captioner, save_model_dir, stored_tensors
 from simvlg_video.model.qformer import QFormerConfig
-from simvlg_video.model.tensor_io import NotATensorFile, check_tensors, load_torch_file
+from simvlg_video.model.tensor_io import check_tensors
 from simvlg_video.model.vit import VitConfig
 from simvlg_video.model.vit_weights import VISUAL_PREFIX, vit_source_tensors
 
@@ -203,13 +203,12 @@ def import_lavis_blip2(
     out_dir: str | Path,
     vit_weights: str | Path | None = None,
     prompt: str | None = None,
-    allow_pickle: bool = False,
 ) -> Path:
     """Check a LAVIS blip2_opt checkpoint against the captioner `model_cfg` describes on the given frozen parts, and
     write it as a model directory at `out_dir`. The ViT comes from the checkpoint when it holds `visual_encoder.*`
     (then `vit_weights` must not be given), else from `vit_weights`."""
     ckpt, lm_path = (Path(p).expanduser().resolve() for p in (ckpt, lm_path))
-    state = read_lavis_checkpoint(ckpt, allow_pickle)
+    state = read_lavis_checkpoint(ckpt)
     if model_cfg.connector.kind != "qformer":
         raise ValueError(
             f"the model config for a BLIP-2 checkpoint needs connector.kind qformer, got {model_cfg.connector.kind!r}"
@@ -217,10 +216,6 @@ def import_lavis_blip2(
     if lavis_holds_vit(state):
         if vit_weights is not None:
             raise ValueError(f"{ckpt} holds its ViT ({VISUAL_PREFIX}*); other ViT weights must not be given")
-        try:
-            load_torch_file(ckpt)  # loading the model reads the ViT from this file, without unpickling
-        except NotATensorFile as error:
-            raise NotATensorFile(f"{error} Its ViT is read from it at every load, so it must load safely.") from None
         vit_source = ckpt
     elif vit_weights is None:
         raise ValueError(f"{ckpt} holds no ViT ({VISUAL_PREFIX}*): give the ViT weights (BLIP-2's eva_vit_g.pth)")
@@ -268,7 +263,6 @@ def main(argv: list[str] | None = None) -> Path:
     )
     parser.add_argument("--prompt", help="text between the soft prompt and every caption (default: none)")
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
-    parser.add_argument("--allow-pickle", action="store_true", help="UNSAFE: unpickle non-tensor entries")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -295,7 +289,6 @@ def main(argv: list[str] | None = None) -> Path:
                 args.out,
                 args.vit_weights,
                 args.prompt,
-                args.allow_pickle,
             )
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None

@@ -52,7 +52,7 @@ class ImageCheckpoint:
         return DESCRIPTION[self.kind] + (" that holds its ViT" if self.holds_vit else "")
 
 
-def inspect_image_checkpoint(path: str | Path, allow_pickle: bool = False) -> ImageCheckpoint:
+def inspect_image_checkpoint(path: str | Path) -> ImageCheckpoint:
     """Recognise `path` from its files (see the table above); anything else is an error saying what is accepted
     (messages follow the path: "PATH: message")."""
     path = Path(path).expanduser()
@@ -68,7 +68,7 @@ def inspect_image_checkpoint(path: str | Path, allow_pickle: bool = False) -> Im
             "config.json with model_type blip-2); give one written by adapt, lavis_checkpoint or "
             "blip2_checkpoint, a BLIP-2 folder, or a checkpoint file (.pth)"
         )
-    state = lavis_checkpoint.read_lavis_checkpoint(path, allow_pickle)
+    state = lavis_checkpoint.read_lavis_checkpoint(path)
     if any(name.startswith("VLconnector.") for name in state):
         return ImageCheckpoint(path, SIMVLG_PTH)
     if "query_tokens" in state or any(name.startswith("Qformer.") for name in state):
@@ -86,7 +86,6 @@ def import_image_checkpoint(
     lm_path: str | None,
     model_config: str | None = None,
     prompt: str | None = None,
-    allow_pickle: bool = False,
 ) -> Path:
     """Write a checkpoint file or a BLIP-2 folder as a model directory at `out_dir` (the caller has checked that
     exactly the frozen parts `found.needs` are given)."""
@@ -94,13 +93,9 @@ def import_image_checkpoint(
         return blip2_checkpoint.import_hf_blip2(found.path, out_dir, prompt or "")
     architecture = lavis_checkpoint.load_model_config(model_config or DEFAULT_MODEL_CONFIG[found.kind])
     if found.kind == BLIP2_PTH:
-        return blip2_checkpoint.import_lavis_blip2(
-            found.path, lm_path, architecture, out_dir, vit_weights, prompt, allow_pickle
-        )
+        return blip2_checkpoint.import_lavis_blip2(found.path, lm_path, architecture, out_dir, vit_weights, prompt)
     if found.kind == SIMVLG_PTH:
         if prompt is not None:
             architecture.lm.prompt = prompt
-        return lavis_checkpoint.import_lavis_checkpoint(
-            found.path, vit_weights, lm_path, architecture, out_dir, allow_pickle
-        )
+        return lavis_checkpoint.import_lavis_checkpoint(found.path, vit_weights, lm_path, architecture, out_dir)
     raise ValueError(f"{found.path} is {found.description}; there is nothing to import")

@@ -40,7 +40,7 @@ from simvlg_video.model.vit_weights import eva_state_dict
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_CONFIG = "simvlg_opt2.7b"
-_PLACEMENT = "simvlg_video.adapters.placements.Reference"  # the reference's temporal modules
+_PLACEMENT = "reference"  # the reference's temporal modules (adapters.placements.PLACEMENTS)
 
 # Our module prefix -> the reference's.
 _PREFIXES = {"connector.": "VLconnector.", "vit.blocks.": "visual_encoder.blocks."}
@@ -65,15 +65,15 @@ def _not_a_checkpoint(path: Path, found: str) -> NotATensorFile:
     return NotATensorFile(f"{path} is not a LAVIS-style checkpoint: {found}. {_EXPECTED}")
 
 
-def read_lavis_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+def read_lavis_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of a reference checkpoint file (its "model" entry, or the file itself if it is one), memory-
-    mapped. Loads with `torch.load(weights_only=True)`, which runs no code from the file; `allow_pickle=True` is
-    UNSAFE (see `tensor_io.load_torch_file`)."""
+    mapped. Loads with `torch.load(weights_only=True)`, which runs no code from the file; a file that holds other
+    pickled objects is refused (see `tensor_io.load_torch_file`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reference checkpoint not found: {path}")
     try:
-        obj = load_torch_file(path, allow_pickle)
+        obj = load_torch_file(path)
     except NotATensorFile as error:  # not a torch file at all: say what is expected instead
         raise NotATensorFile(f"{str(error).rstrip('.')}. {_EXPECTED}") from None
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
@@ -128,7 +128,6 @@ def import_lavis_checkpoint(
     lm_path: str | Path,
     model_cfg: ModelConfig,
     out_dir: str | Path,
-    allow_pickle: bool = False,
     temporal_heads: int = REFERENCE_TEMPORAL_HEADS,
 ) -> Path:
     """Check a reference checkpoint against the captioner `model_cfg` describes on the given frozen parts, and write
@@ -142,7 +141,7 @@ def import_lavis_checkpoint(
             f"the model config for a SimVLG checkpoint needs connector.kind tome, got {model_cfg.connector.kind!r}"
         )
     ckpt, vit_weights, lm_path = (Path(p).expanduser().resolve() for p in (ckpt, vit_weights, lm_path))
-    state = read_lavis_checkpoint(ckpt, allow_pickle)
+    state = read_lavis_checkpoint(ckpt)
     ignored = sorted(name for name in state if _is_ignored(name))
     found = {name: tensor for name, tensor in state.items() if not _is_ignored(name)}
 
@@ -152,7 +151,7 @@ def import_lavis_checkpoint(
     if blocks:
         every = blocks == list(range(len(_meta_vit(cfg).blocks)))
         cfg.adapter = {
-            "_target_": _PLACEMENT,
+            "name": _PLACEMENT,
             "blocks": "all" if every else blocks,
             "qk_dim": qk_dim or 256,
             "num_heads": temporal_heads,
@@ -195,12 +194,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--lm-path", type=Path, required=True, help="local Hugging Face folder of the LLM")
     parser.add_argument("--model-config", default=DEFAULT_MODEL_CONFIG, help="name in configs/model/ or a .yaml")
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
-    parser.add_argument("--allow-pickle", action="store_true", help="UNSAFE: unpickle non-tensor entries")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         out = import_lavis_checkpoint(
-            args.ckpt, args.vit_weights, args.lm_path, load_model_config(args.model_config), args.out, args.allow_pickle
+            args.ckpt, args.vit_weights, args.lm_path, load_model_config(args.model_config), args.out
         )
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None

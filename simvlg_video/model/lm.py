@@ -1,7 +1,8 @@
 """The frozen causal language model and the text side of captioning (labels, prompts, decoding).
 
 The LM comes from a local Hugging Face folder: a causal LM's own folder, or a BLIP-2 folder, whose OPT is its
-`language_model.*` (see `simvlg_video.model.hf_blip2`); the tokenizer sits at the folder's root in both.
+`language_model.*` (see `simvlg_video.model.hf_blip2`); the tokenizer sits at the folder's root in both. A folder
+whose config asks for its own code (`auto_map`) is refused: the folder is data.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def load_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTr
     path = _checked_folder(Path(path))
     if hf_blip2.is_blip2_folder(path):
         return hf_blip2.language_model(path, dtype), load_tokenizer(path)
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, trust_remote_code=False)
     return lm, load_tokenizer(path)
 
 
@@ -58,13 +59,13 @@ def lm_skeleton(path: str | Path) -> PreTrainedModel:
     """The LM a folder describes, built on the meta device from its config.json: names and shapes, no weights."""
     if hf_blip2.is_blip2_folder(_checked_folder(Path(path))):
         return hf_blip2.language_model(path, meta=True)
-    config = AutoConfig.from_pretrained(_checked_folder(Path(path)), local_files_only=True)
+    config = AutoConfig.from_pretrained(_checked_folder(Path(path)), local_files_only=True, trust_remote_code=False)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer in {path} has no pad token; captions in a batch must be padded")
     return tokenizer

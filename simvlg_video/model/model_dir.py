@@ -9,20 +9,27 @@ Frozen parts are pointers (`vit.weights`, a weights file; `lm.path`, a Hugging F
 Face BLIP-2 folder), relative to the directory or absolute, so a video model exported from an image model does not
 copy the ViT or the LLM. Each pointer carries a fingerprint, checked on every load. Loading is strict: a missing,
 unexpected or mis-shaped tensor is an error naming it; no tensor may be absent.
+
+A model directory is data: the placement, the connector and the frame sampler it names are chosen by name from the
+toolkit's registries (PLACEMENTS, CONNECTORS, SAMPLERS); an import path or any other instruction to build code is
+refused, naming the file and the key, before anything is built.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from simvlg_video.adapters.placements import placement_from
+from simvlg_video.choices import ChoiceError, instruction_keys
+from simvlg_video.data.samplers import sampler_from
 from simvlg_video.model.adapter_protocol import adapter_modules
 from simvlg_video.model.captioner import VideoCaptioner
 from simvlg_video.model.connector import ConnectorConfig, build_tome_connector
@@ -31,7 +38,7 @@ from simvlg_video.model.lm import CaptionText, LMConfig, lm_skeleton, load_lm, l
 from simvlg_video.model.parallel import whole_on_cpu
 from simvlg_video.model.qformer import QFormerConfig, build_qformer_connector
 from simvlg_video.model.tensor_io import check_tensors, read_safetensors, write_safetensors
-from simvlg_video.model.vit import VitConfig, build_vit
+from simvlg_video.model.vit import VIT_SETTINGS, VitConfig, build_vit
 from simvlg_video.model.vit_weights import fill_unsaved_buffers, load_vit_weights
 
 MODEL_CONFIG = "model.yaml"
@@ -55,8 +62,9 @@ class ModelConfig:
     image_size: int = 224  # frames are resized and cropped to this
     ln_vision_eps: float = 1e-5  # LayerNorm eps of ln_vision: torch's default in SimVLG and LAVIS; a Hugging Face
     # BLIP-2 uses its vision config's layer_norm_eps (1e-6)
-    adapter: Any = None  # placement settings (`_target_`: simvlg_video.adapters.placements.*); None: the image model
-    inference: Any = None  # how the model captions unless told otherwise (frames, sampler, decoding; see
+    adapter: Any = None  # the placement by name with its settings ({name: reference, ...}:
+    # simvlg_video.adapters.placements); None: the image model
+    inference: Any = None  # how the model captions unless told otherwise (frames, sampler by name, decoding; see
     # simvlg_video.eval.inference); None: the reference recipe's evaluation settings
     frozen: dict[str, Any] = field(default_factory=dict)  # "vit" / "lm": fingerprints of the frozen sources
     stored: dict[str, Any] = field(default_factory=dict)  # fingerprint of weights.safetensors (written with it)
@@ -69,11 +77,14 @@ def read_model_config(path: str | Path) -> ModelConfig:
     path = Path(path)
     try:
         raw = OmegaConf.load(path)
+        if not isinstance(raw, DictConfig):
+            raise ModelDirError(f"{path}: expected a mapping of settings, found a {type(raw).__name__}")
         if path.name == MODEL_CONFIG and raw.get("format") != FORMAT:
             raise ModelDirError(
                 f"{path} is a model directory in format {raw.get('format', 1)}; this version reads "
                 f"format {FORMAT}: rebuild it (adapt or import it again)"
             )
+        choose_parts_by_name(raw, str(path))
         connector = raw.pop("connector", None) or {}
         kind = connector.get("kind", "tome")
         if kind not in CONNECTORS:
@@ -83,9 +94,38 @@ def read_model_config(path: str | Path) -> ModelConfig:
         raise ModelDirError(f"{path}: {str(error).splitlines()[0]}") from None
     try:
         cfg.connector = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(CONNECTORS[kind]), connector))
-        return cfg
     except OmegaConfBaseException as error:
         raise ModelDirError(f"{path}: connector (kind {kind}): {str(error).splitlines()[0]}") from None
+    unknown = sorted(set(cfg.vit.overrides) - VIT_SETTINGS)
+    if unknown:  # e.g. timm.create_model's checkpoint_path, which would load a file no fingerprint checks
+        raise ModelDirError(
+            f"{path}: vit.overrides.{unknown[0]} is not a setting of the ViT ({', '.join(sorted(VIT_SETTINGS))})"
+        )
+    return cfg
+
+
+def choose_parts_by_name(raw: DictConfig, source: str) -> None:
+    """Replace `adapter` and `inference.sampler` of a model config by their by-name form, then refuse any
+    instruction to build code left anywhere (`_target_`, `_args_`, ...): ModelDirError naming `source` and the key.
+    Format-2 files written before names existed hold the toolkit's own `_target_` strings, translated here."""
+    if raw.get("adapter") is not None:
+        raw.adapter = _by_name(placement_from, raw.adapter, f"{source}: adapter")
+    inference = raw.get("inference")
+    if isinstance(inference, DictConfig) and inference.get("sampler") is not None:
+        inference.sampler = _by_name(sampler_from, inference.sampler, f"{source}: inference.sampler")
+    refused = instruction_keys(raw)
+    if refused:
+        raise ModelDirError(
+            f"{source}: {refused[0]}: an instruction to build code, which a model directory cannot give "
+            "(placements, connectors and samplers are chosen by name)"
+        )
+
+
+def _by_name(choose: Callable[[Any], Any], settings: Any, where: str) -> dict[str, Any]:
+    try:
+        return asdict(choose(settings))
+    except ChoiceError as error:
+        raise ModelDirError(f"{where}: {error}") from None
 
 
 def resolve(base_dir: Path, path: str) -> Path:
@@ -149,7 +189,7 @@ def build_captioner(
             ln_vision_eps=cfg.ln_vision_eps,
         )
         if cfg.adapter is not None:
-            instantiate(cfg.adapter).apply(model)
+            placement_from(cfg.adapter).apply(model)
     return model
 
 
@@ -223,7 +263,9 @@ def save_model_dir(
     """
     out_dir = Path(out_dir)
     base_dir = out_dir if base_dir is None else Path(base_dir)
-    cfg = OmegaConf.to_object(OmegaConf.structured(cfg))  # a copy
+    copy = OmegaConf.structured(cfg)
+    choose_parts_by_name(copy, f"the model config to save in {out_dir}")  # what is written names parts by name
+    cfg = OmegaConf.to_object(copy)
     for label, source in frozen_sources(cfg, base_dir).items():
         if label not in cfg.frozen:
             cfg.frozen[label] = fingerprint(source)

@@ -101,12 +101,17 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise NotATensorFile(f"{path} is not a readable safetensors file ({_first_line(error)})") from None
 
 
-def load_torch_file(path: Path, allow_pickle: bool = False) -> object:
-    """`torch.load` of a checkpoint file, memory-mapped when it is in the zip format, with errors a user can act on.
+_RESAVE_TENSORS = (
+    "If you trust the file, load it yourself in Python (torch.load(path, weights_only=False)), save only its tensors "
+    "(its state dict: torch.save({'model': ckpt['model']}, new_path), or safetensors) and give that."
+)
 
-    `allow_pickle=True` is UNSAFE (unpickling can run code from the file): only for a file you trust whose extra
-    entries (e.g. a pickled config object) the safe loader refuses.
-    """
+
+def load_torch_file(path: Path, remedy: str = _RESAVE_TENSORS) -> object:
+    """`torch.load(weights_only=True)` of a checkpoint file, memory-mapped when it is in the zip format, with errors a
+    user can act on. Nothing in the file is unpickled beyond tensors and plain containers and numbers: unpickling
+    other objects can run code the file names, so a file that holds them is refused, whoever wrote it, with `remedy`
+    (what the user can do instead) in the message."""
     if path.stat().st_size == 0:
         raise NotATensorFile(f"{path} is empty (0 bytes), not a checkpoint")
     with path.open("rb") as handle:
@@ -120,15 +125,14 @@ def load_torch_file(path: Path, allow_pickle: bool = False) -> object:
             "header nor the pickle header torch.save writes"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle, mmap=mmap)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if refused is None or allow_pickle:
+        if refused is None:
             raise NotATensorFile(f"{path} is not a torch checkpoint (its pickle data cannot be read)") from None
         raise NotATensorFile(
-            f"{path} holds objects besides tensors ({refused.group(1)}), which the safe loader refuses to unpickle. "
-            "If you trust the file, allow it with allow_pickle=true (UNSAFE: unpickling can run code from the "
-            "file), or re-save only its tensors: torch.save({'model': ckpt['model']}, new_path)."
+            f"{path} holds objects besides tensors ({refused.group(1)}), which this toolkit never unpickles: "
+            f"unpickling can run code the file names. {remedy}"
         ) from None
     except Exception as error:  # torch raises several types (EOFError, RuntimeError, ...) for non-checkpoint files
         raise NotATensorFile(

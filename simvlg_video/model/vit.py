@@ -12,6 +12,7 @@ make a clip is per-forward state, set with :func:`clip_length` around the forwar
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ _TOKENS_ONLY = dict(num_classes=0, global_pool="", use_fc_norm=False, use_post_t
 _TINY = dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=4, mlp_ratio=4.0)
 
 PRESETS = ("eva_vit_g", "tiny")
+# What `vit.overrides` of a model config may set: the EVA constructor's own settings, never a class (norm_layer) nor
+# timm.create_model's arguments (checkpoint_path, pretrained_cfg, ...), which would read files no fingerprint checks.
+VIT_SETTINGS = frozenset(inspect.signature(Eva.__init__).parameters) - {"self", "norm_layer", "device", "dtype"}
 _CLIP = "_clip_state"  # the per-forward dict a ViT shares with its patched blocks
 
 

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from simvlg_video.model.parallel import is_sharded, unwrap, whole_on_cpu
-from simvlg_video.model.tensor_io import read_safetensors, write_safetensors
+from simvlg_video.model.tensor_io import load_torch_file, read_safetensors, write_safetensors
 from simvlg_video.train.run_log import RunLog
 from simvlg_video.world import World, barrier, broadcast, gather
 
@@ -48,15 +48,25 @@ _STEP_FOLDER = re.compile(r"\d{8}")
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG state as lists, numbers and tensors: what `torch.load(weights_only=True)` reads back, so no global
+    (NumPy's array type included) needs to be allowed for unpickling."""
+    version, internal, gauss = random.getstate()
+    kind, key, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [str(kind), key.tolist(), int(position), int(has_gauss), float(cached_gaussian)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, key, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -137,7 +147,11 @@ class Checkpoints:
     def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
         """Load tensors and optimiser state into the live objects and restore this rank's RNG states; returns
         (shared state, this rank's state)."""
-        state = torch.load(path / STATE, map_location="cpu", weights_only=False)
+        state = load_torch_file(  # weights_only=True: a state file that holds any other object is refused
+            path / STATE,
+            remedy="This toolkit writes only tensors, lists and numbers there (checkpoints of earlier versions held "
+            "NumPy arrays): resume from a checkpoint this version wrote, or start the run again.",
+        )
         if state["world_size"] != self.world.world_size:
             raise SystemExit(
                 f"error: checkpoint {path} was written by {state['world_size']} processes; resume it "
