@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from simvlg_video.train.checkpoint import Checkpoints
+from simvlg_video.train.checkpoint import CheckpointError, Checkpoints
 from simvlg_video.train.optim import build_optimizer
 from simvlg_video.world import World
 
@@ -84,8 +87,126 @@ def test_a_checkpoint_of_another_world_size_or_model_is_refused(tmp_path: Path):
     model, optimizer = trained()
     folder = save(Checkpoints(tmp_path), 1, model, optimizer)
     two = Checkpoints(tmp_path, world=World(rank=0, world_size=2))
-    with pytest.raises(SystemExit, match=r"written by 1 processes.*got 2"):
+    with pytest.raises(CheckpointError, match=r"written by 1 processes.*got 2"):
         two.load(folder, model, optimizer)
     model.head = nn.Linear(3, 2, bias=False)
-    with pytest.raises(SystemExit, match=r"missing \[\].*unexpected \['head.bias'\]"):
+    with pytest.raises(CheckpointError, match=r"does not fit the model:\n  unexpected: head.bias"):
         Checkpoints(tmp_path).load(folder, model, optimizer)
+
+
+def test_keep_last_one_is_allowed(tmp_path: Path):
+    """keep_last=1 is safe: the one older checkpoint goes only once the new one is on the disk (next test)."""
+    checkpoints = Checkpoints(tmp_path, keep_last=1)
+    model, optimizer = trained()
+    for step in (2, 4):
+        save(checkpoints, step, model, optimizer)
+    assert [p.name for p in checkpoints.complete()] == ["00000004"]
+
+
+def fd_path(descriptor: int) -> Path:
+    return Path(os.readlink(f"/proc/self/fd/{descriptor}"))
+
+
+def test_a_new_checkpoint_is_on_the_disk_before_an_older_one_goes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Every file and the folder are fsynced before the rename, the rename is fsynced (checkpoints/ after the new
+    folder has its final name), and only then is the older checkpoint removed."""
+    checkpoints = Checkpoints(tmp_path, keep_last=1)
+    model, optimizer = trained()
+    save(checkpoints, 2, model, optimizer)
+    final = tmp_path / "checkpoints" / "00000004"
+    events: list[tuple[str, str, bool]] = []
+    fsync, rmtree = os.fsync, shutil.rmtree
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", str(fd_path(fd)), final.exists())), fsync(fd)))
+    monkeypatch.setattr(
+        shutil, "rmtree", lambda path, **kw: (events.append(("rmtree", str(path), True)), rmtree(path, **kw))
+    )
+    save(checkpoints, 4, model, optimizer)
+    partial = f"{final}.partial"
+    synced_before_rename = {path for kind, path, renamed in events if kind == "fsync" and not renamed}
+    assert {f"{partial}/trainable.safetensors", f"{partial}/training_state.pt", partial} <= synced_before_rename
+    removed = [index for index, (kind, path, _) in enumerate(events) if kind == "rmtree" and "00000002" in path]
+    rename_synced = events.index(("fsync", str(tmp_path / "checkpoints"), True))
+    assert removed and rename_synced < removed[0], events
+    assert [p.name for p in checkpoints.complete()] == ["00000004"]
+
+
+def test_a_save_that_cannot_reach_the_disk_leaves_the_older_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The disk reports an I/O error while the new checkpoint's files are flushed: the save fails, the older
+    checkpoint is still there and complete, and nothing looks like a complete new one."""
+    checkpoints = Checkpoints(tmp_path, keep_last=1)
+    model, optimizer = trained()
+    save(checkpoints, 2, model, optimizer)
+    fsync = os.fsync
+
+    def failing_fsync(descriptor: int) -> None:
+        if fd_path(descriptor).parent.name == "00000004.partial":
+            raise OSError(errno.EIO, "Input/output error")
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="Input/output error"):
+        save(checkpoints, 4, model, optimizer)
+    assert [p.name for p in checkpoints.complete()] == ["00000002"]
+    other, other_optimizer = trained(seed=1)
+    checkpoints.load(checkpoints.latest(), other, other_optimizer)
+    assert torch.equal(other.head.weight, model.head.weight)
+
+
+def damage(folder: Path, how: str) -> None:
+    """What a power loss leaves of an unsynced file: nothing, or its first part."""
+    name, cut = how.split(":")
+    path = folder / name
+    data = path.read_bytes()
+    path.write_bytes(b"" if cut == "empty" else data[: len(data) // 2])
+
+
+DAMAGE = [
+    "trainable.safetensors:empty",
+    "trainable.safetensors:half",
+    "training_state.pt:empty",
+    "training_state.pt:half",
+]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_a_damaged_newest_checkpoint_is_reported_and_the_one_before_is_restored(
+    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+):
+    checkpoints = Checkpoints(tmp_path, keep_last=3)
+    for seed, step in enumerate((2, 4)):
+        model, optimizer = trained(seed=seed)
+        save(checkpoints, step, model, optimizer)
+    good, _ = trained(seed=0)
+    damage(tmp_path / "checkpoints" / "00000004", how)
+
+    other, other_optimizer = trained(seed=5)
+    path, state, mine = checkpoints.restore(checkpoints.newest_first(), other, other_optimizer)
+    assert path.name == "00000002" and state["step"] == 2 and mine["position"] == 20
+    assert torch.equal(other.head.weight, good.head.weight)
+    damaged = str(tmp_path / "checkpoints" / "00000004" / how.split(":")[0])
+    assert f"cannot resume from {tmp_path / 'checkpoints' / '00000004'}: {damaged}" in caplog.text
+
+    damage(tmp_path / "checkpoints" / "00000002", how)
+    with pytest.raises(
+        CheckpointError, match=r"no checkpoint in .* can be resumed from:\n  .*00000004.*\n  .*00000002"
+    ):
+        checkpoints.restore(checkpoints.newest_first(), other, other_optimizer)
+
+
+def test_newer_checkpoints_are_set_aside_not_deleted(tmp_path: Path):
+    checkpoints = Checkpoints(tmp_path, keep_last=3)
+    model, optimizer = trained()
+    save(checkpoints, 2, model, optimizer, best={"metric": "CIDEr", "value": 0.5})
+    save(checkpoints, 4, model, optimizer)
+    save(checkpoints, 6, model, optimizer, best={"metric": "CIDEr", "value": 0.9})
+    moved_to = checkpoints.set_aside_newer(tmp_path / "checkpoints" / "00000002")
+    assert moved_to.parent == tmp_path / "checkpoints" / "abandoned"
+    assert sorted(p.name for p in moved_to.iterdir()) == ["00000004", "00000006"]
+    assert [p.name for p in checkpoints.complete()] == ["00000002"]
+    checkpoints.record_best({"step": 2, "metric": "CIDEr", "value": 0.5})
+    assert checkpoints.best() == {"step": 2, "metric": "CIDEr", "value": 0.5}
+    save(checkpoints, 4, model, optimizer)  # the new branch's own step 4 beside the set-aside one
+    assert (moved_to / "00000004" / "trainable.safetensors").is_file()
+    assert checkpoints.set_aside_newer(tmp_path / "checkpoints" / "00000004") is None
