@@ -265,8 +265,12 @@ def evaluate_once(
     """Score the image model, or read its scores back when a resumed run already did."""
     saved = run_dir / "eval" / f"{name}_metrics.json"
     if saved.is_file():
-        log.info("image model scores from %s", saved)
-        return json.loads(saved.read_text())["metrics"]
+        try:
+            metrics = json.loads(saved.read_text())["metrics"]
+            log.info("image model scores from %s", saved)
+            return metrics
+        except (ValueError, KeyError, TypeError) as error:
+            log.warning("%s is damaged (%s); scoring the image model again", saved, error)
     predictions, metrics = evaluate_split(model, records, **kwargs)
     if kwargs["world"].is_main:
         write_eval(run_dir / "eval", name, predictions, metrics)
