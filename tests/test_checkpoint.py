@@ -94,15 +94,6 @@ def test_a_checkpoint_of_another_world_size_or_model_is_refused(tmp_path: Path):
         Checkpoints(tmp_path).load(folder, model, optimizer)
 
 
-def test_keep_last_one_is_allowed(tmp_path: Path):
-    """keep_last=1 is safe: the one older checkpoint goes only once the new one is on the disk (next test)."""
-    checkpoints = Checkpoints(tmp_path, keep_last=1)
-    model, optimizer = trained()
-    for step in (2, 4):
-        save(checkpoints, step, model, optimizer)
-    assert [p.name for p in checkpoints.complete()] == ["00000004"]
-
-
 def fd_path(descriptor: int) -> Path:
     return Path(os.readlink(f"/proc/self/fd/{descriptor}"))
 
