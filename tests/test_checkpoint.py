@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,32 @@ def test_newer_checkpoints_are_set_aside_not_deleted(tmp_path: Path):
     save(checkpoints, 4, model, optimizer)  # the new branch's own step 4 beside the set-aside one
     assert (moved_to / "00000004" / "trainable.safetensors").is_file()
     assert checkpoints.set_aside_newer(tmp_path / "checkpoints" / "00000004") is None
+
+
+def restore_on_rank(rank: int, folder: str, port: int) -> None:
+    """One of two gloo processes: save checkpoints 2 and 4, then restore with rank 1 alone unable to use 4."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    checkpoints = Checkpoints(Path(folder), world=World(rank=rank, world_size=2), keep_last=3)
+    model, optimizer = trained()
+    for step in (2, 4):
+        checkpoints.save(step, model, optimizer, {"note": step}, {"position": step * 10 + rank})
+
+    def restore_local(state: dict, mine: dict) -> None:
+        if rank == 1 and state["step"] == 4:
+            raise ValueError(f"data position {mine['position']} does not fit this rank's data")
+
+    path, _, mine = checkpoints.restore(checkpoints.newest_first(), model, optimizer, restore_local)
+    (Path(folder) / f"rank{rank}.json").write_text(json.dumps([path.name, mine["position"]]))
+    dist.destroy_process_group()
+
+
+def test_every_rank_continues_from_the_same_checkpoint(tmp_path: Path):
+    """A checkpoint one rank cannot use is skipped by all of them: the ranks agree before any is applied."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(restore_on_rank, args=(str(tmp_path), port), nprocs=2)
+    chosen = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert chosen == [["00000002", 20], ["00000002", 21]]

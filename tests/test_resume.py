@@ -1,5 +1,6 @@
-"""A run killed with SIGKILL at any moment and continued with resume=auto ends exactly where an uninterrupted run
-ends: trainable weights bit-identical (CPU, fp32) and the same loss at every logged step."""
+"""A run killed with SIGKILL at any moment, or left with a damaged newest checkpoint, and continued with resume=auto
+ends exactly where an uninterrupted run ends: trainable weights bit-identical (CPU, fp32) and the same loss at every
+logged step. Also: resuming an older checkpoint, what a resume may change, the guard's advice, evaluate's files."""
 
 from __future__ import annotations
 
