@@ -92,13 +92,21 @@ class WorkFolder:
     reuses those files (after --keep) and the cleanup removes them and nothing else."""
 
     LISTING = ".model_files_bench.json"
+    NAMES = frozenset({"eva_vit_g.pth", "opt-2.7b", "simvlg_image.pth", "tiny_model.yaml", "blip2-opt-2.7b", "model"})
 
     def __init__(self, path: Path):
         self.path = path
         self.made_by_us = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
         listing = path / self.LISTING
-        self.written: dict[str, bool] = json.loads(listing.read_text()) if listing.is_file() else {}
+        self.written: dict[str, bool] = {}
+        if listing.is_file():
+            try:
+                self.written = json.loads(listing.read_text())
+            except ValueError as error:
+                raise ValueError(f"{listing} is damaged ({error}); remove it and what the benchmark wrote") from None
+            if not isinstance(self.written, dict) or not set(self.written) <= self.NAMES:
+                raise ValueError(f"{listing} is not the benchmark's list of its files; remove it")
 
     def finished(self, name: str) -> bool:
         """Whether DIR/name was written whole by this benchmark (a run before this one, with --keep)."""
