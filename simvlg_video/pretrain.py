@@ -56,7 +56,13 @@ def initial_model_dir(cfg: DictConfig, run_dir: Path, world: World) -> Path:
     return out
 
 
-PRETRAIN = Stage(starting_model=initial_model_dir, before="initial model", after="pretrained", exports_placement=False)
+PRETRAIN = Stage(
+    starting_model=initial_model_dir,
+    module="simvlg_video.pretrain",
+    before="initial model",
+    after="pretrained",
+    exports_placement=False,
+)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://simvlg_video.configs", config_name="pretrain")

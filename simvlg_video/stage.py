@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,10 +39,11 @@ from simvlg_video.model.model_dir import ModelDirError, load_model_dir, save_mod
 from simvlg_video.model.parallel import is_sharded, whole_on_cpu
 from simvlg_video.model.speed import apply_speed_settings
 from simvlg_video.model.tensor_io import NotATensorFile, StateDictMismatch
-from simvlg_video.train.checkpoint import open_run
-from simvlg_video.train.launch import launch_overrides
+from simvlg_video.train.checkpoint import CheckpointError
+from simvlg_video.train.launch import launch_overrides, override_key, rerun_command
 from simvlg_video.train.loop import TrainConfig, reset_peak_memory
-from simvlg_video.train.trainer import TrainingRun, train
+from simvlg_video.train.resume import ResumeRefused, open_run
+from simvlg_video.train.trainer import TrainingRun, TrainingStopped, train
 from simvlg_video.world import (
     World,
     broadcast,
@@ -65,6 +67,9 @@ USER_ERRORS = (
     TooManySkippedClips,
     ShardError,
     ChoiceError,
+    ResumeRefused,
+    CheckpointError,
+    TrainingStopped,
 )
 
 
@@ -75,6 +80,7 @@ class Stage:
     (its model.yaml names the placement) or an image model."""
 
     starting_model: Callable[[DictConfig, Path, World], Path]
+    module: str = "simvlg_video.adapt"  # the entry point, for the commands a message gives
     before: str = "image model"  # table row and eval file name (`<split>_<before with _>`) of the starting model
     after: str = "adapted"
     exports_placement: bool = True
@@ -147,9 +153,11 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
     placement = placement_from(cfg.adapter)  # the exported model.yaml stores it by name
     manifest = shared_manifest(data, samplers, world)
     cfg.data.manifest = str(manifest.resolve())  # the run's config names the exact data it used
-    files = open_run(cfg, run_dir, world)  # a refused resume stops here, having written nothing
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    # a refused resume stops here, having written nothing
+    files = open_run(cfg, run_dir, world, named={override_key(item) for item in overrides})
     log.info("compute threads: %d", threads)
-    resumed_at = int(files.resume_from.name) if files.resume_from is not None else None
+    resumed_at = int(files.candidates[0].name) if files.candidates else None
     finished = run_summary(run_dir) if resumed_at == cfg.train.steps else None
     if finished is not None:  # resuming a sweep: this job had completed
         files.log.close()
@@ -190,7 +198,16 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
         training = TrainingRun(
             train_cfg, cfg.precision, cfg.seed, data, samplers[0], model_cfg.image_size, cfg.eval.best_metric
         )
-        result = train(model, training, train_records, device, world, files, validate if val_records else None)
+        result = train(
+            model,
+            training,
+            train_records,
+            device,
+            world,
+            files,
+            validate if val_records else None,
+            rerun=lambda settings: rerun_command(stage.module, overrides, run_dir.resolve(), world, settings),
+        )
 
         predictions, rows[stage.after] = evaluate_split(model, eval_records, desc=f"{stage.after} model", **evaluation)
         model_cfg.adapter = asdict(placement) if stage.exports_placement else None
@@ -255,8 +272,12 @@ def evaluate_once(
     """Score the image model, or read its scores back when a resumed run already did."""
     saved = run_dir / "eval" / f"{name}_metrics.json"
     if saved.is_file():
-        log.info("image model scores from %s", saved)
-        return json.loads(saved.read_text())["metrics"]
+        try:
+            metrics = json.loads(saved.read_text())["metrics"]
+            log.info("image model scores from %s", saved)
+            return metrics
+        except (ValueError, KeyError, TypeError) as error:
+            log.warning("%s is damaged (%s); scoring the image model again", saved, error)
     predictions, metrics = evaluate_split(model, records, **kwargs)
     if kwargs["world"].is_main:
         write_eval(run_dir / "eval", name, predictions, metrics)

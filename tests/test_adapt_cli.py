@@ -76,7 +76,7 @@ def test_evaluate_runs_a_four_frame_run_at_more_frames(run_dir: Path):
             cwd=run_dir,
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        metrics = json.loads((run_dir / "model" / "eval" / "test_metrics.json").read_text())
+        metrics = json.loads((run_dir / "model" / "eval" / f"test_num_frames={num_frames}_metrics.json").read_text())
         assert metrics["metrics"]["clips"] == len(records_of(manifest)) and not metrics["skipped"]
         assert 0.0 <= metrics["metrics"]["motion_acc"] <= 1.0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from simvlg_video.bench.model_files import main
@@ -41,3 +42,20 @@ def test_the_tiny_blip2_benchmark_imports_and_loads_the_folder(tmp_path: Path) -
         tensors["language_model.model.decoder.embed_tokens.weight"].to(torch.bfloat16),
     )
     assert next(model.vit.parameters()).dtype == torch.bfloat16
+
+
+def test_the_benchmark_removes_only_what_it_wrote(tmp_path: Path) -> None:
+    """--work DIR may hold the user's files: they stay, and one in the way of the benchmark's is refused, not
+    overwritten."""
+    work = tmp_path / "files"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    main(["--tiny", "--work", str(work)])
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]
+    assert (work / "notes.txt").read_text() == "mine"
+
+    (work / "opt-2.7b").mkdir()
+    (work / "opt-2.7b" / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"opt-2.7b exists and was not written by this benchmark"):
+        main(["--tiny", "--work", str(work)])
+    assert (work / "opt-2.7b" / "config.json").read_text() == "{}" and (work / "notes.txt").is_file()

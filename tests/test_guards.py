@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from simvlg_video.train.loop import GradNormWatch, NonFiniteGuard, TooManyNonFiniteSteps
+from simvlg_video.train.guards import GradNormWatch, NonFiniteGuard, TooManyNonFiniteSteps
 
 
 def test_only_consecutive_non_finite_steps_stop_the_run():

@@ -3,6 +3,9 @@
     python -m simvlg_video.bench.model_files --work DIR [--keep] [--json OUT]
     python -m simvlg_video.bench.model_files --source blip2 --work DIR   # a Hugging Face BLIP-2 OPT-2.7B folder
 
+DIR may hold other files: the benchmark lists what it writes there (DIR/.model_files_bench.json), reuses those
+files on the next run, refuses to write over anything else, and removes only what it wrote (unless --keep).
+
 Writes random-weight files of the real sizes into DIR (BLIP-2's EVA ViT-g state dict with its 40 blocks in fp16,
 an OPT-2.7B Hugging Face folder in fp16 shards, the reference's training checkpoint with its trainable tensors and
 optimiser state), then times in fresh processes, one after the other:
@@ -82,6 +85,64 @@ TINY_BLIP2 = dict(
     queries=4,
 )
 BLIP2_OPT_2_7B = dict(vision={}, qformer={}, queries=32)  # Blip2VisionConfig's and Blip2QFormerConfig's defaults
+
+
+class WorkFolder:
+    """The --work folder and what the benchmark wrote into it, listed in the folder itself so that a later run
+    reuses those files (after --keep) and the cleanup removes them and nothing else."""
+
+    LISTING = ".model_files_bench.json"
+    NAMES = frozenset({"eva_vit_g.pth", "opt-2.7b", "simvlg_image.pth", "tiny_model.yaml", "blip2-opt-2.7b", "model"})
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.made_by_us = not path.exists()
+        path.mkdir(parents=True, exist_ok=True)
+        listing = path / self.LISTING
+        self.written: dict[str, bool] = {}
+        if listing.is_file():
+            try:
+                self.written = json.loads(listing.read_text())
+            except ValueError as error:
+                raise ValueError(f"{listing} is damaged ({error}); remove it and what the benchmark wrote") from None
+            if not isinstance(self.written, dict) or not set(self.written) <= self.NAMES:
+                raise ValueError(f"{listing} is not the benchmark's list of its files; remove it")
+
+    def finished(self, name: str) -> bool:
+        """Whether DIR/name was written whole by this benchmark (a run before this one, with --keep)."""
+        return self.written.get(name) is True and (self.path / name).exists()
+
+    def claim(self, name: str) -> Path:
+        """DIR/name, for the benchmark to write; refused when something the benchmark did not write is there."""
+        target = self.path / name
+        if target.exists() and name not in self.written:
+            raise ValueError(f"{target} exists and was not written by this benchmark; give another --work folder")
+        _remove(target)
+        self._record(name, False)
+        return target
+
+    def done(self, *names: str) -> None:
+        for name in names:
+            self._record(name, True)
+
+    def clean(self) -> None:
+        """Remove what the benchmark wrote (and DIR, when the benchmark made it and nothing else is left)."""
+        for name in self.written:
+            _remove(self.path / name)
+        (self.path / self.LISTING).unlink(missing_ok=True)
+        if self.made_by_us and not any(self.path.iterdir()):
+            self.path.rmdir()
+
+    def _record(self, name: str, whole: bool) -> None:
+        self.written[name] = whole
+        (self.path / self.LISTING).write_text(json.dumps(self.written, indent=1) + "\n")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _random_like(meta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -238,28 +299,38 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="toy sizes (the code path, not the cost)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    work = args.work
-    if args.source == "blip2":
-        return blip2_figures(args)
-    vit, lm, ckpt, out = work / "eva_vit_g.pth", work / "opt-2.7b", work / "simvlg_image.pth", work / "model"
-    model_config = "simvlg_opt2.7b"
-    if args.tiny:
-        model_config = str(work / "tiny_model.yaml")
-    if not lm.is_dir():
-        work.mkdir(parents=True, exist_ok=True)
+    try:
+        work = WorkFolder(args.work)
+        if args.source == "blip2":
+            return blip2_figures(args, work)
+        return reference_figures(args, work)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def reference_figures(args: argparse.Namespace, work: WorkFolder) -> dict:
+    """The reference's three files (SimVLG's checkpoint, the EVA ViT-g weights, OPT-2.7B), imported, then loaded."""
+    names = ["eva_vit_g.pth", "opt-2.7b", "simvlg_image.pth"] + (["tiny_model.yaml"] if args.tiny else [])
+    vit, lm, ckpt = (work.path / name for name in names[:3])
+    model_config = str(work.path / "tiny_model.yaml") if args.tiny else "simvlg_opt2.7b"
+    if not all(work.finished(name) for name in names):
+        for name in names:
+            work.claim(name)
         print("writing random-weight files ...", flush=True)
         if args.tiny:
             Path(model_config).write_text(TINY_MODEL)
         write_vit_file(vit, model_config)
         write_lm_folder(lm, TINY_OPT if args.tiny else OPT_2_7B)
         write_reference_checkpoint(ckpt, lm, model_config)
+        work.done(*names)
     sizes = {
         p.name: round(sum(f.stat().st_size for f in ([p] if p.is_file() else p.rglob("*"))) / 2**30, 2)
         for p in (vit, lm, ckpt)
     }
     figures: dict = {"files_gib": sizes, "cpu_threads": torch.get_num_threads()}
+    out = work.path / "model"
     if args.only in (None, "import"):
-        shutil.rmtree(out, ignore_errors=True)
+        work.claim("model")
         figures["import"] = timed(
             "-m",
             "simvlg_video.model.lavis_checkpoint",
@@ -273,37 +344,41 @@ def main(argv: list[str] | None = None) -> dict:
             "--model-config",
             model_config,
         )
-    return finish(args, figures, out)
+        work.done("model")
+    return finish(args, work, figures, out)
 
 
-def finish(args: argparse.Namespace, figures: dict, out: Path) -> dict:
+def finish(args: argparse.Namespace, work: WorkFolder, figures: dict, out: Path) -> dict:
     """Time the load of the imported model directory `out` in bf16, then report (and clean up unless --keep)."""
-    if args.only in (None, "load") and out.is_dir():
+    if args.only in (None, "load") and work.finished(out.name):
         load = (
             f"import torch; from simvlg_video.model.model_dir import load_model_dir; "
             f"load_model_dir({str(out)!r}, dtype=torch.bfloat16)"
         )
         figures["load_bf16"] = timed("-c", load)
     if not args.keep:
-        shutil.rmtree(args.work)
+        work.clean()
     print(json.dumps(figures, indent=1))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
     return figures
 
 
-def blip2_figures(args: argparse.Namespace) -> dict:
+def blip2_figures(args: argparse.Namespace, work: WorkFolder) -> dict:
     """--source blip2: a Hugging Face BLIP-2 OPT-2.7B folder, imported, then loaded."""
-    folder, out = args.work / "blip2-opt-2.7b", args.work / "model"
-    if not folder.is_dir():
+    folder, out = work.path / "blip2-opt-2.7b", work.path / "model"
+    if not work.finished(folder.name):
+        work.claim(folder.name)
         print("writing a random-weight BLIP-2 folder ...", flush=True)
         write_blip2_folder(folder, TINY_BLIP2 if args.tiny else BLIP2_OPT_2_7B, TINY_OPT if args.tiny else OPT_2_7B)
+        work.done(folder.name)
     size = sum(f.stat().st_size for f in folder.rglob("*")) / 2**30
     figures: dict = {"files_gib": {folder.name: round(size, 2)}, "cpu_threads": torch.get_num_threads()}
     if args.only in (None, "import"):
-        shutil.rmtree(out, ignore_errors=True)
+        work.claim(out.name)
         figures["import"] = timed("-m", "simvlg_video.model.blip2_checkpoint", str(folder), "--out", str(out))
-    return finish(args, figures, out)
+        work.done(out.name)
+    return finish(args, work, figures, out)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from simvlg_video.data.dataset import clip_loader
 from simvlg_video.data.manifest import ClipRecord
+from simvlg_video.durable import write_text_atomically
 from simvlg_video.eval.coco import score_captions
 from simvlg_video.eval.event_accuracy import event_accuracy
 from simvlg_video.eval.inference import InferenceConfig
@@ -94,13 +95,18 @@ def score(records: Iterable[ClipRecord], captions: dict[str, str], spice: bool =
     return metrics
 
 
-def write_eval(out_dir: Path, split: str, predictions: Predictions, metrics: dict[str, float]) -> None:
-    """RUN_DIR/eval/<split>_predictions.json and <split>_metrics.json."""
+def write_eval(
+    out_dir: Path, name: str, predictions: Predictions, metrics: dict[str, float], settings: dict | None = None
+) -> tuple[Path, Path]:
+    """OUT_DIR/<name>_predictions.json and <name>_metrics.json (with `settings`, what they were made with, when
+    given), each replaced atomically: a run that reads its scores back never meets a cut-short file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"clip_id": k, "caption": v} for k, v in sorted(predictions.captions.items())]
-    (out_dir / f"{split}_predictions.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
-    body = {"metrics": metrics, "skipped": predictions.skipped}
-    (out_dir / f"{split}_metrics.json").write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n")
+    body = {"metrics": metrics, "skipped": predictions.skipped, **({"settings": settings} if settings else {})}
+    written = out_dir / f"{name}_predictions.json", out_dir / f"{name}_metrics.json"
+    for path, content in zip(written, (rows, body)):
+        write_text_atomically(path, json.dumps(content, indent=1, ensure_ascii=False) + "\n")
+    return written
 
 
 @torch.no_grad()

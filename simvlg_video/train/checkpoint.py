@@ -1,21 +1,17 @@
-"""Training checkpoints, RUN_DIR/checkpoints/<step>/ holding everything a run needs to continue exactly, and where a
-run starts: a fresh run directory, or the newest complete checkpoint of an interrupted one.
+"""Training checkpoints: RUN_DIR/checkpoints/<step>/ holds everything a run needs to continue exactly.
 
 ```
 checkpoints/00001000/trainable.safetensors   trainable tensors (full, also when FSDP shards them)
 checkpoints/00001000/training_state.pt       step, optimiser, schedule, grad scaler, guards, best score, and per
                                              rank: data position and RNG states (Python, NumPy, torch CPU/CUDA)
 checkpoints/best.json                        {"step", "metric", "value"} of the best validation score so far
+checkpoints/abandoned/<time>/<step>/         checkpoints newer than the one a run was resumed from (kept, unused)
 ```
-A folder is written as `<step>.partial` and renamed when complete, and removed by renaming it to `.deleting` first,
-so a process killed at any moment never leaves a folder that looks complete but is not. Rank 0 writes; every rank
-takes part in gathering (FSDP tensors, per-rank state).
-
-    python -m simvlg_video.adapt hydra.run.dir=RUN_DIR resume=auto [the run's overrides]
-
-A resumed run must be the same run: its settings are compared with RUN_DIR/config.yaml and any difference is
-named and refused, before anything in the run directory is touched. A fresh run never writes into a directory that
-already holds checkpoints.
+A folder is written as `<step>.partial`; its files and the folder are flushed to the disk (fsync) before it is
+renamed, and the rename is flushed before any older checkpoint is pruned. A machine that loses power at any instant
+comes back with complete checkpoints and, at most, a `.partial` or `.deleting` folder that is never chosen. Rank 0
+writes; every rank takes part in gathering (FSDP tensors, per-rank state). On resume, a checkpoint that cannot be
+loaded is reported and the one before it is tried, with every rank agreeing on the one used.
 """
 
 from __future__ import annotations
@@ -25,18 +21,26 @@ import logging
 import random
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from simvlg_video.durable import fsync_folder, fsync_tree, write_text_atomically
 from simvlg_video.model.parallel import is_sharded, unwrap, whole_on_cpu
-from simvlg_video.model.tensor_io import load_torch_file, read_safetensors, write_safetensors
-from simvlg_video.train.run_log import RunLog
+from simvlg_video.model.tensor_io import (
+    NotATensorFile,
+    StateDictMismatch,
+    check_tensors,
+    load_torch_file,
+    read_safetensors,
+    write_safetensors,
+)
 from simvlg_video.world import World, barrier, broadcast, gather
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,7 @@ log = logging.getLogger(__name__)
 TRAINABLE = "trainable.safetensors"
 STATE = "training_state.pt"
 BEST = "best.json"
+ABANDONED = "abandoned"
 _STEP_FOLDER = re.compile(r"\d{8}")
 
 
@@ -77,10 +82,30 @@ def trainable_tensors(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in unwrap(model).named_parameters() if p.requires_grad}
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from: damaged or cut-short files, or contents that do not fit the run;
+    the message names the folder and why."""
+
+
+@dataclass
+class _Stored:
+    """A checkpoint read and checked, not yet applied to the live objects."""
+
+    state: dict
+    tensors: dict[str, torch.Tensor]
+
+
+# Restores the state that lives on this rank alone (schedule, guards, data position) from (shared state, this
+# rank's state); raises ValueError, KeyError or TypeError when it does not fit.
+LocalRestore = Callable[[dict, dict], None]
+
+
 class Checkpoints:
-    """Saving, finding and loading the checkpoints of one run directory."""
+    """Saving, finding, loading and setting aside the checkpoints of one run directory."""
 
     def __init__(self, run_dir: Path, world: World = World(), keep_last: int = 2):
+        # keep_last=1 is safe: the old checkpoint is removed only once the new one is on the disk. Falling back from
+        # a damaged newest checkpoint needs a second one.
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
         self.folder = Path(run_dir) / "checkpoints"
@@ -99,12 +124,24 @@ class Checkpoints:
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint as rank 0 sees it (the same answer on every rank)."""
-        found = self.complete() if self.world.is_main else None
-        return broadcast(found[-1] if found else None, self.world)
+        found = self.newest_first()
+        return found[0] if found else None
+
+    def newest_first(self) -> list[Path]:
+        """The complete checkpoints, newest first, as rank 0 sees them (the same list on every rank)."""
+        return broadcast(self.complete()[::-1] if self.world.is_main else None, self.world)
 
     def best(self) -> dict | None:
         path = self.folder / BEST
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            best = json.loads(path.read_text())
+            int(best["step"])
+        except (ValueError, KeyError, TypeError) as error:
+            log.warning("ignoring %s: not the best checkpoint's record (%s)", path, error)
+            return None
+        return best
 
     def save(
         self,
@@ -114,10 +151,12 @@ class Checkpoints:
         state: dict[str, Any],
         rank_state: dict[str, Any],
         best: dict | None = None,
+        prune: bool = True,
     ) -> Path:
         """Write checkpoint `step`; `state` is shared by the ranks, `rank_state` is this rank's (data position...).
 
         With `best` ({"metric", "value"}), this checkpoint is the best so far and is kept whatever `keep_last` says.
+        `prune=False` keeps every older checkpoint (a save of a state that may be bad).
         """
         inner = unwrap(model)
         tensors = whole_on_cpu(trainable_tensors(inner))
@@ -135,43 +174,150 @@ class Checkpoints:
             partial.mkdir(parents=True)
             write_safetensors(tensors, partial / TRAINABLE)
             torch.save(full_state, partial / STATE)
+            fsync_tree(partial)  # the files' bytes are on the disk before the name says they are complete
             if final.exists():
                 self._remove(final)
             partial.rename(final)
+            fsync_folder(self.folder)  # the rename itself is on the disk before anything older goes
             if best is not None:
                 self._write_best({"step": step, **best})
-            self._prune()
+            if prune:
+                self._prune()
         barrier(self.world)
         return final
 
     def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
         """Load tensors and optimiser state into the live objects and restore this rank's RNG states; returns
-        (shared state, this rank's state)."""
-        state = load_torch_file(  # weights_only=True: a state file that holds any other object is refused
+        (shared state, this rank's state). A checkpoint that cannot be read or does not fit raises CheckpointError
+        before anything is changed."""
+        return self._apply(self._read(path, model, optimizer), model, optimizer)
+
+    def restore(
+        self,
+        candidates: list[Path],
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        restore_local: LocalRestore | None = None,
+    ) -> tuple[Path, dict, dict]:
+        """Load the first of `candidates` (newest first) that loads on every rank; returns (its folder, shared
+        state, this rank's state). Each one that does not is reported (folder and why) and the next is tried; when
+        none loads, one CheckpointError names them all.
+
+        Every rank reads and checks a candidate (and `restore_local` restores what lives on it alone) before the
+        ranks compare verdicts; only an agreed one is applied, so collectives (FSDP) stay matched.
+        """
+        failures = []
+        for path in candidates:
+            stored, error = None, None
+            try:
+                stored = self._read(path, model, optimizer)
+                if restore_local is not None:
+                    restore_local(stored.state, stored.state["ranks"][self.world.rank])
+            except CheckpointError as failure:
+                error = str(failure)
+            except (ValueError, KeyError, TypeError) as failure:
+                error = f"{path / STATE} does not fit this run ({type(failure).__name__}: {failure})"
+            errors = [e for e in gather(error, self.world) if e is not None]
+            if not errors:
+                state, mine = self._apply(stored, model, optimizer)
+                return path, state, mine
+            failures.append(errors[0])
+            log.warning("cannot resume from %s: %s", path, errors[0])
+        raise CheckpointError(
+            f"no checkpoint in {self.folder} can be resumed from:\n  " + "\n  ".join(failures)
+            if failures
+            else f"no complete checkpoint in {self.folder}"
+        )
+
+    def set_aside_newer(self, kept: Path) -> Path | None:
+        """Move every complete checkpoint newer than `kept` into checkpoints/abandoned/<time>/, so that the run
+        continues from `kept` (later saves and `resume=auto` see only its branch) and nothing is deleted. Rank 0
+        moves; returns the folder they went to (None: none was newer) on every rank."""
+        moved_to = None
+        if self.world.is_main:
+            newer = [p for p in self.complete() if p.name > kept.name]
+            if newer:
+                stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+                moved_to = self.folder / ABANDONED / stamp
+                suffix = 0
+                while moved_to.exists():
+                    suffix += 1
+                    moved_to = self.folder / ABANDONED / f"{stamp}_{suffix}"
+                moved_to.mkdir(parents=True)
+                for path in newer:
+                    path.rename(moved_to / path.name)
+                fsync_folder(moved_to)
+                fsync_folder(moved_to.parent)
+                fsync_folder(self.folder)
+                log.warning(
+                    "moved the checkpoints newer than %s (%s) to %s: the run continues from %s",
+                    kept.name,
+                    ", ".join(p.name for p in newer),
+                    moved_to,
+                    kept.name,
+                )
+        return broadcast(moved_to, self.world)
+
+    def record_best(self, best: dict | None) -> None:
+        """Make checkpoints/best.json say `best` (the best of the state a run continues from; None: no best)."""
+        if not self.world.is_main or best == self.best():
+            return
+        if best is None:
+            (self.folder / BEST).unlink(missing_ok=True)
+            fsync_folder(self.folder)
+        else:
+            self._write_best(best)
+
+    def _read(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> _Stored:
+        """Read a checkpoint folder and check that it fits this run, changing nothing."""
+        try:
+            state = self._read_state(path)
+        except NotATensorFile as error:  # it names the file and the objects it holds
+            raise CheckpointError(str(error)) from None
+        except Exception as error:  # a damaged file fails in the zip reader's or the unpickler's own error types
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+            raise CheckpointError(f"{path / STATE} cannot be read ({type(error).__name__}: {reason})") from None
+        needed = {"step", "world_size", "optimizer", "ranks"}
+        if not isinstance(state, dict) or not needed <= state.keys():
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(f"{path / STATE} is not a training state (expected {sorted(needed)}, found {found})")
+        if state["world_size"] != self.world.world_size or len(state["ranks"]) != state["world_size"]:
+            raise CheckpointError(
+                f"checkpoint {path} was written by {state['world_size']} processes; resume it with the same number "
+                f"(got {self.world.world_size}): each keeps its own data position"
+            )
+        try:
+            tensors = read_safetensors(path / TRAINABLE)
+            targets = trainable_tensors(unwrap(model))
+            check_tensors({name: t.shape for name, t in targets.items()}, tensors, str(path / TRAINABLE))
+        except (NotATensorFile, StateDictMismatch) as error:
+            raise CheckpointError(str(error)) from None
+        if not is_sharded(unwrap(model)):
+            saved = [len(group["params"]) for group in state["optimizer"].get("param_groups", [])]
+            live = [len(group["params"]) for group in optimizer.param_groups]
+            if saved != live:
+                raise CheckpointError(
+                    f"{path / STATE}: the optimiser state holds parameter groups of {saved} tensors, the run {live}"
+                )
+        return _Stored(state, tensors)
+
+    @staticmethod
+    def _read_state(path: Path) -> Any:
+        return load_torch_file(  # weights_only=True: a state file that holds any other object is refused
             path / STATE,
             remedy="This toolkit writes only tensors, lists and numbers there (checkpoints of earlier versions held "
             "NumPy arrays): resume from a checkpoint this version wrote, or start the run again.",
         )
-        if state["world_size"] != self.world.world_size:
-            raise SystemExit(
-                f"error: checkpoint {path} was written by {state['world_size']} processes; resume it "
-                f"with the same number (got {self.world.world_size}): each keeps its own data position"
-            )
+
+    def _apply(self, stored: _Stored, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
         inner = unwrap(model)
-        targets = trainable_tensors(inner)
-        stored = read_safetensors(path / TRAINABLE)
-        if set(stored) != set(targets):
-            raise SystemExit(
-                f"error: checkpoint {path / TRAINABLE} does not match the model: missing "
-                f"{sorted(set(targets) - set(stored))[:5]}, unexpected {sorted(set(stored) - set(targets))[:5]}"
-            )
         with torch.no_grad():
-            for name, target in targets.items():
-                target.copy_(_place_like(stored[name], target))
-        self._load_optimizer_state(inner, optimizer, state["optimizer"])
-        mine = state["ranks"][self.world.rank]
+            for name, target in trainable_tensors(inner).items():
+                target.copy_(_place_like(stored.tensors[name], target))
+        self._load_optimizer_state(inner, optimizer, stored.state["optimizer"])
+        mine = stored.state["ranks"][self.world.rank]
         set_rng_state(mine["rng"])
-        return state, mine
+        return stored.state, mine
 
     @staticmethod
     def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -193,9 +339,7 @@ class Checkpoints:
         set_optimizer_state_dict(model, optimizer, saved, options=StateDictOptions(full_state_dict=True))
 
     def _write_best(self, best: dict) -> None:
-        temporary = self.folder / (BEST + ".tmp")
-        temporary.write_text(json.dumps(best) + "\n")
-        temporary.replace(self.folder / BEST)
+        write_text_atomically(self.folder / BEST, json.dumps(best) + "\n")
 
     def _prune(self) -> None:
         """Keep the newest `keep_last` checkpoints and the best one."""
@@ -207,11 +351,13 @@ class Checkpoints:
             if path.name not in keep:
                 self._remove(path)
 
-    @staticmethod
-    def _remove(path: Path) -> None:
+    def _remove(self, path: Path) -> None:
+        """Delete a checkpoint folder: renamed to `.deleting` first (on the disk), so a half-deleted folder is never
+        taken for a complete one."""
         doomed = path.with_name(path.name + ".deleting")
         shutil.rmtree(doomed, ignore_errors=True)
         path.rename(doomed)
+        fsync_folder(self.folder)
         shutil.rmtree(doomed)
 
 
@@ -222,72 +368,3 @@ def _place_like(full: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
         return distribute_tensor(full.to(target.dtype), target.device_mesh, target.placements)
     return full.to(target.device, target.dtype)
-
-
-def resume_point(cfg: DictConfig, checkpoints: Checkpoints, run_dir: Path) -> Path | None:
-    """The checkpoint to continue: `resume=auto` the newest complete one in the run directory (none: start
-    fresh), `resume=PATH` that checkpoint folder, `resume=null` none (a run directory with checkpoints is refused)."""
-    if cfg.resume in (None, False):
-        if checkpoints.complete():
-            raise SystemExit(
-                f"error: {run_dir} already holds checkpoints; continue it with resume=auto or choose "
-                "another run directory"
-            )
-        return None
-    if cfg.resume == "auto":
-        return checkpoints.latest()
-    folder = Path(cfg.resume).expanduser()
-    if folder not in checkpoints.complete():
-        raise SystemExit(
-            f"error: resume={folder}: not a complete checkpoint of {run_dir} "
-            f"(complete: {[p.name for p in checkpoints.complete()] or 'none'})"
-        )
-    return folder
-
-
-def changed_settings(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """`key: old -> new` for every leaf setting that differs between two resolved configs."""
-    changes = []
-    for key in sorted(set(saved) | set(current), key=str):
-        old, new = saved.get(key), current.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            changes += changed_settings(old, new, f"{prefix}{key}.")
-        elif old != new:
-            changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
-    return changes
-
-
-def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
-    """A resumed run must be the run it continues: any changed setting other than `resume` is refused."""
-    saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
-    current = OmegaConf.to_container(cfg, resolve=True)
-    changes = [c for c in changed_settings(saved, current) if not c.startswith("resume:")]
-    if changes:
-        raise SystemExit(
-            f"error: resuming {run_dir} with other settings than its config.yaml:\n  "
-            + "\n  ".join(changes)
-            + "\nresume with the run's own overrides"
-        )
-
-
-@dataclass
-class RunFiles:
-    """The run directory's checkpoints, the one to resume from (None: a fresh start), and the run's log."""
-
-    checkpoints: Checkpoints
-    resume_from: Path | None
-    log: RunLog
-
-
-def open_run(cfg: DictConfig, run_dir: Path, world: World) -> RunFiles:
-    """Open a run directory; the run's log drops the records a killed attempt wrote past the checkpoint it resumes
-    from. Writes config.yaml for a fresh run (a resumed one must match it)."""
-    checkpoints = Checkpoints(run_dir, world, keep_last=cfg.train.keep_checkpoints)
-    resume_from = resume_point(cfg, checkpoints, run_dir)
-    if resume_from is not None:
-        check_same_config(cfg, run_dir)
-    elif world.is_main:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    # resume=auto before any checkpoint was written starts over: the killed attempt's records are dropped.
-    resume_step = int(resume_from.name) if resume_from is not None else (0 if cfg.resume == "auto" else None)
-    return RunFiles(checkpoints, resume_from, RunLog(run_dir, world, cfg.train.tensorboard, resume_step=resume_step))

@@ -3,9 +3,12 @@ directory."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import sys
 from datetime import datetime
+from pathlib import Path
 
 from simvlg_video.world import World, broadcast
 
@@ -35,7 +38,7 @@ def launch_overrides(arguments: list[str], world: World) -> list[str]:
     Hydra's own files and log written by rank 0 only. A resumed run (`resume=...`) keeps the `.hydra/` files of the
     run it continues (they describe the same settings), so a resume that is refused leaves every file untouched.
     """
-    given = {argument.split("=", 1)[0].lstrip("+~"): argument.partition("=")[2] for argument in arguments}
+    given = {override_key(argument): argument.partition("=")[2] for argument in arguments}
     extra = []
     if given.get("resume", "null") not in ("null", ""):
         extra.append("hydra.output_subdir=null")
@@ -52,3 +55,22 @@ def launch_overrides(arguments: list[str], world: World) -> list[str]:
         if "hydra.output_subdir=null" not in extra:
             extra.append("hydra.output_subdir=null")
     return extra
+
+
+def override_key(override: str) -> str:
+    """The key a Hydra override sets or removes (`train.lr=1e-4`, `+key=value`, `~key`)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def rerun_command(module: str, overrides: list[str], run_dir: Path, world: World, settings: dict[str, str]) -> str:
+    """The command line that runs `module` again in `run_dir` with the run's own `overrides` and `settings`
+    replacing theirs (e.g. resume=auto train.lr=...), as processes of the same count."""
+    kept = [item for item in overrides if override_key(item) not in {*settings, "hydra.run.dir"}]
+    arguments = [*kept, f"hydra.run.dir={run_dir}", *(f"{key}={value}" for key, value in settings.items())]
+    launcher = ["python"]
+    if world.distributed:
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world.world_size))
+        launcher = ["torchrun", "--nproc_per_node", str(per_node)]
+        if per_node != world.world_size:
+            launcher += ["--nnodes", str(world.world_size // per_node), "[the run's rendezvous options]"]
+    return " ".join([*launcher, "-m", module, *map(shlex.quote, arguments)])

@@ -25,90 +25,13 @@ from torch import nn
 from tqdm import tqdm
 
 from simvlg_video.model.parallel import unwrap
+from simvlg_video.train.guards import GradNormWatch, NonFiniteGuard
 from simvlg_video.train.optim import build_optimizer, warmup_cosine
 from simvlg_video.world import World, autocast_for, sum_over_ranks
 
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, list[str]]
-
-
-class TooManyNonFiniteSteps(RuntimeError):
-    """Several steps in a row had a non-finite loss or gradient: the run stops instead of spinning on bad data."""
-
-
-class NonFiniteGuard:
-    """Counts skipped steps and the longest run of consecutive ones; `check` raises past `max_in_a_row`."""
-
-    def __init__(self, max_in_a_row: int, device: torch.device):
-        if max_in_a_row < 1:
-            raise ValueError(f"max_in_a_row must be >= 1, got {max_in_a_row}")
-        self.max_in_a_row = max_in_a_row
-        self.skipped = torch.zeros((), dtype=torch.int64, device=device)
-        self.current_run = torch.zeros_like(self.skipped)
-        self.longest_run = torch.zeros_like(self.skipped)
-
-    def update(self, bad: torch.Tensor) -> None:
-        """Record one step; `bad` is a bool scalar tensor (True: the step was skipped)."""
-        bad = bad.to(torch.int64)
-        self.skipped += bad
-        self.current_run.mul_(bad).add_(bad)
-        torch.maximum(self.longest_run, self.current_run, out=self.longest_run)
-
-    def check(self, step: int) -> None:
-        longest = int(self.longest_run)
-        if longest >= self.max_in_a_row:
-            raise TooManyNonFiniteSteps(
-                f"{longest} steps in a row had a non-finite loss or gradient (limit train.max_nonfinite_in_a_row="
-                f"{self.max_in_a_row}), the last at step {step}; the weights are those of the last finite step"
-            )
-
-    def state_dict(self) -> dict:
-        return {
-            "skipped": int(self.skipped),
-            "current_run": int(self.current_run),
-            "longest_run": int(self.longest_run),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        for key in ("skipped", "current_run", "longest_run"):
-            getattr(self, key).fill_(int(state[key]))
-
-
-class GradNormWatch:
-    """Flags a logged gradient norm far above the running average of earlier ones (a run starting to diverge)."""
-
-    def __init__(self, factor: float = 10.0, warmup_logs: int = 3, smoothing: float = 0.9):
-        self.factor = factor
-        self.warmup_logs = warmup_logs
-        self.smoothing = smoothing
-        self.average: float | None = None
-        self.seen = 0
-
-    def is_spike(self, grad_norm: float, step: int) -> bool:
-        if not math.isfinite(grad_norm):
-            return False  # a skipped step, counted by NonFiniteGuard
-        spike = self.seen >= self.warmup_logs and self.average is not None and grad_norm > self.factor * self.average
-        if spike:
-            log.warning(
-                "gradient norm %.3g at step %d is over %gx its running average %.3g: the run may be diverging",
-                grad_norm,
-                step,
-                self.factor,
-                self.average,
-            )
-        else:
-            self.average = (
-                grad_norm if self.average is None else self.smoothing * self.average + (1 - self.smoothing) * grad_norm
-            )
-        self.seen += 1
-        return spike
-
-    def state_dict(self) -> dict:
-        return {"average": self.average, "seen": self.seen}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.average, self.seen = state["average"], int(state["seen"])
 
 
 @dataclass
@@ -220,11 +143,23 @@ class Session:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a checkpoint's session. The guard's runs of skipped steps start again at zero (its count of
+        skipped steps goes on): a run the guard stopped is resumed to try again, changed or not."""
         self.scheduler.load_state_dict(state["scheduler"])
-        self.guard.load_state_dict(state["guard"])
+        self.guard.load_state_dict({**state["guard"], "current_run": 0, "longest_run": 0})
         self.grad_watch.load_state_dict(state["grad_watch"])
         if self.scaler is not None:
             self.scaler.load_state_dict(state["scaler"])
+
+    def set_learning_rate(self, lr: float, min_lr: float | None) -> None:
+        """Follow the schedule to another peak (`lr`) and end (`min_lr`; None: `lr`) from the current step on: a
+        resume that changes train.lr or train.min_lr, whose restored optimiser and schedule hold the old ones."""
+        step = self.scheduler.last_epoch
+        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+            factor.base_lr, factor.min_lr = lr, lr if min_lr is None else min_lr
+            group["initial_lr"] = lr
+            group["lr"] = factor.lr_at(step)
+        self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
 
 
 @dataclass(frozen=True)
@@ -279,7 +214,7 @@ def fit(
         interval.data_wait += time.perf_counter() - waiting
         loss, grad_norm, bad = _optimiser_step(model, micro_batches, session, params, world)
         scheduler.step()
-        guard.update(bad)
+        guard.update(bad, step + 1)
         step_losses.append(loss)
         interval.add(sum(frames.shape[0] for frames, _ in micro_batches), grad_norm, bad)
         if (step + 1) % settings.log_every == 0 or step + 1 == steps:

@@ -1,7 +1,8 @@
 """A run's log: RUN_DIR/metrics.jsonl (every record) and TensorBoard scalars (RUN_DIR/tensorboard), rank 0 only.
 
 On resume the records a killed run wrote after its checkpoint are dropped (the resumed run writes them again), and
-a `{"phase": "resume", "step": N}` line marks the seam, so the file reads as one uninterrupted run.
+a `{"phase": "resume", "step": N, ...}` line marks the seam (with the settings the resume changed), so the file reads
+as one run.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from simvlg_video.world import JsonlLog, World
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
-_STEPPED_PHASES = {"train", "val"}
+_STEPPED_PHASES = {"train", "val", "resume"}
 
 
 def drop_records_after(path: Path, step: int) -> int:
-    """Remove train/val records past `step` from a metrics file (atomically); returns how many were removed."""
+    """Remove train/val records and resume seams past `step` from a metrics file (atomically); returns how many
+    were removed."""
     if not path.is_file():
         return 0
     kept, removed = [], 0
@@ -49,23 +51,32 @@ class RunLog:
     def __init__(self, run_dir: Path, world: World = World(), tensorboard: bool = True, resume_step: int | None = None):
         self.enabled = world.is_main
         self.jsonl = JsonlLog(Path(run_dir) / METRICS_FILE) if self.enabled else None
-        self.writer = None
+        self.tensorboard_dir = Path(run_dir) / TENSORBOARD_DIR if tensorboard else None
+        self.writer = None  # opened at the first record, after the seam is known
+        self.purge_step: int | None = None
+        if resume_step is not None:
+            self.resume_at(resume_step)
+
+    def resume_at(self, step: int, **details) -> None:
+        """Mark where a resumed run continues: the records past `step` are dropped, a seam record (with `details`)
+        is written, and TensorBoard purges the steps past it."""
         if not self.enabled:
             return
-        if resume_step is not None:
-            drop_records_after(self.jsonl.path, resume_step)
-            self.jsonl({"phase": "resume", "step": resume_step})
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR), purge_step=resume_step)
+        drop_records_after(self.jsonl.path, step)
+        self.jsonl({"phase": "resume", "step": step, **details})
+        self.purge_step = step
+        self.close()  # a writer opened before the seam was known reopens with it
 
     def __call__(self, record: dict) -> None:
         if not self.enabled:
             return
         self.jsonl(record)
-        if self.writer is None:
+        if self.tensorboard_dir is None:
             return
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.tensorboard_dir), purge_step=self.purge_step)
         phase, step = record.get("phase", "train"), record.get("step", 0)
         prefix = phase if phase != "eval" else f"eval_{record.get('model', 'model')}"
         for key, value in {**record, **record.get("metrics", {})}.items():
@@ -81,3 +92,4 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self.writer = None

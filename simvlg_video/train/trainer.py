@@ -1,7 +1,8 @@
 """One training session: data, optimiser, checkpoints, validation and resume around `loop.fit`.
 
 Everything a step depends on is either rebuilt from the config or restored from the checkpoint (trainable tensors,
-optimiser, schedule, grad scaler, guards, data position, RNG states), so a resumed run continues bit for bit.
+optimiser, schedule, grad scaler, data position, RNG states), so a resumed run continues bit for bit, unless the
+resume changes a setting (`train.resume.RESUME_MAY_CHANGE`), which then takes effect from the checkpoint's step on.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from simvlg_video.data.manifest import ClipRecord
 from simvlg_video.data.shards import ShardStream, list_shards
 from simvlg_video.model.parallel import wrap_model
 from simvlg_video.train.batches import ShardBatches, ShardedClipOrder, TrainBatches
-from simvlg_video.train.checkpoint import RunFiles
-from simvlg_video.train.loop import FitResult, Hooks, Session, TooManyNonFiniteSteps, TrainConfig, fit
+from simvlg_video.train.guards import TooManyNonFiniteSteps
+from simvlg_video.train.loop import FitResult, Hooks, Session, TrainConfig, fit
+from simvlg_video.train.resume import RunFiles
 from simvlg_video.train.skipped import SKIPPED_JOURNAL, SkippedSamples
 from simvlg_video.world import World
 
@@ -30,6 +32,13 @@ log = logging.getLogger(__name__)
 
 # (step) -> validation metrics on every rank; None when the run does not validate.
 Validate = Callable[[int], dict[str, float]]
+# {key: value} settings -> the command line that runs this run again with them (resume=..., train.lr=...).
+Rerun = Callable[[dict[str, str]], str]
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped itself (too many non-finite steps in a row); the message says what was saved and gives the
+    commands that continue it."""
 
 
 @dataclass
@@ -127,8 +136,10 @@ def train(
     world: World,
     files: RunFiles,
     validate: Validate | None = None,
+    rerun: Rerun | None = None,
 ) -> FitResult:
-    """Train `model` (the captioner; wrapped here for DDP/FSDP) for run.train.steps, resuming when `files` say so."""
+    """Train `model` (the captioner; wrapped here for DDP/FSDP) for run.train.steps, resuming when `files` say so.
+    `rerun` words the commands a stopped run's message gives."""
     train_cfg = run.train
     if train_cfg.dropout is not None:
         log.info("dropout set to %g in %d layers", train_cfg.dropout, set_dropout(model, train_cfg.dropout))
@@ -136,15 +147,18 @@ def train(
     session = Session.create(wrapped, train_cfg, run.precision)
     batches = training_batches(run, records, device, world, files.checkpoints.folder.parent / SKIPPED_JOURNAL)
     start_step, best = 0, None
-    if files.resume_from is not None:
-        state, mine = files.checkpoints.load(files.resume_from, wrapped, session.optimizer)
-        session.load_state_dict(state["session"])
-        try:
+    if files.candidates:
+
+        def restore_local(state: dict, mine: dict) -> None:
+            session.load_state_dict(state["session"])
             batches.load_state_dict(mine["batches"])
-        except ValueError as error:
-            raise SystemExit(f"error: cannot resume from {files.resume_from}: {error}") from None
+
+        path, state, _ = files.checkpoints.restore(files.candidates, wrapped, session.optimizer, restore_local)
+        if {"train.lr", "train.min_lr"} & files.changes.keys():
+            session.set_learning_rate(train_cfg.lr, train_cfg.min_lr)
+        files.resumed(path, state)
         start_step, best = state["step"], state.get("best")
-        log.info("resumed from %s at step %d", files.resume_from, start_step)
+        log.info("resumed from %s at step %d", path, start_step)
     global_batch = train_cfg.batch_size * train_cfg.accumulation * world.world_size
     log.info(
         "global batch: %d clips per step (%d per process x %d accumulation x %d processes), %s",
@@ -155,7 +169,7 @@ def train(
         f"{train_cfg.strategy.upper()}" if world.distributed else "one process",
     )
 
-    def save(step: int, improved: dict | None = None) -> Path:
+    def save(step: int, improved: dict | None = None, prune: bool = True) -> Path:
         return files.checkpoints.save(
             step,
             wrapped,
@@ -163,6 +177,7 @@ def train(
             {"session": session.state_dict(), "best": best},
             {"batches": batches.state_dict()},
             best=improved,
+            prune=prune,
         )
 
     def on_step_end(step: int) -> None:
@@ -173,7 +188,8 @@ def train(
             if best is None or value > best["value"]:
                 best = improved = {"metric": run.best_metric, "value": value, "step": step}
         if improved is not None or step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps:
-            save(step, improved)
+            # A step the guard skipped may be the start of a divergence: its save removes no older checkpoint.
+            save(step, improved, prune=not session.guard.in_bad_run())
 
     def on_log(record: dict) -> None:
         files.log({**record, "skipped_clips": len(batches.skipped)})
@@ -192,11 +208,48 @@ def train(
         )
         result.skipped_clips = len(batches.skipped)
         return result
-    except TooManyNonFiniteSteps as error:
-        folder = save(session.scheduler.last_epoch)
-        raise SystemExit(
-            f"error: {error}. Saved that state as {folder}; fix the data or lower train.lr, then "
-            "continue with resume=auto"
+    except TooManyNonFiniteSteps as stop:
+        saved = save(session.scheduler.last_epoch, prune=False)
+        # The weights that made the first skipped step non-finite came from the step before it: a checkpoint written
+        # before that step is the last one known good.
+        earlier = [p for p in files.checkpoints.newest_first() if int(p.name) <= stop.first_bad_step - 2]
+        raise TrainingStopped(
+            stopped_message(stop, saved, earlier[0] if earlier else None, train_cfg, rerun or generic_rerun)
         ) from None
     finally:
         batch_iter.close()  # stops the loader's worker processes (a sweep runs many sessions in one process)
+
+
+def generic_rerun(settings: dict[str, str]) -> str:
+    return "python -m simvlg_video.adapt hydra.run.dir=RUN_DIR [the run's overrides] " + " ".join(
+        f"{key}={value}" for key, value in settings.items()
+    )
+
+
+def stopped_message(
+    stop: TooManyNonFiniteSteps, saved: Path, earlier: Path | None, train: TrainConfig, rerun: Rerun
+) -> str:
+    """What a run the guard stopped says: what it saved and the commands that continue it with a tenth of the
+    learning rate (from the last checkpoint before the trouble when there is one: the saved state's weights may
+    already be what makes every step non-finite)."""
+    lower = {"train.lr": f"{train.lr / 10:g}"}
+    if train.min_lr is not None:
+        lower["train.min_lr"] = f"{train.min_lr / 10:g}"
+    from_saved = rerun({"resume": "auto", **lower})
+    lines = [f"{stop}. Saved that state as {saved}; the checkpoints before it are kept."]
+    if earlier is not None:
+        lines += [
+            f"Lower the learning rate and continue from {earlier.name}, the newest checkpoint written before the "
+            f"non-finite steps began (the newer ones move to {saved.parent / 'abandoned'}/, nothing is deleted):",
+            "  " + rerun({"resume": str(earlier), **lower}),
+            "If the cause was a stretch of bad data instead, fix it and continue from the saved state:",
+            "  " + from_saved,
+        ]
+    else:
+        lines += [
+            "Lower the learning rate (or fix the data) and continue from the saved state:",
+            "  " + from_saved,
+            "(no checkpoint was written before the non-finite steps began: if the run stops again, start it anew "
+            "with a lower train.lr)",
+        ]
+    return "\n".join(lines)
