@@ -12,6 +12,7 @@ Each process (or thread, for nvdec) that reads gets its own decoder; nothing is 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +52,17 @@ class ClipReader:
 
     ``decode_timeout`` (seconds, or None for in-process decoding) bounds each CPU probe and decode.
     ``nvdec_fallback``: when the hardware decoder fails on a file, try the CPU backends (what ``auto`` means).
+    ``open_nvdec`` makes each thread's hardware decoder (an object with ``read(path, indices, rotation=)``);
+    by default an ``NvdecReader`` on the current CUDA device; a stand-in exercises the fallback without a GPU.
     """
 
-    def __init__(self, backend: str, decode_timeout: float | None = None, nvdec_fallback: bool = False) -> None:
+    def __init__(
+        self,
+        backend: str,
+        decode_timeout: float | None = None,
+        nvdec_fallback: bool = False,
+        open_nvdec: Callable[[], object] | None = None,
+    ) -> None:
         if backend not in BACKEND_CHOICES:
             raise ValueError(f"unknown video backend {backend!r}; expected one of {list(BACKEND_CHOICES)}")
         if decode_timeout is not None and not decode_timeout > 0:
@@ -61,6 +70,7 @@ class ClipReader:
         self.backend = backend
         self.decode_timeout = decode_timeout
         self.nvdec_fallback = nvdec_fallback
+        self.open_nvdec = open_nvdec or _nvdec_on_current_device
         self._caller = (
             IsolatedCaller(decode_timeout, preload=("simvlg_video.data.probe", "simvlg_video.data.decode"))
             if decode_timeout is not None
@@ -145,7 +155,11 @@ class ClipReader:
     def _nvdec(self):
         reader = getattr(self._local, "nvdec", None)
         if reader is None:
-            from simvlg_video.data.nvdec import NvdecReader
-
-            reader = self._local.nvdec = NvdecReader(device=torch.cuda.current_device())
+            reader = self._local.nvdec = self.open_nvdec()
         return reader
+
+
+def _nvdec_on_current_device():
+    from simvlg_video.data.nvdec import NvdecReader
+
+    return NvdecReader(device=torch.cuda.current_device())
