@@ -7,7 +7,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -41,22 +40,42 @@ def uninterrupted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     return work / "run"
 
 
-def kill_when(args: list[str], cwd: Path, ready, module: str = "simvlg_video.adapt") -> None:
-    """Start `module` (adapt) and SIGKILL it the moment `ready()` holds (polled every 10 ms), or let it end if it
-    never does."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", module, *args],
+# Runs a command (`python -c KILLED_AT_A_STEP MODULE ARGS...`) that SIGKILLs itself at a step, placed by the process
+# itself, never by a parent polling its files: KILL_AT_STEP=N:logged dies right after step N's train record is in
+# metrics.jsonl (before that step's checkpoint is written), N:saved right after step N ends, its checkpoint complete.
+KILLED_AT_A_STEP = """
+import os, runpy, signal, sys
+from simvlg_video.train import loop
+kill_step, moment = os.environ["KILL_AT_STEP"].split(":")
+fit = loop.fit
+def die_after(step, at):
+    if (step, at) == (int(kill_step), moment):
+        os.kill(os.getpid(), signal.SIGKILL)
+def fit_that_dies(*args, hooks, **kwargs):
+    def on_log(record):
+        hooks.on_log(record)
+        die_after(record["step"], "logged")
+    def on_step_end(step):
+        hooks.on_step_end(step)
+        die_after(step, "saved")
+    return fit(*args, hooks=loop.Hooks(on_log, on_step_end), **kwargs)
+loop.fit = fit_that_dies  # before the trainer imports it
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_killed_at(args: list[str], cwd: Path, step: int, moment: str, module: str = "simvlg_video.adapt") -> None:
+    """Run `module` (adapt) with `args` until it SIGKILLs itself at `step` (`moment`: logged or saved)."""
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AT_A_STEP, module, *args],
         cwd=cwd,
-        env=command_env(cwd),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        env={**command_env(cwd), "KILL_AT_STEP": f"{step}:{moment}"},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    try:
-        while process.poll() is None and not ready():
-            time.sleep(0.01)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
 
 
 # Runs adapt and SIGKILLs itself right after the training state of checkpoint 4 is written into its `.partial`
@@ -113,24 +132,21 @@ def test_killed_while_writing_a_checkpoint(uninterrupted: Path, tiny_model_dir: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1])
-def test_killed_at_a_random_step(uninterrupted: Path, tiny_model_dir: Path, tmp_path: Path, seed: int):
-    """Killed at a seeded random moment of training (once the log shows step k: mid-step, in a checkpoint write or
-    logging, wherever the process happens to be), after the first checkpoint and before the run's end."""
+@pytest.mark.parametrize(("seed", "moment"), [(0, "saved"), (1, "logged")])
+def test_killed_at_a_random_step(uninterrupted: Path, tiny_model_dir: Path, tmp_path: Path, seed: int, moment: str):
+    """Killed at a seeded random step k of training, after the first checkpoint and before the run's end: once step
+    k's checkpoint is complete, or once step k is logged and before its checkpoint (the resumed run then trains
+    again the steps the killed one had done past its last checkpoint)."""
     run_dir = tmp_path / "run"
     kill_step = random.Random(seed).randint(3, STEPS - 1)
-
-    def reached() -> bool:
-        log = run_dir / "metrics.jsonl"
-        return log.is_file() and f'"step": {kill_step},' in log.read_text()
-
-    kill_when(adapt_args(tiny_model_dir, run_dir), tmp_path, reached)
-    assert reached() and not records(run_dir, "summary"), "the kill did not land during training"
-    # at least one complete checkpoint (which: how far the run got past step k before the signal, on a busy machine)
-    assert any(folder.name.isdigit() for folder in (run_dir / "checkpoints").iterdir())
+    run_killed_at(adapt_args(tiny_model_dir, run_dir), tmp_path, kill_step, moment)
+    assert max(train_losses(run_dir)) == kill_step and not records(run_dir, "summary")
+    last_saved = kill_step if moment == "saved" else kill_step - 1
+    resumed_from = last_saved - last_saved % 2  # train.checkpoint_every=2
 
     result = run_module("simvlg_video.adapt", *adapt_args(tiny_model_dir, run_dir, "resume=auto"), cwd=tmp_path)
     assert result.returncode == 0, f"killed after step {kill_step}: {result.stderr[-3000:]}"
+    assert [r["step"] for r in records(run_dir, "resume")] == [resumed_from]
     assert_same_end(run_dir, uninterrupted)
 
 
