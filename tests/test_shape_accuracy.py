@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from simvlg_video.eval.shape_accuracy import parse_motion, parse_object, shape_accuracy
+from simvlg_video.eval.shape_accuracy import parse_motion, parse_object, shape_accuracy, still_accuracy
 
 
 @pytest.mark.parametrize(
@@ -63,6 +63,18 @@ def test_accuracies_on_hand_written_predictions():
     }
     metrics = shape_accuracy(predictions, ATTRIBUTES)
     assert metrics == pytest.approx({"motion_acc": 3 / 5, "object_acc": 3 / 5, "direction_acc": 2 / 4})
+
+
+def test_still_accuracies_on_hand_written_captions():
+    stills = {clip: {"shape": attrs["shape"], "colour": attrs["colour"]} for clip, attrs in ATTRIBUTES.items()}
+    captions = {
+        "a": "a red circle",  # both right
+        "b": "a blue circle",  # colour right, shape wrong
+        "c": "a green triangle beside a red one",  # shape right, two colours: ambiguous, so wrong
+        "d": "a yellow circle on a grey floor",  # both right (grey is no shape colour)
+        # "e" has no caption: wrong on every count
+    }
+    assert still_accuracy(captions, stills) == {"shape_acc": 3 / 5, "colour_acc": 3 / 5, "object_acc": 2 / 5}
 
 
 def test_perfect_and_empty_predictions():
