@@ -230,6 +230,7 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
         summary = {
             "phase": "summary",
             "train_steps": cfg.train.steps,
+            "train_videos": result.videos,  # clips trained in this session, over all ranks
             "train_videos_per_s": result.videos_per_second,
             "train_peak_memory_gib": result.peak_memory_gib,
             "train_memory_kind": result.memory_kind,

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from adapt_runs import TINY_RUN, assert_caption_reproduces_predictions, records, run_module
+from adapt_runs import TINY_RUN, assert_caption_reproduces_predictions, records, run_module, written_predictions
 from omegaconf import OmegaConf
 
+from simvlg_video.eval.shape_accuracy import shape_accuracy
 from simvlg_video.model.model_dir import load_model_dir
 
 
@@ -78,7 +79,9 @@ def test_evaluate_runs_a_four_frame_run_at_more_frames(run_dir: Path):
         assert result.returncode == 0, result.stderr[-3000:]
         metrics = json.loads((run_dir / "model" / "eval" / f"test_num_frames={num_frames}_metrics.json").read_text())
         assert metrics["metrics"]["clips"] == len(records_of(manifest)) and not metrics["skipped"]
-        assert 0.0 <= metrics["metrics"]["motion_acc"] <= 1.0
+        captions, attributes = written_predictions(run_dir / "model" / "eval", manifest)
+        assert captions.keys() == attributes.keys()
+        assert metrics["metrics"]["motion_acc"] == shape_accuracy(captions, attributes)["motion_acc"]
 
 
 def records_of(manifest: str) -> list:

@@ -6,6 +6,7 @@ import contextlib
 import gc
 import io
 import os
+from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
@@ -107,6 +108,23 @@ def test_scoring_prints_nothing_and_leaves_no_java_process(wrong_scores: tuple) 
     _, alive_after_call, printed = wrong_scores
     assert alive_after_call == []
     assert printed == ""
+
+
+@pytest.mark.java
+def test_the_java_check_finds_a_java_process_left_running() -> None:
+    """Positive control for the no-leaked-Java checks: a METEOR scorer of pycocoevalcap's own, left running, is
+    found as a Java child of this process, and is gone once stopped."""
+    before = java_children()
+    scorer = Meteor()
+    pipes = scorer.meteor_p.stdout, scorer.meteor_p.stderr
+    alive = java_children()
+    del scorer  # pycocoevalcap's Meteor.__del__ stops its Java process
+    gc.collect()
+    for pipe in pipes:
+        pipe.close()
+    started = list((Counter(alive) - Counter(before)).elements())  # leaked ones of other tests may be alike
+    assert len(started) == 1 and "meteor" in started[0]
+    assert java_children() == before
 
 
 class MeteorWhoseJavaDies(Meteor):

@@ -16,6 +16,7 @@ import torch
 import yaml
 from adapt_runs import compose_adapt as compose_config
 from adapt_runs import installed_wheel
+from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers import OPTConfig
@@ -58,7 +59,7 @@ def test_pretrain_composes_the_image_stage_demo() -> None:
     assert isinstance(data, ClipData) and data.num_frames == 1 and cfg.model_config == "tiny"
     assert cfg.adapter.name == "none" and "adapters" not in cfg.train.trainable
     assert not cfg.eval.before  # the starting model is untrained
-    with pytest.raises(Exception, match="image_ckpt"):  # adapt's keys are not pretrain's
+    with pytest.raises(ConfigCompositionException, match="image_ckpt"):  # adapt's keys are not pretrain's
         compose_adapt("image_ckpt=x", config="pretrain")
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from adapt_runs import records, run_module, train_losses
+from adapt_runs import records, run_module, train_losses, written_predictions
+from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertForMaskedLM
@@ -17,6 +18,7 @@ from transformers import BertConfig, BertForMaskedLM
 from simvlg_video.data_tools.check_videos import main as check
 from simvlg_video.data_tools.convert import main as convert
 from simvlg_video.data_tools.make_stills import make_stills_dataset
+from simvlg_video.eval.shape_accuracy import still_accuracy
 from simvlg_video.model.image_parts import assemble_image_model, connector_tensors_from_bert
 from simvlg_video.model.lavis_checkpoint import load_model_config
 from simvlg_video.model.model_dir import MODEL_CONFIG, WEIGHTS, load_model_dir, read_model_config
@@ -120,7 +122,9 @@ def test_pretrain_makes_an_image_model_that_adapt_takes_to_video(tiny_model_dir,
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| pretrained |" in result.stdout and "shape_acc" in result.stdout  # the stills' held-out accuracy
     summary = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
-    assert summary["phase"] == "summary" and 0 <= summary["adapted"]["object_acc"] <= 1
+    captions, attributes = written_predictions(run / "eval", OmegaConf.load(run / "config.yaml").data.manifest)
+    assert summary["phase"] == "summary" and captions.keys() == attributes.keys()
+    assert summary["adapted"]["object_acc"] == still_accuracy(captions, attributes)["object_acc"]
     assert read_model_config(run / "model" / MODEL_CONFIG).adapter is None  # an image model
     trained, _ = load_model_dir(run / "model")
     initial, _ = load_model_dir(run / "initial_model")
@@ -268,32 +272,28 @@ def test_a_killed_image_run_resumes_exactly(tiny_model_dir, tmp_path):
     _, arguments = run_whole_then_killed(settings, tmp_path)
     resumed = run_module("simvlg_video.pretrain", *arguments, "resume=auto", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert records(tmp_path / "killed", "resume")
     assert_resumed_like_whole(tmp_path)
 
 
 def run_whole_then_killed(settings: list[str], tmp_path: Path):
-    """`pretrain` with `settings` run through into tmp/whole, then again into tmp/killed, SIGKILLed right after step
-    4 is logged; returns (the whole run's result, the killed run's arguments)."""
-    from test_resume import kill_when
+    """`pretrain` with `settings` run through into tmp/whole, then again into tmp/killed, which SIGKILLs itself right
+    after step 4 ends, its checkpoint complete; returns (the whole run's result, the killed run's arguments)."""
+    from test_resume import run_killed_at
 
     result = run_module("simvlg_video.pretrain", *settings, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     killed = tmp_path / "killed"
     arguments = [*settings, f"hydra.run.dir={killed}"]
-
-    def reached() -> bool:
-        log = killed / "metrics.jsonl"
-        return log.is_file() and '"step": 4,' in log.read_text()
-
-    kill_when(arguments, tmp_path, reached, module="simvlg_video.pretrain")
-    assert reached() and not records(killed, "summary"), "the kill did not land during training"
+    run_killed_at(arguments, tmp_path, 4, "saved", module="simvlg_video.pretrain")
+    assert max(train_losses(killed)) == 4 and not records(killed, "summary")
     return result, arguments
 
 
 def assert_resumed_like_whole(tmp_path: Path) -> None:
-    """tmp/killed, resumed, ended with tmp/whole's trainable weights, bit for bit, and its losses."""
+    """tmp/killed, resumed from its step-4 checkpoint, ended with tmp/whole's trainable weights, bit for bit, and its
+    losses."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert [r["step"] for r in records(killed, "resume")] == [4]
     final = "checkpoints/00000006/trainable.safetensors"
     expected, got = load_file(whole / final), load_file(killed / final)
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)

@@ -11,7 +11,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -47,22 +46,42 @@ def uninterrupted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     return work / "run"
 
 
-def kill_when(args: list[str], cwd: Path, ready, module: str = "simvlg_video.adapt") -> None:
-    """Start `module` (adapt) and SIGKILL it the moment `ready()` holds (polled every 10 ms), or let it end if it
-    never does."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", module, *args],
+# Runs a command (`python -c KILLED_AT_A_STEP MODULE ARGS...`) that SIGKILLs itself at a step, placed by the process
+# itself, never by a parent polling its files: KILL_AT_STEP=N:logged dies right after step N's train record is in
+# metrics.jsonl (before that step's checkpoint is written), N:saved right after step N ends, its checkpoint complete.
+KILLED_AT_A_STEP = """
+import os, runpy, signal, sys
+from simvlg_video.train import loop
+kill_step, moment = os.environ["KILL_AT_STEP"].split(":")
+fit = loop.fit
+def die_after(step, at):
+    if (step, at) == (int(kill_step), moment):
+        os.kill(os.getpid(), signal.SIGKILL)
+def fit_that_dies(*args, hooks, **kwargs):
+    def on_log(record):
+        hooks.on_log(record)
+        die_after(record["step"], "logged")
+    def on_step_end(step):
+        hooks.on_step_end(step)
+        die_after(step, "saved")
+    return fit(*args, hooks=loop.Hooks(on_log, on_step_end), **kwargs)
+loop.fit = fit_that_dies  # before the trainer imports it
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_killed_at(args: list[str], cwd: Path, step: int, moment: str, module: str = "simvlg_video.adapt") -> None:
+    """Run `module` (adapt) with `args` until it SIGKILLs itself at `step` (`moment`: logged or saved)."""
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AT_A_STEP, module, *args],
         cwd=cwd,
-        env=command_env(cwd),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        env={**command_env(cwd), "KILL_AT_STEP": f"{step}:{moment}"},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    try:
-        while process.poll() is None and not ready():
-            time.sleep(0.01)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
 
 
 # Runs adapt and SIGKILLs itself right after the training state of checkpoint $KILL_AT is written into its `.partial`
@@ -82,7 +101,7 @@ runpy.run_module("simvlg_video.adapt", run_name="__main__")
 """
 
 
-def run_killed_at(step: int, args: list[str], cwd: Path) -> None:
+def run_killed_writing(step: int, args: list[str], cwd: Path) -> None:
     """Run adapt and SIGKILL it while it writes checkpoint `step` (its training state written, the folder not yet
     renamed)."""
     killed = subprocess.run(
@@ -109,7 +128,7 @@ def assert_same_end(resumed: Path, uninterrupted: Path) -> None:
 @pytest.mark.slow
 def test_killed_while_writing_a_checkpoint(uninterrupted: Path, tiny_model_dir: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
-    run_killed_at(4, adapt_args(tiny_model_dir, run_dir), tmp_path)
+    run_killed_writing(4, adapt_args(tiny_model_dir, run_dir), tmp_path)
     partial = run_dir / "checkpoints" / "00000004.partial"
     assert (partial / "training_state.pt").is_file() and not (run_dir / "checkpoints" / "00000004").exists()
 
@@ -125,24 +144,21 @@ def test_killed_while_writing_a_checkpoint(uninterrupted: Path, tiny_model_dir: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1])
-def test_killed_at_a_random_step(uninterrupted: Path, tiny_model_dir: Path, tmp_path: Path, seed: int):
-    """Killed at a seeded random moment of training (once the log shows step k: mid-step, in a checkpoint write or
-    logging, wherever the process happens to be), after the first checkpoint and before the run's end."""
+@pytest.mark.parametrize(("seed", "moment"), [(0, "saved"), (1, "logged")])
+def test_killed_at_a_random_step(uninterrupted: Path, tiny_model_dir: Path, tmp_path: Path, seed: int, moment: str):
+    """Killed at a seeded random step k of training, after the first checkpoint and before the run's end: once step
+    k's checkpoint is complete, or once step k is logged and before its checkpoint (the resumed run then trains
+    again the steps the killed one had done past its last checkpoint)."""
     run_dir = tmp_path / "run"
     kill_step = random.Random(seed).randint(3, STEPS - 1)
-
-    def reached() -> bool:
-        log = run_dir / "metrics.jsonl"
-        return log.is_file() and f'"step": {kill_step},' in log.read_text()
-
-    kill_when(adapt_args(tiny_model_dir, run_dir), tmp_path, reached)
-    assert reached() and not records(run_dir, "summary"), "the kill did not land during training"
-    # at least one complete checkpoint (which: how far the run got past step k before the signal, on a busy machine)
-    assert any(folder.name.isdigit() for folder in (run_dir / "checkpoints").iterdir())
+    run_killed_at(adapt_args(tiny_model_dir, run_dir), tmp_path, kill_step, moment)
+    assert max(train_losses(run_dir)) == kill_step and not records(run_dir, "summary")
+    last_saved = kill_step if moment == "saved" else kill_step - 1
+    resumed_from = last_saved - last_saved % 2  # train.checkpoint_every=2
 
     result = run_module("simvlg_video.adapt", *adapt_args(tiny_model_dir, run_dir, "resume=auto"), cwd=tmp_path)
     assert result.returncode == 0, f"killed after step {kill_step}: {result.stderr[-3000:]}"
+    assert [r["step"] for r in records(run_dir, "resume")] == [resumed_from]
     assert_same_end(run_dir, uninterrupted)
 
 
@@ -229,7 +245,7 @@ def test_a_damaged_newest_checkpoint_is_reported_and_the_run_continues_from_the_
     """What a power loss can leave of files that were never flushed (nothing, or their first part): resume=auto names
     the damaged checkpoint, continues from the one before, and ends where the uninterrupted run ends."""
     run_dir = tmp_path / "run"
-    run_killed_at(6, adapt_args(tiny_model_dir, run_dir), tmp_path)  # complete: 2 and 4
+    run_killed_writing(6, adapt_args(tiny_model_dir, run_dir), tmp_path)  # complete: 2 and 4
     damage(run_dir / "checkpoints" / "00000004", how)
 
     result = run_module("simvlg_video.adapt", *adapt_args(tiny_model_dir, run_dir, "resume=auto"), cwd=tmp_path)
@@ -250,9 +266,9 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(
     branch, not the abandoned one, and ends where the uninterrupted run ends."""
     run_dir = tmp_path / "run"
     args = adapt_args(tiny_model_dir, run_dir, "train.keep_checkpoints=3")
-    run_killed_at(8, args, tmp_path)  # complete: 2, 4, 6
+    run_killed_writing(8, args, tmp_path)  # complete: 2, 4, 6
     older = run_dir / "checkpoints" / "00000002"
-    run_killed_at(6, [*args, f"resume={older}"], tmp_path)  # the new branch writes its own 4, dies writing its 6
+    run_killed_writing(6, [*args, f"resume={older}"], tmp_path)  # the new branch writes its own 4, dies writing its 6
     abandoned = list((run_dir / "checkpoints" / "abandoned").iterdir())
     assert len(abandoned) == 1 and sorted(p.name for p in abandoned[0].iterdir()) == ["00000004", "00000006"]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["00000002", "00000004"]

@@ -223,14 +223,25 @@ def test_sample_window_rejects_a_sampler_that_breaks_the_contract() -> None:
         sample_window(lambda n, k, rng, **_: [0, 1, 2, n], 4, 100)
 
 
+# What each config's eval sampler must pick from a 200-frame, 25 fps clip with keyframes at 0, 30, 80, 130 and 190,
+# worked out by hand from the configs' comments: four segments of 50 frames, their middles 25, 75, 125, 175 and first
+# frames 0, 50, 100, 150; at 2 frames/s a frame every 12.5 (16 of them, the centred four are numbers 6-9); the
+# keyframe nearest each segment middle.
+EVAL_INDICES = {
+    "uniform": [25, 75, 125, 175],
+    "head": [0, 50, 100, 150],
+    "headtail": [0, 50, 100, 150],  # the reference evaluates on the first frame of each segment
+    "random_segment": [25, 75, 125, 175],
+    "random": [25, 75, 125, 175],
+    "fps": [75, 87, 100, 112],
+    "keyframe": [30, 80, 130, 190],
+}
+
+
 @pytest.mark.parametrize("name", SAMPLER_CONFIGS)
 def test_every_sampler_config_composes_and_samples(name: str) -> None:
     cfg = compose_adapt(f"sampler={name}")
-    for part, rng in (("train", np.random.default_rng(0)), ("eval", None)):
-        sampler = sampler_from(cfg.sampler[part]).build()
-        indices = sampler(200, 4, rng, fps=25.0, keyframes=[0, 50, 100, 150])
-        assert len(indices) == 4 and indices == sorted(indices) and all(0 <= i < 200 for i in indices)
-    evaluation = sampler_from(cfg.sampler.eval).build()
-    assert evaluation(200, 4, None, fps=25.0, keyframes=[0, 50, 100, 150]) == evaluation(
-        200, 4, None, fps=25.0, keyframes=[0, 50, 100, 150]
-    )
+    clip = {"fps": 25.0, "keyframes": [0, 30, 80, 130, 190]}
+    indices = sampler_from(cfg.sampler.train).build()(200, 4, np.random.default_rng(0), **clip)
+    assert len(indices) == 4 and indices == sorted(indices) and all(0 <= i < 200 for i in indices)
+    assert sampler_from(cfg.sampler.eval).build()(200, 4, None, **clip) == EVAL_INDICES[name]

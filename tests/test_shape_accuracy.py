@@ -1,10 +1,13 @@
-"""Caption parsing and the motion/object/direction accuracies on hand-written predictions."""
+"""Caption parsing and the motion/object/direction accuracies on hand-written predictions, and as runs report them."""
 
 import math
+from pathlib import Path
 
 import pytest
 
-from simvlg_video.eval.shape_accuracy import parse_motion, parse_object, shape_accuracy
+from simvlg_video.data.manifest import ClipRecord
+from simvlg_video.eval.predict import score
+from simvlg_video.eval.shape_accuracy import parse_motion, parse_object, shape_accuracy, still_accuracy
 
 
 @pytest.mark.parametrize(
@@ -63,6 +66,54 @@ def test_accuracies_on_hand_written_predictions():
     }
     metrics = shape_accuracy(predictions, ATTRIBUTES)
     assert metrics == pytest.approx({"motion_acc": 3 / 5, "object_acc": 3 / 5, "direction_acc": 2 / 4})
+
+
+def test_still_accuracies_on_hand_written_captions():
+    stills = {clip: {"shape": attrs["shape"], "colour": attrs["colour"]} for clip, attrs in ATTRIBUTES.items()}
+    captions = {
+        "a": "a red circle",  # both right
+        "b": "a blue circle",  # colour right, shape wrong
+        "c": "a green triangle beside a red one",  # shape right, two colours: ambiguous, so wrong
+        "d": "a yellow circle on a grey floor",  # both right (grey is no shape colour)
+        # "e" has no caption: wrong on every count
+    }
+    assert still_accuracy(captions, stills) == {"shape_acc": 3 / 5, "colour_acc": 3 / 5, "object_acc": 2 / 5}
+
+
+@pytest.mark.java  # score() runs the COCO scorer (METEOR)
+def test_score_reports_the_accuracies_of_the_captions_it_scores():
+    """What adapt, pretrain and evaluate report: motion accuracy for clips that state a motion, object accuracy for
+    stills, exact on constructed captions."""
+
+    def records(is_image: bool) -> list[ClipRecord]:
+        return [
+            ClipRecord(
+                clip,
+                f"{clip}.png" if is_image else f"{clip}.mp4",
+                Path(f"/v/{clip}"),
+                None,
+                None,
+                ("a red circle",),
+                "test",
+                attributes={"shape": a["shape"], "colour": a["colour"]} if is_image else a,
+                is_image=is_image,
+            )
+            for clip, a in ATTRIBUTES.items()
+        ]
+
+    clips = {
+        "a": "a red circle moves to the left",  # motion right, object right
+        "b": "a blue square shrinks",  # motion wrong, object right
+        "c": "a green triangle stays still",  # both right, not directional
+        "d": "a yellow square rises",  # motion right, shape wrong
+        "e": "a red square moves up",  # motion wrong, object right
+    }
+    metrics = score(records(is_image=False), clips)
+    assert (metrics["motion_acc"], metrics["object_acc"], metrics["direction_acc"]) == (3 / 5, 4 / 5, 2 / 4)
+    stills = {"a": "a red circle", "b": "a blue circle", "c": "a green and red triangle", "d": "a yellow circle"}
+    metrics = score(records(is_image=True), {**stills, "e": "a red square"})
+    assert (metrics["shape_acc"], metrics["colour_acc"], metrics["object_acc"]) == (4 / 5, 4 / 5, 3 / 5)
+    assert "motion_acc" not in metrics and metrics["clips"] == 5
 
 
 def test_perfect_and_empty_predictions():

@@ -5,9 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from simvlg_video.data.transforms import CLIP_MEAN, CLIP_STD, FrameTransform
+from simvlg_video.data.transforms import FrameTransform
 
 SIZE = 16
+# The published CLIP normalisation, pinned here: a changed constant in the code under test must fail the tests, not
+# move their expected values with it.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -131,6 +132,11 @@ def test_a_broken_manifest_line_is_named_without_a_traceback(
     assert "at at" not in lines[0]
 
 
+def probing_passes(stderr: str) -> list[int]:
+    """How many videos each probing pass that a command started was to probe, read from its progress bars."""
+    return [int(total) for total in re.findall(r"probe: +0%\|[^|\n\r]*\| *0/(\d+) ", stderr)]
+
+
 @pytest.mark.slow
 def test_the_keyframe_sampler_runs_on_a_set_without_probed_keyframes(tiny_model_dir: Path, tmp_path: Path):
     """The synthetic set's manifest has frame counts but no keyframes: they are probed once, beside it, and reused."""
@@ -147,6 +153,7 @@ def test_the_keyframe_sampler_runs_on_a_set_without_probed_keyframes(tiny_model_
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert probing_passes(result.stderr) == [21]  # every video of the set, once: what the check below must not see
     config = (run / "config.yaml").read_text()
     manifest = Path(next(line.split(": ", 1)[1] for line in config.splitlines() if "manifest: " in line))
     assert ".probed-" in manifest.name and all(r.keyframes for r in read_manifest(manifest))
@@ -162,7 +169,8 @@ def test_the_keyframe_sampler_runs_on_a_set_without_probed_keyframes(tiny_model_
         f"hydra.run.dir={tmp_path / 'again'}",
         cwd=tmp_path,
     )
-    assert again.returncode == 0 and "probe" not in again.stderr  # the probed copy is reused, no second pass
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert probing_passes(again.stderr) == []  # the probed copy is reused, no second pass
 
 
 def test_a_sampler_whose_facts_cannot_be_had_is_refused_before_training(tiny_model_dir: Path, tmp_path: Path):

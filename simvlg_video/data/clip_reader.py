@@ -13,7 +13,9 @@ Each process (or thread, for nvdec) that reads gets its own decoder; nothing is 
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +60,8 @@ class ClipReader:
     in a child process that may map ``decode_memory_gib`` (None: no limit). ``max_pixels``: the largest frame or
     image (None: no limit). ``nvdec_fallback``: when the hardware decoder fails on a file, try the CPU backends
     (what ``auto`` means).
+    ``open_nvdec`` makes each thread's hardware decoder (an object with ``read(path, indices, rotation=)``);
+    by default an ``NvdecReader`` on the current CUDA device; a stand-in exercises the fallback without a GPU.
     """
 
     def __init__(
@@ -67,12 +71,14 @@ class ClipReader:
         nvdec_fallback: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         decode_memory_gib: float | None = DEFAULT_DECODE_MEMORY_GIB,
+        open_nvdec: Callable[[], object] | None = None,
     ) -> None:
         if backend not in BACKEND_CHOICES:
             raise ValueError(f"unknown video backend {backend!r}; expected one of {list(BACKEND_CHOICES)}")
         self.backend = backend
         self.decode_timeout = decode_timeout
         self.nvdec_fallback = nvdec_fallback
+        self.open_nvdec = open_nvdec or functools.partial(_nvdec_on_current_device, max_pixels)
         self.max_pixels = max_pixels
         self._guard = DecodeGuard(
             decode_timeout,
@@ -151,7 +157,11 @@ class ClipReader:
     def _nvdec(self):
         reader = getattr(self._local, "nvdec", None)
         if reader is None:
-            from simvlg_video.data.nvdec import NvdecReader
-
-            reader = self._local.nvdec = NvdecReader(device=torch.cuda.current_device(), max_pixels=self.max_pixels)
+            reader = self._local.nvdec = self.open_nvdec()
         return reader
+
+
+def _nvdec_on_current_device(max_pixels: int | None):
+    from simvlg_video.data.nvdec import NvdecReader
+
+    return NvdecReader(device=torch.cuda.current_device(), max_pixels=max_pixels)
