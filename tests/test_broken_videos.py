@@ -60,13 +60,13 @@ def test_training_steps_run_over_the_broken_folder(records, tiny_model_dir) -> N
     from simvlg_video.data.dataset import ClipReading, clip_loader
     from simvlg_video.model.freeze import apply_freeze_policy
     from simvlg_video.model.model_dir import load_model_dir
-    from simvlg_video.train.batches import ShardedClipOrder
+    from simvlg_video.train.batches import EpochClipOrder
     from simvlg_video.train.loop import Session, TrainConfig, fit
 
     model, model_cfg = load_model_dir(tiny_model_dir)
     Reference(blocks="last_k", last_k=1, qk_dim=32, num_heads=4).apply(model)
     apply_freeze_policy(model, ["adapters", "connector"])
-    order = ShardedClipOrder(len(records), batch_size=6, seed=1)
+    order = EpochClipOrder(len(records), batch_size=6, seed=1)
     loader = clip_loader(
         records,
         ClipReading(2, "auto", 30, max_skip_fraction=1.0),

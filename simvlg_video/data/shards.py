@@ -7,10 +7,12 @@ the `webdataset` package.
 
 Every rank runs `num_streams` streams (one per loader worker); stream g of the G = ranks x streams reads shards g,
 g + G, ... of each epoch's shard order, so no two streams read the same shard in an epoch and the data splits over
-ranks and workers without coordination. Inside a shard, samples pass through a shuffle buffer. A stream's
-position (epoch, shard of its list, samples of that shard read) is its whole state: the shard order, the buffer's
-draws and each sample's crop hang off (seed, epoch, shard, sample), so a stream restarted at a position yields
-exactly what it would have yielded next; it re-reads the shard up to there without decoding a single image.
+ranks and workers without coordination. Inside a shard, samples pass through a shuffle buffer. The shard order, the
+buffer's draws and each sample's crop hang off (seed, epoch, shard, sample), so what a stream has left (its
+:class:`~simvlg_video.data.shard_progress.StreamWork`: shards to read, each with the samples of it already handed
+out) is its whole state: a stream restarted with it yields exactly what it would have yielded next, re-reading a
+shard begun up to there without decoding a single image, and that work can be dealt out again over another number
+of streams (`shard_progress.deal`).
 
 A sample whose image is missing or does not decode, or that has no caption, is skipped and listed with its reason,
 as an unreadable video is; so is a sample with two members of the same name (`k.jpg k.txt k.jpg`), one with a
@@ -37,6 +39,7 @@ from simvlg_video.data.decode import VideoDecodeError
 from simvlg_video.data.decode_guard import DecodeGuard
 from simvlg_video.data.images import image_from_bytes, is_jpeg, jpeg_header
 from simvlg_video.data.limits import DEFAULT_DECODE_MEMORY_GIB, DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_PIXELS
+from simvlg_video.data.shard_progress import OwnShare, StreamPosition, StreamWork, reads_own_share, shards_to_read
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +70,6 @@ def list_shards(pattern: str) -> list[str]:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise ShardError(f"data.shards={pattern!r}: {len(missing)} of {len(shards)} shard(s) do not exist: {shown}")
     return shards
-
-
-@dataclass(frozen=True)
-class StreamPosition:
-    """Where a stream stands: its `shard`-th shard of `epoch`, of which `sample` samples have been read."""
-
-    epoch: int = 0
-    shard: int = 0
-    sample: int = 0
 
 
 def stream_shards(num_shards: int, seed: int, epoch: int, stream: int, num_streams: int) -> list[int]:
@@ -175,13 +169,14 @@ class ShardReading:
     decode_memory_gib: float | None = DEFAULT_DECODE_MEMORY_GIB  # the decode process's address space
 
 
-class ShardStream(IterableDataset):
-    """This rank's endless training batches from shards; a DataLoader runs one stream in each of its
+class TarShardStream(IterableDataset):
+    """This rank's endless training batches from tar shards; a DataLoader runs one stream in each of its
     `num_streams` workers (`batch_size=None`: the stream makes the batches), and hands them out in turn.
 
     A batch: {"frames": [uint8 (T, H, W, 3)] or, decoded on the device, {"jpegs", "orientations"}, "captions",
-    "keys": [(epoch, shard, sample)], "names", "skipped": [{clip_id, video, reason}], "stream", "position"}. Call
-    :meth:`resume` before the loader starts its workers to continue from saved positions.
+    "keys": [(epoch, shard, sample)], "names", "skipped": [{clip_id, video, reason, epoch, sample}], "stream",
+    "position"} (the stream's :class:`StreamPosition` after it). Call :meth:`resume` before the loader starts its
+    workers to continue from saved work.
     """
 
     def __init__(
@@ -212,45 +207,60 @@ class ShardStream(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.num_streams = num_streams
-        self.positions = [StreamPosition()] * num_streams
+        self.works = [StreamWork()] * num_streams
         self.first_stream = 0
         self.decoder = DecodeGuard(
             reading.decode_timeout, reading.decode_memory_gib, preload=("simvlg_video.data.images",)
         )  # each loader worker starts its own decode process on first use
 
-    def resume(self, positions: list[StreamPosition], first_stream: int) -> None:
-        """Start each stream at its position, worker 0 playing stream `first_stream` (the one whose turn is next)."""
-        if len(positions) != self.num_streams:
-            raise ValueError(f"{len(positions)} saved stream positions for {self.num_streams} streams")
-        self.positions = list(positions)
+    def share(self, global_stream: int, num_global: int) -> OwnShare:
+        """The shards global stream `global_stream` of `num_global` reads in an epoch: (epoch) -> shards."""
+        return lambda epoch: stream_shards(len(self.shards), self.seed, epoch, global_stream, num_global)
+
+    def own_share(self, stream: int) -> OwnShare:
+        """The shards this rank's stream `stream` reads in an epoch nobody dealt it others of."""
+        return self.share(self.rank * self.num_streams + stream, self.world_size * self.num_streams)
+
+    def resume(self, works: list[StreamWork], first_stream: int) -> None:
+        """Start each stream with its work, worker 0 playing stream `first_stream` (the one whose turn is next)."""
+        if len(works) != self.num_streams:
+            raise ValueError(f"{len(works)} saved stream works for {self.num_streams} streams")
+        self.works = list(works)
         self.first_stream = first_stream % self.num_streams
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker = get_worker_info()
         workers = worker.num_workers if worker is not None else 1
         if workers != self.num_streams:
-            raise RuntimeError(f"a ShardStream of {self.num_streams} streams runs in {workers} loader workers")
+            raise RuntimeError(f"a TarShardStream of {self.num_streams} streams runs in {workers} loader workers")
         stream = ((worker.id if worker is not None else 0) + self.first_stream) % self.num_streams
-        return self.batches(stream, self.positions[stream])
+        return self.batches(stream, self.works[stream])
 
-    def batches(self, stream: int, start: StreamPosition) -> Iterator[dict[str, Any]]:
-        """The batches of this rank's stream `stream` from position `start`, forever."""
+    def batches(self, stream: int, work: StreamWork) -> Iterator[dict[str, Any]]:
+        """The batches of this rank's stream `stream` with `work` left, forever."""
         frames, captions, keys, names, skipped = [], [], [], [], []
-        readable_in_epoch, epoch = 0, start.epoch
-        whole_epoch = start.shard == start.sample == 0  # seen from its start: an epoch of nothing means no data
-        for position, key, sample in self.samples(stream, start):
+        readable_in_epoch, epoch = 0, work.epoch
+        for position, key, sample in self.samples(stream, work):
             if position.epoch != epoch:
-                if whole_epoch and readable_in_epoch == 0:
+                if reads_own_share(work, epoch) and readable_in_epoch == 0:
                     raise ShardError(
                         f"a whole epoch of stream {stream} held no readable sample; check the shards "
                         f"(e.g. {self.shards[0]})"
                     )
-                readable_in_epoch, epoch, whole_epoch = 0, position.epoch, True
+                readable_in_epoch, epoch = 0, position.epoch
             name = f"{sample['__url__']}:{sample['__key__']}"
             item = self.item(sample, name)
             if isinstance(item, str):
                 logger.warning("skipping %s: %s", name, item)
-                skipped.append({"clip_id": sample["__key__"], "video": sample["__url__"], "reason": item})
+                skipped.append(
+                    {
+                        "clip_id": sample["__key__"],
+                        "video": sample["__url__"],
+                        "reason": item,
+                        "epoch": key[0],
+                        "sample": key[2],
+                    }
+                )
                 continue
             readable_in_epoch += 1
             frames.append(item)
@@ -274,22 +284,18 @@ class ShardStream(IterableDataset):
                 }
                 frames, captions, keys, names, skipped = [], [], [], [], []
 
-    def samples(self, stream: int, start: StreamPosition) -> Iterator[tuple[StreamPosition, tuple, dict]]:
-        """(position after it, (epoch, shard, sample) key, sample) of every sample of a stream from `start`."""
-        global_stream = self.rank * self.num_streams + stream
-        num_global = self.world_size * self.num_streams
-        epoch, first_shard, skip = start.epoch, start.shard, start.sample
+    def samples(self, stream: int, work: StreamWork) -> Iterator[tuple[StreamPosition, tuple, dict]]:
+        """(position after it, (epoch, shard, sample) key, sample) of every sample a stream with `work` left reads."""
+        own_share = self.own_share(stream)
+        epoch = work.epoch
         while True:
-            mine = stream_shards(len(self.shards), self.seed, epoch, global_stream, num_global)
-            for shard_number in range(first_shard, len(mine)):
-                shard = mine[shard_number]
+            for number, (shard, handed_out) in enumerate(shards_to_read(work, epoch, own_share)):
                 rng = np.random.default_rng([self.seed, epoch, shard, 0x5A])
                 samples = shard_samples(self.shards[shard], self.reading.max_member_bytes)
                 for ordinal, sample in enumerate(buffered_shuffle(samples, self.reading.shuffle_buffer, rng)):
-                    if ordinal >= skip:  # a resumed stream passes over what it had read, undecoded
-                        yield StreamPosition(epoch, shard_number, ordinal + 1), (epoch, shard, ordinal), sample
-                skip = 0
-            epoch, first_shard = epoch + 1, 0
+                    if ordinal >= handed_out:  # a resumed stream passes over what it had handed out, undecoded
+                        yield StreamPosition(epoch, number, ordinal + 1), (epoch, shard, ordinal), sample
+            epoch += 1
 
     def item(self, sample: dict[str, Any], name: str) -> torch.Tensor | tuple[bytes, int] | str:
         """A sample's frames (T, H, W, 3), or (JPEG bytes, EXIF orientation) for the device, or why it is skipped."""

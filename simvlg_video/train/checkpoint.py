@@ -2,8 +2,9 @@
 
 ```
 checkpoints/00001000/trainable.safetensors   trainable tensors (full, also when FSDP shards them)
-checkpoints/00001000/training_state.pt       step, optimiser, schedule, grad scaler, guards, best score, and per
-                                             rank: data position and RNG states (Python, NumPy, torch CPU/CUDA)
+checkpoints/00001000/training_state.pt       step, world size, optimiser (full, also under FSDP), schedule, grad
+                                             scaler, guards, best score, and per rank: data position, skipped
+                                             samples and RNG states (Python, NumPy, torch CPU/CUDA)
 checkpoints/best.json                        {"step", "metric", "value"} of the best validation score so far
 checkpoints/abandoned/<time>/<step>/         checkpoints newer than the one a run was resumed from (kept, unused)
 ```
@@ -12,6 +13,10 @@ renamed, and the rename is flushed before any older checkpoint is pruned. A mach
 comes back with complete checkpoints and, at most, a `.partial` or `.deleting` folder that is never chosen. Rank 0
 writes; every rank takes part in gathering (FSDP tensors, per-rank state). On resume, a checkpoint that cannot be
 loaded is reported and the one before it is tried, with every rank agreeing on the one used.
+
+Nothing in a checkpoint ties it to the number of processes that wrote it: tensors and optimiser state are whole
+(FSDP's are gathered on saving and sharded again over the new processes on loading), the data position is the
+run's, and a process the interrupted run did not have starts its RNG streams from (seed, step, rank).
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ def rng_state() -> dict:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's device: a node may have other GPU counts later
     return state
 
 
@@ -74,7 +79,19 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, np.asarray(key, dtype=np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # written as every visible device's state
+            cuda = cuda[torch.cuda.current_device()]
+        torch.cuda.set_rng_state(cuda)
+
+
+def seed_new_rank(seed: int, step: int, rank: int) -> None:
+    """RNG streams for a process the interrupted run did not have (it resumes on more processes): seeded from
+    (seed, step, rank), so that the resumed run is reproducible, though not the interrupted run's draws."""
+    words = np.random.SeedSequence([seed, step, rank, 0x52]).generate_state(4, dtype=np.uint32).tolist()
+    random.seed(words[0])
+    np.random.seed(words[1])
+    torch.manual_seed(words[2] << 32 | words[3])  # CPU and every CUDA device
 
 
 def trainable_tensors(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -95,15 +112,16 @@ class _Stored:
     tensors: dict[str, torch.Tensor]
 
 
-# Restores the state that lives on this rank alone (schedule, guards, data position) from (shared state, this
-# rank's state); raises ValueError, KeyError or TypeError when it does not fit.
-LocalRestore = Callable[[dict, dict], None]
+# Restores what lives outside the model and optimiser (schedule, guards, data position) from (shared state, this
+# rank's state, None for a rank the interrupted run did not have); raises ValueError, KeyError or TypeError when it
+# does not fit. The shared state's "ranks" holds every saved rank's state.
+LocalRestore = Callable[[dict, dict | None], None]
 
 
 class Checkpoints:
     """Saving, finding, loading and setting aside the checkpoints of one run directory."""
 
-    def __init__(self, run_dir: Path, world: World = World(), keep_last: int = 2):
+    def __init__(self, run_dir: Path, world: World = World(), keep_last: int = 2, seed: int = 0):
         # keep_last=1 is safe: the old checkpoint is removed only once the new one is on the disk. Falling back from
         # a damaged newest checkpoint needs a second one.
         if keep_last < 1:
@@ -111,6 +129,7 @@ class Checkpoints:
         self.folder = Path(run_dir) / "checkpoints"
         self.world = world
         self.keep_last = keep_last
+        self.seed = seed  # the run's: RNG streams of processes a resumed run adds
 
     def complete(self) -> list[Path]:
         """Finished checkpoint folders, oldest first."""
@@ -186,10 +205,10 @@ class Checkpoints:
         barrier(self.world)
         return final
 
-    def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict | None]:
         """Load tensors and optimiser state into the live objects and restore this rank's RNG states; returns
-        (shared state, this rank's state). A checkpoint that cannot be read or does not fit raises CheckpointError
-        before anything is changed."""
+        (shared state, this rank's state: None for a rank the checkpoint's run did not have). A checkpoint that
+        cannot be read or does not fit raises CheckpointError before anything is changed."""
         return self._apply(self._read(path, model, optimizer), model, optimizer)
 
     def restore(
@@ -198,10 +217,10 @@ class Checkpoints:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         restore_local: LocalRestore | None = None,
-    ) -> tuple[Path, dict, dict]:
+    ) -> tuple[Path, dict, dict | None]:
         """Load the first of `candidates` (newest first) that loads on every rank; returns (its folder, shared
-        state, this rank's state). Each one that does not is reported (folder and why) and the next is tried; when
-        none loads, one CheckpointError names them all.
+        state, this rank's state or None). Each one that does not is reported (folder and why) and the next is
+        tried; when none loads, one CheckpointError names them all.
 
         Every rank reads and checks a candidate (and `restore_local` restores what lives on it alone) before the
         ranks compare verdicts; only an agreed one is applied, so collectives (FSDP) stay matched.
@@ -212,7 +231,7 @@ class Checkpoints:
             try:
                 stored = self._read(path, model, optimizer)
                 if restore_local is not None:
-                    restore_local(stored.state, stored.state["ranks"][self.world.rank])
+                    restore_local(stored.state, self._rank_state(stored.state))
             except CheckpointError as failure:
                 error = str(failure)
             except (ValueError, KeyError, TypeError) as failure:
@@ -281,24 +300,20 @@ class Checkpoints:
         if not isinstance(state, dict) or not needed <= state.keys():
             found = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise CheckpointError(f"{path / STATE} is not a training state (expected {sorted(needed)}, found {found})")
-        if state["world_size"] != self.world.world_size or len(state["ranks"]) != state["world_size"]:
-            raise CheckpointError(
-                f"checkpoint {path} was written by {state['world_size']} processes; resume it with the same number "
-                f"(got {self.world.world_size}): each keeps its own data position"
-            )
+        if not isinstance(state["ranks"], list) or len(state["ranks"]) != state["world_size"]:
+            raise CheckpointError(f"{path / STATE} holds no state per process of the {state['world_size']} it names")
         try:
             tensors = read_safetensors(path / TRAINABLE)
             targets = trainable_tensors(unwrap(model))
             check_tensors({name: t.shape for name, t in targets.items()}, tensors, str(path / TRAINABLE))
         except (NotATensorFile, StateDictMismatch) as error:
             raise CheckpointError(str(error)) from None
-        if not is_sharded(unwrap(model)):
-            saved = [len(group["params"]) for group in state["optimizer"].get("param_groups", [])]
-            live = [len(group["params"]) for group in optimizer.param_groups]
-            if saved != live:
-                raise CheckpointError(
-                    f"{path / STATE}: the optimiser state holds parameter groups of {saved} tensors, the run {live}"
-                )
+        saved = [len(group["params"]) for group in state["optimizer"].get("param_groups", [])]
+        live = [len(group["params"]) for group in optimizer.param_groups]
+        if saved != live:
+            raise CheckpointError(
+                f"{path / STATE}: the optimiser state holds parameter groups of {saved} tensors, the run {live}"
+            )
         return _Stored(state, tensors)
 
     @staticmethod
@@ -315,9 +330,16 @@ class Checkpoints:
             for name, target in trainable_tensors(inner).items():
                 target.copy_(_place_like(stored.tensors[name], target))
         self._load_optimizer_state(inner, optimizer, stored.state["optimizer"])
-        mine = stored.state["ranks"][self.world.rank]
-        set_rng_state(mine["rng"])
+        mine = self._rank_state(stored.state)
+        if mine is not None:
+            set_rng_state(mine["rng"])
+        else:
+            seed_new_rank(self.seed, int(stored.state["step"]), self.world.rank)
         return stored.state, mine
+
+    def _rank_state(self, state: dict) -> dict | None:
+        """This rank's saved state; None when the checkpoint's run had fewer processes than this one."""
+        return state["ranks"][self.world.rank] if self.world.rank < len(state["ranks"]) else None
 
     @staticmethod
     def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -331,7 +353,10 @@ class Checkpoints:
 
     @staticmethod
     def _load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict) -> None:
-        if not is_sharded(model):
+        """Load a whole optimiser state: one keyed by parameter names (FSDP's, gathered) is sharded over this run's
+        processes, or loaded whole onto one; one keyed by position (one process or DDP) loads as it is."""
+        named = any(isinstance(name, str) for group in saved.get("param_groups", []) for name in group["params"])
+        if not named and not is_sharded(model):
             optimizer.load_state_dict(saved)
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict

@@ -27,12 +27,16 @@ log = logging.getLogger(__name__)
 
 RUN_CONFIG = "config.yaml"
 # What a resume may change when the command line names it: the schedule's rate, clipping, the guard, how often the
-# run logs, saves and validates, how captions are decoded and how long a decode may take. None of them changes the
-# model, the data or their order; docs/training.md says which ones change the numbers that follow.
+# run logs, saves and validates, how captions are decoded and how long a decode may take, and how the global batch
+# is split (per-process batch, loader workers). None of them changes the model, the data or their order;
+# docs/training.md says which ones change the numbers that follow. The number of processes is no setting: a resume
+# on another one adapts train.accumulation to keep the run's global batch, and config.yaml keeps the run's value.
 RESUME_MAY_CHANGE = (
     "train.lr",
     "train.min_lr",
     "train.grad_clip",
+    "train.batch_size",
+    "train.num_workers",
     "train.max_nonfinite_in_a_row",
     "train.log_every",
     "train.checkpoint_every",
@@ -113,16 +117,17 @@ class RunFiles:
     changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     config: str | None = None  # the run's new config.yaml, written once a resume that changes settings is under way
 
-    def resumed(self, path: Path, state: dict) -> None:
+    def resumed(self, path: Path, state: dict, **adapted: list[int]) -> None:
         """Mark the run directory as continuing from checkpoint `path` (loaded on every rank): newer checkpoints set
-        aside, checkpoints/best.json as of `path`, config.yaml with the changed settings, the seam in the log."""
+        aside, checkpoints/best.json as of `path`, config.yaml with the changed settings, the seam in the log (with
+        what the resume adapted to its number of processes: {"processes": [old, new], "accumulation": [...]})."""
         moved_to = self.checkpoints.set_aside_newer(path)
         self.checkpoints.record_best(state.get("best"))
         for key, (old, new) in self.changes.items():
             log.info("resumed with %s: %r -> %r (named on the command line)", key, old, new)
         if self.config is not None and self.checkpoints.world.is_main:
             write_text_atomically(self.checkpoints.folder.parent / RUN_CONFIG, self.config)
-        details = {"from": path.name}
+        details = {"from": path.name, **adapted}
         if self.changes:
             details["changed"] = {key: list(values) for key, values in self.changes.items()}
         if moved_to is not None:
@@ -133,7 +138,7 @@ class RunFiles:
 def open_run(cfg: DictConfig, run_dir: Path, world: World, named: Iterable[str] = ()) -> RunFiles:
     """Open a run directory. A fresh run writes config.yaml; a resumed one is checked against it (`named`: the keys
     the command line sets, which a resume may change) and touches nothing until its checkpoint is loaded."""
-    checkpoints = Checkpoints(run_dir, world, keep_last=cfg.train.keep_checkpoints)
+    checkpoints = Checkpoints(run_dir, world, keep_last=cfg.train.keep_checkpoints, seed=cfg.seed)
     candidates = resume_candidates(cfg, checkpoints, run_dir)
     changes: dict[str, tuple[Any, Any]] = {}
     config = None

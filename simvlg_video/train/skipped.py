@@ -2,13 +2,14 @@
 
 A long run over web data meets many unreadable samples, and a checkpoint that carried every one of them would grow
 without bound. The checkpoint keeps the count and the last few (for messages); each sample is appended to the
-journal when it is met, as a JSON line with its process's rank and its number there. A run resumed after a kill
-meets again, in the same order, the samples its killed attempt had met past the checkpoint: the journal already
-holds those numbers, so they are not written twice.
+journal when it is met, as a JSON line with its process's rank, its number there, and the epoch it was met in. A
+run resumed after a kill meets again the samples its killed attempt had met past the checkpoint (on another number
+of processes, other ranks meet them): a sample the journal already holds for that epoch is not written twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import deque
@@ -17,6 +18,24 @@ from pathlib import Path
 
 SKIPPED_JOURNAL = "skipped.jsonl"
 RECENT = 20  # skipped samples a checkpoint keeps, the newest, for messages
+
+
+def sample_identity(entry: dict) -> tuple:
+    """What tells one skipped sample of a run from another: its epoch, file, clip id and (in a shard) ordinal."""
+    return tuple(entry.get(key) for key in ("epoch", "video", "clip_id", "sample"))
+
+
+def share_of_skipped(saved: list[dict], rank: int, world_size: int) -> dict:
+    """This rank's part of the skipped-sample states of an interrupted run of any number of processes: its own (none
+    for a process the run did not have) and, for rank 0, those of the processes it no longer has, so that the
+    counts still add up to the run's."""
+    mine = [saved[rank]] if rank < len(saved) else []
+    if rank == 0:
+        mine += saved[world_size:]
+    return {
+        "count": sum(int(state["count"]) for state in mine),
+        "recent": [entry for state in mine for entry in state["recent"]][-RECENT:],
+    }
 
 
 class SkippedSamples:
@@ -28,7 +47,7 @@ class SkippedSamples:
         self.rank = rank
         self.count = 0
         self.recent: deque[dict] = deque(maxlen=RECENT)
-        self._journaled: int | None = None  # how many of this rank's samples the journal holds (None: not read)
+        self._journaled: set[tuple] | None = None  # the samples the journal holds (None: not read yet)
         self._line_started = False  # whether a line cut short by a kill has been ended
 
     def __len__(self) -> int:
@@ -38,14 +57,16 @@ class SkippedSamples:
         return iter(self.recent)
 
     def add(self, entries: Iterable[dict]) -> None:
-        """Count `entries` ({clip_id, video, reason}) and append to the journal those it does not hold yet."""
-        if self._journaled is None:  # an attempt killed before its first checkpoint wrote these already
-            self._journaled = self._numbers_in_journal()
+        """Count `entries` ({clip_id, video, reason, epoch[, sample]}) and append to the journal those it does not
+        hold yet."""
+        if self._journaled is None:  # an attempt killed past its last checkpoint wrote some of these already
+            self._journaled = self._samples_in_journal()
         lines = []
         for entry in entries:
             self.count += 1
             self.recent.append(entry)
-            if self.count > self._journaled:
+            if sample_identity(entry) not in self._journaled:
+                self._journaled.add(sample_identity(entry))
                 lines.append(json.dumps({"rank": self.rank, "n": self.count, **entry}, ensure_ascii=False) + "\n")
         if lines and self.journal is not None:
             if not self._line_started:
@@ -56,7 +77,6 @@ class SkippedSamples:
                 os.write(descriptor, "".join(lines).encode("utf-8"))
             finally:
                 os.close(descriptor)
-            self._journaled = self.count
 
     def state_dict(self) -> dict:
         return {"count": self.count, "recent": list(self.recent)}
@@ -68,22 +88,23 @@ class SkippedSamples:
         else:
             self.count, recent = int(state["count"]), state["recent"]
         self.recent = deque(recent, maxlen=RECENT)
-        self._journaled = max(self.count, self._numbers_in_journal())
+        self._journaled = None
 
-    def _numbers_in_journal(self) -> int:
-        """The highest number this rank wrote into the journal (0: none; lines cut short by a kill are ignored)."""
+    def _samples_in_journal(self) -> set[tuple]:
+        """The samples the journal lists, whichever rank wrote them (lines cut short by a kill are ignored)."""
+        found: set[tuple] = set()
         if self.journal is None or not self.journal.is_file():
-            return 0
-        highest = 0
+            return found
         with self.journal.open(encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 try:
                     entry = json.loads(line)
                 except ValueError:
                     continue
-                if isinstance(entry, dict) and entry.get("rank") == self.rank and isinstance(entry.get("n"), int):
-                    highest = max(highest, entry["n"])
-        return highest
+                if isinstance(entry, dict):
+                    with contextlib.suppress(TypeError):  # a damaged line's unhashable values identify nothing
+                        found.add(sample_identity(entry))
+        return found
 
 
 def _ends_mid_line(path: Path) -> bool:

@@ -3,13 +3,15 @@
 Everything a step depends on is either rebuilt from the config or restored from the checkpoint (trainable tensors,
 optimiser, schedule, grad scaler, data position, RNG states), so a resumed run continues bit for bit, unless the
 resume changes a setting (`train.resume.RESUME_MAY_CHANGE`), which then takes effect from the checkpoint's step on.
+A resume on another number of processes keeps the run's global batch (saved in the checkpoint) by adapting the
+accumulation: global batch = train.batch_size x accumulation x processes.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,9 +21,9 @@ from torch.utils.data import DataLoader
 from simvlg_video.data.clips import ClipData
 from simvlg_video.data.dataset import FrameSampler, clip_loader
 from simvlg_video.data.manifest import ClipRecord
-from simvlg_video.data.shards import ShardStream, list_shards
+from simvlg_video.data.shards import TarShardStream, list_shards
 from simvlg_video.model.parallel import wrap_model
-from simvlg_video.train.batches import ShardBatches, ShardedClipOrder, TrainBatches
+from simvlg_video.train.batches import EpochClipOrder, ShardBatches, TrainBatches, accumulation_for
 from simvlg_video.train.guards import TooManyNonFiniteSteps
 from simvlg_video.train.loop import FitResult, Hooks, Session, TrainConfig, fit
 from simvlg_video.train.resume import RunFiles
@@ -81,7 +83,7 @@ def training_batches(
     skipped = SkippedSamples(skipped_journal, rank=world.rank)
     if run.data.shards:
         streams = max(1, train.num_workers)
-        stream = ShardStream(
+        stream = TarShardStream(
             list_shards(run.data.shards),
             train.batch_size,
             run.data.shard_reading(device),
@@ -106,7 +108,7 @@ def training_batches(
             max_skip_fraction=run.data.max_skip_fraction,
             skipped=skipped,
         )
-    order = ShardedClipOrder(
+    order = EpochClipOrder(
         len(records),
         train.batch_size,
         seed=run.seed,
@@ -147,24 +149,38 @@ def train(
     session = Session.create(wrapped, train_cfg, run.precision)
     batches = training_batches(run, records, device, world, files.checkpoints.folder.parent / SKIPPED_JOURNAL)
     start_step, best = 0, None
+    global_batch = train_cfg.batch_size * train_cfg.accumulation * world.world_size
     if files.candidates:
 
-        def restore_local(state: dict, mine: dict) -> None:
+        def restore_local(state: dict, mine: dict | None) -> None:
             session.load_state_dict(state["session"])
-            batches.load_state_dict(mine["batches"])
+            accumulation = accumulation_for(int(state["global_batch"]), train_cfg.batch_size, world.world_size)
+            batches.load_state_dicts([saved["batches"] for saved in state["ranks"]], accumulation)
+            session.train = replace(train_cfg, accumulation=accumulation)
 
         path, state, _ = files.checkpoints.restore(files.candidates, wrapped, session.optimizer, restore_local)
         if {"train.lr", "train.min_lr"} & files.changes.keys():
             session.set_learning_rate(train_cfg.lr, train_cfg.min_lr)
-        files.resumed(path, state)
+        global_batch, adapted = int(state["global_batch"]), {}
+        if state["world_size"] != world.world_size:
+            adapted["processes"] = [state["world_size"], world.world_size]
+        if session.train.accumulation != train_cfg.accumulation:
+            adapted["accumulation"] = [train_cfg.accumulation, session.train.accumulation]
+            log.info(
+                "train.accumulation adapted from %d to %d: the run's global batch of %d clips on %d process(es)",
+                train_cfg.accumulation,
+                session.train.accumulation,
+                global_batch,
+                world.world_size,
+            )
+        files.resumed(path, state, **adapted)
         start_step, best = state["step"], state.get("best")
         log.info("resumed from %s at step %d", path, start_step)
-    global_batch = train_cfg.batch_size * train_cfg.accumulation * world.world_size
     log.info(
         "global batch: %d clips per step (%d per process x %d accumulation x %d processes), %s",
         global_batch,
         train_cfg.batch_size,
-        train_cfg.accumulation,
+        session.train.accumulation,
         world.world_size,
         f"{train_cfg.strategy.upper()}" if world.distributed else "one process",
     )
@@ -174,7 +190,7 @@ def train(
             step,
             wrapped,
             session.optimizer,
-            {"session": session.state_dict(), "best": best},
+            {"session": session.state_dict(), "best": best, "global_batch": global_batch},
             {"batches": batches.state_dict()},
             best=improved,
             prune=prune,
