@@ -105,13 +105,15 @@ def train_losses(run_dir: Path) -> dict[int, float]:
     return {record["step"]: record["loss"] for record in records(run_dir, "train")}
 
 
-def written_predictions(eval_dir: Path, manifest: str | Path, split: str = "test") -> tuple[dict, dict]:
-    """(clip_id -> caption) that a run wrote to eval_dir/<split>_predictions.json, and (clip_id -> attributes) of
-    the split's clips in `manifest`: what its accuracies are recomputed from (the accuracy functions themselves
-    are pinned on hand-written captions in test_shape_accuracy.py)."""
+def written_predictions(
+    eval_dir: Path, manifest: str | Path, split: str = "test", name: str | None = None
+) -> tuple[dict, dict]:
+    """(clip_id -> caption) that a run wrote to eval_dir/<name or split>_predictions.json, and (clip_id ->
+    attributes) of the split's clips in `manifest`: what its accuracies are recomputed from (the accuracy
+    functions themselves are pinned on hand-written captions in test_shape_accuracy.py)."""
     from simvlg_video.data.manifest import read_manifest
 
-    rows = json.loads((Path(eval_dir) / f"{split}_predictions.json").read_text())
+    rows = json.loads((Path(eval_dir) / f"{name or split}_predictions.json").read_text())
     captions = {row["clip_id"]: row["caption"] for row in rows}
     return captions, {record.clip_id: record.attributes for record in read_manifest(manifest, split)}
 

@@ -79,7 +79,8 @@ def test_evaluate_runs_a_four_frame_run_at_more_frames(run_dir: Path):
         assert result.returncode == 0, result.stderr[-3000:]
         metrics = json.loads((run_dir / "model" / "eval" / f"test_num_frames={num_frames}_metrics.json").read_text())
         assert metrics["metrics"]["clips"] == len(records_of(manifest)) and not metrics["skipped"]
-        captions, attributes = written_predictions(run_dir / "model" / "eval", manifest)
+        written = f"test_num_frames={num_frames}"
+        captions, attributes = written_predictions(run_dir / "model" / "eval", manifest, name=written)
         assert captions.keys() == attributes.keys()
         assert metrics["metrics"]["motion_acc"] == shape_accuracy(captions, attributes)["motion_acc"]
 
