@@ -156,7 +156,7 @@ class ShardBatches:
     in its journal, when given one).
 
     The state is every stream's position and how many batches were handed out, which says whose turn is next; a
-    resumed run must have as many streams (train.num_workers) and processes as the interrupted one.
+    resumed run must have as many streams (data.num_workers) and processes as the interrupted one.
     """
 
     def __init__(
@@ -199,7 +199,7 @@ class ShardBatches:
         saved = state["shards"]
         if (saved["streams"], saved["world_size"]) != (self.stream.num_streams, self.stream.world_size):
             raise ValueError(
-                f"the run was streaming shards with train.num_workers={saved['streams']} (streams) on "
+                f"the run was streaming shards with data.num_workers={saved['streams']} (streams) on "
                 f"{saved['world_size']} process(es); resume it with the same, not "
                 f"{self.stream.num_streams} on {self.stream.world_size}"
             )

@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from simvlg_video.durable import write_text_atomically
+from simvlg_video.errors import UserError
 from simvlg_video.train.checkpoint import Checkpoints
 from simvlg_video.train.run_log import RunLog
 from simvlg_video.world import World
@@ -46,7 +47,7 @@ RESUME_MAY_CHANGE = (
 )
 
 
-class ResumeRefused(ValueError):
+class ResumeRefused(UserError, ValueError):
     """A resume that would not continue the same run; nothing in the run directory was touched."""
 
 
