@@ -85,10 +85,19 @@ def changed_settings(saved: dict, current: dict, prefix: str = "") -> dict[str, 
     return changes
 
 
+def as_current(saved: dict) -> dict:
+    """A run's config as this version names its keys: the loader worker count, once `train.num_workers`, is
+    `data.num_workers` (one count for the training and the evaluation loaders)."""
+    train, data = saved.get("train"), saved.get("data")
+    if isinstance(train, dict) and isinstance(data, dict) and "num_workers" in train and "num_workers" not in data:
+        data["num_workers"] = train.pop("num_workers")
+    return saved
+
+
 def check_same_config(cfg: DictConfig, run_dir: Path, named: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
     """The settings a resume changes ({key: (the run's, the new)}): keys of RESUME_MAY_CHANGE that the command line
     names. Any other difference from the run's config.yaml (other than `resume` itself) is refused, naming each."""
-    saved = OmegaConf.to_container(OmegaConf.load(run_dir / RUN_CONFIG), resolve=True)
+    saved = as_current(OmegaConf.to_container(OmegaConf.load(run_dir / RUN_CONFIG), resolve=True))
     current = OmegaConf.to_container(cfg, resolve=True)
     changes = {key: values for key, values in changed_settings(saved, current).items() if key != "resume"}
     named = set(named)
