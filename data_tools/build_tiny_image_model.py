@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from simvlg_video.data_tools import shapes
 from simvlg_video.data_tools.lm_context_check import describe, motion_from_context
 from simvlg_video.data_tools.tiny_lm import train_tiny_lm
+from simvlg_video.errors import UserError, exit_status
 from simvlg_video.model.lavis_checkpoint import load_model_config
 from simvlg_video.model.model_dir import MODEL_CONFIG, WEIGHTS, ModelConfig
 
@@ -74,8 +75,8 @@ def build(
         ]
         stage = subprocess.run([sys.executable, "-m", "simvlg_video.pretrain", *settings])
         if stage.returncode != 0:
-            raise SystemExit(
-                f"error: the image stage (python -m simvlg_video.pretrain) failed with exit code "
+            raise UserError(
+                f"the image stage (python -m simvlg_video.pretrain) failed with exit code "
                 f"{stage.returncode}; its output is above"
             )
         trained = OmegaConf.load(stage_dir / "model" / MODEL_CONFIG)
@@ -110,4 +111,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main))

@@ -36,8 +36,11 @@ from simvlg_video.data.decode import VideoDecodeError, probe_video, read_frames
 from simvlg_video.data.decode_guard import map_guarded
 from simvlg_video.data.images import read_image
 from simvlg_video.data.limits import DEFAULT_DECODE_MEMORY_GIB, DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS
-from simvlg_video.data.manifest import ClipRecord, ManifestError, read_manifest, write_manifest
+from simvlg_video.data.manifest import ClipRecord, read_manifest, write_manifest
 from simvlg_video.data.sampling import ClipWindowError, frame_window
+from simvlg_video.errors import EXIT_STATUS_HELP, UserError, exit_status
+
+STOPPED = 130  # the exit status of a check stopped with Ctrl-C (SIGINT), which the same command continues
 
 STATUSES = ("ok", "missing", "unreadable")
 
@@ -272,7 +275,7 @@ def default_output(manifest: Path, suffix: str) -> Path:
     return manifest.with_name(f"{manifest.stem}.{suffix}")
 
 
-class CheckError(ValueError):
+class CheckError(UserError, ValueError):
     """The check cannot run, or found nothing to keep; the message says which file and why."""
 
 
@@ -315,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m simvlg_video.data_tools.check_videos",
         description=__doc__,
+        epilog=f"{EXIT_STATUS_HELP}; 130 when stopped with Ctrl-C (the same command continues)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults = CheckOptions()
@@ -356,13 +360,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     options = CheckOptions(args.backend, args.decode, args.timeout, args.memory_gib, args.max_pixels)
     out = args.out or default_output(args.manifest, "checked.jsonl")
     report_path = args.report or default_output(args.manifest, "check_report.json")
+    return check_manifest(args.manifest, out, report_path, args.workers, options, show_progress=not args.quiet)
+
+
+def cli() -> int:
+    """`python -m simvlg_video.data_tools.check_videos` and the `simvlg-check-videos` script: the exit status (130
+    when stopped with Ctrl-C: the same command continues)."""
     try:
-        return check_manifest(args.manifest, out, report_path, args.workers, options, show_progress=not args.quiet)
-    except (CheckError, ManifestError) as error:
-        sys.exit(f"error: {error}")
+        return exit_status(main)
     except KeyboardInterrupt:
-        sys.exit("stopped: the same command continues the check where it was")
+        print("stopped: the same command continues the check where it was", file=sys.stderr)
+        return STOPPED
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

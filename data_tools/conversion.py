@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from simvlg_video.data.manifest import IMAGE_SUFFIXES, SPLITS, json_problem, write_manifest
+from simvlg_video.errors import UserError
 
 # Extensions a downloaded video may have; the official sets use .mp4 (MSR-VTT), .avi (MSVD), .mp4/.mkv/.webm
 # (ActivityNet, fetched from YouTube).
@@ -26,7 +27,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".flv", ".3gp
 SHOWN = 5
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """Annotations or videos that cannot be converted; the message names the file and what is wrong."""
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from types import ModuleType
 
 from simvlg_video.data_tools import convert_activitynet, convert_coco, convert_msrvtt, convert_msvd
-from simvlg_video.data_tools.conversion import ConversionError, ConversionSummary, MediaIndex, write_conversion
+from simvlg_video.data_tools.conversion import ConversionSummary, MediaIndex, write_conversion
+from simvlg_video.errors import EXIT_STATUS_HELP, exit_status
 
 MANIFEST_NAME = "manifest.jsonl"
 # dataset name -> module with add_arguments(parser), from_arguments(args) -> Conversion, and VIDEO_SUFFIX
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m simvlg_video.data_tools.convert",
         description=__doc__,
+        epilog=EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     datasets = parser.add_subparsers(dest="dataset", required=True, metavar="{" + ",".join(CONVERTERS) + "}")
@@ -61,17 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> ConversionSummary:
+    """Convert as the command line says; a file that does not convert is a ConversionError naming it."""
     args = build_parser().parse_args(argv)
     module = CONVERTERS[args.dataset]
-    try:
-        conversion = module.from_arguments(args)
-        videos = MediaIndex(args.videos or args.root)
-        summary = write_conversion(conversion, videos, args.out or args.root / MANIFEST_NAME, module.VIDEO_SUFFIX)
-    except ConversionError as error:
-        sys.exit(f"error: {error}")
+    conversion = module.from_arguments(args)
+    videos = MediaIndex(args.videos or args.root)
+    summary = write_conversion(conversion, videos, args.out or args.root / MANIFEST_NAME, module.VIDEO_SUFFIX)
     print(summary.format())
     return summary
 
 
+def cli() -> int:
+    """`python -m simvlg_video.data_tools.convert` and the `simvlg-convert` script: the exit status."""
+    return exit_status(main)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -18,6 +18,7 @@ from pathlib import Path
 from simvlg_video.data.limits import DEFAULT_DECODE_TIMEOUT
 from simvlg_video.data.manifest import ClipRecord, read_manifest, write_manifest
 from simvlg_video.data.probe import probe_paths
+from simvlg_video.errors import EXIT_STATUS_HELP, OK, SOME_FAILED, exit_status
 
 
 def probe_manifest(
@@ -47,8 +48,15 @@ def probe_manifest(
     return failed
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    """Probe as the command line says; returns SOME_FAILED when a clip's video could not be read (each is named on
+    stderr)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m simvlg_video.data_tools.probe_videos",
+        description=__doc__,
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("manifest", type=Path, help="manifest.jsonl to probe")
     parser.add_argument("--out", type=Path, help="write here instead of rewriting the manifest in place")
     parser.add_argument("--workers", type=int, default=4, help="probe processes (default %(default)s)")
@@ -63,7 +71,13 @@ def main(argv: list[str] | None = None) -> None:
         f"probed {total - len(failed)} of {total} clips; {len(failed)} could not be read"
         + (" and were left out" if args.drop_unreadable and failed else "")
     )
+    return SOME_FAILED if failed else OK
+
+
+def cli() -> int:
+    """`python -m simvlg_video.data_tools.probe_videos` and the `simvlg-probe-videos` script: the exit status."""
+    return exit_status(main)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

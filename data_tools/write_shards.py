@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
 
-from simvlg_video.data.manifest import ManifestError, read_manifest
+from simvlg_video.data.manifest import read_manifest
+from simvlg_video.errors import EXIT_STATUS_HELP, InputError, exit_status
 
 
 def write_shards(
@@ -65,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m simvlg_video.data_tools.write_shards",
         description=__doc__,
+        epilog=EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("manifest", type=Path, help="a manifest with image lines (data_tools.convert coco ...)")
@@ -74,10 +77,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         pattern = write_shards(args.manifest, args.out_dir, args.split, args.per_shard)
-    except (ManifestError, ValueError, OSError) as error:
-        raise SystemExit(f"error: {error}") from None
+    except (ValueError, OSError) as error:  # a bad manifest line or split, a file that cannot be read or written
+        raise InputError(str(error)) from None
     print(f"wrote {pattern}; train on them with data=webdataset data.shards={args.out_dir}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main))

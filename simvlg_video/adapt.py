@@ -10,7 +10,7 @@
     python -m simvlg_video.adapt hydra.run.dir=RUN_DIR resume=auto [same overrides] # continue a stopped run
 
 Writes RUN_DIR/{config.yaml, metrics.jsonl, tensorboard/, checkpoints/, eval/, model/, visualize/} and prints a
-before/after table.
+before/after table. `--help` lists every setting and config group; `--cfg job` prints the composed config.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from simvlg_video.configs import register_schemas
+from simvlg_video.errors import InputError, UsageError, UserError, report
 from simvlg_video.model.image_checkpoint import (
     BLIP2_FOLDER,
     MODEL_DIR,
@@ -29,7 +30,7 @@ from simvlg_video.model.image_checkpoint import (
     inspect_image_checkpoint,
 )
 from simvlg_video.model.model_dir import ModelDirError, read_model_config
-from simvlg_video.stage import Stage, launch, run_as_command
+from simvlg_video.stage import Stage, launch, run_and_release
 from simvlg_video.train.launch import flags_to_overrides
 from simvlg_video.world import World, broadcast
 
@@ -46,16 +47,16 @@ def image_model_dir(cfg: DictConfig, run_dir: Path, world: World) -> Path:
         return BUNDLED_IMAGE_MODEL
     source = Path(cfg.image_ckpt).expanduser()
     if not source.exists():
-        raise SystemExit(f"error: --image-ckpt {source}: no such file or directory")
+        raise InputError(f"--image-ckpt {source}: no such file or directory")
     try:
         found = inspect_image_checkpoint(source)
     except ValueError as error:
-        raise SystemExit(f"error: --image-ckpt {source}: {error}") from None
+        raise InputError(f"--image-ckpt {source}: {error}") from None
     given = [key for key in ("vit_weights", "lm_path", "model_config", "prompt") if cfg.get(key) is not None]
     if found.kind == MODEL_DIR:
         if given:
-            raise SystemExit(
-                f"error: {' and '.join(given)} only apply to an imported checkpoint; the model "
+            raise UsageError(
+                f"{' and '.join(given)} only apply to an imported checkpoint; the model "
                 f"directory {source} names its own parts in model.yaml"
             )
         return refuse_video_model(source, source)
@@ -63,26 +64,25 @@ def image_model_dir(cfg: DictConfig, run_dir: Path, world: World) -> Path:
     extra = [key for key in given if key not in allowed]
     if extra:
         holds = ", which holds its ViT, LLM and architecture" if found.kind == BLIP2_FOLDER else ""
-        raise SystemExit(f"error: --image-ckpt {source} is {found.description}{holds}: leave out {' and '.join(extra)}")
+        raise UsageError(f"--image-ckpt {source} is {found.description}{holds}: leave out {' and '.join(extra)}")
     missing = [key for key in found.needs if key not in given]
     if missing:
         what = {
             "vit_weights": "vit_weights=PATH (the frozen ViT's weights, e.g. BLIP-2's eva_vit_g.pth)",
             "lm_path": "lm_path=PATH (the LLM's Hugging Face folder)",
         }
-        raise SystemExit(
-            f"error: --image-ckpt {source} is {found.description} and also needs "
-            f"{' and '.join(what[key] for key in missing)}"
+        raise UsageError(
+            f"--image-ckpt {source} is {found.description} and also needs {' and '.join(what[key] for key in missing)}"
         )
     imported, error = run_dir / IMPORTED_IMAGE_MODEL, None
     if world.is_main and not (imported / "model.yaml").is_file():
         try:
             import_image_checkpoint(found, imported, cfg.vit_weights, cfg.lm_path, cfg.model_config, cfg.prompt)
         except (ValueError, FileNotFoundError) as failure:  # named missing, unexpected, mis-shaped tensors, files
-            error = f"error: --image-ckpt {source}: {failure}"
+            error = f"--image-ckpt {source}: {failure}"
     error = broadcast(error, world)
     if error is not None:
-        raise SystemExit(error)
+        raise InputError(error)
     return refuse_video_model(imported, source)
 
 
@@ -91,15 +91,15 @@ def refuse_video_model(model_dir: Path, given: Path) -> Path:
     try:
         adapter = read_model_config(model_dir / "model.yaml").adapter
     except ModelDirError as error:
-        raise SystemExit(f"error: --image-ckpt {given}: {error}") from None
+        raise InputError(f"--image-ckpt {given}: {error}") from None
     if adapter is not None:
         how = (
             "import it as a model directory with python -m simvlg_video.model.lavis_checkpoint, then give that to"
             if given.is_file()
             else "give it to"
         )
-        raise SystemExit(
-            f"error: --image-ckpt {given} is a video checkpoint (adapter {adapter['name']}); adapt "
+        raise InputError(
+            f"--image-ckpt {given} is a video checkpoint (adapter {adapter['name']}); adapt "
             f"starts from an image model. To caption with it, {how} caption or evaluate --ckpt"
         )
     return model_dir
@@ -110,8 +110,20 @@ ADAPT = Stage(starting_model=image_model_dir)
 
 @hydra.main(version_base="1.3", config_path="pkg://simvlg_video.configs", config_name="adapt")
 def main(cfg: DictConfig) -> None:
-    run_as_command(cfg, ADAPT)
+    try:
+        run_and_release(cfg, ADAPT)
+    except UserError as error:  # bad input, named by the code that found it: one line, never a traceback
+        raise SystemExit(report(error)) from None
+
+
+def cli() -> None:
+    """`python -m simvlg_video.adapt` and the `simvlg-adapt` script: the flags as overrides, then Hydra."""
+    try:
+        arguments = flags_to_overrides(sys.argv[1:], {"--image-ckpt": "image_ckpt"})
+    except UserError as error:
+        sys.exit(report(error))
+    sys.exit(launch(main, arguments))
 
 
 if __name__ == "__main__":
-    launch(main, flags_to_overrides(sys.argv[1:], {"--image-ckpt": "image_ckpt"}))
+    cli()

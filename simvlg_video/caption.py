@@ -2,25 +2,23 @@
 evaluated with; an image is captioned as a clip of identical frames.
 
     python -m simvlg_video.caption --ckpt RUN_DIR_OR_MODEL_DIR VIDEO [VIDEO_OR_FOLDER ...] [--out captions.jsonl]
-                                   [num_frames=8 num_beams=3 ...]   (any setting of eval.inference.InferenceConfig)
+                                   [data.num_frames=8 eval.num_beams=3 sampler=uniform ...]
 
 Prints `path<TAB>caption` per video that decodes, and `path: reason` on stderr for each one that does not; with
---out also writes one JSON object per captioned video. Exit status: 0 when every video was captioned, 1 when any
-could not be, 2 for a usage error (no videos, not a model).
+--out also writes one JSON object per captioned video.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from simvlg_video.configs.commands import command_parser, open_for_command, split_overrides
 from simvlg_video.data.manifest import IMAGE_SUFFIXES, ClipRecord
-from simvlg_video.eval.inference import open_model, split_settings
+from simvlg_video.errors import OK, SOME_FAILED, UsageError, exit_status
 from simvlg_video.eval.predict import predict
-from simvlg_video.model.model_dir import ModelDirError
-from simvlg_video.world import pick_device
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".3gp", ".flv", ".gif"}
 
@@ -38,34 +36,34 @@ def expand_videos(paths: list[Path]) -> list[Path]:
     return videos
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", type=Path, required=True, help="a run directory or a model directory")
-    parser.add_argument("videos", type=Path, nargs="+", help="video files or folders of videos")
-    parser.add_argument("--out", type=Path, help="also write {video, caption} JSON lines here")
-    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda")
-    overrides, rest = split_settings(sys.argv[1:] if argv is None else list(argv))
-    args = parser.parse_args(rest)
-    videos = expand_videos(args.videos)
+def caption(ckpt: Path, paths: list[Path], overrides: Sequence[str] = (), out: Path | None = None) -> int:
+    """Caption every video and image of `paths` with the model of `ckpt`; prints the captions (and writes them to
+    `out`), names each file that could not be captioned; returns SOME_FAILED when there was one."""
+    videos = expand_videos(paths)
     if not videos:
-        print(f"error: no video files found in {', '.join(map(str, args.videos))}", file=sys.stderr)
-        return 2
-    try:
-        opened = open_model(args.ckpt, overrides, pick_device(args.device))
-    except (ModelDirError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(f"no video files found in {', '.join(map(str, paths))}")
+    opened = open_for_command("caption", ckpt, overrides).opened
     records = [ClipRecord.for_file(video) for video in videos]
     result = predict(opened.model, records, opened.inference, opened.config.image_size, desc="caption")
     for skipped in result.skipped:
         print(f"{skipped['video']}: {skipped['reason']}", file=sys.stderr)
-    if args.out:
-        with args.out.open("w", encoding="utf-8") as handle:
-            for video, caption in result.captions.items():
-                handle.write(json.dumps({"video": video, "caption": caption}, ensure_ascii=False) + "\n")
-    for video, caption in result.captions.items():
-        print(f"{video}\t{caption}")
-    return 1 if result.skipped else 0
+    if out:
+        with out.open("w", encoding="utf-8") as handle:
+            for video, text in result.captions.items():
+                handle.write(json.dumps({"video": video, "caption": text}, ensure_ascii=False) + "\n")
+    for video, text in result.captions.items():
+        print(f"{video}\t{text}")
+    return SOME_FAILED if result.skipped else OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = command_parser(__doc__, "caption")
+    parser.add_argument("--ckpt", type=Path, required=True, help="a run directory or a model directory")
+    parser.add_argument("videos", type=Path, nargs="+", help="video files or folders of videos")
+    parser.add_argument("--out", type=Path, help="also write {video, caption} JSON lines here")
+    overrides, rest = split_overrides(sys.argv[1:] if argv is None else list(argv), parser)
+    args = parser.parse_args(rest)
+    return exit_status(lambda: caption(args.ckpt, args.videos, overrides, args.out))
 
 
 if __name__ == "__main__":

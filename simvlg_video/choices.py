@@ -17,10 +17,12 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from simvlg_video.errors import UserError
+
 Choice = TypeVar("Choice")
 
 
-class ChoiceError(ValueError):
+class ChoiceError(UserError, ValueError):
     """Settings that do not choose a built-in part: an unknown name, an import path, a wrong setting."""
 
 

@@ -9,6 +9,7 @@
 The starting model is assembled from the parts into RUN_DIR/initial_model (the frozen ViT and LLM behind
 fingerprinted pointers, the connector from BERT, fresh projections); then the same training stage as `adapt` runs on
 images (clips of one frame). RUN_DIR/model is the image model: `adapt --image-ckpt RUN_DIR/model` takes it to video.
+`--help` lists every setting and config group; `--cfg job` prints the composed config.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from simvlg_video.configs import register_schemas
+from simvlg_video.errors import InputError, UserError, report
 from simvlg_video.model.image_parts import assemble_image_model
 from simvlg_video.model.lavis_checkpoint import load_model_config
-from simvlg_video.stage import Stage, launch, run_as_command
+from simvlg_video.stage import Stage, launch, run_and_release
 from simvlg_video.world import World, broadcast
 
 BUNDLED_LM = Path(__file__).resolve().parent / "assets" / "tiny_image_model" / "lm"
@@ -49,10 +51,10 @@ def initial_model_dir(cfg: DictConfig, run_dir: Path, world: World) -> Path:
                 model_cfg.connector.merge_mode = cfg.merge_mode
             assemble_image_model(model_cfg, out, cfg.bert_path)
         except (ValueError, FileNotFoundError) as failure:  # named missing, unexpected, mis-shaped tensors, files
-            error = f"error: the starting image model: {failure}"
+            error = f"the starting image model: {failure}"
     error = broadcast(error, world)
     if error is not None:
-        raise SystemExit(error)
+        raise InputError(error)
     return out
 
 
@@ -67,8 +69,16 @@ PRETRAIN = Stage(
 
 @hydra.main(version_base="1.3", config_path="pkg://simvlg_video.configs", config_name="pretrain")
 def main(cfg: DictConfig) -> None:
-    run_as_command(cfg, PRETRAIN)
+    try:
+        run_and_release(cfg, PRETRAIN)
+    except UserError as error:  # bad input, named by the code that found it: one line, never a traceback
+        raise SystemExit(report(error)) from None
+
+
+def cli() -> None:
+    """`python -m simvlg_video.pretrain` and the `simvlg-pretrain` script."""
+    sys.exit(launch(main, sys.argv[1:]))
 
 
 if __name__ == "__main__":
-    launch(main, sys.argv[1:])
+    cli()

@@ -10,10 +10,12 @@ the sweep folder. Runs without a summary line (crashed or still running) are lis
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from simvlg_video.errors import EXIT_STATUS_HELP, exit_status
 from simvlg_video.eval.report_plots import plot_loss_curves, plot_metric_vs_frames
-from simvlg_video.eval.runs import memory_cell
+from simvlg_video.eval.runs import RunsError, memory_cell
 from simvlg_video.eval.sweep import RunResult, common_overrides, metric_series, own_overrides, read_sweep
 
 SCORES = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
@@ -69,17 +71,26 @@ def write_report(runs: list[RunResult], out: Path, title: str) -> str:
     return table
 
 
-def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m simvlg_video.report",
+        description=__doc__,
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("sweep", type=Path, help="a sweep folder (one run directory per job) or one run directory")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: SWEEP)")
     args = parser.parse_args(argv)
-    if not args.sweep.is_dir():
-        raise SystemExit(f"error: {args.sweep}: no such directory")
-    table = write_report(read_sweep(args.sweep), args.out or args.sweep, args.sweep.name)
-    print(table)
-    return table
+    return exit_status(lambda: print(report(args.sweep, args.out)))
+
+
+def report(sweep: Path, out: Path | None = None) -> str:
+    """Write the report of `sweep` into `out` (default: the sweep folder); returns its table. A folder that is not
+    there, or holds no run, is a RunsError."""
+    if not sweep.is_dir():
+        raise RunsError(f"{sweep}: no such directory")
+    return write_report(read_sweep(sweep), out or sweep, sweep.name)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

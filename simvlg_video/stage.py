@@ -21,29 +21,26 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from simvlg_video.adapters.placements import placement_from
-from simvlg_video.choices import ChoiceError
 from simvlg_video.data.clips import ClipData, DataConfigError
-from simvlg_video.data.dataset import TooManySkippedClips
-from simvlg_video.data.manifest import ClipRecord, ManifestError, read_manifest
+from simvlg_video.data.manifest import ClipRecord, read_manifest
 from simvlg_video.data.samplers import sampler_from
-from simvlg_video.data.shards import ShardError, list_shards
-from simvlg_video.eval.inference import InferenceConfig
+from simvlg_video.data.shards import list_shards
+from simvlg_video.errors import BAD_INPUT, OK, SOME_FAILED, SettingsError
+from simvlg_video.eval.coco import require_spice_jars
+from simvlg_video.eval.inference import inference_from
 from simvlg_video.eval.predict import evaluate_split, write_eval
 from simvlg_video.eval.runs import run_summary
 from simvlg_video.eval.table import metrics_table, training_table
 from simvlg_video.eval.visualize import draw_clips
 from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_parameters
-from simvlg_video.model.fingerprint import FrozenSourceChanged
 from simvlg_video.model.freeze import apply_freeze_policy
-from simvlg_video.model.model_dir import ModelDirError, load_model_dir, save_model_dir, stored_tensors
+from simvlg_video.model.model_dir import load_model_dir, save_model_dir, stored_tensors
 from simvlg_video.model.parallel import is_sharded, whole_on_cpu
 from simvlg_video.model.speed import apply_speed_settings
-from simvlg_video.model.tensor_io import NotATensorFile, StateDictMismatch
-from simvlg_video.train.checkpoint import CheckpointError
 from simvlg_video.train.launch import launch_overrides, override_key, rerun_command
 from simvlg_video.train.loop import TrainConfig, reset_peak_memory
-from simvlg_video.train.resume import ResumeRefused, open_run
-from simvlg_video.train.trainer import TrainingRun, TrainingStopped, train
+from simvlg_video.train.resume import open_run
+from simvlg_video.train.trainer import TrainingRun, train
 from simvlg_video.world import (
     World,
     broadcast,
@@ -56,21 +53,6 @@ from simvlg_video.world import (
 )
 
 log = logging.getLogger("simvlg_video.stage")
-# Bad input, named by the code that found it: reported as one line, never a traceback.
-USER_ERRORS = (
-    ManifestError,
-    ModelDirError,
-    FrozenSourceChanged,
-    StateDictMismatch,
-    NotATensorFile,
-    DataConfigError,
-    TooManySkippedClips,
-    ShardError,
-    ChoiceError,
-    ResumeRefused,
-    CheckpointError,
-    TrainingStopped,
-)
 
 
 @dataclass(frozen=True)
@@ -90,28 +72,10 @@ def clip_data(cfg: DictConfig) -> ClipData:
     """The `data:` settings as the object that reads them; a value left to give (`data.root=???`) is named."""
     missing = [f"data.{key}" for key in cfg.data if OmegaConf.is_missing(cfg.data, key)]
     if missing:
-        raise SystemExit(
-            f"error: {', '.join(missing)} is not set; give it on the command line, e.g. {missing[0]}=/path/to/dataset"
+        raise DataConfigError(
+            f"{', '.join(missing)} is not set; give it on the command line, e.g. {missing[0]}=/path/to/dataset"
         )
     return instantiate(cfg.data)
-
-
-def inference_settings(cfg: DictConfig) -> InferenceConfig:
-    """How this run captions (evaluation, the exported model's default): frames and decoding of the run."""
-    return InferenceConfig(
-        num_frames=cfg.data.num_frames,
-        sampler=sampler_from(cfg.sampler.eval),
-        backend=cfg.data.backend,
-        decode_timeout=cfg.data.decode_timeout,
-        decode_memory_gib=cfg.data.decode_memory_gib,
-        max_pixels=cfg.data.max_pixels,
-        num_beams=cfg.eval.num_beams,
-        min_new_tokens=cfg.eval.min_new_tokens,
-        max_new_tokens=cfg.eval.max_new_tokens,
-        batch_size=cfg.eval.batch_size,
-        num_workers=cfg.train.num_workers,
-        precision=cfg.precision,
-    )
 
 
 def trainable_parts(cfg: DictConfig, model: torch.nn.Module) -> list[str]:
@@ -126,7 +90,7 @@ def trainable_parts(cfg: DictConfig, model: torch.nn.Module) -> list[str]:
 def split_records(records: list[ClipRecord], split: str, manifest: Path) -> list[ClipRecord]:
     chosen = [r for r in records if r.split == split]
     if not chosen:
-        raise SystemExit(f"error: manifest {manifest} has no clips in split {split!r}")
+        raise DataConfigError(f"manifest {manifest} has no clips in split {split!r}")
     return chosen
 
 
@@ -135,13 +99,18 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
     try:
         train_cfg: TrainConfig = OmegaConf.to_object(cfg.train)
         compute_dtype(cfg.precision)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+    except ValueError as error:  # settings that cannot work together (TrainConfig), an unknown precision
+        raise SettingsError(str(error)) from None
+    if cfg.eval.spice:
+        require_spice_jars()  # before training, not after it
     world = init_world()
     if not world.is_main:
         logging.getLogger().setLevel(logging.WARNING)
-    device = pick_device(cfg.device, world)
-    threads = share_cpu_with_loaders(device, cfg.train.num_workers)
+    try:
+        device = pick_device(cfg.device, world)
+    except RuntimeError as error:  # a GPU asked for and not there
+        raise SettingsError(str(error)) from None
+    threads = share_cpu_with_loaders(device, cfg.data.num_workers)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -169,7 +138,7 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
     val_records = split_records(records, cfg.eval.val_split, manifest) if cfg.train.eval_every else []
     model, model_cfg = load_model_dir(image_dir, dtype=compute_dtype(cfg.precision))
     model.to(device)
-    inference = inference_settings(cfg)
+    inference = inference_from(cfg)
     evaluation = dict(inference=inference, image_size=model_cfg.image_size, world=world, spice=cfg.eval.spice)
     rows: dict[str, dict[str, float]] = {}
     try:
@@ -259,11 +228,11 @@ def shared_manifest(data: ClipData, samplers: list, world: World) -> Path:
     if world.is_main:
         try:
             found = data.manifest_for(samplers)
-        except (ValueError, FileNotFoundError) as failure:
-            error = f"error: {failure}"
+        except (ValueError, FileNotFoundError) as failure:  # a bad manifest, a generator's refusal, a missing file
+            error = str(failure)
     found, error = broadcast((found, error), world)
     if error is not None:
-        raise SystemExit(error)
+        raise DataConfigError(error)
     return found
 
 
@@ -293,23 +262,29 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_as_command(cfg: DictConfig, stage: Stage) -> None:
-    """`run` as an entry point's body: bad input is one line naming the file, key or setting, never a traceback;
-    what the run held is released either way (a sweep runs many in one process)."""
+def run_and_release(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
+    """`run`, then what the run held is released, whether it finished or failed (a sweep runs many in one
+    process)."""
     try:
-        run(cfg, stage)
-    except USER_ERRORS as error:
-        raise SystemExit(f"error: {error}") from None
+        return run(cfg, stage)
     finally:
         release_memory()
 
 
-def launch(main: Callable[[], None], arguments: list[str]) -> None:
-    """Call a Hydra `main` alone or under torchrun: every rank gets rank 0's run directory (`launch_overrides`),
-    placed before the user's arguments, which win."""
+def launch(main: Callable[[], None], arguments: list[str]) -> int:
+    """Call a Hydra `main` alone or under torchrun (every rank gets rank 0's run directory, `launch_overrides`,
+    placed before the user's arguments, which win); returns the exit status. Hydra refuses a bad command line (an
+    unknown key, a wrong type, an unknown option) with status 1 before any job starts: a usage error, status 2."""
     world = init_world()
     sys.argv = [sys.argv[0], *launch_overrides(arguments, world), *arguments]
     try:
         main()
+    except SystemExit as stop:
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+        if stop.code == SOME_FAILED and not HydraConfig.initialized():
+            return BAD_INPUT
+        return stop.code if isinstance(stop.code, int) else BAD_INPUT if stop.code else OK
     finally:
         shutdown(world)
+    return OK

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from simvlg_video.bench.model_files import main
+from simvlg_video.errors import InputError
 from simvlg_video.model.lavis_checkpoint import read_lavis_checkpoint, reference_name
 from simvlg_video.model.model_dir import load_model_dir
 
@@ -56,6 +57,6 @@ def test_the_benchmark_removes_only_what_it_wrote(tmp_path: Path) -> None:
 
     (work / "opt-2.7b").mkdir()
     (work / "opt-2.7b" / "config.json").write_text("{}")
-    with pytest.raises(SystemExit, match=r"opt-2.7b exists and was not written by this benchmark"):
+    with pytest.raises(InputError, match=r"opt-2.7b exists and was not written by this benchmark"):
         main(["--tiny", "--work", str(work)])
     assert (work / "opt-2.7b" / "config.json").read_text() == "{}" and (work / "notes.txt").is_file()

@@ -10,8 +10,9 @@ import pytest
 
 from simvlg_video.data import sampling
 from simvlg_video.data.dataset import VideoClipDataset
-from simvlg_video.data.manifest import read_manifest, write_manifest
+from simvlg_video.data.manifest import ManifestError, read_manifest, write_manifest
 from simvlg_video.data.video_writer import write_video
+from simvlg_video.data_tools.check_videos import CheckError
 from simvlg_video.data_tools.check_videos import main as check
 
 FPS = 8
@@ -151,13 +152,13 @@ def test_out_in_another_folder_keeps_paths_valid(dataset_root: Path, tmp_path: P
 
 
 def test_refuses_to_overwrite_its_input(dataset_root: Path):
-    with pytest.raises(SystemExit, match="would overwrite the manifest being checked"):
+    with pytest.raises(CheckError, match="would overwrite the manifest being checked"):
         check([str(dataset_root / "manifest.jsonl"), "--out", str(dataset_root / "manifest.jsonl")])
 
 
 def test_nothing_readable_is_an_error(tmp_path: Path):
     write_manifest(tmp_path / "manifest.jsonl", [row("gone", "gone.mp4", "train")])
-    with pytest.raises(SystemExit, match="no readable clip"):
+    with pytest.raises(CheckError, match="no readable clip"):
         check([str(tmp_path / "manifest.jsonl"), "--quiet", "--workers", "0"])
     assert not (tmp_path / "manifest.checked.jsonl").exists()
     assert json.loads((tmp_path / "manifest.check_report.json").read_text())["missing_videos"] == 1
@@ -165,5 +166,5 @@ def test_nothing_readable_is_an_error(tmp_path: Path):
 
 def test_malformed_manifest_is_one_line(tmp_path: Path):
     (tmp_path / "manifest.jsonl").write_text('{"clip_id": "x"}\n')
-    with pytest.raises(SystemExit, match=r"manifest.jsonl:1: missing key 'video'"):
+    with pytest.raises(ManifestError, match=r"manifest.jsonl:1: missing key 'video'"):
         check([str(tmp_path / "manifest.jsonl"), "--quiet"])

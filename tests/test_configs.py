@@ -30,12 +30,11 @@ from simvlg_video.data.shards import TarShardStream, list_shards
 from simvlg_video.data_tools.make_shapes import make_shapes_dataset
 from simvlg_video.data_tools.make_stills import make_stills_dataset
 from simvlg_video.data_tools.write_shards import write_shards
-from simvlg_video.eval.inference import InferenceConfig
+from simvlg_video.eval.inference import EvalSampler, InferenceConfig, inference_from
 from simvlg_video.model.adapter_protocol import adapter_parameters
 from simvlg_video.model.lavis_checkpoint import load_model_config
 from simvlg_video.model.lm import build_word_tokenizer
 from simvlg_video.model.model_dir import build_captioner, load_model_dir, read_model_config, stored_tensors
-from simvlg_video.stage import inference_settings
 
 CONFIGS = Path(str(resources.files("simvlg_video.configs")))
 GROUPS = ("data", "sampler", "adapter", "experiment")
@@ -80,9 +79,9 @@ def test_the_saved_inference_settings_carry_the_eval_sampler_resolved(name: str)
     """The model folder stores the eval sampler by name as plain JSON: a value it takes from the sampler file (fps's
     `rate: ${..train.rate}`) must be resolved there, or the folder's sampler cannot be built on its own."""
     cfg = compose_config("data.root=/datasets/x", f"sampler={name}")  # unresolved, as a run holds it
-    stored = json.loads(json.dumps(asdict(inference_settings(cfg).sampler)))
-    assert stored["name"] == cfg.sampler.eval.name
-    saved = InferenceConfig(num_frames=cfg.data.num_frames, sampler=sampler_from(stored)).frame_sampler
+    stored = json.loads(json.dumps(asdict(inference_from(cfg).sampler)))
+    assert stored["eval"]["name"] == cfg.sampler.eval.name
+    saved = InferenceConfig(sampler=EvalSampler(sampler_from(stored["eval"]))).frame_sampler
     keyframes = list(range(0, 300, 25))
     expected = sampler_from(compose_adapt(f"sampler={name}").sampler.eval).build()(
         300, cfg.data.num_frames, None, fps=25.0, keyframes=keyframes

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from simvlg_video.data.manifest import read_manifest
+from simvlg_video.data_tools.conversion import ConversionError
 from simvlg_video.data_tools.convert import main as convert
 
 UNICODE = "  Un homme joue du piano – 日本語.  "
@@ -87,7 +88,7 @@ def test_val_split_option(root: Path):
 
 def test_video_with_and_without_prefix_is_ambiguous(root: Path):
     (root / "videos/v_valCCCCCCCC.webm").write_bytes(b"x")
-    with pytest.raises(SystemExit, match=r"video 'v_valCCCCCCCC' matches several files"):
+    with pytest.raises(ConversionError, match=r"video 'v_valCCCCCCCC' matches several files"):
         run(root, "val_1")
 
 
@@ -95,7 +96,7 @@ def test_duplicate_video_id_in_a_file_is_an_error(root: Path):
     path = root / "annotations/val_2.json"
     entry = '{"duration": 5, "timestamps": [[0, 1]], "sentences": ["a"]}'
     path.write_text(f'{{"v_x": {entry},\n "v_x": {entry}}}')
-    with pytest.raises(SystemExit, match=r"val_2.json: duplicate key 'v_x'"):
+    with pytest.raises(ConversionError, match=r"val_2.json: duplicate key 'v_x'"):
         run(root, "val_2")
 
 
@@ -113,16 +114,16 @@ def test_duplicate_video_id_in_a_file_is_an_error(root: Path):
 )
 def test_schema_errors_name_the_video_and_key(root: Path, entry: object, message: str):
     (root / "annotations/train.json").write_text(json.dumps({"v_ok": video(5, [[0, 1]], ["a"]), "v_bad": entry}))
-    with pytest.raises(SystemExit, match=rf"train.json: {message}"):
+    with pytest.raises(ConversionError, match=rf"train.json: {message}"):
         run(root, "train")
 
 
 def test_not_an_object_keyed_by_video(root: Path):
     (root / "annotations/train.json").write_text("[]")
-    with pytest.raises(SystemExit, match=r"train.json: expected a JSON object keyed by video id"):
+    with pytest.raises(ConversionError, match=r"train.json: expected a JSON object keyed by video id"):
         run(root, "train")
 
 
 def test_at_least_one_file(root: Path):
-    with pytest.raises(SystemExit, match=r"give at least one of --train, --val-1, --val-2"):
+    with pytest.raises(ConversionError, match=r"give at least one of --train, --val-1, --val-2"):
         run(root)

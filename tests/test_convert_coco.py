@@ -11,6 +11,7 @@ from PIL import Image
 
 from simvlg_video.data.manifest import read_manifest
 from simvlg_video.data_tools.check_videos import main as check
+from simvlg_video.data_tools.conversion import ConversionError
 from simvlg_video.data_tools.convert import main as convert
 
 UNICODE = "un café crème – 日本語"
@@ -156,7 +157,7 @@ def test_lavis_files_merge_one_entry_per_caption(tmp_path):
 )
 def test_a_malformed_official_file_is_named(tmp_path, annotation, message):
     path = write_json(tmp_path / "captions_train2017.json", annotation)
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(ConversionError, match=message):
         convert(["coco", "--root", str(tmp_path), "--official", f"train={path}"])
 
 
@@ -166,8 +167,8 @@ def test_an_image_in_two_splits_is_refused(tmp_path):
         for split in ("train", "test")
     ]
     path = write_json(tmp_path / "dataset_coco.json", {"images": images})
-    with pytest.raises(SystemExit, match=r"image 'x.jpg' is in split 'test' and also in 'train'"):
+    with pytest.raises(ConversionError, match=r"image 'x.jpg' is in split 'test' and also in 'train'"):
         convert(["coco", "--root", str(tmp_path), "--karpathy", str(path)])
     bad_split = write_json(tmp_path / "bad.json", {"images": [{**images[0], "split": "holdout"}]})
-    with pytest.raises(SystemExit, match=r"images\[0\]\.split: expected one of"):
+    with pytest.raises(ConversionError, match=r"images\[0\]\.split: expected one of"):
         convert(["coco", "--root", str(tmp_path), "--karpathy", str(bad_split)])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from simvlg_video.data.manifest import read_manifest
+from simvlg_video.data_tools.conversion import ConversionError
 from simvlg_video.data_tools.convert import main as convert
 
 UNICODE = "un café crème – 日本語のキャプション 🎬"
@@ -123,7 +124,9 @@ def test_duplicate_video_id_is_an_error(official: Path):
     document = json.loads(path.read_text())
     document["videos"].append({"video_id": "video0", "split": "test"})
     write_json(path, document)
-    with pytest.raises(SystemExit, match=r"test_videodatainfo.json: videos\[2\].video_id: duplicate clip id 'video0'"):
+    with pytest.raises(
+        ConversionError, match=r"test_videodatainfo.json: videos\[2\].video_id: duplicate clip id 'video0'"
+    ):
         run_official(official)
 
 
@@ -142,20 +145,20 @@ def test_schema_errors_name_file_and_key(official: Path, change, message: str):
     document = json.loads(path.read_text())
     change(document)
     write_json(path, document)
-    with pytest.raises(SystemExit, match=rf"^error: {re.escape(str(path))}: .*{message}"):
+    with pytest.raises(ConversionError, match=rf"^{re.escape(str(path))}: .*{message}"):
         run_official(official)
 
 
 def test_invalid_json_names_file_and_line(official: Path):
     path = official / "annotation/test_videodatainfo.json"
     path.write_text('{"videos": [],\n "sentences": [,]}')
-    with pytest.raises(SystemExit, match=rf"{re.escape(str(path))}: not valid JSON .* at line 2"):
+    with pytest.raises(ConversionError, match=rf"{re.escape(str(path))}: not valid JSON .* at line 2"):
         run_official(official)
 
 
 def test_two_files_for_one_video_is_an_error(official: Path):
     (official / "TrainValVideo/video0.mkv").write_bytes(b"x")
-    with pytest.raises(SystemExit, match=r"video 'video0' matches several files .*video0.mkv.*video0.mp4"):
+    with pytest.raises(ConversionError, match=r"video 'video0' matches several files .*video0.mkv.*video0.mp4"):
         run_official(official)
 
 
@@ -197,7 +200,9 @@ def test_lavis_files_merge_captions_per_video(lavis: Path):
 
 def test_lavis_video_in_two_splits_is_a_duplicate(lavis: Path):
     write_json(lavis / "cap_test.json", [{"video": "video1.mp4", "caption": ["a caption"]}])
-    with pytest.raises(SystemExit, match=r"cap_test.json: \[0\].video: duplicate clip id 'video1' \(also in .*cap_tr"):
+    with pytest.raises(
+        ConversionError, match=r"cap_test.json: \[0\].video: duplicate clip id 'video1' \(also in .*cap_tr"
+    ):
         run_lavis(lavis)
 
 
@@ -205,16 +210,16 @@ def test_lavis_caption_list_repeated_is_a_duplicate(lavis: Path):
     write_json(
         lavis / "cap_test.json", [{"video": "video4.mp4", "caption": ["a"]}, {"video": "video4.mp4", "caption": "b"}]
     )
-    with pytest.raises(SystemExit, match=r"cap_test.json: \[1\].video: duplicate clip id 'video4'"):
+    with pytest.raises(ConversionError, match=r"cap_test.json: \[1\].video: duplicate clip id 'video4'"):
         run_lavis(lavis)
 
 
 def test_lavis_wrong_caption_type_names_the_entry(lavis: Path):
     write_json(lavis / "cap_test.json", [{"video": "video4.mp4", "caption": ["a", 3]}])
-    with pytest.raises(SystemExit, match=r"cap_test.json: \[0\].caption: expected a string or a list of strings"):
+    with pytest.raises(ConversionError, match=r"cap_test.json: \[0\].caption: expected a string or a list of strings"):
         run_lavis(lavis)
 
 
 def test_lavis_split_option_is_checked(lavis: Path):
-    with pytest.raises(SystemExit, match=r"--lavis 'dev=x.json': expected SPLIT=FILE"):
+    with pytest.raises(ConversionError, match=r"--lavis 'dev=x.json': expected SPLIT=FILE"):
         convert(["msrvtt", "--root", str(lavis), "--lavis", "dev=x.json"])

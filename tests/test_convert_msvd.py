@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from simvlg_video.data.manifest import read_manifest
+from simvlg_video.data_tools.conversion import ConversionError
 from simvlg_video.data_tools.convert import main as convert
 
 UNICODE = "un hombre está cocinando – 日本語 🍳"
@@ -90,7 +91,7 @@ def test_descriptions_and_mapping_give_the_usual_split(root: Path):
 
 def test_usual_split_sizes_are_the_default(root: Path):
     with pytest.raises(
-        SystemExit,
+        ConversionError,
         match=r"youtube_mapping.txt: lists 5 clips, but split sizes \[1200, 100, 670\] "
         r"need 1970",
     ):
@@ -155,7 +156,7 @@ def test_multilingual_csv_keeps_english_rows(root: Path):
 def test_csv_without_language_column_is_an_error(root: Path):
     csv_file = root / "corpus.csv"
     csv_file.write_text("VideoID,Start,End,Description\nabc,1,2,a caption\n")
-    with pytest.raises(SystemExit, match=rf"{re.escape(str(csv_file))}:1: missing column 'Language'"):
+    with pytest.raises(ConversionError, match=rf"{re.escape(str(csv_file))}:1: missing column 'Language'"):
         run(root, "--descriptions", str(csv_file), "--mapping", str(root / "youtube_mapping.txt"))
 
 
@@ -174,7 +175,7 @@ def test_csv_without_language_column_is_an_error(root: Path):
 )
 def test_malformed_lines_are_named(root: Path, file: str, text: str, message: str):
     (root / file).write_text(text)
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(ConversionError, match=message):
         run(
             root,
             "--descriptions",
@@ -190,7 +191,7 @@ def test_malformed_lines_are_named(root: Path, file: str, text: str, message: st
 
 def test_invalid_utf8_names_the_line(root: Path):
     (root / "AllVideoDescriptions.txt").write_bytes(b"abc_1_2 fine\nabc_1_2 caf\xe9\n")
-    with pytest.raises(SystemExit, match=r"AllVideoDescriptions.txt:2: not valid UTF-8"):
+    with pytest.raises(ConversionError, match=r"AllVideoDescriptions.txt:2: not valid UTF-8"):
         run(
             root,
             "--descriptions",
@@ -201,7 +202,7 @@ def test_invalid_utf8_names_the_line(root: Path):
 
 
 def test_descriptions_need_an_order(root: Path):
-    with pytest.raises(SystemExit, match=r"give --mapping or --clip-list"):
+    with pytest.raises(ConversionError, match=r"give --mapping or --clip-list"):
         run(root, "--descriptions", str(root / "AllVideoDescriptions.txt"))
 
 

@@ -33,7 +33,7 @@ CONTAINERS = {".mp4": "mp4", ".avi": "avi", ".mkv": "matroska"}
 TINY_RUN = [
     "train.steps=2",
     "train.batch_size=2",
-    "train.num_workers=0",
+    "data.num_workers=0",
     "train.warmup_steps=1",
     "precision=fp32",
     "eval.num_beams=1",
@@ -226,9 +226,10 @@ def test_documented_commands_complete(dataset: str, tiny_model_dir: Path, tmp_pa
     assert sorted(p.name for p in (run_dir / "model").iterdir()) == sorted([MODEL_CONFIG, WEIGHTS])
     exported = read_model_config(run_dir / "model" / MODEL_CONFIG)
     assert exported.lm.path == str((tiny_model_dir / "lm").resolve()) and set(exported.frozen) == {"lm"}
+    data, decoding = exported.inference["data"], exported.inference["eval"]  # under the keys of the run's config
+    assert (data["num_frames"], decoding["num_beams"], decoding["max_new_tokens"]) == (4, 1, 4)
     inference = exported.inference
-    assert (inference["num_frames"], inference["num_beams"], inference["max_new_tokens"]) == (4, 1, 4)
-    assert inference["precision"] == "fp32" and inference["sampler"] == {"name": "uniform"}
+    assert inference["precision"] == "fp32" and inference["sampler"] == {"eval": {"name": "uniform"}}
 
 
 @pytest.mark.slow
@@ -274,10 +275,9 @@ def test_activitynet_evaluate_equals_pycocoevalcap_on_the_official_files(tiny_mo
         str(run_dir / "model"),
         "--manifest",
         str(manifest),
-        "--split",
-        "val",
-        "num_beams=1",
-        "max_new_tokens=4",
+        "eval.split=val",
+        "eval.num_beams=1",
+        "eval.max_new_tokens=4",
         cwd=tmp_path,
     )
     model_eval = run_dir / "model" / "eval"
@@ -321,11 +321,11 @@ def test_command_line_beats_the_recipe_and_the_recipe_can_be_dropped():
     assert composed("data=msrvtt", "data.root=/r", "train.steps=2").train.steps == 2
     assert composed("data=msrvtt", "data.root=/r", "~experiment").train.steps == composed().train.steps
     assert composed("data=msvd", "data.root=/r", "experiment=activitynet").eval.split == "val"
-    assert composed().train.lr != 1e-5  # the shapes demo has no experiment config
+    assert composed().train.lr != 1e-5  # the shapes demo's experiment config sets only its decoding
 
 
 def test_missing_root_is_named():
-    with pytest.raises(SystemExit, match=r"^error: data\.root is not set; .*data\.root=/path/to/dataset"):
+    with pytest.raises(DataConfigError, match=r"^data\.root is not set; .*data\.root=/path/to/dataset"):
         clip_data(composed("data=msrvtt"))
 
 
@@ -341,5 +341,5 @@ def test_real_data_config_without_a_manifest_is_named():
     with pytest.raises(DataConfigError, match=r"data.manifest and data.synthetic are both null"):
         clip_data(cfg).manifest_path()
     cfg.data.manifest = "???"
-    with pytest.raises(SystemExit, match=r"^error: data\.manifest is not set; give it on the command line"):
+    with pytest.raises(DataConfigError, match=r"^data\.manifest is not set; give it on the command line"):
         clip_data(cfg)

@@ -108,7 +108,8 @@ def test_check_videos_keeps_the_clip_and_reports_the_bomb(bomb: Path, tmp_path: 
 
 
 def test_training_and_evaluation_skip_and_count_the_bomb(bomb: Path, tmp_path: Path, tiny_model_dir: Path):
-    from simvlg_video.eval.inference import InferenceConfig
+    from simvlg_video.data.clips import FrameReading
+    from simvlg_video.eval.inference import Decoding, InferenceConfig
     from simvlg_video.eval.predict import predict
     from simvlg_video.model.model_dir import load_model_dir
     from simvlg_video.train.skipped import SkippedSamples
@@ -140,7 +141,9 @@ def test_training_and_evaluation_skip_and_count_the_bomb(bomb: Path, tmp_path: P
     loader.dataset.reader.close()
 
     model, model_cfg = load_model_dir(tiny_model_dir)
-    inference = InferenceConfig(num_frames=2, num_beams=1, max_new_tokens=3, min_new_tokens=1, num_workers=0)
+    inference = InferenceConfig(
+        FrameReading(num_frames=2, num_workers=0), eval=Decoding(num_beams=1, min_new_tokens=1, max_new_tokens=3)
+    )
     predictions = predict(model, records, inference, model_cfg.image_size)
     assert sorted(predictions.captions) == ["good0", "good1", "good2"]
     assert [entry["clip_id"] for entry in predictions.skipped] == ["bomb"]

@@ -63,7 +63,7 @@ def test_export_command_runs_as_a_module_and_refuses_without_a_traceback(tmp_pat
     rewrite_checkpoint(files, lavis_tensors(lm_width=80))
     command[command.index("--out") + 1] = str(tmp_path / "refused")
     refused = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=command_env(tmp_path))
-    assert refused.returncode == 1
+    assert refused.returncode == 2  # bad input
     assert f"\nerror: checkpoint {files.ckpt} " in refused.stderr and "Traceback" not in refused.stderr
     assert "opt_proj.weight (expected (40, 24), found (80, 24))" in refused.stderr
     assert not (tmp_path / "refused").exists()
@@ -113,7 +113,7 @@ def test_adapt_refuses_a_video_checkpoint_before_training(tmp_path, lm_path):
         *SMALL_DATA,
         "train.steps=1",
         "train.batch_size=4",
-        "train.num_workers=0",
+        "data.num_workers=0",
         "train.warmup_steps=1",
         "eval.before=false",
         "eval.visualize=0",
@@ -144,7 +144,7 @@ def test_adapt_runs_from_a_reference_checkpoint(tmp_path, lm_path):
         "data.synthetic.duration=1.0",
         "train.steps=2",
         "train.batch_size=4",
-        "train.num_workers=0",
+        "data.num_workers=0",
         "train.warmup_steps=1",
         "eval.batch_size=8",
         "eval.num_beams=1",

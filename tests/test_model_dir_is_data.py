@@ -4,6 +4,7 @@ before anything is built or touched. Directories written with the toolkit's own 
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -14,9 +15,12 @@ from adapt_runs import run_module
 from omegaconf import OmegaConf
 
 from simvlg_video.adapters.placements import Reference
+from simvlg_video.configs.commands import command_parser, open_for_command, split_overrides
+from simvlg_video.data.clips import FrameReading
 from simvlg_video.data.manifest import read_manifest
 from simvlg_video.data.samplers import Fps, Uniform
-from simvlg_video.eval.inference import InferenceConfig, open_model, read_inference_config, split_settings
+from simvlg_video.errors import SettingsError
+from simvlg_video.eval.inference import Decoding, EvalSampler, InferenceConfig, open_model
 from simvlg_video.model.model_dir import MODEL_CONFIG, ModelDirError, load_model_dir, save_model_dir
 
 REFERENCE = Reference(qk_dim=16, num_heads=4, blocks=[1, 3])
@@ -31,7 +35,9 @@ def video_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
         for index in REFERENCE.blocks:
             model.vit.blocks[index].temporal_merge.alpha.fill_(0.5)
     cfg.adapter = asdict(REFERENCE)
-    cfg.inference = asdict(InferenceConfig(2, Uniform(), num_beams=1, max_new_tokens=4, num_workers=0))
+    cfg.inference = asdict(
+        InferenceConfig(FrameReading(2, num_workers=0), EvalSampler(Uniform()), Decoding(num_beams=1, max_new_tokens=4))
+    )
     return save_model_dir(model, cfg, tmp_path_factory.mktemp("video_model") / "model", base_dir=tiny_model_dir)
 
 
@@ -74,7 +80,7 @@ def refusals(marker: Path, key: str) -> list[tuple[object, str]]:
     ]
 
 
-@pytest.mark.parametrize("key", ["adapter", "inference.sampler"])
+@pytest.mark.parametrize("key", ["adapter", "inference.sampler.eval", "inference.sampler"])  # the last: old form
 def test_a_model_yaml_that_names_code_is_refused_before_anything_is_built(model_dir: Path, tmp_path: Path, key: str):
     marker = tmp_path / "touched"
     config_file = model_dir / MODEL_CONFIG
@@ -88,7 +94,7 @@ def test_a_model_yaml_that_names_code_is_refused_before_anything_is_built(model_
             assert not marker.exists(), settings
 
 
-@pytest.mark.parametrize("key", ["adapter", "inference.sampler"])
+@pytest.mark.parametrize("key", ["adapter", "inference.sampler.eval"])
 def test_the_same_directory_with_a_part_chosen_by_name_loads(model_dir: Path, video_model_dir: Path, key: str):
     """Positive control for the refusals: the exported model.yaml names both parts by name, and loads."""
     text = (model_dir / MODEL_CONFIG).read_text()
@@ -101,7 +107,7 @@ def test_the_same_directory_with_a_part_chosen_by_name_loads(model_dir: Path, vi
     assert opened.config.adapter == asdict(REFERENCE)
     expected, _ = load_model_dir(video_model_dir)
     assert torch.equal(opened.model.vit.blocks[3].temporal_merge.alpha, expected.vit.blocks[3].temporal_merge.alpha)
-    assert opened.inference.sampler == (Fps(rate=3.0) if key != "adapter" else Uniform())
+    assert opened.inference.sampler.eval == (Fps(rate=3.0) if key != "adapter" else Uniform())
 
 
 def test_anything_else_that_names_code_is_refused_too(model_dir: Path, tmp_path: Path):
@@ -126,24 +132,38 @@ def test_a_directory_written_with_the_toolkits_own_target_strings_loads_by_name(
     rewrite(model_dir, "inference.sampler.rate", 5.0)
     opened = open_model(model_dir)
     assert opened.config.adapter == asdict(REFERENCE)
-    assert opened.inference.sampler == Fps(rate=5.0)
+    assert opened.inference.sampler.eval == Fps(rate=5.0)
     assert all(hasattr(opened.model.vit.blocks[i], "temporal_merge") for i in REFERENCE.blocks)
     rewrite(model_dir, "inference.sampler", {"_target_": "simvlg_video.data.sampling.uniform", "_partial_": True})
-    assert open_model(model_dir).inference.sampler == Uniform()
+    assert open_model(model_dir).inference.sampler.eval == Uniform()
 
 
 def test_caption_and_evaluate_choose_another_sampler_by_name(model_dir: Path):
-    """`sampler=NAME` picks another sampler at its defaults, `sampler.KEY=VALUE` changes one of its settings; an
-    import path is refused."""
-    settings, rest = split_settings(["--ckpt", "x", "sampler=fps", "sampler.rate=4", "num_beams=2", "v.mp4"])
-    assert rest == ["--ckpt", "x", "v.mp4"]
-    opened = open_model(model_dir, settings)
-    assert opened.inference.sampler == Fps(rate=4.0) and opened.inference.num_beams == 2
+    """`sampler=NAME` takes another sampler config's eval part, `sampler.eval.KEY=VALUE` changes a setting of the
+    sampler in use (the model's own, or the chosen one); an import path or a wrong setting is refused, naming it."""
+    opened = open_for_command("caption", model_dir, ["sampler=fps", "sampler.eval.rate=4", "eval.num_beams=2"]).opened
+    assert opened.inference.sampler.eval == Fps(rate=4.0) and opened.inference.eval.num_beams == 2
     assert opened.inference.frame_sampler(100, 4, None, fps=25.0) == [37, 43, 50, 56]  # 4 frames/s, centred
-    assert read_inference_config({"sampler": {"name": "fps", "rate": 2.0}}, ["sampler=head"]).sampler.name == "head"
-    for wrong in ("sampler=pathlib.Path.touch", "sampler._target_=pathlib.Path.touch", "sampler.rate=fast"):
-        with pytest.raises(ValueError, match=r"model\.yaml: sampler"):
-            open_model(model_dir, ["sampler=fps", wrong])
+    rewrite(model_dir, "inference.sampler.eval", {"name": "fps", "rate": 2.0})
+    assert open_for_command("caption", model_dir, ["sampler=head"]).opened.inference.sampler.eval.name == "head"
+    assert open_for_command("evaluate", model_dir, ["sampler.eval.rate=3"]).opened.inference.sampler.eval.rate == 3.0
+    for wrong, said in (
+        ("sampler=pathlib.Path.touch", "Could not find 'sampler/pathlib.Path.touch'"),
+        ("sampler.eval._target_=pathlib.Path.touch", "Key '_target_' not in 'Fps'"),
+        ("sampler.eval.rate=fast", "sampler.eval.rate=fast"),
+    ):
+        with pytest.raises(SettingsError, match=re.escape(said)):
+            open_for_command("caption", model_dir, [wrong])
+
+
+def test_overrides_are_told_from_paths_and_flag_values(tmp_path: Path):
+    parser = command_parser("", "caption")
+    parser.add_argument("--out")
+    (tmp_path / "a=b.mp4").touch()  # a file whose name looks like a setting is a file
+    argv = ["--ckpt", "x", "sampler=fps", "eval.num_beams=2", str(tmp_path / "a=b.mp4"), "--out", "c=d.json", "~x"]
+    overrides, rest = split_overrides(argv, parser)
+    assert overrides == ["sampler=fps", "eval.num_beams=2", "~x"]
+    assert rest == ["--ckpt", "x", str(tmp_path / "a=b.mp4"), "--out", "c=d.json"]
 
 
 def one_line_refusal(result, config_file: Path, key: str) -> None:

@@ -11,8 +11,9 @@ import yaml
 from adapt_runs import compose_adapt
 from omegaconf import OmegaConf
 
+from simvlg_video.eval.runs import RunsError
 from simvlg_video.eval.sweep import metric_series, read_sweep
-from simvlg_video.report import main
+from simvlg_video.report import main, report
 
 # Frames listed out of order so that sorting the plotted points by frames is tested, not inherited from job order.
 FRAMES, SAMPLERS, ADAPTERS = (8, 2, 4), ("uniform", "headtail"), ("none", "reference")
@@ -88,9 +89,9 @@ def table_rows(table: str) -> list[list[str]]:
 
 def test_table_has_one_row_per_run_in_job_order_with_the_logged_numbers(tmp_path: Path, capsys) -> None:
     jobs = make_sweep(tmp_path / "sweep")
-    table = main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")])
-    assert table in capsys.readouterr().out
-    assert table in (tmp_path / "out" / "report.md").read_text()
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    table = capsys.readouterr().out.strip()
+    assert table and table in (tmp_path / "out" / "report.md").read_text()
     header, *rows = table_rows(table)
     assert header == [
         "run",
@@ -119,7 +120,7 @@ def test_table_has_one_row_per_run_in_job_order_with_the_logged_numbers(tmp_path
 def test_no_motion_column_without_motion_scores_and_a_dash_without_overrides(tmp_path: Path) -> None:
     make_sweep(tmp_path, frames=(4,), motion=False)
     (tmp_path / "0" / ".hydra" / "overrides.yaml").unlink()  # a run started without -m
-    header, *rows = table_rows(main([str(tmp_path)]))
+    header, *rows = table_rows(report(tmp_path))
     assert "motion acc" not in header and len(header) == 8
     assert rows[0][:2] == ["0", "-"] and rows[1][1] == "data.num_frames=4 sampler=uniform adapter=reference"
 
@@ -152,32 +153,35 @@ def test_a_sweep_over_one_frame_count_plots_one_point_per_line(tmp_path: Path) -
     make_sweep(tmp_path, frames=(4,))
     series = metric_series(read_sweep(tmp_path), "motion_acc")
     assert len(series) == 4 and all(len(points) == 1 and points[0][0] == 4 for points in series.values())
-    main([str(tmp_path)])
+    assert main([str(tmp_path)]) == 0
     assert matplotlib.image.imread(tmp_path / "metric_vs_frames.png").shape[0] > 200
 
 
 def test_both_pictures_are_readable_pngs_linked_from_the_report(tmp_path: Path) -> None:
     make_sweep(tmp_path)
-    main([str(tmp_path)])
-    report = (tmp_path / "report.md").read_text()
+    assert main([str(tmp_path)]) == 0
+    written = (tmp_path / "report.md").read_text()
     for name in ("metric_vs_frames.png", "loss_curves.png"):
-        assert f"]({name})" in report
+        assert f"]({name})" in written
         image = matplotlib.image.imread(tmp_path / name)
         assert image.shape[0] > 300 and image.shape[1] > 400
         assert image[..., :3].std() > 0.01  # something was drawn, not a blank canvas
 
 
-def test_errors_name_the_missing_path_the_empty_sweep_and_the_broken_line(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match=r"error: .*nowhere: no such directory"):
-        main([str(tmp_path / "nowhere")])
+def test_errors_name_the_missing_path_the_empty_sweep_and_the_broken_line(tmp_path: Path, capsys) -> None:
+    """The library raises (RunsError); the command prints one line and exits 2."""
+    with pytest.raises(RunsError, match=r".*nowhere: no such directory"):
+        report(tmp_path / "nowhere")
+    assert main([str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nowhere'}: no such directory\n"
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="error: no run directory"):
-        main([str(tmp_path / "empty")])
+    with pytest.raises(RunsError, match="no run directory"):
+        report(tmp_path / "empty")
     make_sweep(tmp_path / "sweep", frames=(2,))
     log = tmp_path / "sweep" / "2" / "metrics.jsonl"
     lines = log.read_text().splitlines()
     lines[2] = '{"step": 30, "loss": 0.5'  # cut off mid-write
     log.write_text("\n".join(lines) + "\n")
-    with pytest.raises(SystemExit) as error:
-        main([str(tmp_path / "sweep")])
-    assert str(error.value).startswith(f"error: {log}:3: not a JSON line")
+    with pytest.raises(RunsError) as error:
+        report(tmp_path / "sweep")
+    assert str(error.value).startswith(f"{log}:3: not a JSON line")

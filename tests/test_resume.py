@@ -27,7 +27,7 @@ RESUMABLE = [
     f"train.steps={STEPS}",
     "train.checkpoint_every=2",
     "train.log_every=1",
-    "train.num_workers=2",
+    "data.num_workers=2",
     "eval.before=false",
     "eval.num_beams=1",
     "eval.max_new_tokens=4",
@@ -297,7 +297,7 @@ def test_the_guards_advice_followed_as_printed_finishes_the_run(tiny_model_dir: 
         "train.max_nonfinite_in_a_row=3",
     ]
     stopped = run_module("simvlg_video.adapt", *adapt_args(tiny_model_dir, run_dir, *diverging), cwd=tmp_path)
-    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
     left = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert left == [f"{step:08d}" for step in range(1, 6)]  # keep_checkpoints=2, yet nothing was pruned
     advice = [line[2:] for line in stopped.stderr.splitlines() if line.startswith("  python -m simvlg_video.adapt ")]
@@ -321,12 +321,12 @@ def test_the_guards_advice_followed_as_printed_finishes_the_run(tiny_model_dir: 
 def test_evaluate_with_other_settings_leaves_the_runs_own_eval_files(uninterrupted: Path):
     own = {p.name: p.read_bytes() for p in (uninterrupted / "eval").iterdir()}
     result = run_module(
-        "simvlg_video.evaluate", "--ckpt", str(uninterrupted), "max_new_tokens=2", cwd=uninterrupted.parent
+        "simvlg_video.evaluate", "--ckpt", str(uninterrupted), "eval.max_new_tokens=2", cwd=uninterrupted.parent
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert {name: (uninterrupted / "eval" / name).read_bytes() for name in own} == own
-    written = json.loads((uninterrupted / "eval" / "test_max_new_tokens=2_metrics.json").read_text())
+    written = json.loads((uninterrupted / "eval" / "test_eval.max_new_tokens=2_metrics.json").read_text())
     assert (
-        written["settings"]["max_new_tokens"] == 2
+        written["settings"]["eval"]["max_new_tokens"] == 2
         and written["metrics"]["clips"] == json.loads(own["test_metrics.json"])["metrics"]["clips"]
     )

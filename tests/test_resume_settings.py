@@ -33,6 +33,18 @@ def test_a_resume_changes_only_named_changeable_keys(tmp_path: Path):
     assert "train.lr:" not in str(refused.value)  # the named changeable key is not among the refused
 
 
+def test_a_run_configured_before_the_worker_count_moved_to_data_resumes(tmp_path: Path):
+    """Its config.yaml holds `train.num_workers`; the same count under `data.num_workers` is the same run."""
+    OmegaConf.save(
+        OmegaConf.create({"train": {"lr": 1e-3, "num_workers": 2}, "data": {"num_frames": 4}}), tmp_path / "config.yaml"
+    )
+    same = OmegaConf.create({"train": {"lr": 1e-3}, "data": {"num_frames": 4, "num_workers": 2}})
+    assert check_same_config(same, tmp_path) == {}
+    other = OmegaConf.create({"train": {"lr": 1e-3}, "data": {"num_frames": 4, "num_workers": 1}})
+    with pytest.raises(ResumeRefused, match=r"\n  data.num_workers: 2 -> 1\n"):
+        check_same_config(other, tmp_path)
+
+
 def create_session(lr: float, min_lr: float | None = None) -> Session:
     torch.manual_seed(0)
     model = nn.Linear(4, 2)

@@ -28,6 +28,7 @@ from simvlg_video.data.shards import (
 )
 from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.data_tools.write_shards import main as write_shards_command
+from simvlg_video.errors import InputError
 from simvlg_video.train.batches import ShardBatches
 
 
@@ -357,5 +358,5 @@ def test_write_shards_packs_a_manifests_images_for_data_shards(tmp_path, capsys)
     stream = TarShardStream(shards, 1, ShardReading(shuffle_buffer=1))
     keys = epoch_keys(stream, 0)
     assert len(keys) == pairs
-    with pytest.raises(SystemExit, match="unknown split 'nope'"):
+    with pytest.raises(InputError, match="unknown split 'nope'"):
         write_shards_command([str(manifest), str(tmp_path / "other"), "--split", "nope"])

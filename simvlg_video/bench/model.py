@@ -33,6 +33,7 @@ import argparse
 import gc
 import json
 import platform
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,8 @@ from simvlg_video.adapters.placements import MergedTokens, Reference
 from simvlg_video.bench.flops import CaptionerSizes, training_step_flops, vit_forward_flops
 from simvlg_video.bench.model_report import Report, TrainResult, format_report
 from simvlg_video.bench.timing import count_host_syncs, matmul_rate, peak_memory_gib, reset_memory, seconds_per_call
+from simvlg_video.errors import UsageError, exit_status
+from simvlg_video.eval.inference import Decoding
 from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_parameters
 from simvlg_video.model.captioner import MeanOverTime, VideoCaptioner
 from simvlg_video.model.connector import ConnectorConfig, apply_tome
@@ -349,9 +352,7 @@ def run(args: argparse.Namespace) -> Report:
     connectors = [name for name in args.connectors.split(",") if name]
     device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(
-            "error: the full-size benchmark needs a CUDA GPU; use --tiny to run it at toy sizes on the CPU"
-        )
+        raise UsageError("the full-size benchmark needs a CUDA GPU; use --tiny to run it at toy sizes on the CPU")
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -425,9 +426,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the ViT blocks")
     parser.add_argument("--vit-frames", type=int, help="frames for the ViT-forward timing, 0 to skip (128; tiny 4)")
     parser.add_argument("--gen-batches", help="comma list of generation batch sizes, empty to skip (32,64; tiny 2)")
-    parser.add_argument("--gen-beams", type=int, default=5)
-    parser.add_argument("--gen-min-tokens", type=int, default=5)
-    parser.add_argument("--gen-max-tokens", type=int, default=20)
+    parser.add_argument("--gen-beams", type=int, default=Decoding.num_beams)
+    parser.add_argument("--gen-min-tokens", type=int, default=Decoding.min_new_tokens)
+    parser.add_argument("--gen-max-tokens", type=int, default=Decoding.max_new_tokens)
     parser.add_argument("--gen-repeats", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     args = parser.parse_args(argv)
@@ -461,4 +462,4 @@ def main(argv: list[str] | None = None) -> Report:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(lambda: main() and None))

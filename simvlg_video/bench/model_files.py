@@ -46,6 +46,7 @@ from transformers import (
     OPTForCausalLM,
 )
 
+from simvlg_video.errors import InputError, UserError, exit_status
 from simvlg_video.model.lavis_checkpoint import load_model_config, reference_name
 from simvlg_video.model.lm import build_word_tokenizer
 from simvlg_video.model.model_dir import build_captioner, stored_tensors
@@ -87,6 +88,10 @@ TINY_BLIP2 = dict(
 BLIP2_OPT_2_7B = dict(vision={}, qformer={}, queries=32)  # Blip2VisionConfig's and Blip2QFormerConfig's defaults
 
 
+class MeasuredCommandFailed(UserError, RuntimeError):
+    """A command the benchmark measures failed; the message ends with its stderr."""
+
+
 class WorkFolder:
     """The --work folder and what the benchmark wrote into it, listed in the folder itself so that a later run
     reuses those files (after --keep) and the cleanup removes them and nothing else."""
@@ -104,9 +109,9 @@ class WorkFolder:
             try:
                 self.written = json.loads(listing.read_text())
             except ValueError as error:
-                raise ValueError(f"{listing} is damaged ({error}); remove it and what the benchmark wrote") from None
+                raise InputError(f"{listing} is damaged ({error}); remove it and what the benchmark wrote") from None
             if not isinstance(self.written, dict) or not set(self.written) <= self.NAMES:
-                raise ValueError(f"{listing} is not the benchmark's list of its files; remove it")
+                raise InputError(f"{listing} is not the benchmark's list of its files; remove it")
 
     def finished(self, name: str) -> bool:
         """Whether DIR/name was written whole by this benchmark (a run before this one, with --keep)."""
@@ -116,7 +121,7 @@ class WorkFolder:
         """DIR/name, for the benchmark to write; refused when something the benchmark did not write is there."""
         target = self.path / name
         if target.exists() and name not in self.written:
-            raise ValueError(f"{target} exists and was not written by this benchmark; give another --work folder")
+            raise InputError(f"{target} exists and was not written by this benchmark; give another --work folder")
         _remove(target)
         self._record(name, False)
         return target
@@ -280,7 +285,7 @@ def timed(kind: str, target: str, *args: str) -> dict:
         seconds = time.perf_counter() - started
         if process.returncode != 0:
             errors.seek(0)
-            raise SystemExit(f"error: {kind} {target} {' '.join(args)} failed:\n{errors.read().decode()[-3000:]}")
+            raise MeasuredCommandFailed(f"{kind} {target} {' '.join(args)} failed:\n{errors.read().decode()[-3000:]}")
         peak_gib = int(peak_file.read_text()) / 2**20
     return {"seconds": round(seconds, 2), "peak_rss_gib": round(peak_gib, 2)}
 
@@ -299,13 +304,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="toy sizes (the code path, not the cost)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    try:
-        work = WorkFolder(args.work)
-        if args.source == "blip2":
-            return blip2_figures(args, work)
-        return reference_figures(args, work)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+    work = WorkFolder(args.work)
+    if args.source == "blip2":
+        return blip2_figures(args, work)
+    return reference_figures(args, work)
 
 
 def reference_figures(args: argparse.Namespace, work: WorkFolder) -> dict:
@@ -382,4 +384,4 @@ def blip2_figures(args: argparse.Namespace, work: WorkFolder) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(lambda: main() and None))

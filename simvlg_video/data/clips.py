@@ -31,16 +31,45 @@ from simvlg_video.data.probe import probe_paths
 from simvlg_video.data.sampling import needed_fields
 from simvlg_video.data.shards import ShardReading
 from simvlg_video.data.transforms import FrameTransform
+from simvlg_video.errors import UserError
 
 MANIFEST = "manifest.jsonl"
 
 
-class DataConfigError(ValueError):
+class DataConfigError(UserError, ValueError):
     """The `data:` settings do not name clips that exist."""
 
 
 @dataclass
-class ClipData:
+class FrameReading:
+    """The `data:` settings that say how a clip's frames are read, in training and in captioning alike: a run's
+    `data:` (ClipData) holds them, and so does the `inference:` a model stores (simvlg_video.eval.inference)."""
+
+    num_frames: int = 4  # frames per clip (the reference recipe's 4)
+    backend: str = "auto"  # nvdec on a GPU with PyNvVideoCodec, else decord; PyAV when those fail on a file
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT  # seconds a probe or decode may take before its process
+    # is killed and the clip skipped; None: no limit (and no decode process: no memory limit either)
+    decode_memory_gib: float | None = DEFAULT_DECODE_MEMORY_GIB  # address space a decode process may map; a file
+    # that needs more is skipped; None: no limit
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # the largest image or video frame, width x height, checked from
+    # the header before decoding; a larger one is skipped; None: no limit
+    num_workers: int = 2  # loader processes per process, for training and evaluation loaders alike
+
+    def clip_reading(self, max_skip_fraction: float) -> ClipReading:
+        """How the loaders read clips with these settings; a batch losing more than `max_skip_fraction` of its clips
+        raises."""
+        return ClipReading(
+            self.num_frames,
+            self.backend,
+            self.decode_timeout,
+            max_skip_fraction,
+            max_pixels=self.max_pixels,
+            decode_memory_gib=self.decode_memory_gib,
+        )
+
+
+@dataclass
+class ClipData(FrameReading):
     """`data:` of a run. Give `manifest` (real datasets: `${data.root}/manifest.checked.jsonl`, written by the
     dataset converter and `check_videos`), or `synthetic`: a generator config that writes the set into `cache_dir`."""
 
@@ -50,14 +79,6 @@ class ClipData:
     manifest: str | None = None
     synthetic: Any = None  # `_target_` of a generator taking `out_dir` (data_tools.make_shapes.make_shapes_dataset)
     cache_dir: str = ".cache/synthetic"  # where a synthetic set is generated, one sub-folder per generator setting
-    num_frames: int = 4  # frames per clip (the reference recipe's 4)
-    backend: str = "auto"  # nvdec on a GPU with PyNvVideoCodec, else decord; PyAV when those fail on a file
-    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT  # seconds a probe or decode may take before its process
-    # is killed and the clip skipped; None: no limit (and no decode process: no memory limit either)
-    decode_memory_gib: float | None = DEFAULT_DECODE_MEMORY_GIB  # address space a decode process may map; a file
-    # that needs more is skipped; None: no limit
-    max_pixels: int | None = DEFAULT_MAX_PIXELS  # the largest image or video frame, width x height, checked from
-    # the header before decoding; a larger one is skipped; None: no limit
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES  # the largest member of a shard (an encoded image, a caption);
     # a sample with a larger one is skipped unread
     max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION  # a training batch that loses more than this share of its
@@ -73,14 +94,7 @@ class ClipData:
 
     @property
     def reading(self) -> ClipReading:
-        return ClipReading(
-            self.num_frames,
-            self.backend,
-            self.decode_timeout,
-            self.max_skip_fraction,
-            max_pixels=self.max_pixels,
-            decode_memory_gib=self.decode_memory_gib,
-        )
+        return self.clip_reading(self.max_skip_fraction)
 
     def shard_reading(self, device: torch.device) -> ShardReading:
         """How shard samples are read for a model on `device`."""

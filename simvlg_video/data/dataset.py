@@ -26,6 +26,7 @@ from simvlg_video.data.decode import VideoDecodeError
 from simvlg_video.data.limits import DEFAULT_DECODE_MEMORY_GIB, DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS
 from simvlg_video.data.manifest import ClipRecord
 from simvlg_video.data.sampling import ClipWindowError, needed_fields, sample_window
+from simvlg_video.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ FrameSampler = Callable[..., list[int]]
 DEFAULT_MAX_SKIP_FRACTION = 0.5
 
 
-class TooManySkippedClips(RuntimeError):
+class TooManySkippedClips(UserError, RuntimeError):
     """A batch lost more than the allowed share of its clips; the message lists every one with its reason."""
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from simvlg_video.errors import UserError
+
 SPLITS = ("train", "val", "test")
 REQUIRED_KEYS = ("clip_id", "video", "start", "end", "captions", "split")
 IMAGE_KEYS = ("clip_id", "image", "captions", "split")  # an image line: no start/end
@@ -40,7 +42,7 @@ def json_problem(error: json.JSONDecodeError, line: bool = True) -> str:
     return f"{error.msg.removesuffix(' at')} at {where}"
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest line is malformed; the message names the file, the line and the key."""
 
 
@@ -101,7 +103,7 @@ def read_manifest(path: str | Path, split: str | None = None) -> list[ClipRecord
     """All records of a manifest (or those of one ``split``), in file order. The whole file is checked either way."""
     path = Path(path)
     if split is not None and split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+        raise ManifestError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
     if not path.is_file():
         raise ManifestError(f"{path}: manifest file not found")
     records: list[ClipRecord] = []

@@ -2,8 +2,9 @@
 `sampling.py`, its name and its settings, the one place their defaults are stated.
 
 `configs/sampler/*.yaml` pick one for training and one for evaluation (`sampler.train`, `sampler.eval`), and a
-model directory stores the one it captions with (`inference.sampler`). `sampler_from` turns settings read from a file
-or a command line into one, chosen by name from SAMPLERS, never by an import path; `build()` gives the function.
+model directory stores the one it captions with (`inference.sampler.eval`). `sampler_from` turns settings read from
+a file or a command line into one, chosen by name from SAMPLERS, never by an import path; `build()` gives the
+function.
 """
 
 from __future__ import annotations

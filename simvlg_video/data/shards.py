@@ -40,6 +40,7 @@ from simvlg_video.data.decode_guard import DecodeGuard
 from simvlg_video.data.images import image_from_bytes, is_jpeg, jpeg_header
 from simvlg_video.data.limits import DEFAULT_DECODE_MEMORY_GIB, DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_PIXELS
 from simvlg_video.data.shard_progress import OwnShare, StreamPosition, StreamWork, reads_own_share, shards_to_read
+from simvlg_video.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ _METADATA = re.compile(r"__[^/]*__($|/)")  # tar members that hold no sample (as
 T = TypeVar("T")
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """The shard list names files that are not there, or too few shards to feed every stream."""
 
 
@@ -193,8 +194,8 @@ class TarShardStream(IterableDataset):
         if len(shards) < world_size * num_streams:
             raise ShardError(
                 f"{len(shards)} shard(s) cannot feed {world_size} process(es) x {num_streams} loader "
-                f"stream(s) (train.num_workers, at least 1): every stream needs a shard of its own; "
-                f"lower train.num_workers or write smaller shards"
+                f"stream(s) (data.num_workers, at least 1): every stream needs a shard of its own; "
+                f"lower data.num_workers or write smaller shards"
             )
         if batch_size < 1 or reading.shuffle_buffer < 1:
             raise ValueError(

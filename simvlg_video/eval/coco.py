@@ -21,6 +21,8 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+from simvlg_video.errors import UserError
+
 CocoCaptions = dict[str, list[dict[str, str]]]
 Tokenized = dict[str, list[str]]
 
@@ -62,7 +64,7 @@ def score_captions(
     gts, res = to_coco_format(references, predictions)
     _require_java()
     if spice:
-        _require_spice_jars()
+        require_spice_jars()
     gts_tokens, res_tokens = tokenize(gts), tokenize(res)
     bleu, _ = Bleu(4).compute_score(gts_tokens, res_tokens, verbose=0)
     metrics = {f"BLEU-{n}": float(value) for n, value in enumerate(bleu, start=1)}
@@ -113,7 +115,7 @@ def meteor_score(gts: Tokenized, res: Tokenized) -> float:
 
 
 def spice_score(gts: Tokenized, res: Tokenized) -> float:
-    """SPICE (Java, needs Stanford CoreNLP 3.6.0 jars; see `_require_spice_jars`)."""
+    """SPICE (Java, needs Stanford CoreNLP 3.6.0 jars; see `require_spice_jars`)."""
     from pycocoevalcap.spice.spice import Spice
 
     try:
@@ -148,21 +150,26 @@ def _few(ids: Sequence[str]) -> str:
     return shown + (", ..." if len(ids) > SHOWN_IDS else "")
 
 
+class ScorerMissing(UserError, RuntimeError):
+    """A part of the COCO caption scorer that this machine lacks (Java, SPICE's jars); the message says how to get
+    it."""
+
+
 def _require_java() -> None:
     if shutil.which("java") is None:
-        raise RuntimeError(
+        raise ScorerMissing(
             "the COCO caption scorer (pycocoevalcap) needs Java on PATH for its tokenizer and METEOR; "
             "install a Java runtime (e.g. apt-get install default-jre-headless)"
         )
 
 
-def _require_spice_jars() -> None:
+def require_spice_jars() -> None:
     """SPICE needs CoreNLP jars that pycocoevalcap would download from the internet on first use; we never do."""
     missing = [name for name in SPICE_CORENLP_JARS if not (SPICE_DIR / "lib" / name).is_file()]
     if missing:
-        raise RuntimeError(
+        raise ScorerMissing(
             f"SPICE needs the Stanford CoreNLP 3.6.0 jars in {SPICE_DIR / 'lib'} (missing: {', '.join(missing)}). "
             "Fetch them once with network access: python -c 'from pycocoevalcap.spice.get_stanford_models import "
             "get_stanford_models; get_stanford_models()'. BLEU, METEOR, ROUGE-L and CIDEr do not need them: "
-            "score with spice=False."
+            "score without SPICE (eval.spice=false)."
         )

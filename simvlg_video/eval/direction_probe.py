@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from simvlg_video.data.dataset import clip_loader
 from simvlg_video.data.manifest import ClipRecord, read_manifest
+from simvlg_video.errors import EXIT_STATUS_HELP, InputError, UsageError, exit_status
 from simvlg_video.eval.inference import OpenedModel, open_model
 from simvlg_video.eval.shape_accuracy import parse_motion
 
@@ -49,14 +51,14 @@ def soft_prompts(opened: OpenedModel, records: list[ClipRecord]) -> np.ndarray:
         inference.reading,
         inference.frame_sampler,
         train=False,
-        batch_size=inference.batch_size,
-        num_workers=inference.num_workers,
+        batch_size=inference.eval.batch_size,
+        num_workers=inference.data.num_workers,
     )
     rows = []
     for batch in tqdm(loader, desc="soft prompts", dynamic_ncols=True):
         if batch["skipped"]:
             failed = batch["skipped"][0]
-            raise SystemExit(f"error: cannot decode {failed['video']}: {failed['reason']}")
+            raise InputError(f"cannot decode {failed['video']}: {failed['reason']}")
         rows.append(model.encode(transform(batch["frames"], device=device)).float().flatten(1).cpu().numpy())
     return np.concatenate(rows)
 
@@ -66,13 +68,11 @@ def probe_run(run_dir: Path, train_clips: int = 240) -> list[dict]:
     opened = open_model(run_dir)
     cfg = opened.run_config
     if cfg is None:
-        raise SystemExit(f"error: {run_dir} is a model directory; the probe needs the run directory around it")
+        raise UsageError(f"{run_dir} is a model directory; the probe needs the run directory around it")
     records = read_manifest(cfg.data.manifest)
     predictions_file = run_dir / "eval" / f"{cfg.eval.split}_predictions.json"
     if not predictions_file.is_file():
-        raise SystemExit(
-            f"error: {predictions_file} not found (run `python -m simvlg_video.evaluate --ckpt {run_dir}`)"
-        )
+        raise InputError(f"{predictions_file} not found (run `python -m simvlg_video.evaluate --ckpt {run_dir}`)")
     captions = {row["clip_id"]: row["caption"] for row in json.loads(predictions_file.read_text())}
     rows = []
     for pair in PAIRS:
@@ -99,16 +99,21 @@ def probe_run(run_dir: Path, train_clips: int = 240) -> list[dict]:
             }
         )
     if not rows:
-        raise SystemExit(f"error: {cfg.data.manifest} has no clips with opposite motions in its train and test splits")
+        raise InputError(f"{cfg.data.manifest} has no clips with opposite motions in its train and test splits")
     return rows
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dir", type=Path, help="a run directory of the synthetic motion set")
     parser.add_argument("--train-clips", type=int, default=240, help="training clips per pair for the probe")
     args = parser.parse_args(argv)
-    rows = probe_run(args.run_dir, args.train_clips)
+    return exit_status(lambda: print_table(probe_run(args.run_dir, args.train_clips)))
+
+
+def print_table(rows: list[dict]) -> None:
     print("| pair | probe on soft prompts: train / test | captions naming the right motion | test clips |")
     print("|---|---:|---:|---:|")
     for row in rows:
@@ -116,8 +121,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"| {row['pair']} | {100 * row['probe_train_acc']:.0f}% / {100 * row['probe_test_acc']:.0f}% "
             f"| {100 * row['caption_acc']:.0f}% | {row['test_clips']} |"
         )
-    return rows
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

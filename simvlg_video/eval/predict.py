@@ -51,8 +51,8 @@ def predict(
         inference.reading,
         inference.frame_sampler,
         train=False,
-        batch_size=inference.batch_size,
-        num_workers=inference.num_workers,
+        batch_size=inference.eval.batch_size,
+        num_workers=inference.data.num_workers,
     )
     transform = inference.transform(image_size)
     result = Predictions()
@@ -64,7 +64,7 @@ def predict(
         if batch["clip_ids"]:
             frames = transform(batch["frames"], device=device)
         else:
-            frames = torch.zeros(1, inference.num_frames, 3, image_size, image_size, device=device)
+            frames = torch.zeros(1, inference.data.num_frames, 3, image_size, image_size, device=device)
         with autocast_for(device, inference.precision):
             captions = model.generate(frames, **inference.generation, synced=synced)
         result.captions.update(zip(batch["clip_ids"], captions))

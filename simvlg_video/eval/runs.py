@@ -12,12 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from simvlg_video.adapters.placements import LEGACY_TARGETS
 from simvlg_video.data.manifest import json_problem
+from simvlg_video.errors import EXIT_STATUS_HELP, UserError, exit_status
+
+
+class RunsError(UserError, ValueError):
+    """A folder that holds no run directory, or a run's file that cannot be read; the message names it."""
+
 
 COLUMNS = ("CIDEr", "BLEU-4", "motion_acc", "direction_acc", "object_acc")
 EVENT_COLUMNS = ("event_order_acc", "speed_acc")  # shown when some run has them (the synthetic event set)
@@ -35,14 +42,14 @@ def find_runs(paths: list[Path]) -> list[Path]:
     runs: set[Path] = set()
     for path in paths:
         if not path.exists():
-            raise SystemExit(f"error: {path}: no such directory")
+            raise RunsError(f"{path}: no such directory")
         runs.update(
             p.parent
             for p in ([path / "config.yaml"] if (path / "config.yaml").is_file() else path.rglob("config.yaml"))
             if not p.parent.name.startswith(".")
         )
     if not runs:
-        raise SystemExit(f"error: no run directory (config.yaml) under {', '.join(map(str, paths))}")
+        raise RunsError(f"no run directory (config.yaml) under {', '.join(map(str, paths))}")
     return sorted(runs, key=_job_order)
 
 
@@ -70,9 +77,9 @@ def read_log(log: Path) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise SystemExit(f"error: {log}:{number}: not a JSON line ({json_problem(err, line=False)})") from None
+            raise RunsError(f"{log}:{number}: not a JSON line ({json_problem(err, line=False)})") from None
         if not isinstance(record, dict):
-            raise SystemExit(f"error: {log}:{number}: expected a JSON object, got {type(record).__name__}")
+            raise RunsError(f"{log}:{number}: expected a JSON object, got {type(record).__name__}")
         records.append(record)
     return records
 
@@ -120,13 +127,14 @@ def runs_table(run_dirs: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("paths", nargs="+", type=Path, help="run directories, or folders holding them (a sweep)")
-    table = runs_table(find_runs(parser.parse_args(argv).paths))
-    print(table)
-    return table
+    paths = parser.parse_args(argv).paths
+    return exit_status(lambda: print(runs_table(find_runs(paths))))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from simvlg_video.eval.runs import adapter_label, find_runs, read_log, summary_line
+from simvlg_video.eval.runs import RunsError, adapter_label, find_runs, read_log, summary_line
 
 # Override keys that the plot already shows as its x axis, its lines or (through adapter_label) its panel titles.
 _SHOWN_KEYS = ("data.num_frames", "sampler", "adapter")
@@ -65,7 +65,7 @@ def _load_yaml(path: Path):
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise SystemExit(f"error: {path}: not valid YAML ({err})") from None
+        raise RunsError(f"{path}: not valid YAML ({err})") from None
 
 
 def read_run(run_dir: Path, name: str) -> RunResult:

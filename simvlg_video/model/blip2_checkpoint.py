@@ -30,12 +30,14 @@ import argparse
 import copy
 import logging
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from transformers import Blip2Config
 
+from simvlg_video.errors import EXIT_STATUS_HELP, InputError, exit_status
 from simvlg_video.model.fingerprint import fingerprint
 from simvlg_video.model.hf_blip2 import (
     LANGUAGE,
@@ -254,7 +256,9 @@ def import_lavis_blip2(
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("source", type=Path, help="a Hugging Face BLIP-2 folder, or a LAVIS blip2_opt checkpoint")
     parser.add_argument("--lm-path", type=Path, help="with a .pth: local Hugging Face folder of the OPT")
     parser.add_argument("--vit-weights", type=Path, help="with a .pth that holds no ViT: BLIP-2's eva_vit_g.pth")
@@ -290,11 +294,16 @@ def main(argv: list[str] | None = None) -> Path:
                 args.vit_weights,
                 args.prompt,
             )
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
+    except (ValueError, FileNotFoundError) as error:  # a file that is not what it was given as, or is missing
+        raise InputError(str(error)) from None
     print(f"wrote {out}")
     return out
 
 
+def cli() -> int:
+    """`python -m simvlg_video.model.blip2_checkpoint`: the exit status."""
+    return exit_status(main)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -148,21 +148,27 @@ class VideoCaptioner(nn.Module):
     def generate(
         self,
         frames: torch.Tensor,
-        num_beams: int = 5,
-        min_new_tokens: int = 5,
-        max_new_tokens: int = 20,
+        *,
+        num_beams: int,
+        min_new_tokens: int,
+        max_new_tokens: int,
         synced: bool = False,
     ) -> list[str]:
-        """Beam-search captions through the LM's own `generate`, continuing soft prompt + text prompt."""
-        return self.text.decode(self.generate_ids(frames, num_beams, min_new_tokens, max_new_tokens, synced))
+        """Beam-search captions through the LM's own `generate`, continuing soft prompt + text prompt. The decoding
+        settings have no defaults here: they come from the one schema of them (eval.inference.Decoding)."""
+        ids = self.generate_ids(
+            frames, num_beams=num_beams, min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens, synced=synced
+        )
+        return self.text.decode(ids)
 
     @torch.no_grad()
     def generate_ids(
         self,
         frames: torch.Tensor,
-        num_beams: int = 5,
-        min_new_tokens: int = 5,
-        max_new_tokens: int = 20,
+        *,
+        num_beams: int,
+        min_new_tokens: int,
+        max_new_tokens: int,
         synced: bool = False,
     ) -> torch.Tensor:
         """The new token ids `generate` decodes: (B, up to max_new_tokens), padded after each caption's end.

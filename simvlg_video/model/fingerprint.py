@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from simvlg_video.errors import UserError
+
 _EDGE = 1 << 20  # bytes hashed at each end of a file
 _BLOCK = 1 << 16  # bytes of each block sampled between
 _BLOCKS = 64
@@ -19,7 +21,7 @@ _IGNORED_SUFFIXES = (".md", ".lock")
 _IGNORED_NAMES = ("LICENSE", "LICENSE.txt", "NOTICE", ".gitattributes")
 
 
-class FrozenSourceChanged(ValueError):
+class FrozenSourceChanged(UserError, ValueError):
     """A frozen file or folder differs from the one a model directory was written with."""
 
 

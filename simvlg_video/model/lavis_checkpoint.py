@@ -25,12 +25,14 @@ import argparse
 import copy
 import logging
 import re
+import sys
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
 import torch
 
+from simvlg_video.errors import EXIT_STATUS_HELP, InputError, exit_status
 from simvlg_video.model.fingerprint import fingerprint
 from simvlg_video.model.model_dir import ModelConfig, build_captioner, read_model_config, save_model_dir, stored_tensors
 from simvlg_video.model.tensor_io import NotATensorFile, check_tensors, load_torch_file, read_tensors
@@ -188,7 +190,9 @@ def _check_vit_file(path: Path, cfg: ModelConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("ckpt", type=Path, help="the reference's training checkpoint (.pth)")
     parser.add_argument("--vit-weights", type=Path, required=True, help="BLIP-2's eva_vit_g.pth")
     parser.add_argument("--lm-path", type=Path, required=True, help="local Hugging Face folder of the LLM")
@@ -200,11 +204,16 @@ def main(argv: list[str] | None = None) -> Path:
         out = import_lavis_checkpoint(
             args.ckpt, args.vit_weights, args.lm_path, load_model_config(args.model_config), args.out
         )
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
+    except (ValueError, FileNotFoundError) as error:  # a file that is not what it was given as, or is missing
+        raise InputError(str(error)) from None
     print(f"wrote {out}")
     return out
 
 
+def cli() -> int:
+    """`python -m simvlg_video.model.lavis_checkpoint`: the exit status."""
+    return exit_status(main)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

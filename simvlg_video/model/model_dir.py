@@ -30,6 +30,7 @@ from torch import nn
 from simvlg_video.adapters.placements import placement_from
 from simvlg_video.choices import ChoiceError, instruction_keys
 from simvlg_video.data.samplers import sampler_from
+from simvlg_video.errors import UserError
 from simvlg_video.model.adapter_protocol import adapter_modules
 from simvlg_video.model.captioner import VideoCaptioner
 from simvlg_video.model.connector import ConnectorConfig, build_tome_connector
@@ -47,7 +48,7 @@ FORMAT = 2  # 1: the first layout (only the tensors of the modules that trained)
 CONNECTORS = {"tome": ConnectorConfig, "qformer": QFormerConfig}  # `connector.kind` -> its typed section
 
 
-class ModelDirError(ValueError):
+class ModelDirError(UserError, ValueError):
     """A path that is not a model directory this version reads, or one whose files do not fit each other."""
 
 
@@ -64,7 +65,7 @@ class ModelConfig:
     # BLIP-2 uses its vision config's layer_norm_eps (1e-6)
     adapter: Any = None  # the placement by name with its settings ({name: reference, ...}:
     # simvlg_video.adapters.placements); None: the image model
-    inference: Any = None  # how the model captions unless told otherwise (frames, sampler by name, decoding; see
+    inference: Any = None  # how the model captions unless told otherwise ({data, sampler: {eval}, eval, precision}:
     # simvlg_video.eval.inference); None: the reference recipe's evaluation settings
     frozen: dict[str, Any] = field(default_factory=dict)  # "vit" / "lm": fingerprints of the frozen sources
     stored: dict[str, Any] = field(default_factory=dict)  # fingerprint of weights.safetensors (written with it)
@@ -111,8 +112,11 @@ def choose_parts_by_name(raw: DictConfig, source: str) -> None:
     if raw.get("adapter") is not None:
         raw.adapter = _by_name(placement_from, raw.adapter, f"{source}: adapter")
     inference = raw.get("inference")
-    if isinstance(inference, DictConfig) and inference.get("sampler") is not None:
-        inference.sampler = _by_name(sampler_from, inference.sampler, f"{source}: inference.sampler")
+    sampler = inference.get("sampler") if isinstance(inference, DictConfig) else None
+    if isinstance(sampler, DictConfig) and sampler.get("eval") is not None:  # {eval: ...}: a sampler config's part
+        sampler.eval = _by_name(sampler_from, sampler.eval, f"{source}: inference.sampler.eval")
+    elif sampler is not None:  # the flat form of earlier versions: the sampler itself
+        inference.sampler = _by_name(sampler_from, sampler, f"{source}: inference.sampler")
     refused = instruction_keys(raw)
     if refused:
         raise ModelDirError(

@@ -18,10 +18,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from simvlg_video.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class StateDictMismatch(ValueError):
+class StateDictMismatch(UserError, ValueError):
     """A checkpoint does not fit the model: lists missing, unexpected and mis-shaped tensors."""
 
     def __init__(self, source: str, missing: list[str], unexpected: list[str], mismatched: list[str]):
@@ -34,7 +36,7 @@ class StateDictMismatch(ValueError):
         super().__init__("\n".join(parts))
 
 
-class NotATensorFile(ValueError):
+class NotATensorFile(UserError, ValueError):
     """A file given as weights is not a tensor file this toolkit reads (or is damaged)."""
 
 

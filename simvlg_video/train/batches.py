@@ -206,7 +206,7 @@ class ShardBatches:
 
     The state is what each stream has left (shards to read, each with the samples of it handed out) and how many
     batches were handed out, which says whose turn is next. Resumed with as many processes and streams
-    (train.num_workers), each stream continues its own work: bit for bit the batches the run would have seen. With
+    (data.num_workers), each stream continues its own work: bit for bit the batches the run would have seen. With
     another number, the work of every stream is dealt out over the new ones (`shard_progress.deal`): each epoch
     still hands out every sample once, in another order and other batches.
     """

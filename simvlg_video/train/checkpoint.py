@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from simvlg_video.durable import fsync_folder, fsync_tree, write_text_atomically
+from simvlg_video.errors import UserError
 from simvlg_video.model.parallel import is_sharded, unwrap, whole_on_cpu
 from simvlg_video.model.tensor_io import (
     NotATensorFile,
@@ -99,7 +100,7 @@ def trainable_tensors(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in unwrap(model).named_parameters() if p.requires_grad}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be resumed from: damaged or cut-short files, or contents that do not fit the run;
     the message names the folder and why."""
 

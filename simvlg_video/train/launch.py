@@ -6,15 +6,16 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import sys
 from datetime import datetime
 from pathlib import Path
 
+from simvlg_video.errors import UsageError
 from simvlg_video.world import World, broadcast
 
 
 def flags_to_overrides(argv: list[str], flags: dict[str, str]) -> list[str]:
-    """Rewrite `--image-ckpt PATH` / `--image-ckpt=PATH` style flags into Hydra `key=value` overrides."""
+    """Rewrite `--image-ckpt PATH` / `--image-ckpt=PATH` style flags into Hydra `key=value` overrides; a flag
+    without its value is a UsageError."""
     out: list[str] = []
     args = iter(argv)
     for arg in args:
@@ -23,7 +24,7 @@ def flags_to_overrides(argv: list[str], flags: dict[str, str]) -> list[str]:
             if not has_value:
                 value = next(args, None)
                 if value is None:
-                    sys.exit(f"error: {name} needs a value")
+                    raise UsageError(f"{name} needs a value")
             quoted = value if re.fullmatch(r"[\w./~-]+", value) else "'" + value.replace("'", "\\'") + "'"
             out.append(f"{flags[name]}={quoted}")
         else:

@@ -68,7 +68,6 @@ class TrainConfig:
     warmup_start_lr: float = 1e-6
     min_lr: float | None = None  # cosine from lr down to this at the last step; None: lr (a constant rate)
     grad_clip: float | None = 1.0  # None: no clipping (the reference's)
-    num_workers: int = 2  # loader processes per training process
     log_every: int = 10
     checkpoint_every: int = 200  # steps between checkpoints (one is also written at the end)
     keep_checkpoints: int = 2  # the newest ones kept; the best by validation (eval.best_metric) is kept as well

@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from simvlg_video.durable import write_text_atomically
+from simvlg_video.errors import UserError
 from simvlg_video.train.checkpoint import Checkpoints
 from simvlg_video.train.run_log import RunLog
 from simvlg_video.world import World
@@ -36,7 +37,7 @@ RESUME_MAY_CHANGE = (
     "train.min_lr",
     "train.grad_clip",
     "train.batch_size",
-    "train.num_workers",
+    "data.num_workers",
     "train.max_nonfinite_in_a_row",
     "train.log_every",
     "train.checkpoint_every",
@@ -50,7 +51,7 @@ RESUME_MAY_CHANGE = (
 )
 
 
-class ResumeRefused(ValueError):
+class ResumeRefused(UserError, ValueError):
     """A resume that would not continue the same run; nothing in the run directory was touched."""
 
 
@@ -88,10 +89,19 @@ def changed_settings(saved: dict, current: dict, prefix: str = "") -> dict[str, 
     return changes
 
 
+def as_current(saved: dict) -> dict:
+    """A run's config as this version names its keys: the loader worker count, once `train.num_workers`, is
+    `data.num_workers` (one count for the training and the evaluation loaders)."""
+    train, data = saved.get("train"), saved.get("data")
+    if isinstance(train, dict) and isinstance(data, dict) and "num_workers" in train and "num_workers" not in data:
+        data["num_workers"] = train.pop("num_workers")
+    return saved
+
+
 def check_same_config(cfg: DictConfig, run_dir: Path, named: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
     """The settings a resume changes ({key: (the run's, the new)}): keys of RESUME_MAY_CHANGE that the command line
     names. Any other difference from the run's config.yaml (other than `resume` itself) is refused, naming each."""
-    saved = OmegaConf.to_container(OmegaConf.load(run_dir / RUN_CONFIG), resolve=True)
+    saved = as_current(OmegaConf.to_container(OmegaConf.load(run_dir / RUN_CONFIG), resolve=True))
     current = OmegaConf.to_container(cfg, resolve=True)
     changes = {key: values for key, values in changed_settings(saved, current).items() if key != "resume"}
     named = set(named)

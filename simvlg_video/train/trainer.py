@@ -22,6 +22,7 @@ from simvlg_video.data.clips import ClipData
 from simvlg_video.data.dataset import FrameSampler, clip_loader
 from simvlg_video.data.manifest import ClipRecord
 from simvlg_video.data.shards import TarShardStream, list_shards
+from simvlg_video.errors import UserError
 from simvlg_video.model.parallel import wrap_model
 from simvlg_video.train.batches import EpochClipOrder, ShardBatches, TrainBatches, accumulation_for
 from simvlg_video.train.guards import TooManyNonFiniteSteps
@@ -38,7 +39,7 @@ Validate = Callable[[int], dict[str, float]]
 Rerun = Callable[[dict[str, str]], str]
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(UserError, RuntimeError):
     """The run stopped itself (too many non-finite steps in a row); the message says what was saved and gives the
     commands that continue it."""
 
@@ -82,7 +83,7 @@ def training_batches(
     train = run.train
     skipped = SkippedSamples(skipped_journal, rank=world.rank)
     if run.data.shards:
-        streams = max(1, train.num_workers)
+        streams = max(1, run.data.num_workers)
         stream = TarShardStream(
             list_shards(run.data.shards),
             train.batch_size,
@@ -95,7 +96,7 @@ def training_batches(
         loader = DataLoader(
             stream,
             batch_size=None,
-            num_workers=train.num_workers,
+            num_workers=run.data.num_workers,
             pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(run.seed),
         )  # not the global RNG dropout draws on
@@ -122,7 +123,7 @@ def training_batches(
         run.frame_sampler,
         train=True,
         batch_size=train.batch_size,
-        num_workers=train.num_workers,
+        num_workers=run.data.num_workers,
         seed=run.seed,
         order=order,
         drop_last=True,
