@@ -39,21 +39,14 @@ from simvlg_video.model.model_dir import ModelDirError, load_model_dir, save_mod
 from simvlg_video.model.parallel import is_sharded, whole_on_cpu
 from simvlg_video.model.speed import apply_speed_settings
 from simvlg_video.model.tensor_io import NotATensorFile, StateDictMismatch
+from simvlg_video.precision import compute_dtype
 from simvlg_video.train.checkpoint import CheckpointError
 from simvlg_video.train.launch import launch_overrides, override_key, rerun_command
 from simvlg_video.train.loop import TrainConfig, reset_peak_memory
 from simvlg_video.train.resume import ResumeRefused, open_run
+from simvlg_video.train.seeding import seed_everything
 from simvlg_video.train.trainer import TrainingRun, TrainingStopped, train
-from simvlg_video.world import (
-    World,
-    broadcast,
-    compute_dtype,
-    init_world,
-    pick_device,
-    seed_everything,
-    share_cpu_with_loaders,
-    shutdown,
-)
+from simvlg_video.world import World, broadcast, init_world, pick_device, share_cpu_with_loaders, shutdown
 
 log = logging.getLogger("simvlg_video.stage")
 # Bad input, named by the code that found it: reported as one line, never a traceback.

@@ -27,7 +27,7 @@ from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.model.captioner import VideoCaptioner
 from simvlg_video.model.hf_blip2 import is_blip2_folder
 from simvlg_video.model.model_dir import MODEL_CONFIG, ModelConfig, ModelDirError, load_model_dir, read_model_config
-from simvlg_video.world import compute_dtype, cpu_runs_bf16
+from simvlg_video.precision import compute_dtype, cpu_runs_bf16
 
 log = logging.getLogger(__name__)
 RUN_CONFIG = "config.yaml"

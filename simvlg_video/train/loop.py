@@ -25,9 +25,10 @@ from torch import nn
 from tqdm import tqdm
 
 from simvlg_video.model.parallel import unwrap
+from simvlg_video.precision import autocast_for
 from simvlg_video.train.guards import GradNormWatch, NonFiniteGuard
 from simvlg_video.train.optim import build_optimizer, warmup_cosine
-from simvlg_video.world import World, autocast_for, sum_over_ranks
+from simvlg_video.world import World, sum_over_ranks
 
 log = logging.getLogger(__name__)
 
