@@ -1,6 +1,6 @@
 """The Hydra config tree (the YAML files beside this one) and the typed schemas those files extend.
 
-Defaults live in code, once, beside what they configure: the `train:` settings in `train.loop.TrainConfig`, the
+Defaults live in code, once, beside what they configure: the `train:` settings in `train.config.TrainConfig`, the
 clips in `data.clips.ClipData`, each adapter placement in `adapters.placements`, each frame sampler in
 `data.samplers` (by name: a `sampler=` file picks one for `train` and one for `eval`), and this file's `AdaptConfig` and
 `PretrainConfig` for the rest of `adapt` and `pretrain`. :func:`register_schemas` puts them into Hydra's ConfigStore
@@ -19,7 +19,7 @@ from omegaconf import MISSING
 from simvlg_video.adapters.placements import PLACEMENTS
 from simvlg_video.data.clips import ClipData
 from simvlg_video.data.samplers import SAMPLERS
-from simvlg_video.train.loop import TrainConfig
+from simvlg_video.train.config import TrainConfig
 
 
 @dataclass

@@ -41,8 +41,9 @@ from simvlg_video.model.speed import apply_speed_settings
 from simvlg_video.model.tensor_io import NotATensorFile, StateDictMismatch
 from simvlg_video.precision import compute_dtype
 from simvlg_video.train.checkpoint import CheckpointError
+from simvlg_video.train.config import TrainConfig
 from simvlg_video.train.launch import launch_overrides, override_key, rerun_command
-from simvlg_video.train.loop import TrainConfig, reset_peak_memory
+from simvlg_video.train.memory import reset_peak_memory
 from simvlg_video.train.resume import ResumeRefused, open_run
 from simvlg_video.train.seeding import seed_everything
 from simvlg_video.train.trainer import TrainingRun, TrainingStopped, train

@@ -13,12 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import resource
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -26,8 +23,8 @@ from tqdm import tqdm
 
 from simvlg_video.model.parallel import unwrap
 from simvlg_video.precision import autocast_for
-from simvlg_video.train.guards import GradNormWatch, NonFiniteGuard
-from simvlg_video.train.optim import build_optimizer, warmup_cosine
+from simvlg_video.train.memory import peak_memory
+from simvlg_video.train.session import Session
 from simvlg_video.world import World, sum_over_ranks
 
 log = logging.getLogger(__name__)
@@ -52,115 +49,6 @@ class FitResult:
     @property
     def videos_per_second(self) -> float:
         return self.videos / self.seconds if self.seconds else 0.0
-
-
-@dataclass
-class TrainConfig:
-    """`train:` of a run. The defaults are the demo's (the tiny model on the shapes set: a constant learning rate
-    after a short warm-up); each dataset's `configs/experiment/` file holds its published recipe."""
-
-    steps: int = 1500
-    batch_size: int = 16  # clips per process and micro-batch
-    accumulation: int = 1  # micro-batches per optimiser step: global batch = batch_size x accumulation x processes
-    strategy: str = "ddp"  # under torchrun: ddp (a replica per GPU) | fsdp (parameters sharded: models that do not fit)
-    lr: float = 1e-3
-    weight_decay: float = 0.05  # AdamW; never on biases, norms, gates and code tables
-    warmup_steps: int = 20
-    warmup_start_lr: float = 1e-6
-    min_lr: float | None = None  # cosine from lr down to this at the last step; None: lr (a constant rate)
-    grad_clip: float | None = 1.0  # None: no clipping (the reference's)
-    num_workers: int = 2  # loader processes per training process
-    log_every: int = 10
-    checkpoint_every: int = 200  # steps between checkpoints (one is also written at the end)
-    keep_checkpoints: int = 2  # the newest ones kept; the best by validation (eval.best_metric) is kept as well
-    eval_every: int = 0  # validate on eval.val_split every N steps (0: no validation during training)
-    max_nonfinite_in_a_row: int = 5  # this many skipped (non-finite) steps in a row stop the run, saving the last
-    # good state
-    grad_norm_spike: float = 10.0  # warn when a logged grad norm exceeds this multiple of its running average
-    dropout: float | None = None  # None: the image model's; a number sets every trainable dropout layer (0: runs on
-    # any number of processes give the same losses)
-    tensorboard: bool = True  # RUN_DIR/tensorboard scalars besides metrics.jsonl
-    activation_checkpointing: bool = False  # recompute the ViT blocks that train in backward: less memory
-    compile: bool = False  # torch.compile each ViT block (GPU runs; the first steps compile)
-    trainable: list[str] = field(default_factory=lambda: ["adapters", "ln_vision", "VL_proj", "connector", "opt_proj"])
-    # what trains (adapters = every temporal adapter); everything else is frozen
-
-    def __post_init__(self) -> None:
-        """Settings that cannot work together are refused before anything runs."""
-        if self.steps < 1 or self.batch_size < 1 or self.accumulation < 1:
-            raise ValueError(
-                f"train.steps, train.batch_size and train.accumulation must be >= 1 (got {self.steps}, "
-                f"{self.batch_size}, {self.accumulation})"
-            )
-        if not 0 <= self.warmup_steps <= self.steps:
-            raise ValueError(
-                f"train.warmup_steps ({self.warmup_steps}) must be between 0 and train.steps ({self.steps})"
-            )
-        if self.strategy not in ("ddp", "fsdp"):
-            raise ValueError(f"train.strategy must be ddp or fsdp, got {self.strategy!r}")
-
-
-@dataclass
-class Session:
-    """What a training run steps with besides the model and its batches; all of it is restored on resume."""
-
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    train: TrainConfig
-    precision: str
-    guard: NonFiniteGuard
-    grad_watch: GradNormWatch
-    scaler: torch.amp.GradScaler | None = None
-
-    @classmethod
-    def create(cls, model: nn.Module, train: TrainConfig, precision: str = "fp32") -> Session:
-        """AdamW over the model's trainable parameters, warmup then cosine, a grad scaler for fp16, fresh guards."""
-        optimizer = build_optimizer(model, lr=train.lr, weight_decay=train.weight_decay)
-        scheduler = warmup_cosine(
-            optimizer,
-            train.warmup_steps,
-            train.steps,
-            train.warmup_start_lr,
-            train.lr if train.min_lr is None else train.min_lr,
-        )
-        device = next(unwrap(model).parameters()).device
-        return cls(
-            optimizer,
-            scheduler,
-            train,
-            precision,
-            NonFiniteGuard(train.max_nonfinite_in_a_row, device),
-            GradNormWatch(train.grad_norm_spike),
-            torch.amp.GradScaler(device.type) if precision == "fp16" else None,
-        )
-
-    def state_dict(self) -> dict:
-        """Schedule, guards and grad scaler (the optimiser's state is saved with the model's tensors)."""
-        return {
-            "scheduler": self.scheduler.state_dict(),
-            "guard": self.guard.state_dict(),
-            "grad_watch": self.grad_watch.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore a checkpoint's session. The guard's runs of skipped steps start again at zero (its count of
-        skipped steps goes on): a run the guard stopped is resumed to try again, changed or not."""
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.guard.load_state_dict({**state["guard"], "current_run": 0, "longest_run": 0})
-        self.grad_watch.load_state_dict(state["grad_watch"])
-        if self.scaler is not None:
-            self.scaler.load_state_dict(state["scaler"])
-
-    def set_learning_rate(self, lr: float, min_lr: float | None) -> None:
-        """Follow the schedule to another peak (`lr`) and end (`min_lr`; None: `lr`) from the current step on: a
-        resume that changes train.lr or train.min_lr, whose restored optimiser and schedule hold the old ones."""
-        step = self.scheduler.last_epoch
-        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
-            factor.base_lr, factor.min_lr = lr, lr if min_lr is None else min_lr
-            group["initial_lr"] = lr
-            group["lr"] = factor.lr_at(step)
-        self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
 
 
 @dataclass(frozen=True)
@@ -317,29 +205,3 @@ class _Interval:
         }
         self._reset()
         return record
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start peak-memory accounting afresh (one run of a sweep must not report the previous run's peak).
-
-    GPU: torch's counter. CPU on Linux: the kernel's peak-RSS mark (VmHWM), reset through /proc/self/clear_refs.
-    """
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_memory(device: torch.device) -> tuple[float, str]:
-    """(GiB, what it measures): torch's peak allocation on a GPU since its last reset, else the process's peak
-    resident memory (since `reset_peak_memory` on Linux; the process's lifetime peak elsewhere)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30, "GPU allocated"
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20, "process RSS"
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (kib / 2**30 if sys.platform == "darwin" else kib / 2**20), "process RSS"

@@ -22,9 +22,11 @@ from simvlg_video.data.manifest import ClipRecord
 from simvlg_video.data.shards import ShardStream, list_shards
 from simvlg_video.model.parallel import wrap_model
 from simvlg_video.train.batches import ShardBatches, ShardedClipOrder, TrainBatches
+from simvlg_video.train.config import TrainConfig
 from simvlg_video.train.guards import TooManyNonFiniteSteps
-from simvlg_video.train.loop import FitResult, Hooks, Session, TrainConfig, fit
+from simvlg_video.train.loop import FitResult, Hooks, fit
 from simvlg_video.train.resume import RunFiles
+from simvlg_video.train.session import Session
 from simvlg_video.train.skipped import SKIPPED_JOURNAL, SkippedSamples
 from simvlg_video.world import World
 
