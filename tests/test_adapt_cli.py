@@ -10,7 +10,7 @@ import torch
 from adapt_runs import TINY_RUN, assert_caption_reproduces_predictions, records, run_module
 from omegaconf import OmegaConf
 
-from simvlg_video.model.model_dir import load_model_dir
+from simvlg_video.formats.model_dir import load_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from simvlg_video.adapters.placements import Reference
+from simvlg_video.formats.model_dir import load_model_dir
 from simvlg_video.model.freeze import apply_freeze_policy
-from simvlg_video.model.model_dir import load_model_dir
 
 TRAINABLE = ["adapters", "ln_vision", "VL_proj", "connector", "opt_proj"]
 

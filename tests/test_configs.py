@@ -29,10 +29,10 @@ from simvlg_video.data_tools.make_shapes import make_shapes_dataset
 from simvlg_video.data_tools.make_stills import make_stills_dataset
 from simvlg_video.data_tools.write_shards import write_shards
 from simvlg_video.eval.inference import InferenceConfig
+from simvlg_video.formats.lavis_checkpoint import load_model_config
+from simvlg_video.formats.model_dir import build_captioner, load_model_dir, read_model_config, stored_tensors
 from simvlg_video.model.adapter_protocol import adapter_parameters
-from simvlg_video.model.lavis_checkpoint import load_model_config
 from simvlg_video.model.lm import build_word_tokenizer
-from simvlg_video.model.model_dir import build_captioner, load_model_dir, read_model_config, stored_tensors
 from simvlg_video.stage import inference_settings
 
 CONFIGS = Path(str(resources.files("simvlg_video.configs")))

@@ -110,7 +110,7 @@ def test_check_videos_keeps_the_clip_and_reports_the_bomb(bomb: Path, tmp_path: 
 def test_training_and_evaluation_skip_and_count_the_bomb(bomb: Path, tmp_path: Path, tiny_model_dir: Path):
     from simvlg_video.eval.inference import InferenceConfig
     from simvlg_video.eval.predict import predict
-    from simvlg_video.model.model_dir import load_model_dir
+    from simvlg_video.formats.model_dir import load_model_dir
     from simvlg_video.train.skipped import SkippedSamples
 
     for index in range(3):

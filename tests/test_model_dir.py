@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from simvlg_video.adapters.placements import Reference
-from simvlg_video.model.fingerprint import FrozenSourceChanged, fingerprint
-from simvlg_video.model.model_dir import (
+from simvlg_video.formats.fingerprint import FrozenSourceChanged, fingerprint
+from simvlg_video.formats.model_dir import (
     MODEL_CONFIG,
     WEIGHTS,
     ModelDirError,
@@ -21,9 +21,9 @@ from simvlg_video.model.model_dir import (
     read_model_config,
     save_model_dir,
 )
-from simvlg_video.model.tensor_io import StateDictMismatch
+from simvlg_video.formats.tensor_io import StateDictMismatch
+from simvlg_video.formats.vit_weights import fill_unsaved_buffers
 from simvlg_video.model.vit import build_vit
-from simvlg_video.model.vit_weights import fill_unsaved_buffers
 
 
 def rewrite_weights(model_dir, tensors) -> None:

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from reference_layout import CONNECTOR, TEMPORAL_HEADS, VIT, write_reference_files, write_tiny_lm
 
-from simvlg_video.model.lavis_checkpoint import import_lavis_checkpoint
-from simvlg_video.model.model_dir import load_model_dir
+from simvlg_video.formats.lavis_checkpoint import import_lavis_checkpoint
+from simvlg_video.formats.model_dir import load_model_dir
 from simvlg_video.model.vit import clip_length, vit_tokens
 
 Tensors = dict[str, torch.Tensor]

@@ -44,12 +44,12 @@ from simvlg_video.adapters.placements import MergedTokens, Reference
 from simvlg_video.bench.flops import CaptionerSizes, training_step_flops, vit_forward_flops
 from simvlg_video.bench.model_report import Report, TrainResult, format_report
 from simvlg_video.bench.timing import count_host_syncs, matmul_rate, peak_memory_gib, reset_memory, seconds_per_call
+from simvlg_video.formats.model_dir import build_connector
 from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_parameters
 from simvlg_video.model.captioner import MeanOverTime, VideoCaptioner
 from simvlg_video.model.connector import ConnectorConfig, apply_tome
 from simvlg_video.model.freeze import apply_freeze_policy
 from simvlg_video.model.lm import CaptionText, build_word_tokenizer
-from simvlg_video.model.model_dir import build_connector
 from simvlg_video.model.qformer import QFormerConfig
 from simvlg_video.model.speed import cast_frozen_, compile_vit_blocks, set_fused_attention
 from simvlg_video.model.vit import build_vit, vit_tokens

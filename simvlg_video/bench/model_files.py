@@ -10,12 +10,12 @@ Writes random-weight files of the real sizes into DIR (BLIP-2's EVA ViT-g state 
 an OPT-2.7B Hugging Face folder in fp16 shards, the reference's training checkpoint with its trainable tensors and
 optimiser state), then times in fresh processes, one after the other:
 
-* the import (`python -m simvlg_video.model.lavis_checkpoint ...`): checks names and shapes, copies the checkpoint's
+* the import (`python -m simvlg_video.formats.lavis_checkpoint ...`): checks names and shapes, copies the checkpoint's
   tensors, fingerprints the frozen files;
 * loading the model directory it wrote in bf16, as a `precision=bf16` run does (frozen parts straight into bf16).
 
 With `--source blip2` the file is one Hugging Face BLIP-2 OPT-2.7B folder (`Blip2ForConditionalGeneration`'s
-tensors in fp16 shards, its config and a tokenizer), imported with `python -m simvlg_video.model.blip2_checkpoint`;
+tensors in fp16 shards, its config and a tokenizer), imported with `python -m simvlg_video.formats.blip2_checkpoint`;
 the model directory then points at the folder for the ViT and the LLM.
 
 Each row: wall seconds and the process's peak resident memory (the kernel's high-water mark, file pages it mapped
@@ -46,9 +46,9 @@ from transformers import (
     OPTForCausalLM,
 )
 
-from simvlg_video.model.lavis_checkpoint import load_model_config, reference_name
+from simvlg_video.formats.lavis_checkpoint import load_model_config, reference_name
+from simvlg_video.formats.model_dir import build_captioner, stored_tensors
 from simvlg_video.model.lm import build_word_tokenizer
-from simvlg_video.model.model_dir import build_captioner, stored_tensors
 from simvlg_video.model.vit import build_vit
 
 OPT_2_7B = dict(
@@ -333,7 +333,7 @@ def reference_figures(args: argparse.Namespace, work: WorkFolder) -> dict:
         work.claim("model")
         figures["import"] = timed(
             "-m",
-            "simvlg_video.model.lavis_checkpoint",
+            "simvlg_video.formats.lavis_checkpoint",
             str(ckpt),
             "--vit-weights",
             str(vit),
@@ -352,7 +352,7 @@ def finish(args: argparse.Namespace, work: WorkFolder, figures: dict, out: Path)
     """Time the load of the imported model directory `out` in bf16, then report (and clean up unless --keep)."""
     if args.only in (None, "load") and work.finished(out.name):
         load = (
-            f"import torch; from simvlg_video.model.model_dir import load_model_dir; "
+            f"import torch; from simvlg_video.formats.model_dir import load_model_dir; "
             f"load_model_dir({str(out)!r}, dtype=torch.bfloat16)"
         )
         figures["load_bf16"] = timed("-c", load)
@@ -376,7 +376,7 @@ def blip2_figures(args: argparse.Namespace, work: WorkFolder) -> dict:
     figures: dict = {"files_gib": {folder.name: round(size, 2)}, "cpu_threads": torch.get_num_threads()}
     if args.only in (None, "import"):
         work.claim(out.name)
-        figures["import"] = timed("-m", "simvlg_video.model.blip2_checkpoint", str(folder), "--out", str(out))
+        figures["import"] = timed("-m", "simvlg_video.formats.blip2_checkpoint", str(folder), "--out", str(out))
         work.done(out.name)
     return finish(args, work, figures, out)
 

@@ -1,7 +1,7 @@
 """The frozen causal language model and the text side of captioning (labels, prompts, decoding).
 
 The LM comes from a local Hugging Face folder: a causal LM's own folder, or a BLIP-2 folder, whose OPT is its
-`language_model.*` (see `simvlg_video.model.hf_blip2`); the tokenizer sits at the folder's root in both. A folder
+`language_model.*` (see `simvlg_video.formats.hf_blip2`); the tokenizer sits at the folder's root in both. A folder
 whose config asks for its own code (`auto_map`) is refused: the folder is data.
 """
 
@@ -22,7 +22,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from simvlg_video.model import hf_blip2
+from simvlg_video.formats import hf_blip2
 
 PAD, UNK, BOS, END = "<pad>", "<unk>", "<s>", "\n"
 

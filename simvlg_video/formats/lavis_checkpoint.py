@@ -16,7 +16,7 @@ Importing checks; it does not build. The captioner is built on the meta device (
 file and the checkpoint are memory-mapped, so their names and shapes are checked without reading their data, and
 only the checkpoint's tensors are copied into the model directory (beside fingerprints of the frozen files).
 
-    python -m simvlg_video.model.lavis_checkpoint CKPT.pth --vit-weights eva_vit_g.pth --lm-path opt-2.7b --out DIR
+    python -m simvlg_video.formats.lavis_checkpoint CKPT.pth --vit-weights eva_vit_g.pth --lm-path opt-2.7b --out DIR
 """
 
 from __future__ import annotations
@@ -31,11 +31,17 @@ from pathlib import Path
 
 import torch
 
-from simvlg_video.model.fingerprint import fingerprint
-from simvlg_video.model.model_dir import ModelConfig, build_captioner, read_model_config, save_model_dir, stored_tensors
-from simvlg_video.model.tensor_io import NotATensorFile, check_tensors, load_torch_file, read_tensors
+from simvlg_video.formats.fingerprint import fingerprint
+from simvlg_video.formats.model_dir import (
+    ModelConfig,
+    build_captioner,
+    read_model_config,
+    save_model_dir,
+    stored_tensors,
+)
+from simvlg_video.formats.tensor_io import NotATensorFile, check_tensors, load_torch_file, read_tensors
+from simvlg_video.formats.vit_weights import eva_state_dict
 from simvlg_video.model.vit import build_vit
-from simvlg_video.model.vit_weights import eva_state_dict
 
 log = logging.getLogger(__name__)
 

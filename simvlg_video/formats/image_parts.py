@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from simvlg_video.model.model_dir import ModelConfig, build_captioner, save_model_dir
-from simvlg_video.model.tensor_io import copy_into, read_tensors
+from simvlg_video.formats.model_dir import ModelConfig, build_captioner, save_model_dir
+from simvlg_video.formats.tensor_io import copy_into, read_tensors
 
 log = logging.getLogger(__name__)
 

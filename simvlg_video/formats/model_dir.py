@@ -30,16 +30,16 @@ from torch import nn
 from simvlg_video.adapters.placements import placement_from
 from simvlg_video.choices import ChoiceError, instruction_keys
 from simvlg_video.data.samplers import sampler_from
+from simvlg_video.formats.fingerprint import FrozenSourceChanged, check_fingerprint, fingerprint
+from simvlg_video.formats.tensor_io import check_tensors, read_safetensors, write_safetensors
+from simvlg_video.formats.vit_weights import fill_unsaved_buffers, load_vit_weights
 from simvlg_video.model.adapter_protocol import adapter_modules
 from simvlg_video.model.captioner import VideoCaptioner
 from simvlg_video.model.connector import ConnectorConfig, build_tome_connector
-from simvlg_video.model.fingerprint import FrozenSourceChanged, check_fingerprint, fingerprint
 from simvlg_video.model.lm import CaptionText, LMConfig, lm_skeleton, load_lm, load_tokenizer
 from simvlg_video.model.parallel import whole_on_cpu
 from simvlg_video.model.qformer import QFormerConfig, build_qformer_connector
-from simvlg_video.model.tensor_io import check_tensors, read_safetensors, write_safetensors
 from simvlg_video.model.vit import VIT_SETTINGS, VitConfig, build_vit
-from simvlg_video.model.vit_weights import fill_unsaved_buffers, load_vit_weights
 
 MODEL_CONFIG = "model.yaml"
 WEIGHTS = "weights.safetensors"

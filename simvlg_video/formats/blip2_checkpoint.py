@@ -20,8 +20,8 @@ As the SimVLG import does, this checks and copies only what it must: the caption
 files are memory-mapped, every name and shape is checked (missing, unexpected and mis-shaped tensors are named as the
 source spells them), and only the tensors that are not frozen are written, beside fingerprints of the frozen sources.
 
-    python -m simvlg_video.model.blip2_checkpoint BLIP2_FOLDER --out DIR [--prompt "a photo of"]
-    python -m simvlg_video.model.blip2_checkpoint CKPT.pth --lm-path opt-2.7b [--vit-weights eva_vit_g.pth] --out DIR
+    python -m simvlg_video.formats.blip2_checkpoint BLIP2_FOLDER --out DIR [--prompt "a photo of"]
+    python -m simvlg_video.formats.blip2_checkpoint CKPT.pth --lm-path opt-2.7b [--vit-weights eva_vit_g.pth] --out DIR
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 from transformers import Blip2Config
 
-from simvlg_video.model.fingerprint import fingerprint
-from simvlg_video.model.hf_blip2 import (
+from simvlg_video.formats.fingerprint import fingerprint
+from simvlg_video.formats.hf_blip2 import (
     LANGUAGE,
     VISION,
     eva_from_hf,
@@ -47,13 +47,13 @@ from simvlg_video.model.hf_blip2 import (
     read_blip2_config,
     tied_names,
 )
-from simvlg_video.model.lavis_checkpoint import load_model_config, read_lavis_checkpoint
+from simvlg_video.formats.lavis_checkpoint import load_model_config, read_lavis_checkpoint
+from simvlg_video.formats.model_dir import ModelConfig, build_captioner, save_model_dir, stored_tensors
+from simvlg_video.formats.tensor_io import check_tensors
+from simvlg_video.formats.vit_weights import VISUAL_PREFIX, vit_source_tensors
 from simvlg_video.model.lm import LMConfig
-from simvlg_video.model.model_dir import ModelConfig, build_captioner, save_model_dir, stored_tensors
 from simvlg_video.model.qformer import QFormerConfig
-from simvlg_video.model.tensor_io import check_tensors
 from simvlg_video.model.vit import VitConfig
-from simvlg_video.model.vit_weights import VISUAL_PREFIX, vit_source_tensors
 
 log = logging.getLogger(__name__)
 

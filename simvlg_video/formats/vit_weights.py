@@ -1,6 +1,6 @@
 """Load a frozen ViT's weights: our own safetensors, BLIP-2's EVA ViT-g state dict (`eva_vit_g.pth`), the
 `visual_encoder.*` part of a LAVIS checkpoint (`{"model": state_dict}`, e.g. a BLIP-2 OPT `.pth` that holds its ViT),
-or the `vision_model.*` part of a Hugging Face BLIP-2 folder (names mapped by `simvlg_video.model.hf_blip2`).
+or the `vision_model.*` part of a Hugging Face BLIP-2 folder (names mapped by `simvlg_video.formats.hf_blip2`).
 
 timm's `Eva` uses BLIP-2's tensor names (`blocks.{i}.attn.qkv.weight`, `blocks.{i}.attn.q_bias`, ...; timm keeps the
 zero k bias as a non-persistent buffer, so only `q_bias` and `v_bias` are stored, as in BLIP-2). Two differences of
@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from simvlg_video.model.hf_blip2 import vision_tensors
-from simvlg_video.model.tensor_io import NotATensorFile, copy_into, load_torch_file, read_tensors
+from simvlg_video.formats.hf_blip2 import vision_tensors
+from simvlg_video.formats.tensor_io import NotATensorFile, copy_into, load_torch_file, read_tensors
 
 log = logging.getLogger(__name__)
 

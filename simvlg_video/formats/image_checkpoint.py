@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from simvlg_video.model import blip2_checkpoint, lavis_checkpoint
-from simvlg_video.model.hf_blip2 import is_blip2_folder
-from simvlg_video.model.tensor_io import NotATensorFile
+from simvlg_video.formats import blip2_checkpoint, lavis_checkpoint
+from simvlg_video.formats.hf_blip2 import is_blip2_folder
+from simvlg_video.formats.tensor_io import NotATensorFile
 
 MODEL_DIR, BLIP2_FOLDER, SIMVLG_PTH, BLIP2_PTH = "model_dir", "blip2_folder", "simvlg_pth", "blip2_pth"
 DESCRIPTION = {
