@@ -28,7 +28,8 @@ from simvlg_video.formats.image_checkpoint import (
     import_image_checkpoint,
     inspect_image_checkpoint,
 )
-from simvlg_video.formats.model_dir import ModelDirError, read_model_config
+from simvlg_video.formats.model_dir import read_model_config
+from simvlg_video.model.config import ModelDirError
 from simvlg_video.stage import Stage, launch, run_as_command
 from simvlg_video.train.launch import flags_to_overrides
 from simvlg_video.world import World, broadcast

@@ -19,7 +19,7 @@ from pathlib import Path
 from simvlg_video.data.manifest import IMAGE_SUFFIXES, ClipRecord
 from simvlg_video.eval.inference import open_model, split_settings
 from simvlg_video.eval.predict import predict
-from simvlg_video.formats.model_dir import ModelDirError
+from simvlg_video.model.config import ModelDirError
 from simvlg_video.world import pick_device
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".3gp", ".flv", ".gif"}

@@ -27,7 +27,8 @@ from omegaconf import OmegaConf
 from simvlg_video.data.manifest import ManifestError, read_manifest
 from simvlg_video.eval.inference import InferenceConfig, open_model, read_inference_config, split_settings
 from simvlg_video.eval.predict import evaluate_split, write_eval
-from simvlg_video.formats.model_dir import MODEL_CONFIG, ModelDirError
+from simvlg_video.formats.model_dir import MODEL_CONFIG
+from simvlg_video.model.config import ModelDirError
 from simvlg_video.world import pick_device
 
 _LONGEST_TAG = 80

@@ -33,9 +33,10 @@ from simvlg_video.eval.runs import run_summary
 from simvlg_video.eval.table import metrics_table, training_table
 from simvlg_video.eval.visualize import draw_clips
 from simvlg_video.formats.fingerprint import FrozenSourceChanged
-from simvlg_video.formats.model_dir import ModelDirError, load_model_dir, save_model_dir, stored_tensors
+from simvlg_video.formats.model_dir import load_model_dir, save_model_dir, stored_tensors
 from simvlg_video.formats.tensor_io import NotATensorFile, StateDictMismatch
 from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_parameters
+from simvlg_video.model.config import ModelDirError
 from simvlg_video.model.freeze import apply_freeze_policy
 from simvlg_video.model.parallel import is_sharded, whole_on_cpu
 from simvlg_video.model.speed import apply_speed_settings

@@ -14,7 +14,7 @@ from pathlib import Path
 from simvlg_video.data.manifest import ClipRecord
 from simvlg_video.eval.inference import open_model, split_settings
 from simvlg_video.eval.visualize import CannotDecode, draw_clip
-from simvlg_video.formats.model_dir import ModelDirError
+from simvlg_video.model.config import ModelDirError
 from simvlg_video.world import pick_device
 
 

@@ -17,13 +17,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from simvlg_video.data_tools import shapes
     from simvlg_video.data_tools.build_tiny_image_model import tiny_model_config
     from simvlg_video.data_tools.tiny_lm import train_tiny_lm
-    from simvlg_video.formats.model_dir import build_captioner, save_model_dir
+    from simvlg_video.formats.model_dir import build_from_pointers, save_model_dir
 
     out = tmp_path_factory.mktemp("tiny_model")
     torch.manual_seed(0)
     train_tiny_lm(shapes.caption_groups(), out / "lm", steps=3, batch_size=8, show_progress=False)
     cfg = tiny_model_config()
-    save_model_dir(build_captioner(cfg, out), cfg, out)
+    save_model_dir(build_from_pointers(cfg, out), cfg, out)
     return out
 
 

@@ -14,7 +14,7 @@ import torch
 from transformers import OPTForCausalLM
 
 from simvlg_video.data_tools.tiny_lm import tiny_opt_config
-from simvlg_video.formats.model_dir import ModelConfig
+from simvlg_video.model.config import ModelConfig
 from simvlg_video.model.connector import ConnectorConfig
 from simvlg_video.model.lm import LMConfig, build_word_tokenizer
 from simvlg_video.model.vit import VitConfig

@@ -18,18 +18,9 @@ from simvlg_video.adapters.patch import TemporalEvaBlock
 from simvlg_video.adapters.placements import MergedTokens, Reference
 from simvlg_video.adapters.token_pool import TemporalTokenPool
 from simvlg_video.bench.flops import CaptionerSizes, training_step_flops, vit_forward_flops
-from simvlg_video.bench.model import (
-    FULL,
-    FULL_QFORMER,
-    TINY,
-    TINY_QFORMER,
-    Options,
-    build_random_captioner,
-    configure,
-    main,
-    parse_variant,
-    random_batch,
-)
+from simvlg_video.bench.model import main
+from simvlg_video.bench.model_sizes import FULL, FULL_QFORMER, TINY, TINY_QFORMER, build_random_captioner
+from simvlg_video.bench.model_variants import Options, configure, parse_variant, random_batch
 from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_parameters
 from simvlg_video.model.captioner import MeanOverTime
 from simvlg_video.model.freeze import apply_freeze_policy

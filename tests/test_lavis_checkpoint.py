@@ -175,7 +175,7 @@ def test_import_loads_no_frozen_weights_and_makes_no_model_tensor(tmp_path, lm_p
     def refuse(*args, **kwargs):
         raise AssertionError("the import loaded frozen weights")
 
-    monkeypatch.setattr(model_dir_module, "load_lm", refuse)
+    monkeypatch.setattr(model_dir_module, "read_frozen_lm", refuse)
     monkeypatch.setattr(model_dir_module, "load_vit_weights", refuse)
     with CpuTensorsMade() as made:
         out = import_files(files, temporal_heads=TEMPORAL_HEADS)

@@ -18,9 +18,9 @@ from simvlg_video.data_tools.check_videos import main as check
 from simvlg_video.data_tools.convert import main as convert
 from simvlg_video.data_tools.make_stills import make_stills_dataset
 from simvlg_video.formats.image_parts import assemble_image_model, connector_tensors_from_bert
-from simvlg_video.formats.lavis_checkpoint import load_model_config
 from simvlg_video.formats.model_dir import MODEL_CONFIG, WEIGHTS, load_model_dir, read_model_config
 from simvlg_video.formats.tensor_io import StateDictMismatch
+from simvlg_video.model.config import load_model_config
 
 TINY_PRETRAIN = [
     "data.synthetic.num_images=60",

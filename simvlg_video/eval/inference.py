@@ -25,8 +25,9 @@ from simvlg_video.data.limits import DEFAULT_DECODE_MEMORY_GIB, DEFAULT_DECODE_T
 from simvlg_video.data.samplers import Head, NamedSampler, sampler_from
 from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.formats.hf_blip2 import is_blip2_folder
-from simvlg_video.formats.model_dir import MODEL_CONFIG, ModelConfig, ModelDirError, load_model_dir, read_model_config
+from simvlg_video.formats.model_dir import MODEL_CONFIG, load_model_dir, read_model_config
 from simvlg_video.model.captioner import VideoCaptioner
+from simvlg_video.model.config import ModelConfig, ModelDirError
 from simvlg_video.precision import compute_dtype, cpu_runs_bf16
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ import torch
 from simvlg_video.data.dataset import clip_loader
 from simvlg_video.data.manifest import ClipRecord
 from simvlg_video.eval.inference import InferenceConfig
-from simvlg_video.formats.model_dir import ModelConfig
 from simvlg_video.model.adapter_protocol import AttentionMap, adapter_modules
 from simvlg_video.model.captioner import VideoCaptioner
+from simvlg_video.model.config import ModelConfig
 
 
 class CannotDecode(ValueError):

@@ -47,10 +47,11 @@ from simvlg_video.formats.hf_blip2 import (
     read_blip2_config,
     tied_names,
 )
-from simvlg_video.formats.lavis_checkpoint import load_model_config, read_lavis_checkpoint
-from simvlg_video.formats.model_dir import ModelConfig, build_captioner, save_model_dir, stored_tensors
+from simvlg_video.formats.lavis_checkpoint import read_lavis_checkpoint
+from simvlg_video.formats.model_dir import build_from_pointers, save_model_dir, stored_tensors
 from simvlg_video.formats.tensor_io import check_tensors
 from simvlg_video.formats.vit_weights import VISUAL_PREFIX, vit_source_tensors
+from simvlg_video.model.config import ModelConfig, load_model_config
 from simvlg_video.model.lm import LMConfig
 from simvlg_video.model.qformer import QFormerConfig
 from simvlg_video.model.vit import VitConfig
@@ -169,7 +170,7 @@ def import_hf_blip2(folder: str | Path, out_dir: str | Path, prompt: str = "") -
             "processor or the OPT tokenizer into it with save_pretrained"
         )
     cfg.vit.weights = cfg.lm.path = str(folder)
-    model = build_captioner(cfg, folder, meta=True)
+    model = build_from_pointers(cfg, folder, meta=True)
     if model.vit.blocks[0].mlp.fc1.out_features != config.vision_config.intermediate_size:
         raise ValueError(f"{folder}: the vision MLP width cannot be built by timm's EVA at this hidden size")
 
@@ -226,7 +227,7 @@ def import_lavis_blip2(
     cfg.vit.weights, cfg.lm.path, cfg.frozen = str(vit_source), str(lm_path), {}
     if prompt is not None:
         cfg.lm.prompt = prompt
-    model = build_captioner(cfg, ckpt.parent, meta=True)
+    model = build_from_pointers(cfg, ckpt.parent, meta=True)
     vit = vit_source_tensors(vit_source, len(model.vit.blocks))
     prefix = VISUAL_PREFIX if vit_source == ckpt else ""  # names as the file spells them
     check_tensors(

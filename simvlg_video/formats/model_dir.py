@@ -7,125 +7,53 @@ MODEL_DIR/weights.safetensors      every tensor that is not read from a frozen f
 ```
 Frozen parts are pointers (`vit.weights`, a weights file; `lm.path`, a Hugging Face folder; both may be one Hugging
 Face BLIP-2 folder), relative to the directory or absolute, so a video model exported from an image model does not
-copy the ViT or the LLM. Each pointer carries a fingerprint, checked on every load. Loading is strict: a missing,
-unexpected or mis-shaped tensor is an error naming it; no tensor may be absent.
+copy the ViT or the LLM. Each pointer carries a fingerprint, checked on every load. This module reads what they
+point at and hands it to the factory (`simvlg_video.model.build`). Loading is strict: a missing, unexpected or
+mis-shaped tensor is an error naming it; no tensor may be absent.
 
 A model directory is data: the placement, the connector and the frame sampler it names are chosen by name from the
-toolkit's registries (PLACEMENTS, CONNECTORS, SAMPLERS); an import path or any other instruction to build code is
+toolkit's registries (`simvlg_video.model.config`); an import path or any other instruction to build code is
 refused, naming the file and the key, before anything is built.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import OmegaConf
 from torch import nn
+from transformers import PreTrainedModel
 
-from simvlg_video.adapters.placements import placement_from
-from simvlg_video.choices import ChoiceError, instruction_keys
-from simvlg_video.data.samplers import sampler_from
 from simvlg_video.formats.fingerprint import FrozenSourceChanged, check_fingerprint, fingerprint
+from simvlg_video.formats.hf_blip2 import is_blip2_folder, language_model
 from simvlg_video.formats.tensor_io import check_tensors, read_safetensors, write_safetensors
-from simvlg_video.formats.vit_weights import fill_unsaved_buffers, load_vit_weights
+from simvlg_video.formats.vit_weights import load_vit_weights
 from simvlg_video.model.adapter_protocol import adapter_modules
+from simvlg_video.model.build import FrozenParts, build_captioner
 from simvlg_video.model.captioner import VideoCaptioner
-from simvlg_video.model.connector import ConnectorConfig, build_tome_connector
-from simvlg_video.model.lm import CaptionText, LMConfig, lm_skeleton, load_lm, load_tokenizer
+from simvlg_video.model.config import (
+    ModelConfig,
+    ModelDirError,
+    check_format,
+    choose_parts_by_name,
+    model_config_from,
+    read_settings,
+)
+from simvlg_video.model.lm import checked_lm_folder, lm_skeleton, load_lm, load_tokenizer
 from simvlg_video.model.parallel import whole_on_cpu
-from simvlg_video.model.qformer import QFormerConfig, build_qformer_connector
-from simvlg_video.model.vit import VIT_SETTINGS, VitConfig, build_vit
 
 MODEL_CONFIG = "model.yaml"
 WEIGHTS = "weights.safetensors"
-FORMAT = 2  # 1: the first layout (only the tensors of the modules that trained), never loaded
-CONNECTORS = {"tome": ConnectorConfig, "qformer": QFormerConfig}  # `connector.kind` -> its typed section
-
-
-class ModelDirError(ValueError):
-    """A path that is not a model directory this version reads, or one whose files do not fit each other."""
-
-
-@dataclass
-class ModelConfig:
-    """model.yaml: one typed section per part of the captioner."""
-
-    vit: VitConfig = field(default_factory=VitConfig)
-    connector: Any = field(default_factory=ConnectorConfig)  # by `kind`: ConnectorConfig (tome, SimVLG's) or
-    # QFormerConfig (qformer, BLIP-2's)
-    lm: LMConfig = field(default_factory=LMConfig)
-    image_size: int = 224  # frames are resized and cropped to this
-    ln_vision_eps: float = 1e-5  # LayerNorm eps of ln_vision: torch's default in SimVLG and LAVIS; a Hugging Face
-    # BLIP-2 uses its vision config's layer_norm_eps (1e-6)
-    adapter: Any = None  # the placement by name with its settings ({name: reference, ...}:
-    # simvlg_video.adapters.placements); None: the image model
-    inference: Any = None  # how the model captions unless told otherwise (frames, sampler by name, decoding; see
-    # simvlg_video.eval.inference); None: the reference recipe's evaluation settings
-    frozen: dict[str, Any] = field(default_factory=dict)  # "vit" / "lm": fingerprints of the frozen sources
-    stored: dict[str, Any] = field(default_factory=dict)  # fingerprint of weights.safetensors (written with it)
-    format: int = FORMAT
 
 
 def read_model_config(path: str | Path) -> ModelConfig:
     """MODEL_DIR/model.yaml (or a model config .yaml) checked against `ModelConfig`: unknown keys, wrong types and
-    missing values are errors naming the file and the key."""
+    missing values are errors naming the file and the key; a model.yaml must be in this version's format."""
     path = Path(path)
-    try:
-        raw = OmegaConf.load(path)
-        if not isinstance(raw, DictConfig):
-            raise ModelDirError(f"{path}: expected a mapping of settings, found a {type(raw).__name__}")
-        if path.name == MODEL_CONFIG and raw.get("format") != FORMAT:
-            raise ModelDirError(
-                f"{path} is a model directory in format {raw.get('format', 1)}; this version reads "
-                f"format {FORMAT}: rebuild it (adapt or import it again)"
-            )
-        choose_parts_by_name(raw, str(path))
-        connector = raw.pop("connector", None) or {}
-        kind = connector.get("kind", "tome")
-        if kind not in CONNECTORS:
-            raise ModelDirError(f"{path}: connector.kind is {kind!r}; known kinds: {', '.join(CONNECTORS)}")
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), raw))
-    except OmegaConfBaseException as error:
-        raise ModelDirError(f"{path}: {str(error).splitlines()[0]}") from None
-    try:
-        cfg.connector = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(CONNECTORS[kind]), connector))
-    except OmegaConfBaseException as error:
-        raise ModelDirError(f"{path}: connector (kind {kind}): {str(error).splitlines()[0]}") from None
-    unknown = sorted(set(cfg.vit.overrides) - VIT_SETTINGS)
-    if unknown:  # e.g. timm.create_model's checkpoint_path, which would load a file no fingerprint checks
-        raise ModelDirError(
-            f"{path}: vit.overrides.{unknown[0]} is not a setting of the ViT ({', '.join(sorted(VIT_SETTINGS))})"
-        )
-    return cfg
-
-
-def choose_parts_by_name(raw: DictConfig, source: str) -> None:
-    """Replace `adapter` and `inference.sampler` of a model config by their by-name form, then refuse any
-    instruction to build code left anywhere (`_target_`, `_args_`, ...): ModelDirError naming `source` and the key.
-    Format-2 files written before names existed hold the toolkit's own `_target_` strings, translated here."""
-    if raw.get("adapter") is not None:
-        raw.adapter = _by_name(placement_from, raw.adapter, f"{source}: adapter")
-    inference = raw.get("inference")
-    if isinstance(inference, DictConfig) and inference.get("sampler") is not None:
-        inference.sampler = _by_name(sampler_from, inference.sampler, f"{source}: inference.sampler")
-    refused = instruction_keys(raw)
-    if refused:
-        raise ModelDirError(
-            f"{source}: {refused[0]}: an instruction to build code, which a model directory cannot give "
-            "(placements, connectors and samplers are chosen by name)"
-        )
-
-
-def _by_name(choose: Callable[[Any], Any], settings: Any, where: str) -> dict[str, Any]:
-    try:
-        return asdict(choose(settings))
-    except ChoiceError as error:
-        raise ModelDirError(f"{where}: {error}") from None
+    raw = read_settings(path)
+    check_format(raw, str(path), required=path.name == MODEL_CONFIG)
+    return model_config_from(raw, str(path))
 
 
 def resolve(base_dir: Path, path: str) -> Path:
@@ -143,54 +71,43 @@ def frozen_sources(cfg: ModelConfig, base_dir: Path) -> dict[str, Path]:
     return sources
 
 
-def build_connector(cfg: ConnectorConfig | QFormerConfig, vision_width: int) -> nn.Module:
-    """The connector a `connector:` section describes, randomly initialised, reading ViT tokens of `vision_width`."""
-    if isinstance(cfg, QFormerConfig):
-        return build_qformer_connector(cfg, vision_width)
-    return build_tome_connector(cfg)
+def read_frozen_lm(path: Path, dtype: torch.dtype) -> PreTrainedModel:
+    """The LLM a pointer names, read straight into `dtype`: a causal LM's folder, or a BLIP-2 folder's
+    `language_model.*`."""
+    if is_blip2_folder(checked_lm_folder(path)):
+        return language_model(path, dtype)
+    return load_lm(path, dtype)
 
 
-def build_captioner(
+def frozen_lm_skeleton(path: Path) -> PreTrainedModel:
+    """The LLM a pointer names, names and shapes only (meta device): no weights are read."""
+    if is_blip2_folder(checked_lm_folder(path)):
+        return language_model(path, meta=True)
+    return lm_skeleton(path)
+
+
+def build_from_pointers(
     cfg: ModelConfig,
     base_dir: Path,
     dtype: torch.dtype = torch.float32,
     meta: bool = False,
     frozen_on_meta: bool = False,
 ) -> VideoCaptioner:
-    """The captioner `cfg` describes, its frozen parts loaded straight into `dtype` (the ViT and the LLM never exist
-    at a wider precision); everything else as initialised, in fp32. `meta=True` builds names and shapes only, on
-    the meta device, reading no weights; `frozen_on_meta=True` does so for the parts behind frozen files only (what
-    a new model directory needs: its own tensors, initialised, and pointers to the rest)."""
+    """The captioner `cfg` describes, its frozen parts read from where its pointers (relative to `base_dir`) say,
+    straight into `dtype` (the ViT and the LLM never exist at a wider precision). `meta=True` builds names and
+    shapes only, reading no weights; `frozen_on_meta=True` does so for the parts behind frozen files only (what a new
+    model directory needs: its own tensors, initialised, and pointers to the rest)."""
     sources = frozen_sources(cfg, base_dir)
-    vit_from_file = "vit" in sources and not (meta or frozen_on_meta)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:  # a ViT whose weights come from a file is never randomly initialised (21 s for EVA-g on 2 cores)
-        with torch.device("meta") if meta or "vit" in sources else torch.device("cpu"):
-            vit = build_vit(cfg.vit.preset, **cfg.vit.overrides)
-    finally:
-        torch.set_default_dtype(previous)
-    if vit_from_file:
-        vit = vit.to_empty(device="cpu")
-        load_vit_weights(vit, sources["vit"])
-        fill_unsaved_buffers(vit)
-    with torch.device("meta") if meta else torch.device("cpu"):
-        connector = build_connector(cfg.connector, vit.embed_dim)
-    lm = lm_skeleton(sources["lm"]) if meta or frozen_on_meta else load_lm(sources["lm"], dtype)[0]
-    text = CaptionText(load_tokenizer(sources["lm"]), cfg.lm.prompt, cfg.lm.caption_end, cfg.lm.max_text_tokens)
-    with torch.device("meta") if meta else torch.device("cpu"):
-        model = VideoCaptioner(
-            vit,
-            connector,
-            lm,
-            text,
-            connector_width=cfg.connector.hidden_size,
-            project_vision=cfg.connector.kind == "tome",
-            ln_vision_eps=cfg.ln_vision_eps,
-        )
-        if cfg.adapter is not None:
-            placement_from(cfg.adapter).apply(model)
-    return model
+    read = not (meta or frozen_on_meta)
+    fill_vit = None
+    if read and "vit" in sources:
+
+        def fill_vit(vit: nn.Module) -> None:
+            load_vit_weights(vit, sources["vit"])
+
+    lm = read_frozen_lm(sources["lm"], dtype) if read else frozen_lm_skeleton(sources["lm"])
+    parts = FrozenParts(lm, load_tokenizer(sources["lm"]), fill_vit)
+    return build_captioner(cfg, parts, dtype, meta=meta)
 
 
 def _from_frozen_source(name: str, cfg: ModelConfig, adapter_prefixes: tuple[str, ...]) -> bool:
@@ -229,7 +146,7 @@ def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> tupl
         if not source.exists():
             raise ModelDirError(f"{config_file}: the frozen {label} {source} does not exist")
         check_fingerprint(f"the frozen {label} of {path}:", source, cfg.frozen[label])
-    model = build_captioner(cfg, path, dtype)
+    model = build_from_pointers(cfg, path, dtype)
     weights = path / WEIGHTS
     if not weights.is_file():
         raise ModelDirError(f"{path} has no {WEIGHTS}")
@@ -275,7 +192,7 @@ def save_model_dir(
             else:
                 cfg.vit.weights = str(source)
     tensors = whole_on_cpu(stored_tensors(model, cfg) if tensors is None else tensors)
-    described = stored_tensors(build_captioner(cfg, base_dir, meta=True), cfg)  # what a load will expect
+    described = stored_tensors(build_from_pointers(cfg, base_dir, meta=True), cfg)  # what a load will expect
     check_tensors(
         {name: t.shape for name, t in described.items()},
         tensors,
@@ -292,12 +209,10 @@ def save_model_dir(
     return out_dir
 
 
-__all__ = [
-    "FORMAT",
+__all__ = [  # with the errors a load raises, wherever they are defined
     "FrozenSourceChanged",
-    "ModelConfig",
     "ModelDirError",
-    "build_captioner",
+    "build_from_pointers",
     "load_model_dir",
     "read_model_config",
     "save_model_dir",
