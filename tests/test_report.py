@@ -11,6 +11,7 @@ import yaml
 from adapt_runs import compose_adapt
 from omegaconf import OmegaConf
 
+from simvlg_video.eval.runs import find_runs, runs_table
 from simvlg_video.eval.sweep import metric_series, read_sweep
 from simvlg_video.report import main
 
@@ -99,7 +100,9 @@ def test_table_has_one_row_per_run_in_job_order_with_the_logged_numbers(tmp_path
         "METEOR",
         "ROUGE-L",
         "CIDEr",
-        "motion acc",
+        "motion_acc",
+        "direction_acc",
+        "object_acc",
         "train videos/s",
         "peak memory (GiB)",
     ]
@@ -111,17 +114,26 @@ def test_table_has_one_row_per_run_in_job_order_with_the_logged_numbers(tmp_path
             assert row[2] == "unfinished"
             continue
         values = scores(job, motion=True)
-        assert row[2:7] == [f"{100 * values[k]:.1f}" for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "motion_acc")]
+        keys = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "motion_acc", "direction_acc", "object_acc")
+        assert row[2:9] == [f"{100 * values[k]:.1f}" for k in keys]
         kind = "process RSS" if job % 2 else "cuda max allocated"
-        assert row[7:] == [f"{70.25 + job:.1f}", f"2.08 ({kind})"]
+        assert row[9:] == [f"{70.25 + job:.1f}", f"2.08 ({kind})"]
 
 
 def test_no_motion_column_without_motion_scores_and_a_dash_without_overrides(tmp_path: Path) -> None:
     make_sweep(tmp_path, frames=(4,), motion=False)
     (tmp_path / "0" / ".hydra" / "overrides.yaml").unlink()  # a run started without -m
     header, *rows = table_rows(main([str(tmp_path)]))
-    assert "motion acc" not in header and len(header) == 8
+    assert "motion_acc" not in header and len(header) == 8
     assert rows[0][:2] == ["0", "-"] and rows[1][1] == "data.num_frames=4 sampler=uniform adapter=reference"
+
+
+def test_the_report_and_the_runs_table_show_the_same_columns(tmp_path: Path) -> None:
+    make_sweep(tmp_path)
+    report_header = table_rows(main([str(tmp_path)]))[0]
+    runs_header = table_rows(runs_table(find_runs([tmp_path])))[0]
+    assert report_header[:2] == ["run", "overrides"] and runs_header[:2] == ["run", "adapter"]
+    assert report_header[2:] == runs_header[2:]
 
 
 def test_loss_curve_replays_the_steps_after_a_resume_and_skips_validation(tmp_path: Path) -> None:

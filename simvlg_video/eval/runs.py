@@ -18,9 +18,7 @@ from omegaconf import OmegaConf
 
 from simvlg_video.adapters.placements import LEGACY_TARGETS
 from simvlg_video.data.manifest import json_problem
-
-COLUMNS = ("CIDEr", "BLEU-4", "motion_acc", "direction_acc", "object_acc")
-EVENT_COLUMNS = ("event_order_acc", "speed_acc")  # shown when some run has them (the synthetic event set)
+from simvlg_video.eval.table import runs_table_of
 
 
 def _job_order(path: Path) -> tuple:
@@ -88,36 +86,10 @@ def run_summary(run_dir: Path) -> dict | None:
     return summary_line(read_log(log)) if log.is_file() else None
 
 
-def memory_cell(summary: dict) -> str:
-    """Peak training memory with what was measured (GPU allocator or process RSS): the two are not comparable."""
-    if "train_peak_memory_gib" not in summary:
-        return "-"
-    return f"{summary['train_peak_memory_gib']:.2f} ({summary.get('train_memory_kind', '?')})"
-
-
 def runs_table(run_dirs: list[Path]) -> str:
     """Markdown table: one row per run; scores x100, videos/s and peak memory of training."""
-    summaries = {run_dir: run_summary(run_dir) for run_dir in run_dirs}
-    columns = [
-        *COLUMNS,
-        *(c for c in EVENT_COLUMNS if any(s is not None and c in s["adapted"] for s in summaries.values())),
-    ]
-    header = ["run", "adapter", *columns, "train videos/s", "peak memory (GiB)"]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
-    for run_dir in run_dirs:
-        label = adapter_label(OmegaConf.load(run_dir / "config.yaml"))
-        summary = summaries[run_dir]
-        if summary is None:
-            lines.append(f"| {run_dir.name} | {label} | unfinished |" + " |" * (len(header) - 3))
-            continue
-        metrics = summary["adapted"]
-        cells = [f"{100 * metrics[c]:.1f}" if c in metrics else "-" for c in columns]
-        lines.append(
-            f"| {run_dir.name} | {label} | "
-            + " | ".join(cells)
-            + f" | {summary['train_videos_per_s']:.1f} | {memory_cell(summary)} |"
-        )
-    return "\n".join(lines)
+    runs = [([run.name, adapter_label(OmegaConf.load(run / "config.yaml"))], run_summary(run)) for run in run_dirs]
+    return runs_table_of(["run", "adapter"], runs)
 
 
 def main(argv: list[str] | None = None) -> str:
