@@ -157,7 +157,7 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
     if finished is not None:  # resuming a sweep: this job had completed
         files.log.close()
         log.info("%s already finished; its summary is in metrics.jsonl", run_dir)
-        return {"adapted": finished["adapted"]}
+        return {stage.after: finished["trained"]}
     records = read_manifest(manifest)
     train_records = [] if data.shards else split_records(records, data.train_split, manifest)
     eval_records = split_records(records, cfg.eval.split, manifest)
@@ -225,7 +225,7 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
         summary = {
             "phase": "summary",
             "train_steps": cfg.train.steps,
-            "train_videos_per_s": result.videos_per_second,
+            "train_clips_per_s": result.clips_per_second,
             "train_peak_memory_gib": result.peak_memory_gib,
             "train_memory_kind": result.memory_kind,
             "train_data_wait_s": result.data_wait_seconds,
@@ -236,7 +236,7 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
             "best": files.checkpoints.best(),
             **counts,
         }
-        files.log({**summary, "adapted": rows[stage.after]})  # "adapted": the trained model's scores, either stage
+        files.log({**summary, "trained": rows[stage.after]})  # the trained model's scores, either stage
     finally:
         files.log.close()
     if world.is_main:

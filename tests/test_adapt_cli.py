@@ -183,8 +183,8 @@ def test_runs_table_lists_finished_and_unfinished_runs(run_dir: Path, tmp_path: 
     columns = [cell.strip() for cell in header.strip("|").split("|")]
     cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
     assert cells[:2] == ["run", "merged_tokens (time: sinusoidal, space: sinusoidal)"]
-    assert cells[columns.index("CIDEr")] == f"{100 * summary['adapted']['CIDEr']:.1f}"
-    assert f"| {summary['train_videos_per_s']:.1f} | " in rows[0] and "(process RSS) |" in rows[0]
+    assert cells[columns.index("CIDEr")] == f"{100 * summary['trained']['CIDEr']:.1f}"
+    assert f"| {summary['train_clips_per_s']:.1f} | " in rows[0] and "(process RSS) |" in rows[0]
     assert rows[1].startswith("| crashed | merged_tokens (time: sinusoidal, space: sinusoidal) | unfinished |")
 
 
@@ -198,8 +198,8 @@ def test_runs_table_shows_event_columns_only_where_a_run_has_them(run_dir: Path,
     (events_run / "config.yaml").write_text((run_dir / "config.yaml").read_text())
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     summary = json.loads(lines[-1])
-    summary["adapted"] |= {"event_order_acc": 0.925, "speed_acc": 0.5}
+    summary["trained"] |= {"event_order_acc": 0.925, "speed_acc": 0.5}
     (events_run / "metrics.jsonl").write_text("\n".join([*lines[:-1], json.dumps(summary)]) + "\n")
     header, _, plain, with_events = runs_table([run_dir, events_run]).splitlines()
-    assert header.endswith("| event_order_acc | speed_acc | train videos/s | peak memory (GiB) |")
+    assert header.endswith("| event_order_acc | speed_acc | train clips/s | peak memory (GiB) |")
     assert " | 92.5 | 50.0 | " in with_events and " | - | - | " in plain

@@ -132,7 +132,7 @@ def test_variants_set_precision_kernels_and_optimiser():
     assert isinstance(scaler, torch.amp.GradScaler) and isinstance(optimizer, torch.optim.AdamW)
     assert all(type(b) is TemporalEvaBlock for b in model.vit.blocks)
     assert block.attn.qkv.weight.dtype == torch.float16 and block.attn.k_bias.dtype == torch.float16
-    assert block.temporal_merge.query.weight.dtype == torch.float32 and block.temporal_merge.naive
+    assert block.temporal_merge.query.weight.dtype == torch.float32 and block.temporal_merge.plain
     assert not block.attn.fused_attn and model.lm.config._attn_implementation == "eager"
     assert model.connector.config._attn_implementation == "eager"
     assert model.connector.encoder.layer[0].attention.self.query.weight.dtype == torch.float32
@@ -141,7 +141,7 @@ def test_variants_set_precision_kernels_and_optimiser():
     assert scaler is None
     assert [type(b) is TemporalEvaBlock for b in model.vit.blocks] == [False] * 7 + [True] * 3
     block = model.vit.blocks[-1]
-    assert block.attn.qkv.weight.dtype == torch.bfloat16 and block.attn.fused_attn and not block.temporal_merge.naive
+    assert block.attn.qkv.weight.dtype == torch.bfloat16 and block.attn.fused_attn and not block.temporal_merge.plain
     assert model.lm.config._attn_implementation == "sdpa" and model.lm.lm_head.weight.dtype == torch.bfloat16
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert trained == {id(p) for p in model.parameters() if p.requires_grad}

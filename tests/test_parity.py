@@ -199,12 +199,12 @@ def test_eva_vit_matches_the_reference_block_math(imported, video_files, vit_sta
             assert relative_error(ours, expected) <= 1e-5, f"fused_attn={fused}"
 
 
-@pytest.mark.parametrize("naive", [False, True])
-def test_temporal_module_matches_the_reference_math(imported, video_files, naive):
+@pytest.mark.parametrize("plain", [False, True])
+def test_temporal_module_matches_the_reference_math(imported, video_files, plain):
     torch.manual_seed(1)
     module = imported.vit.blocks[1].temporal_merge
-    module.set_plain_attention(naive)
-    assert module.naive == naive
+    module.set_plain_attention(plain)
+    assert module.plain == plain
     x = torch.randn(2 * 3, 17, VIT["width"])
     with torch.no_grad():
         assert relative_error(module(x, 3), temporal_merge(x, video_files.state, 1, 3, TEMPORAL_HEADS)) <= 1e-5

@@ -120,7 +120,7 @@ def test_pretrain_makes_an_image_model_that_adapt_takes_to_video(tiny_model_dir,
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| pretrained |" in result.stdout and "shape_acc" in result.stdout  # the stills' held-out accuracy
     summary = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
-    assert summary["phase"] == "summary" and 0 <= summary["adapted"]["object_acc"] <= 1
+    assert summary["phase"] == "summary" and 0 <= summary["trained"]["object_acc"] <= 1
     assert read_model_config(run / "model" / MODEL_CONFIG).adapter is None  # an image model
     trained, _ = load_model_dir(run / "model")
     initial, _ = load_model_dir(run / "initial_model")

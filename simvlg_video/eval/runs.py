@@ -20,6 +20,8 @@ from simvlg_video.adapters.placements import LEGACY_TARGETS
 from simvlg_video.data.manifest import json_problem
 from simvlg_video.eval.table import runs_table_of
 
+EARLIER_SUMMARY_KEYS = {"adapted": "trained", "train_videos_per_s": "train_clips_per_s"}
+
 
 def _job_order(path: Path) -> tuple:
     """Sort key: shallower first, then names with their numbers compared as numbers (a sweep's job 10 after job 9)."""
@@ -76,8 +78,10 @@ def read_log(log: Path) -> list[dict]:
 
 
 def summary_line(records: list[dict]) -> dict | None:
-    """The last summary record (written when a run finishes), or None."""
-    return next((record for record in reversed(records) if record.get("phase") == "summary"), None)
+    """The last summary record (written when a run finishes), or None. A summary of an earlier version, whose keys
+    were named after the video stage (`adapted`, `train_videos_per_s`), is read under today's names."""
+    summary = next((record for record in reversed(records) if record.get("phase") == "summary"), None)
+    return None if summary is None else {EARLIER_SUMMARY_KEYS.get(key, key): value for key, value in summary.items()}
 
 
 def run_summary(run_dir: Path) -> dict | None:
@@ -87,7 +91,7 @@ def run_summary(run_dir: Path) -> dict | None:
 
 
 def runs_table(run_dirs: list[Path]) -> str:
-    """Markdown table: one row per run; scores x100, videos/s and peak memory of training."""
+    """Markdown table: one row per run; scores x100, clips/s and peak memory of training."""
     runs = [([run.name, adapter_label(OmegaConf.load(run / "config.yaml"))], run_summary(run)) for run in run_dirs]
     return runs_table_of(["run", "adapter"], runs)
 

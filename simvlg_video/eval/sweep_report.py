@@ -20,7 +20,7 @@ def _has_motion(runs: list[RunResult]) -> bool:
 
 
 def report_table(runs: list[RunResult]) -> str:
-    """Markdown table in job order: scores x100 (1 decimal), training videos/s and peak memory with its kind."""
+    """Markdown table in job order: scores x100 (1 decimal), training clips/s and peak memory with its kind."""
     common = common_overrides(runs)
     return runs_table_of(["run", "overrides"], [([run.name, own_overrides(run, common)], run.summary) for run in runs])
 

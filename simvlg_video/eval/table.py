@@ -54,18 +54,18 @@ def memory_cell(summary: Mapping) -> str:
 
 
 def runs_table_of(lead: Sequence[str], runs: Sequence[tuple[Sequence[str], Mapping | None]]) -> str:
-    """One row per run: its `lead` cells (text), the trained model's scores, training videos/s and peak memory from
+    """One row per run: its `lead` cells (text), the trained model's scores, training clips/s and peak memory from
     its summary; a run without a summary (crashed or still running) is listed as unfinished."""
-    columns = shown_columns(summary["adapted"] for _, summary in runs if summary is not None)
-    header = [*lead, *columns, "train videos/s", "peak memory (GiB)"]
+    columns = shown_columns(summary["trained"] for _, summary in runs if summary is not None)
+    header = [*lead, *columns, "train clips/s", "peak memory (GiB)"]
     rows = []
     for cells, summary in runs:
         if summary is None:
             rows.append([*cells, "unfinished", *[""] * (len(header) - len(cells) - 1)])
             continue
-        speed = summary.get("train_videos_per_s")
+        speed = summary.get("train_clips_per_s")
         speed_cell = "-" if speed is None else f"{speed:.1f}"
-        rows.append([*cells, *metric_cells(summary["adapted"], columns), speed_cell, memory_cell(summary)])
+        rows.append([*cells, *metric_cells(summary["trained"], columns), speed_cell, memory_cell(summary)])
     return markdown_table(header, rows, text_columns=len(lead))
 
 
@@ -76,7 +76,7 @@ def training_table(summary: Mapping) -> str:
     rows = [
         ("optimiser steps", str(summary["train_steps"])),
         ("processes", str(summary["world_size"])),
-        ("training videos/s (this session)", f"{summary['train_videos_per_s']:.1f}"),
+        ("training clips/s (this session)", f"{summary['train_clips_per_s']:.1f}"),
         ("waiting for data (s, rank 0)", f"{summary['train_data_wait_s']:.1f}"),
         ("peak memory", memory),
         ("steps skipped as non-finite", str(summary["nonfinite_steps_skipped"])),

@@ -40,15 +40,15 @@ class FitResult:
     losses: list[float] = field(default_factory=list)  # the global batch's loss at each finite step
     skipped_nonfinite: int = 0
     seconds: float = 0.0
-    videos: int = 0  # over all ranks
+    clips: int = 0  # over all ranks (an image is a clip of one frame)
     data_wait_seconds: float = 0.0  # this rank's time spent waiting for batches
     skipped_clips: int = 0  # clips that could not be decoded (this rank's, over the whole run)
     peak_memory_gib: float = 0.0
     memory_kind: str = ""  # "GPU allocated" (torch's peak on the device) or "process RSS" (CPU runs)
 
     @property
-    def videos_per_second(self) -> float:
-        return self.videos / self.seconds if self.seconds else 0.0
+    def clips_per_second(self) -> float:
+        return self.clips / self.seconds if self.seconds else 0.0
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def fit(
         if (step + 1) % settings.log_every == 0 or step + 1 == steps:
             record = interval.record(step + 1, loss, grad_norm, scheduler.get_last_lr()[0], world)
             record["grad_norm_spike"] = session.grad_watch.is_spike(record["grad_norm_max"], step + 1)
-            result.videos += record.pop("videos")
+            result.clips += record.pop("clips")
             result.data_wait_seconds += record["data_wait_s"]
             progress.set_postfix(loss=f"{record['loss']:.3f}")
             if hooks.on_log is not None and world.is_main:
@@ -179,18 +179,18 @@ class _Interval:
     def _reset(self) -> None:
         self.started = time.perf_counter()
         self.data_wait = 0.0
-        self.videos = 0
+        self.clips = 0
         self.grad_norm_max = torch.zeros((), device=self.device)
 
-    def add(self, videos: int, grad_norm: torch.Tensor, bad: torch.Tensor) -> None:
-        self.videos += videos
+    def add(self, clips: int, grad_norm: torch.Tensor, bad: torch.Tensor) -> None:
+        self.clips += clips
         finite_norm = torch.where(bad, torch.zeros_like(grad_norm), grad_norm.detach().float())
         torch.maximum(self.grad_norm_max, finite_norm, out=self.grad_norm_max)
 
     def record(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float, world: World) -> dict:
-        """The log record (reads the device once): global loss, videos/s over all ranks, this rank's data wait."""
-        stats = torch.stack([loss, loss.new_tensor(float(self.videos))])
-        loss_value, videos = sum_over_ranks(stats, world).tolist()
+        """The log record (reads the device once): global loss, clips/s over all ranks, this rank's data wait."""
+        stats = torch.stack([loss, loss.new_tensor(float(self.clips))])
+        loss_value, clips = sum_over_ranks(stats, world).tolist()
         seconds = time.perf_counter() - self.started
         record = {
             "phase": "train",
@@ -199,9 +199,9 @@ class _Interval:
             "lr": lr,
             "grad_norm": float(grad_norm),
             "grad_norm_max": float(self.grad_norm_max),
-            "videos_per_s": videos / seconds if seconds else 0.0,
+            "clips_per_s": clips / seconds if seconds else 0.0,
             "data_wait_s": self.data_wait,
-            "videos": int(videos),
+            "clips": int(clips),
         }
         self._reset()
         return record
