@@ -58,7 +58,7 @@ class MergedTokens:
     max_frames: int = 64
 
     def apply(self, model: nn.Module) -> None:
-        if model.time_pool.pools_vit_tokens is False:
+        if not model.time_pool.pools_vit_tokens:
             raise RuntimeError("this model already pools merged tokens over time")
         model.time_pool = TemporalTokenPool(
             model.connector_width,

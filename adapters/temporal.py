@@ -45,7 +45,7 @@ class TemporalAttentionMerge(AttentionSwitches, nn.Module):
         self.alpha = nn.Parameter(torch.zeros((), device=device, dtype=torch.float32))
         # Frame codes added to what queries, keys and values read (not to the residual): "none" is the reference.
         self.time = TimeEncoding(time_encoding, dim, max_frames, device=device)
-        # AttentionSwitches: `naive` (plain attention, benchmarks) and `recording` keep `last_attention`, here the
+        # AttentionSwitches: `plain` (plain attention, benchmarks) and `recording` keep `last_attention`, here the
         # (T, T) frame-to-frame weights of the first clip averaged over tokens and heads.
 
     def no_decay_params(self) -> list[str]:
@@ -72,7 +72,7 @@ class TemporalAttentionMerge(AttentionSwitches, nn.Module):
         codes = self.time(num_frames)
         if codes is not None:
             source = (x.view(clips, num_frames, *x.shape[1:]) + codes[:, None, :].to(x.dtype)).view_as(x)
-        mix = self._mix_naive if self.naive else self._mix
+        mix = self._mix_plain if self.plain else self._mix
         return x + self.alpha * mix(source, clips, num_frames)
 
     def _mix(self, x: torch.Tensor, clips: int, num_frames: int) -> torch.Tensor:
@@ -92,7 +92,7 @@ class TemporalAttentionMerge(AttentionSwitches, nn.Module):
         mixed = torch.einsum("bnhts,bsnhe->btnhe", weights, x.reshape(per_head))
         return mixed.reshape(x.shape)
 
-    def _mix_naive(self, x: torch.Tensor, clips: int, num_frames: int) -> torch.Tensor:
+    def _mix_plain(self, x: torch.Tensor, clips: int, num_frames: int) -> torch.Tensor:
         """The same attention as a straightforward port computes it (the benchmark's reference-style variant).
 
         Regroup into one sequence per (clip, token position), project, matmul-softmax-matmul, regroup back.

@@ -66,7 +66,7 @@ class TemporalTokenPool(AttentionSwitches, nn.Module):
         nn.init.zeros_(self.out.bias)
         self.time = TimeEncoding(time_encoding, dim, max_frames)
         self.space_encoding = space_encoding
-        # AttentionSwitches: `naive` (plain attention: benchmarks, FLOP counting) and `recording` keep
+        # AttentionSwitches: `plain` (plain attention: benchmarks, FLOP counting) and `recording` keep
         # `last_attention`, here (B, heads, K, T * M).
 
     def no_decay_params(self) -> list[str]:
@@ -116,7 +116,7 @@ class TemporalTokenPool(AttentionSwitches, nn.Module):
             return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
         query, key, value = heads(self.query(query_source)), heads(self.key(source)), heads(self.value(source))
-        if self.recording or self.naive:
+        if self.recording or self.plain:
             weights = (query @ key.transpose(-2, -1) * query.shape[-1] ** -0.5).softmax(dim=-1)
             if self.recording:
                 self.last_attention = weights.detach().unflatten(-1, (num_frames, num_tokens))

@@ -1,6 +1,6 @@
 """The Hydra config tree (the YAML files beside this one) and the typed schemas those files extend.
 
-Defaults live in code, once, beside what they configure: the `train:` settings in `train.loop.TrainConfig`, the
+Defaults live in code, once, beside what they configure: the `train:` settings in `train.config.TrainConfig`, the
 clips in `data.clips.ClipData` (how frames are read: its base `FrameReading`), decoding in `eval.inference.Decoding`,
 each adapter placement in `adapters.placements`, each frame sampler in `data.samplers` (by name: a `sampler=` file
 picks one for `train` and one for `eval`), and this file's schemas for the rest of `adapt`, `pretrain` and the
@@ -22,7 +22,7 @@ from simvlg_video.configs.listing import stage_help
 from simvlg_video.data.clips import ClipData
 from simvlg_video.data.samplers import SAMPLERS
 from simvlg_video.eval.inference import Decoding, InferenceConfig
-from simvlg_video.train.loop import TrainConfig
+from simvlg_video.train.config import TrainConfig
 
 
 @dataclass

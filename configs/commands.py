@@ -38,7 +38,8 @@ from simvlg_video.eval.inference import (
     open_model,
     stored_inference,
 )
-from simvlg_video.world import compute_dtype, pick_device
+from simvlg_video.precision import compute_dtype
+from simvlg_video.world import pick_device
 
 MODEL_SETTINGS = "model_settings"  # the ConfigStore node the YAML files place the model's own settings from
 CONFIGS = {"evaluate": "evaluate", "caption": "caption", "visualize": "caption"}  # command -> its config file

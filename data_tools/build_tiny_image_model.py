@@ -25,8 +25,8 @@ from simvlg_video.data_tools import shapes
 from simvlg_video.data_tools.lm_context_check import describe, motion_from_context
 from simvlg_video.data_tools.tiny_lm import train_tiny_lm
 from simvlg_video.errors import UserError, exit_status
-from simvlg_video.model.lavis_checkpoint import load_model_config
-from simvlg_video.model.model_dir import MODEL_CONFIG, WEIGHTS, ModelConfig
+from simvlg_video.formats.model_dir import MODEL_CONFIG, WEIGHTS
+from simvlg_video.model.config import ModelConfig, load_model_config
 
 BUNDLED = Path(__file__).resolve().parents[1] / "simvlg_video" / "assets" / "tiny_image_model"
 

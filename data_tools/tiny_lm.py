@@ -21,7 +21,7 @@ from simvlg_video.model.lm import END, build_word_tokenizer
 
 
 def tiny_opt_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 128, num_layers: int = 2) -> OPTConfig:
-    """An OPT of the same architecture as OPT-2.7B, small enough to train on a CPU in a minute."""
+    """An OPT of the same architecture as OPT-2.7B, small enough to train on a CPU."""
     return OPTConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,

@@ -23,13 +23,14 @@ from omegaconf import DictConfig
 
 from simvlg_video.configs import register_schemas
 from simvlg_video.errors import InputError, UsageError, UserError, report
-from simvlg_video.model.image_checkpoint import (
+from simvlg_video.formats.image_checkpoint import (
     BLIP2_FOLDER,
     MODEL_DIR,
     import_image_checkpoint,
     inspect_image_checkpoint,
 )
-from simvlg_video.model.model_dir import ModelDirError, read_model_config
+from simvlg_video.formats.model_dir import read_model_config
+from simvlg_video.model.config import ModelDirError
 from simvlg_video.stage import Stage, launch, run_and_release
 from simvlg_video.train.launch import flags_to_overrides
 from simvlg_video.world import World, broadcast
@@ -94,7 +95,7 @@ def refuse_video_model(model_dir: Path, given: Path) -> Path:
         raise InputError(f"--image-ckpt {given}: {error}") from None
     if adapter is not None:
         how = (
-            "import it as a model directory with python -m simvlg_video.model.lavis_checkpoint, then give that to"
+            "import it as a model directory with python -m simvlg_video.formats.lavis_checkpoint, then give that to"
             if given.is_file()
             else "give it to"
         )

@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from simvlg_video.configs import register_schemas
 from simvlg_video.errors import InputError, UserError, report
-from simvlg_video.model.image_parts import assemble_image_model
-from simvlg_video.model.lavis_checkpoint import load_model_config
+from simvlg_video.formats.image_parts import assemble_image_model
+from simvlg_video.model.config import load_model_config
 from simvlg_video.stage import Stage, launch, run_and_release
 from simvlg_video.world import World, broadcast
 

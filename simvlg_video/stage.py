@@ -32,25 +32,19 @@ from simvlg_video.eval.predict import evaluate_split, write_eval
 from simvlg_video.eval.runs import run_summary
 from simvlg_video.eval.table import metrics_table, training_table
 from simvlg_video.eval.visualize import draw_clips
+from simvlg_video.formats.model_dir import load_model_dir, save_model_dir, stored_tensors
 from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_parameters
 from simvlg_video.model.freeze import apply_freeze_policy
-from simvlg_video.model.model_dir import load_model_dir, save_model_dir, stored_tensors
 from simvlg_video.model.parallel import is_sharded, whole_on_cpu
 from simvlg_video.model.speed import apply_speed_settings
+from simvlg_video.precision import compute_dtype
+from simvlg_video.train.config import TrainConfig
 from simvlg_video.train.launch import launch_overrides, override_key, rerun_command
-from simvlg_video.train.loop import TrainConfig, reset_peak_memory
+from simvlg_video.train.memory import reset_peak_memory
 from simvlg_video.train.resume import open_run
+from simvlg_video.train.seeding import seed_everything
 from simvlg_video.train.trainer import TrainingRun, train
-from simvlg_video.world import (
-    World,
-    broadcast,
-    compute_dtype,
-    init_world,
-    pick_device,
-    seed_everything,
-    share_cpu_with_loaders,
-    shutdown,
-)
+from simvlg_video.world import World, broadcast, init_world, pick_device, share_cpu_with_loaders, shutdown
 
 log = logging.getLogger("simvlg_video.stage")
 
@@ -131,7 +125,7 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
     if finished is not None:  # resuming a sweep: this job had completed
         files.log.close()
         log.info("%s already finished; its summary is in metrics.jsonl", run_dir)
-        return {"adapted": finished["adapted"]}
+        return {stage.after: finished["trained"]}
     records = read_manifest(manifest)
     train_records = [] if data.shards else split_records(records, data.train_split, manifest)
     eval_records = split_records(records, cfg.eval.split, manifest)
@@ -199,8 +193,8 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
         summary = {
             "phase": "summary",
             "train_steps": cfg.train.steps,
-            "train_videos": result.videos,  # clips trained in this session, over all ranks
-            "train_videos_per_s": result.videos_per_second,
+            "train_clips": result.clips,  # clips trained in this session, over all ranks
+            "train_clips_per_s": result.clips_per_second,
             "train_peak_memory_gib": result.peak_memory_gib,
             "train_memory_kind": result.memory_kind,
             "train_data_wait_s": result.data_wait_seconds,
@@ -211,7 +205,7 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
             "best": files.checkpoints.best(),
             **counts,
         }
-        files.log({**summary, "adapted": rows[stage.after]})  # "adapted": the trained model's scores, either stage
+        files.log({**summary, "trained": rows[stage.after]})  # the trained model's scores, either stage
     finally:
         files.log.close()
     if world.is_main:

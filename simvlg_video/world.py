@@ -1,6 +1,6 @@
-"""The process's world: its rank among torchrun's processes, its device, its precision, its seed, its log file.
+"""The process's world: its rank among torchrun's processes, its device, the collectives that join the processes.
 
-The one leaf module of the package: everything else may import it, it imports nothing of ours.
+A leaf module of the package: everything else may import it, it imports nothing of ours.
 
 Launched by `torchrun --nproc_per_node N -m simvlg_video.adapt ...`, every process reads RANK / WORLD_SIZE /
 LOCAL_RANK from the environment. One process group serves CPU tensors through gloo and GPU tensors through NCCL,
@@ -9,21 +9,13 @@ so host-side counts never wait for the device. Without torchrun every collective
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import json
 import os
-import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -80,43 +72,12 @@ def pick_device(name: str, world: World = World()) -> torch.device:
 
 def share_cpu_with_loaders(device: torch.device, num_workers: int) -> int:
     """On a CPU, the loader's worker processes and torch's compute threads share the cores: each worker gets one,
-    compute the rest (at least one thread; on 2 cores with 2 workers, 1 thread trained 25% faster than 2). A GPU
-    run keeps torch's default. Returns the compute thread count."""
+    compute the rest (at least one thread: threads beyond the free cores only contend with the workers). A GPU run
+    keeps torch's default. Returns the compute thread count."""
     if device.type == "cpu":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         torch.set_num_threads(max(1, cores - num_workers))
     return torch.get_num_threads()
-
-
-def compute_dtype(precision: str) -> torch.dtype:
-    """The dtype a run computes in: what its frozen weights are loaded as and what autocast runs."""
-    if precision not in PRECISION_DTYPES:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    return PRECISION_DTYPES[precision]
-
-
-def cpu_runs_bf16() -> bool:
-    """Whether this CPU has bf16 matrix kernels (AVX512-BF16 or AMX); without them (AVX2 only) bf16 matmuls ran
-    5-7x slower than fp32 on a 2-core x86_64 CPU."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on the model's device, or nothing for fp32."""
-    dtype = compute_dtype(precision)
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def broadcast(value: Any, world: World) -> Any:
@@ -149,15 +110,3 @@ def sum_over_ranks(tensor: torch.Tensor, world: World) -> torch.Tensor:
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()
-
-
-class JsonlLog:
-    """Appends one JSON object per line (RUN_DIR/metrics.jsonl), flushed at once so a crash loses nothing."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, record: dict) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")

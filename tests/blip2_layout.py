@@ -23,8 +23,8 @@ from transformers import (
 )
 
 from simvlg_video.data_tools import shapes
+from simvlg_video.model.config import ModelConfig
 from simvlg_video.model.lm import LMConfig, build_word_tokenizer
-from simvlg_video.model.model_dir import ModelConfig
 from simvlg_video.model.qformer import QFormerConfig
 from simvlg_video.model.vit import VitConfig
 

@@ -17,13 +17,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from simvlg_video.data_tools import shapes
     from simvlg_video.data_tools.build_tiny_image_model import tiny_model_config
     from simvlg_video.data_tools.tiny_lm import train_tiny_lm
-    from simvlg_video.model.model_dir import build_captioner, save_model_dir
+    from simvlg_video.formats.model_dir import build_from_pointers, save_model_dir
 
     out = tmp_path_factory.mktemp("tiny_model")
     torch.manual_seed(0)
     train_tiny_lm(shapes.caption_groups(), out / "lm", steps=3, batch_size=8, show_progress=False)
     cfg = tiny_model_config()
-    save_model_dir(build_captioner(cfg, out), cfg, out)
+    save_model_dir(build_from_pointers(cfg, out), cfg, out)
     return out
 
 
@@ -55,7 +55,7 @@ def blip2_files(tmp_path_factory: pytest.TempPathFactory):
 def blip2_model_dirs(blip2_files, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny BLIP-2 imported from each layout: {"hf": ..., "lavis": ... (eva_vit.pth beside it),
     "lavis_with_vit": ... (the ViT inside the checkpoint)}."""
-    from simvlg_video.model.blip2_checkpoint import import_hf_blip2, import_lavis_blip2
+    from simvlg_video.formats.blip2_checkpoint import import_hf_blip2, import_lavis_blip2
 
     out = tmp_path_factory.mktemp("blip2_models")
     files = blip2_files

@@ -14,9 +14,9 @@ import torch
 from transformers import OPTForCausalLM
 
 from simvlg_video.data_tools.tiny_lm import tiny_opt_config
+from simvlg_video.model.config import ModelConfig
 from simvlg_video.model.connector import ConnectorConfig
 from simvlg_video.model.lm import LMConfig, build_word_tokenizer
-from simvlg_video.model.model_dir import ModelConfig
 from simvlg_video.model.vit import VitConfig
 
 VIT = dict(width=32, depth=3, heads=4, mlp=128, patch=8, image=32)

@@ -11,7 +11,7 @@ from adapt_runs import TINY_RUN, assert_caption_reproduces_predictions, records,
 from omegaconf import OmegaConf
 
 from simvlg_video.eval.shape_accuracy import shape_accuracy
-from simvlg_video.model.model_dir import load_model_dir
+from simvlg_video.formats.model_dir import load_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -183,11 +183,13 @@ def test_runs_table_lists_finished_and_unfinished_runs(run_dir: Path, tmp_path: 
     (crashed / "config.yaml").write_text((run_dir / "config.yaml").read_text())  # died before its summary
     result = run_module("simvlg_video.eval.runs", str(run_dir), str(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    header, *rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     summary = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
-    cider = 100 * summary["adapted"]["CIDEr"]
-    assert rows[0].startswith(f"| run | merged_tokens (time: sinusoidal, space: sinusoidal) | {cider:.1f} |")
-    assert f"| {summary['train_videos_per_s']:.1f} | " in rows[0] and "(process RSS) |" in rows[0]
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    assert cells[:2] == ["run", "merged_tokens (time: sinusoidal, space: sinusoidal)"]
+    assert cells[columns.index("CIDEr")] == f"{100 * summary['trained']['CIDEr']:.1f}"
+    assert f"| {summary['train_clips_per_s']:.1f} | " in rows[0] and "(process RSS) |" in rows[0]
     assert rows[1].startswith("| crashed | merged_tokens (time: sinusoidal, space: sinusoidal) | unfinished |")
 
 
@@ -201,8 +203,8 @@ def test_runs_table_shows_event_columns_only_where_a_run_has_them(run_dir: Path,
     (events_run / "config.yaml").write_text((run_dir / "config.yaml").read_text())
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     summary = json.loads(lines[-1])
-    summary["adapted"] |= {"event_order_acc": 0.925, "speed_acc": 0.5}
+    summary["trained"] |= {"event_order_acc": 0.925, "speed_acc": 0.5}
     (events_run / "metrics.jsonl").write_text("\n".join([*lines[:-1], json.dumps(summary)]) + "\n")
     header, _, plain, with_events = runs_table([run_dir, events_run]).splitlines()
-    assert header.endswith("| event_order_acc | speed_acc | train videos/s | peak memory (GiB) |")
+    assert header.endswith("| event_order_acc | speed_acc | train clips/s | peak memory (GiB) |")
     assert " | 92.5 | 50.0 | " in with_events and " | - | - | " in plain

@@ -18,18 +18,9 @@ from simvlg_video.adapters.patch import TemporalEvaBlock
 from simvlg_video.adapters.placements import MergedTokens, Reference
 from simvlg_video.adapters.token_pool import TemporalTokenPool
 from simvlg_video.bench.flops import CaptionerSizes, training_step_flops, vit_forward_flops
-from simvlg_video.bench.model import (
-    FULL,
-    FULL_QFORMER,
-    TINY,
-    TINY_QFORMER,
-    Options,
-    build_random_captioner,
-    configure,
-    main,
-    parse_variant,
-    random_batch,
-)
+from simvlg_video.bench.model import main
+from simvlg_video.bench.model_sizes import FULL, FULL_QFORMER, TINY, TINY_QFORMER, build_random_captioner
+from simvlg_video.bench.model_variants import Options, configure, parse_variant, random_batch
 from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_parameters
 from simvlg_video.model.captioner import MeanOverTime
 from simvlg_video.model.freeze import apply_freeze_policy
@@ -141,7 +132,7 @@ def test_variants_set_precision_kernels_and_optimiser():
     assert isinstance(scaler, torch.amp.GradScaler) and isinstance(optimizer, torch.optim.AdamW)
     assert all(type(b) is TemporalEvaBlock for b in model.vit.blocks)
     assert block.attn.qkv.weight.dtype == torch.float16 and block.attn.k_bias.dtype == torch.float16
-    assert block.temporal_merge.query.weight.dtype == torch.float32 and block.temporal_merge.naive
+    assert block.temporal_merge.query.weight.dtype == torch.float32 and block.temporal_merge.plain
     assert not block.attn.fused_attn and model.lm.config._attn_implementation == "eager"
     assert model.connector.config._attn_implementation == "eager"
     assert model.connector.encoder.layer[0].attention.self.query.weight.dtype == torch.float32
@@ -150,7 +141,7 @@ def test_variants_set_precision_kernels_and_optimiser():
     assert scaler is None
     assert [type(b) is TemporalEvaBlock for b in model.vit.blocks] == [False] * 7 + [True] * 3
     block = model.vit.blocks[-1]
-    assert block.attn.qkv.weight.dtype == torch.bfloat16 and block.attn.fused_attn and not block.temporal_merge.naive
+    assert block.attn.qkv.weight.dtype == torch.bfloat16 and block.attn.fused_attn and not block.temporal_merge.plain
     assert model.lm.config._attn_implementation == "sdpa" and model.lm.lm_head.weight.dtype == torch.bfloat16
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert trained == {id(p) for p in model.parameters() if p.requires_grad}

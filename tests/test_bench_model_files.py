@@ -9,8 +9,8 @@ import torch
 
 from simvlg_video.bench.model_files import main
 from simvlg_video.errors import InputError
-from simvlg_video.model.lavis_checkpoint import read_lavis_checkpoint, reference_name
-from simvlg_video.model.model_dir import load_model_dir
+from simvlg_video.formats.lavis_checkpoint import read_lavis_checkpoint, reference_name
+from simvlg_video.formats.model_dir import load_model_dir
 
 
 def test_the_tiny_benchmark_imports_and_loads_what_it_wrote(tmp_path: Path) -> None:
@@ -28,7 +28,7 @@ def test_the_tiny_benchmark_imports_and_loads_what_it_wrote(tmp_path: Path) -> N
 def test_the_tiny_blip2_benchmark_imports_and_loads_the_folder(tmp_path: Path) -> None:
     """`--source blip2`: a Hugging Face BLIP-2 folder written in fp16 shards, imported, loaded; the model directory
     stores the Q-Former's tensors and reads the ViT and the LLM from the folder."""
-    from simvlg_video.model.hf_blip2 import folder_tensors
+    from simvlg_video.formats.hf_blip2 import folder_tensors
 
     figures = main(["--tiny", "--keep", "--source", "blip2", "--work", str(tmp_path / "files")])
     assert all(figures[step]["peak_rss_gib"] > 0 for step in ("import", "load_bf16"))  # each child reported its peak

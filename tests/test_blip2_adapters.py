@@ -10,11 +10,11 @@ from blip2_layout import QFORMER, VISION
 from simvlg_video.adapters.placements import MergedTokens, Reference
 from simvlg_video.adapters.time_encoding import TIME_ENCODINGS
 from simvlg_video.adapters.token_pool import TemporalTokenPool
+from simvlg_video.formats.model_dir import load_model_dir
 from simvlg_video.model.adapter_protocol import ADAPTERS
 from simvlg_video.model.freeze import apply_freeze_policy
-from simvlg_video.model.model_dir import load_model_dir
 from simvlg_video.model.vit import token_positions
-from simvlg_video.train.loop import TrainConfig
+from simvlg_video.train.config import TrainConfig
 
 PLACEMENTS = {
     "reference-all": lambda m, t: Reference(qk_dim=16, num_heads=4, time_encoding=t).apply(m),

@@ -15,14 +15,15 @@ from blip2_layout import QFORMER, VISION, lavis_extras
 from safetensors.torch import load_file, save_file
 from test_lavis_checkpoint import CpuTensorsMade, names_number, notes_naming
 
-import simvlg_video.model.model_dir as model_dir_module
-from simvlg_video.model.blip2_checkpoint import import_hf_blip2, import_lavis_blip2
-from simvlg_video.model.fingerprint import FrozenSourceChanged
-from simvlg_video.model.image_checkpoint import BLIP2_FOLDER, BLIP2_PTH, SIMVLG_PTH, inspect_image_checkpoint
-from simvlg_video.model.lavis_checkpoint import import_lavis_checkpoint, load_model_config
-from simvlg_video.model.model_dir import WEIGHTS, load_model_dir
+import simvlg_video.formats.model_dir as model_dir_module
+from simvlg_video.formats.blip2_checkpoint import import_hf_blip2, import_lavis_blip2
+from simvlg_video.formats.fingerprint import FrozenSourceChanged
+from simvlg_video.formats.image_checkpoint import BLIP2_FOLDER, BLIP2_PTH, SIMVLG_PTH, inspect_image_checkpoint
+from simvlg_video.formats.lavis_checkpoint import import_lavis_checkpoint
+from simvlg_video.formats.model_dir import WEIGHTS, load_model_dir
+from simvlg_video.formats.tensor_io import NotATensorFile, StateDictMismatch
+from simvlg_video.model.config import load_model_config
 from simvlg_video.model.qformer import QFormerConnector
-from simvlg_video.model.tensor_io import NotATensorFile, StateDictMismatch
 
 # Our stored names -> the Hugging Face folder's, written out from REFERENCE.md section 9.
 HF_PREFIXES = {
@@ -94,7 +95,7 @@ def test_a_folder_import_builds_nothing_and_reads_no_frozen_weights(blip2_files,
     def refuse(*args, **kwargs):
         raise AssertionError("the import loaded frozen weights")
 
-    monkeypatch.setattr(model_dir_module, "load_lm", refuse)
+    monkeypatch.setattr(model_dir_module, "read_frozen_lm", refuse)
     monkeypatch.setattr(model_dir_module, "load_vit_weights", refuse)
     with CpuTensorsMade() as made:
         import_hf_blip2(blip2_files.folder, tmp_path / "imported")

@@ -13,7 +13,7 @@ from blip2_layout import PROMPT
 from omegaconf import OmegaConf
 
 from simvlg_video.adapters.token_pool import TemporalTokenPool
-from simvlg_video.model.model_dir import load_model_dir
+from simvlg_video.formats.model_dir import load_model_dir
 
 # A small synthetic set at the tiny BLIP-2's 32 px, and a short run.
 SMALL_RUN = [
@@ -44,7 +44,7 @@ def one_line_error(result) -> str:
 
 def test_the_import_command_writes_a_loadable_model_directory(blip2_files, tmp_path):
     result = run_module(
-        "simvlg_video.model.blip2_checkpoint",
+        "simvlg_video.formats.blip2_checkpoint",
         str(blip2_files.folder),
         "--prompt",
         PROMPT,
@@ -58,7 +58,7 @@ def test_the_import_command_writes_a_loadable_model_directory(blip2_files, tmp_p
     assert cfg.lm.prompt == PROMPT and torch.equal(model.connector.query_tokens, blip2_files.hf_state["query_tokens"])
 
     result = run_module(
-        "simvlg_video.model.blip2_checkpoint",
+        "simvlg_video.formats.blip2_checkpoint",
         str(blip2_files.ckpt),
         "--lm-path",
         str(blip2_files.lm_path),
@@ -71,7 +71,7 @@ def test_the_import_command_writes_a_loadable_model_directory(blip2_files, tmp_p
         "the ViT weights (BLIP-2's eva_vit_g.pth)"
     )
     result = run_module(
-        "simvlg_video.model.blip2_checkpoint",
+        "simvlg_video.formats.blip2_checkpoint",
         str(blip2_files.folder),
         "--lm-path",
         str(blip2_files.lm_path),
@@ -90,7 +90,7 @@ def test_caption_asks_for_a_blip2_folder_to_be_imported_first(blip2_files, tmp_p
     )
     assert one_line_error(result) == (
         f"error: {blip2_files.folder} is a Hugging Face BLIP-2 folder; import it as a model directory first: "
-        f"python -m simvlg_video.model.blip2_checkpoint {blip2_files.folder} --out MODEL_DIR"
+        f"python -m simvlg_video.formats.blip2_checkpoint {blip2_files.folder} --out MODEL_DIR"
     )
 
 

@@ -11,8 +11,8 @@ import torch
 from blip2_layout import PROMPT, QFORMER, VISION, hf_model
 
 from simvlg_video.adapters.placements import MergedTokens, Reference
-from simvlg_video.model.blip2_checkpoint import import_hf_blip2, import_lavis_blip2
-from simvlg_video.model.model_dir import load_model_dir
+from simvlg_video.formats.blip2_checkpoint import import_hf_blip2, import_lavis_blip2
+from simvlg_video.formats.model_dir import load_model_dir
 
 CAPTIONS = ["a red circle moves to the left", "a blue square grows"]
 LAYOUTS = ["hf", "lavis", "lavis_with_vit"]

@@ -58,10 +58,12 @@ def test_an_epoch_over_broken_files_skips_exactly_the_unreadable_ones(records, b
 def test_training_steps_run_over_the_broken_folder(records, tiny_model_dir) -> None:
     from simvlg_video.adapters.placements import Reference
     from simvlg_video.data.dataset import ClipReading, clip_loader
+    from simvlg_video.formats.model_dir import load_model_dir
     from simvlg_video.model.freeze import apply_freeze_policy
-    from simvlg_video.model.model_dir import load_model_dir
     from simvlg_video.train.batches import EpochClipOrder
-    from simvlg_video.train.loop import Session, TrainConfig, fit
+    from simvlg_video.train.config import TrainConfig
+    from simvlg_video.train.loop import fit
+    from simvlg_video.train.session import Session
 
     model, model_cfg = load_model_dir(tiny_model_dir)
     Reference(blocks="last_k", last_k=1, qk_dim=32, num_heads=4).apply(model)

@@ -16,7 +16,7 @@ from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.data_tools.build_tiny_image_model import build
 from simvlg_video.data_tools.make_stills import make_stills_dataset
 from simvlg_video.eval.shape_accuracy import parse_motion, parse_object
-from simvlg_video.model.model_dir import load_model_dir
+from simvlg_video.formats.model_dir import load_model_dir
 
 
 @torch.no_grad()

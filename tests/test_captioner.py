@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+from transformers import BertConfig, BertModel
 
 from simvlg_video.adapters.placements import Reference
+from simvlg_video.formats.model_dir import load_model_dir
+from simvlg_video.model.captioner import MeanOverTime, VideoCaptioner
 from simvlg_video.model.freeze import apply_freeze_policy
-from simvlg_video.model.model_dir import load_model_dir
 
 TRAINABLE = ["adapters", "ln_vision", "VL_proj", "connector", "opt_proj"]
 
@@ -45,3 +48,20 @@ def test_generation_respects_length_limits(tiny_model_dir):
     assert len(captions) == 3
     for caption in captions:
         assert isinstance(caption, str) and len(caption.split()) <= 4
+
+
+class _SumOverTime(torch.nn.Module):
+    """Pools over time but does not say where it sits (no `pools_vit_tokens`, no `uses_positions`)."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens.sum(dim=1)
+
+
+def test_parts_without_their_protocol_are_refused_when_put_in(tiny_model_dir):
+    model, _ = load_model_dir(tiny_model_dir)
+    with pytest.raises(TypeError, match="_SumOverTime is not a pool over time: it lacks parts of the TimePool"):
+        model.time_pool = _SumOverTime()
+    assert isinstance(model.time_pool, MeanOverTime)  # the model keeps the pool it had
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64))
+    with pytest.raises(TypeError, match="BertModel is not a connector: it lacks calls of the Connector protocol"):
+        VideoCaptioner(model.vit, bert, model.lm, model.text, connector_width=32)

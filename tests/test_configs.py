@@ -31,10 +31,10 @@ from simvlg_video.data_tools.make_shapes import make_shapes_dataset
 from simvlg_video.data_tools.make_stills import make_stills_dataset
 from simvlg_video.data_tools.write_shards import write_shards
 from simvlg_video.eval.inference import EvalSampler, InferenceConfig, inference_from
+from simvlg_video.formats.model_dir import build_from_pointers, load_model_dir, read_model_config, stored_tensors
 from simvlg_video.model.adapter_protocol import adapter_parameters
-from simvlg_video.model.lavis_checkpoint import load_model_config
+from simvlg_video.model.config import load_model_config
 from simvlg_video.model.lm import build_word_tokenizer
-from simvlg_video.model.model_dir import build_captioner, load_model_dir, read_model_config, stored_tensors
 
 CONFIGS = Path(str(resources.files("simvlg_video.configs")))
 GROUPS = ("data", "sampler", "adapter", "experiment")
@@ -234,7 +234,7 @@ def blip2_trainable_by_hand() -> int:
 def test_model_configs_describe_the_reference_architectures(name: str, tmp_path: Path) -> None:
     cfg = load_model_config(name)
     cfg.lm.path = str(opt_2_7b_folder(tmp_path / "lm"))
-    model = build_captioner(cfg, tmp_path, meta=True)  # full size without allocating it
+    model = build_from_pointers(cfg, tmp_path, meta=True)  # full size without allocating it
     tokens = model.vit.patch_embed.num_patches + 1
     assert model.opt_proj.out_features == 2560 and len(model.vit.blocks) == 39 and tokens == 257
     trainable = sum(t.numel() for t in stored_tensors(model, cfg).values() if t.ndim)  # the ViT comes from a file

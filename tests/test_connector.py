@@ -161,7 +161,7 @@ def test_reference_token_counts_over_twelve_layers():
     connector = make_connector(num_layers=12, r=19, **TINY).eval()
     expected = [257, 238, 219, 200, 181, 162, 143, 124, 105, 86, 67, 48, 29]
     assert connector.merge_schedule(257) == expected
-    assert connector.num_output_tokens(257) == 29
+    assert connector.output_tokens(257) == 29
     connector.tome.record_groups = True
     with torch.no_grad():
         output = connector(torch.randn(2, 257, 32))

@@ -25,7 +25,7 @@ from simvlg_video.data import sampling
 from simvlg_video.data.clips import DataConfigError
 from simvlg_video.data.samplers import sampler_from
 from simvlg_video.data.video_writer import write_video
-from simvlg_video.model.model_dir import MODEL_CONFIG, WEIGHTS, read_model_config
+from simvlg_video.formats.model_dir import MODEL_CONFIG, WEIGHTS, read_model_config
 from simvlg_video.stage import clip_data
 
 FPS = 8

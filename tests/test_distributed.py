@@ -83,7 +83,7 @@ def test_evaluation_is_split_across_ranks_and_gathered_whole(runs: dict[str, Pat
     single, split = clip_ids(runs["one process"]), clip_ids(runs[way])
     assert len(split) == len(set(split)), "a clip captioned twice"
     assert sorted(split) == sorted(single), "a clip lost or added"
-    assert records(runs[way], "summary")[0]["adapted"]["clips"] == len(single)
+    assert records(runs[way], "summary")[0]["trained"]["clips"] == len(single)
 
 
 @pytest.mark.slow

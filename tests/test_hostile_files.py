@@ -111,7 +111,7 @@ def test_training_and_evaluation_skip_and_count_the_bomb(bomb: Path, tmp_path: P
     from simvlg_video.data.clips import FrameReading
     from simvlg_video.eval.inference import Decoding, InferenceConfig
     from simvlg_video.eval.predict import predict
-    from simvlg_video.model.model_dir import load_model_dir
+    from simvlg_video.formats.model_dir import load_model_dir
     from simvlg_video.train.skipped import SkippedSamples
 
     for index in range(3):

@@ -8,7 +8,7 @@ import torch
 
 from simvlg_video.adapters.placements import MergedTokens, Reference
 from simvlg_video.adapters.time_encoding import TIME_ENCODINGS
-from simvlg_video.model.model_dir import load_model_dir
+from simvlg_video.formats.model_dir import load_model_dir
 
 PLACEMENTS = {
     "reference-all": lambda m, t: Reference(qk_dim=32, num_heads=4, time_encoding=t).apply(m),

@@ -24,12 +24,12 @@ from reference_layout import (
 )
 from safetensors.torch import load_file, save_file
 
-import simvlg_video.model.model_dir as model_dir_module
+import simvlg_video.formats.model_dir as model_dir_module
 from simvlg_video.adapters.patch import TemporalEvaBlock
 from simvlg_video.adapters.placements import Reference
-from simvlg_video.model.lavis_checkpoint import import_lavis_checkpoint, read_lavis_checkpoint
-from simvlg_video.model.model_dir import WEIGHTS, load_model_dir, save_model_dir
-from simvlg_video.model.tensor_io import NotATensorFile, StateDictMismatch
+from simvlg_video.formats.lavis_checkpoint import import_lavis_checkpoint, read_lavis_checkpoint
+from simvlg_video.formats.model_dir import WEIGHTS, load_model_dir, save_model_dir
+from simvlg_video.formats.tensor_io import NotATensorFile, StateDictMismatch
 
 REFERENCE_PLACEMENT = "reference"
 
@@ -187,7 +187,7 @@ def test_import_loads_no_frozen_weights_and_makes_no_model_tensor(tmp_path, lm_p
     def refuse(*args, **kwargs):
         raise AssertionError("the import loaded frozen weights")
 
-    monkeypatch.setattr(model_dir_module, "load_lm", refuse)
+    monkeypatch.setattr(model_dir_module, "read_frozen_lm", refuse)
     monkeypatch.setattr(model_dir_module, "load_vit_weights", refuse)
     with CpuTensorsMade() as made:
         out = import_files(files, temporal_heads=TEMPORAL_HEADS)

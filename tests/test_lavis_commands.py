@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 from reference_layout import lavis_tensors, write_reference_files, write_tiny_lm
 
 from simvlg_video.adapters.patch import TemporalEvaBlock
-from simvlg_video.model.lavis_checkpoint import main
-from simvlg_video.model.model_dir import load_model_dir
+from simvlg_video.formats.lavis_checkpoint import main
+from simvlg_video.formats.model_dir import load_model_dir
 
 REFERENCE_PLACEMENT = "reference"
 
@@ -53,7 +53,7 @@ def test_export_command_writes_a_loadable_model_directory(tmp_path, lm_path):
 
 def test_export_command_runs_as_a_module_and_refuses_without_a_traceback(tmp_path, lm_path):
     files = write_reference_files(tmp_path / "ref", lm_path=lm_path)
-    command = [sys.executable, "-m", "simvlg_video.model.lavis_checkpoint", *export_args(files, tmp_path)]
+    command = [sys.executable, "-m", "simvlg_video.formats.lavis_checkpoint", *export_args(files, tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=command_env(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == f"wrote {tmp_path / 'exported'}"

@@ -11,19 +11,18 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from simvlg_video.adapters.placements import Reference
-from simvlg_video.model.fingerprint import FrozenSourceChanged, fingerprint
-from simvlg_video.model.model_dir import (
+from simvlg_video.formats.fingerprint import FrozenSourceChanged, fingerprint
+from simvlg_video.formats.model_dir import (
     MODEL_CONFIG,
     WEIGHTS,
-    ModelDirError,
-    build_captioner,
+    build_from_pointers,
     load_model_dir,
     read_model_config,
     save_model_dir,
 )
-from simvlg_video.model.tensor_io import StateDictMismatch
-from simvlg_video.model.vit import build_vit
-from simvlg_video.model.vit_weights import fill_unsaved_buffers
+from simvlg_video.formats.tensor_io import StateDictMismatch
+from simvlg_video.model.config import ModelDirError
+from simvlg_video.model.vit import build_vit, fill_unsaved_buffers
 
 
 def rewrite_weights(model_dir, tensors) -> None:
@@ -225,7 +224,7 @@ def test_a_meta_build_reads_no_weights(tiny_model_dir, tmp_path):
     (lm / "model.safetensors").unlink()
     cfg = read_model_config(tiny_model_dir / MODEL_CONFIG)
     cfg.lm.path = str(lm)
-    model = build_captioner(cfg, tiny_model_dir, meta=True)
+    model = build_from_pointers(cfg, tiny_model_dir, meta=True)
     assert {p.device.type for p in model.parameters()} == {"meta"}
-    real = build_captioner(read_model_config(tiny_model_dir / MODEL_CONFIG), tiny_model_dir)
+    real = build_from_pointers(read_model_config(tiny_model_dir / MODEL_CONFIG), tiny_model_dir)
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in real.state_dict().items()}

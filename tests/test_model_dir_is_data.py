@@ -21,7 +21,8 @@ from simvlg_video.data.manifest import read_manifest
 from simvlg_video.data.samplers import Fps, Uniform
 from simvlg_video.errors import SettingsError
 from simvlg_video.eval.inference import Decoding, EvalSampler, InferenceConfig, open_model
-from simvlg_video.model.model_dir import MODEL_CONFIG, ModelDirError, load_model_dir, save_model_dir
+from simvlg_video.formats.model_dir import MODEL_CONFIG, load_model_dir, save_model_dir
+from simvlg_video.model.config import ModelDirError
 
 REFERENCE = Reference(qk_dim=16, num_heads=4, blocks=[1, 3])
 

@@ -44,8 +44,8 @@ def test_decay_split_and_frozen_params_left_out() -> None:
 def test_no_gate_norm_bias_or_code_table_is_decayed(tiny_model_dir, placement: str) -> None:
     """Read back from the optimiser a captioner's groups: only weight matrices decay, and no adapter's gate."""
     from simvlg_video.adapters.placements import MergedTokens, Reference
+    from simvlg_video.formats.model_dir import load_model_dir
     from simvlg_video.model.freeze import apply_freeze_policy
-    from simvlg_video.model.model_dir import load_model_dir
 
     model, _ = load_model_dir(tiny_model_dir)
     (

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from reference_layout import CONNECTOR, TEMPORAL_HEADS, VIT, write_reference_files, write_tiny_lm
 
-from simvlg_video.model.lavis_checkpoint import import_lavis_checkpoint
-from simvlg_video.model.model_dir import load_model_dir
+from simvlg_video.formats.lavis_checkpoint import import_lavis_checkpoint
+from simvlg_video.formats.model_dir import load_model_dir
 from simvlg_video.model.vit import clip_length, vit_tokens
 
 Tensors = dict[str, torch.Tensor]
@@ -199,12 +199,12 @@ def test_eva_vit_matches_the_reference_block_math(imported, video_files, vit_sta
             assert relative_error(ours, expected) <= 1e-5, f"fused_attn={fused}"
 
 
-@pytest.mark.parametrize("naive", [False, True])
-def test_temporal_module_matches_the_reference_math(imported, video_files, naive):
+@pytest.mark.parametrize("plain", [False, True])
+def test_temporal_module_matches_the_reference_math(imported, video_files, plain):
     torch.manual_seed(1)
     module = imported.vit.blocks[1].temporal_merge
-    module.set_plain_attention(naive)
-    assert module.naive == naive
+    module.set_plain_attention(plain)
+    assert module.plain == plain
     x = torch.randn(2 * 3, 17, VIT["width"])
     with torch.no_grad():
         assert relative_error(module(x, 3), temporal_merge(x, video_files.state, 1, 3, TEMPORAL_HEADS)) <= 1e-5

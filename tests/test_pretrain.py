@@ -19,10 +19,10 @@ from simvlg_video.data_tools.check_videos import main as check
 from simvlg_video.data_tools.convert import main as convert
 from simvlg_video.data_tools.make_stills import make_stills_dataset
 from simvlg_video.eval.shape_accuracy import still_accuracy
-from simvlg_video.model.image_parts import assemble_image_model, connector_tensors_from_bert
-from simvlg_video.model.lavis_checkpoint import load_model_config
-from simvlg_video.model.model_dir import MODEL_CONFIG, WEIGHTS, load_model_dir, read_model_config
-from simvlg_video.model.tensor_io import StateDictMismatch
+from simvlg_video.formats.image_parts import assemble_image_model, connector_tensors_from_bert
+from simvlg_video.formats.model_dir import MODEL_CONFIG, WEIGHTS, load_model_dir, read_model_config
+from simvlg_video.formats.tensor_io import StateDictMismatch
+from simvlg_video.model.config import load_model_config
 
 TINY_PRETRAIN = [
     "data.synthetic.num_images=60",
@@ -124,7 +124,7 @@ def test_pretrain_makes_an_image_model_that_adapt_takes_to_video(tiny_model_dir,
     summary = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     captions, attributes = written_predictions(run / "eval", OmegaConf.load(run / "config.yaml").data.manifest)
     assert summary["phase"] == "summary" and captions.keys() == attributes.keys()
-    assert summary["adapted"]["object_acc"] == still_accuracy(captions, attributes)["object_acc"]
+    assert summary["trained"]["object_acc"] == still_accuracy(captions, attributes)["object_acc"]
     assert read_model_config(run / "model" / MODEL_CONFIG).adapter is None  # an image model
     trained, _ = load_model_dir(run / "model")
     initial, _ = load_model_dir(run / "initial_model")

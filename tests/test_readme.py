@@ -112,8 +112,8 @@ RUN_HERE = (
     "python -m simvlg_video.data_tools.",
     "python -m simvlg_video.evaluate",
     "python -m simvlg_video.caption",
-    "python -m simvlg_video.model.lavis_checkpoint",
-    "python -m simvlg_video.model.blip2_checkpoint",
+    "python -m simvlg_video.formats.lavis_checkpoint",
+    "python -m simvlg_video.formats.blip2_checkpoint",
     "python -m simvlg_video.report",
 )
 

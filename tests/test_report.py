@@ -11,7 +11,7 @@ import yaml
 from adapt_runs import compose_adapt
 from omegaconf import OmegaConf
 
-from simvlg_video.eval.runs import RunsError
+from simvlg_video.eval.runs import RunsError, find_runs, runs_table
 from simvlg_video.eval.sweep import metric_series, read_sweep
 from simvlg_video.report import main, report
 
@@ -37,13 +37,15 @@ def scores(job: int, motion: bool) -> dict:
 
 
 def summary(job: int, motion: bool) -> dict:
+    """Odd jobs write their summary as earlier versions did, under the video stage's names."""
+    speed, trained = ("train_videos_per_s", "adapted") if job % 2 else ("train_clips_per_s", "trained")
     return {
         "phase": "summary",
         "train_steps": 30,
-        "train_videos_per_s": 70.25 + job,
+        speed: 70.25 + job,
         "train_peak_memory_gib": 2.0832,
         "train_memory_kind": "process RSS" if job % 2 else "cuda max allocated",
-        "adapted": scores(job, motion),
+        trained: scores(job, motion),
     }
 
 
@@ -100,8 +102,10 @@ def test_table_has_one_row_per_run_in_job_order_with_the_logged_numbers(tmp_path
         "METEOR",
         "ROUGE-L",
         "CIDEr",
-        "motion acc",
-        "train videos/s",
+        "motion_acc",
+        "direction_acc",
+        "object_acc",
+        "train clips/s",
         "peak memory (GiB)",
     ]
     assert [row[0] for row in rows] == [str(job) for job in range(len(jobs))]  # 10 after 9: numeric order
@@ -112,17 +116,26 @@ def test_table_has_one_row_per_run_in_job_order_with_the_logged_numbers(tmp_path
             assert row[2] == "unfinished"
             continue
         values = scores(job, motion=True)
-        assert row[2:7] == [f"{100 * values[k]:.1f}" for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "motion_acc")]
+        keys = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "motion_acc", "direction_acc", "object_acc")
+        assert row[2:9] == [f"{100 * values[k]:.1f}" for k in keys]
         kind = "process RSS" if job % 2 else "cuda max allocated"
-        assert row[7:] == [f"{70.25 + job:.1f}", f"2.08 ({kind})"]
+        assert row[9:] == [f"{70.25 + job:.1f}", f"2.08 ({kind})"]
 
 
 def test_no_motion_column_without_motion_scores_and_a_dash_without_overrides(tmp_path: Path) -> None:
     make_sweep(tmp_path, frames=(4,), motion=False)
     (tmp_path / "0" / ".hydra" / "overrides.yaml").unlink()  # a run started without -m
     header, *rows = table_rows(report(tmp_path))
-    assert "motion acc" not in header and len(header) == 8
+    assert "motion_acc" not in header and len(header) == 8
     assert rows[0][:2] == ["0", "-"] and rows[1][1] == "data.num_frames=4 sampler=uniform adapter=reference"
+
+
+def test_the_report_and_the_runs_table_show_the_same_columns(tmp_path: Path) -> None:
+    make_sweep(tmp_path)
+    report_header = table_rows(main([str(tmp_path)]))[0]
+    runs_header = table_rows(runs_table(find_runs([tmp_path])))[0]
+    assert report_header[:2] == ["run", "overrides"] and runs_header[:2] == ["run", "adapter"]
+    assert report_header[2:] == runs_header[2:]
 
 
 def test_loss_curve_replays_the_steps_after_a_resume_and_skips_validation(tmp_path: Path) -> None:

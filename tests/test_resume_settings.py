@@ -10,8 +10,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from simvlg_video.train.loop import Session, TrainConfig
+from simvlg_video.train.config import TrainConfig
 from simvlg_video.train.resume import ResumeRefused, check_same_config
+from simvlg_video.train.session import Session
 
 
 def run_config(**train) -> OmegaConf:

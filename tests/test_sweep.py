@@ -48,7 +48,7 @@ def test_a_sweep_run_equals_the_same_run_alone_and_the_report_matches(tiny_model
         summary = records(tmp_path / "sweep" / job, "summary")[0]
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[:2] == [job, f"adapter={'reference' if job == '0' else 'none'}"]
-        assert cells[5] == f"{100 * summary['adapted']['CIDEr']:.1f}"
-        assert cells[7] == f"{summary['train_videos_per_s']:.1f}"
+        assert cells[5] == f"{100 * summary['trained']['CIDEr']:.1f}"
+        assert cells[9] == f"{summary['train_clips_per_s']:.1f}"
     for picture in ("metric_vs_frames.png", "loss_curves.png"):
         assert matplotlib.image.imread(tmp_path / "sweep" / picture).shape[0] > 200

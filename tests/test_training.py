@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from simvlg_video.adapters.placements import Reference
+from simvlg_video.formats.model_dir import load_model_dir
 from simvlg_video.model.freeze import apply_freeze_policy
-from simvlg_video.model.model_dir import load_model_dir
-from simvlg_video.train.loop import Session, TrainConfig, fit
+from simvlg_video.train.config import TrainConfig
+from simvlg_video.train.loop import fit
+from simvlg_video.train.session import Session
 
 TRAINABLE = ["adapters", "ln_vision", "VL_proj", "connector", "opt_proj"]
 

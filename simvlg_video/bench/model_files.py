@@ -10,12 +10,12 @@ Writes random-weight files of the real sizes into DIR (BLIP-2's EVA ViT-g state 
 an OPT-2.7B Hugging Face folder in fp16 shards, the reference's training checkpoint with its trainable tensors and
 optimiser state), then times in fresh processes, one after the other:
 
-* the import (`python -m simvlg_video.model.lavis_checkpoint ...`): checks names and shapes, copies the checkpoint's
+* the import (`python -m simvlg_video.formats.lavis_checkpoint ...`): checks names and shapes, copies the checkpoint's
   tensors, fingerprints the frozen files;
 * loading the model directory it wrote in bf16, as a `precision=bf16` run does (frozen parts straight into bf16).
 
 With `--source blip2` the file is one Hugging Face BLIP-2 OPT-2.7B folder (`Blip2ForConditionalGeneration`'s
-tensors in fp16 shards, its config and a tokenizer), imported with `python -m simvlg_video.model.blip2_checkpoint`;
+tensors in fp16 shards, its config and a tokenizer), imported with `python -m simvlg_video.formats.blip2_checkpoint`;
 the model directory then points at the folder for the ViT and the LLM.
 
 Each row: wall seconds and the process's peak resident memory (the kernel's high-water mark, file pages it mapped
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,224 +35,24 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
-from transformers import (
-    Blip2Config,
-    Blip2ForConditionalGeneration,
-    Blip2QFormerConfig,
-    Blip2VisionConfig,
-    OPTConfig,
-    OPTForCausalLM,
-)
 
-from simvlg_video.errors import InputError, UserError, exit_status
-from simvlg_video.model.lavis_checkpoint import load_model_config, reference_name
-from simvlg_video.model.lm import build_word_tokenizer
-from simvlg_video.model.model_dir import build_captioner, stored_tensors
-from simvlg_video.model.vit import build_vit
-
-OPT_2_7B = dict(
-    hidden_size=2560,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    ffn_dim=10240,
-    vocab_size=50272,
-    max_position_embeddings=2048,
-    word_embed_proj_dim=2560,
+from simvlg_video.bench.random_files import (
+    BLIP2_OPT_2_7B,
+    OPT_2_7B,
+    TINY_BLIP2,
+    TINY_MODEL,
+    TINY_OPT,
+    write_blip2_folder,
+    write_lm_folder,
+    write_reference_checkpoint,
+    write_vit_file,
 )
-SHARD_BYTES = 2 * 2**30  # the LLM's safetensors shards, as Hugging Face splits them
-# --tiny: the same files at toy sizes (the test suite runs it)
-TINY_OPT = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    ffn_dim=64,
-    vocab_size=300,
-    max_position_embeddings=64,
-    word_embed_proj_dim=32,
-)
-TINY_MODEL = """vit: {preset: tiny, overrides: {img_size: 32, embed_dim: 32, depth: 3}}
-connector: {hidden_size: 32, num_layers: 2, num_heads: 4, intermediate_size: 64, max_position_embeddings: 64, r: 4}
-image_size: 32
-"""
-
-
-TINY_BLIP2 = dict(
-    vision=dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8
-    ),
-    qformer=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
-    queries=4,
-)
-BLIP2_OPT_2_7B = dict(vision={}, qformer={}, queries=32)  # Blip2VisionConfig's and Blip2QFormerConfig's defaults
+from simvlg_video.bench.work_folder import WorkFolder
+from simvlg_video.errors import UserError, exit_status
 
 
 class MeasuredCommandFailed(UserError, RuntimeError):
     """A command the benchmark measures failed; the message ends with its stderr."""
-
-
-class WorkFolder:
-    """The --work folder and what the benchmark wrote into it, listed in the folder itself so that a later run
-    reuses those files (after --keep) and the cleanup removes them and nothing else."""
-
-    LISTING = ".model_files_bench.json"
-    NAMES = frozenset({"eva_vit_g.pth", "opt-2.7b", "simvlg_image.pth", "tiny_model.yaml", "blip2-opt-2.7b", "model"})
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.made_by_us = not path.exists()
-        path.mkdir(parents=True, exist_ok=True)
-        listing = path / self.LISTING
-        self.written: dict[str, bool] = {}
-        if listing.is_file():
-            try:
-                self.written = json.loads(listing.read_text())
-            except ValueError as error:
-                raise InputError(f"{listing} is damaged ({error}); remove it and what the benchmark wrote") from None
-            if not isinstance(self.written, dict) or not set(self.written) <= self.NAMES:
-                raise InputError(f"{listing} is not the benchmark's list of its files; remove it")
-
-    def finished(self, name: str) -> bool:
-        """Whether DIR/name was written whole by this benchmark (a run before this one, with --keep)."""
-        return self.written.get(name) is True and (self.path / name).exists()
-
-    def claim(self, name: str) -> Path:
-        """DIR/name, for the benchmark to write; refused when something the benchmark did not write is there."""
-        target = self.path / name
-        if target.exists() and name not in self.written:
-            raise InputError(f"{target} exists and was not written by this benchmark; give another --work folder")
-        _remove(target)
-        self._record(name, False)
-        return target
-
-    def done(self, *names: str) -> None:
-        for name in names:
-            self._record(name, True)
-
-    def clean(self) -> None:
-        """Remove what the benchmark wrote (and DIR, when the benchmark made it and nothing else is left)."""
-        for name in self.written:
-            _remove(self.path / name)
-        (self.path / self.LISTING).unlink(missing_ok=True)
-        if self.made_by_us and not any(self.path.iterdir()):
-            self.path.rmdir()
-
-    def _record(self, name: str, whole: bool) -> None:
-        self.written[name] = whole
-        (self.path / self.LISTING).write_text(json.dumps(self.written, indent=1) + "\n")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _random_like(meta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.randn(meta.shape, dtype=torch.float32).to(dtype)
-
-
-def write_sharded(folder: Path, names: dict[str, torch.Tensor], fill) -> None:
-    """fp16 safetensors shards of at most SHARD_BYTES with their index, each tensor made by `fill(name, meta)`."""
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    for name, meta in names.items():
-        if sum(t.numel() * 2 for t in shards[-1].values()) + meta.numel() * 2 > SHARD_BYTES:
-            shards.append({})
-        shards[-1][name] = fill(name, meta)
-    weight_map = {}
-    for index, shard in enumerate(shards, start=1):
-        file = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, folder / file, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, file))
-        shard.clear()
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-
-
-def write_vit_file(path: Path, model_config: str) -> Path:
-    """BLIP-2's eva_vit_g.pth: the ViT with one block more than the captioner uses (EVA-g's 40th), fp16."""
-    cfg = load_model_config(model_config)
-    with torch.device("meta"):
-        vit = build_vit(
-            cfg.vit.preset,
-            **{**cfg.vit.overrides, "depth": len(build_vit(cfg.vit.preset, **cfg.vit.overrides).blocks) + 1},
-        )
-    torch.save({name: _random_like(t, torch.float16) for name, t in vit.state_dict().items()}, path)
-    return path
-
-
-def write_lm_folder(folder: Path, sizes: dict) -> Path:
-    """An OPT folder (OPT-2.7B's sizes): config.json, a tokenizer, fp16 weights in shards with their index."""
-    folder.mkdir(parents=True)
-    tokenizer = build_word_tokenizer(["a caption"])
-    tokenizer.save_pretrained(folder)
-    config = OPTConfig(
-        **sizes,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        torch_dtype="float16",
-    )
-    config.save_pretrained(folder)
-    with torch.device("meta"):
-        names = {name: t for name, t in OPTForCausalLM(config).state_dict().items() if name != "lm_head.weight"}
-    write_sharded(folder, names, lambda name, meta: _random_like(meta, torch.float16))
-    return folder
-
-
-def write_blip2_folder(folder: Path, sizes: dict, opt: dict) -> Path:
-    """A Hugging Face BLIP-2 OPT folder: config.json, a tokenizer, every tensor of `Blip2ForConditionalGeneration`
-    in fp16 shards (the tied output head left out, as save_pretrained does; the vision qkv biases' k part zero)."""
-    folder.mkdir(parents=True)
-    tokenizer = build_word_tokenizer(["a caption"])
-    tokenizer.save_pretrained(folder)
-    config = Blip2Config(
-        vision_config=Blip2VisionConfig(**sizes["vision"]),
-        qformer_config=Blip2QFormerConfig(**sizes["qformer"]),
-        text_config=OPTConfig(
-            **opt,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ),
-        num_query_tokens=sizes["queries"],
-        image_token_index=opt["vocab_size"] - 1,
-        torch_dtype="float16",
-    )
-    config.save_pretrained(folder)
-    with torch.device("meta"):
-        names = {
-            name: t
-            for name, t in Blip2ForConditionalGeneration(config).state_dict().items()
-            if name != "language_model.lm_head.weight"
-        }
-
-    def fill(name: str, meta: torch.Tensor) -> torch.Tensor:
-        tensor = _random_like(meta, torch.float16)
-        if name.endswith("self_attn.qkv.bias"):
-            tensor.view(3, -1)[1] = 0
-        return tensor
-
-    write_sharded(folder, names, fill)
-    return folder
-
-
-def write_reference_checkpoint(path: Path, lm_folder: Path, model_config: str) -> Path:
-    """The reference's training checkpoint: every trainable tensor (fp32) under its names, and AdamW's state."""
-    cfg = load_model_config(model_config)
-    cfg.lm.path = str(lm_folder)
-    tensors = stored_tensors(build_captioner(cfg, path.parent, meta=True), cfg)
-    model = {
-        reference_name(name): _random_like(t, torch.float32)
-        for name, t in tensors.items()
-        if not name.startswith("vit.")
-    }
-    state = {
-        index: {"step": torch.tensor(1.0), "exp_avg": torch.zeros_like(t), "exp_avg_sq": torch.zeros_like(t)}
-        for index, t in enumerate(model.values())
-    }
-    torch.save({"model": model, "optimizer": {"state": state, "param_groups": []}, "iters": 250000}, path)
-    return path
 
 
 # Runs the measured code in a fresh interpreter and writes its own high-water mark (VmHWM) at exit. The kernel's
@@ -335,7 +134,7 @@ def reference_figures(args: argparse.Namespace, work: WorkFolder) -> dict:
         work.claim("model")
         figures["import"] = timed(
             "-m",
-            "simvlg_video.model.lavis_checkpoint",
+            "simvlg_video.formats.lavis_checkpoint",
             str(ckpt),
             "--vit-weights",
             str(vit),
@@ -354,7 +153,7 @@ def finish(args: argparse.Namespace, work: WorkFolder, figures: dict, out: Path)
     """Time the load of the imported model directory `out` in bf16, then report (and clean up unless --keep)."""
     if args.only in (None, "load") and work.finished(out.name):
         load = (
-            f"import torch; from simvlg_video.model.model_dir import load_model_dir; "
+            f"import torch; from simvlg_video.formats.model_dir import load_model_dir; "
             f"load_model_dir({str(out)!r}, dtype=torch.bfloat16)"
         )
         figures["load_bf16"] = timed("-c", load)
@@ -378,7 +177,7 @@ def blip2_figures(args: argparse.Namespace, work: WorkFolder) -> dict:
     figures: dict = {"files_gib": {folder.name: round(size, 2)}, "cpu_threads": torch.get_num_threads()}
     if args.only in (None, "import"):
         work.claim(out.name)
-        figures["import"] = timed("-m", "simvlg_video.model.blip2_checkpoint", str(folder), "--out", str(out))
+        figures["import"] = timed("-m", "simvlg_video.formats.blip2_checkpoint", str(folder), "--out", str(out))
         work.done(out.name)
     return finish(args, work, figures, out)
 

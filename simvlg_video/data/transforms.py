@@ -159,7 +159,7 @@ def _as_clip_list(clips: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Te
 def _resize(frames: torch.Tensor, size: list[int]) -> torch.Tensor:
     """Bicubic, antialiased resize of uint8 frames, returned as float in [0, 255] (bicubic may overshoot).
 
-    On the CPU the resize runs on uint8 (torch's vectorised kernel, ~10x faster than float; the result is rounded
+    On the CPU the resize runs on uint8 (torch's vectorised kernel, much faster than float; the result is rounded
     to whole levels); on a GPU it runs in float. The two agree to within one intensity level.
     """
     if frames.device.type == "cpu":

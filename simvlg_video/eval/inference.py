@@ -26,10 +26,11 @@ from simvlg_video.data.dataset import ClipReading, FrameSampler
 from simvlg_video.data.samplers import Head, sampler_from
 from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.errors import SettingsError
+from simvlg_video.formats.hf_blip2 import is_blip2_folder
+from simvlg_video.formats.model_dir import MODEL_CONFIG, load_model_dir, read_model_config
 from simvlg_video.model.captioner import VideoCaptioner
-from simvlg_video.model.hf_blip2 import is_blip2_folder
-from simvlg_video.model.model_dir import MODEL_CONFIG, ModelConfig, ModelDirError, load_model_dir, read_model_config
-from simvlg_video.world import compute_dtype, cpu_runs_bf16
+from simvlg_video.model.config import ModelConfig, ModelDirError
+from simvlg_video.precision import compute_dtype, cpu_runs_bf16
 
 log = logging.getLogger(__name__)
 RUN_CONFIG = "config.yaml"
@@ -201,7 +202,7 @@ def find_model_dir(path: str | Path) -> tuple[Path, Path | None]:
     if is_blip2_folder(path):
         raise ModelDirError(
             f"{path} is a Hugging Face BLIP-2 folder; import it as a model directory first: "
-            f"python -m simvlg_video.model.blip2_checkpoint {path} --out MODEL_DIR"
+            f"python -m simvlg_video.formats.blip2_checkpoint {path} --out MODEL_DIR"
         )
     raise ModelDirError(
         f"{path} is neither a model directory ({MODEL_CONFIG}) nor a run directory ({RUN_CONFIG} and {RUN_MODEL}/)"

@@ -21,7 +21,8 @@ from simvlg_video.eval.paragraph import is_paragraph_set, paragraph_scores
 from simvlg_video.eval.shape_accuracy import shape_accuracy, still_accuracy
 from simvlg_video.model.captioner import VideoCaptioner
 from simvlg_video.model.parallel import gathered_root, is_sharded
-from simvlg_video.world import World, autocast_for, broadcast, gather
+from simvlg_video.precision import autocast_for
+from simvlg_video.world import World, broadcast, gather
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,14 @@ from omegaconf import OmegaConf
 from simvlg_video.adapters.placements import LEGACY_TARGETS
 from simvlg_video.data.manifest import json_problem
 from simvlg_video.errors import EXIT_STATUS_HELP, UserError, exit_status
+from simvlg_video.eval.table import runs_table_of
 
 
 class RunsError(UserError, ValueError):
     """A folder that holds no run directory, or a run's file that cannot be read; the message names it."""
 
 
-COLUMNS = ("CIDEr", "BLEU-4", "motion_acc", "direction_acc", "object_acc")
-EVENT_COLUMNS = ("event_order_acc", "speed_acc")  # shown when some run has them (the synthetic event set)
+EARLIER_SUMMARY_KEYS = {"adapted": "trained", "train_videos_per_s": "train_clips_per_s"}
 
 
 def _job_order(path: Path) -> tuple:
@@ -85,8 +85,10 @@ def read_log(log: Path) -> list[dict]:
 
 
 def summary_line(records: list[dict]) -> dict | None:
-    """The last summary record (written when a run finishes), or None."""
-    return next((record for record in reversed(records) if record.get("phase") == "summary"), None)
+    """The last summary record (written when a run finishes), or None. A summary of an earlier version, whose keys
+    were named after the video stage (`adapted`, `train_videos_per_s`), is read under today's names."""
+    summary = next((record for record in reversed(records) if record.get("phase") == "summary"), None)
+    return None if summary is None else {EARLIER_SUMMARY_KEYS.get(key, key): value for key, value in summary.items()}
 
 
 def run_summary(run_dir: Path) -> dict | None:
@@ -95,36 +97,10 @@ def run_summary(run_dir: Path) -> dict | None:
     return summary_line(read_log(log)) if log.is_file() else None
 
 
-def memory_cell(summary: dict) -> str:
-    """Peak training memory with what was measured (GPU allocator or process RSS): the two are not comparable."""
-    if "train_peak_memory_gib" not in summary:
-        return "-"
-    return f"{summary['train_peak_memory_gib']:.2f} ({summary.get('train_memory_kind', '?')})"
-
-
 def runs_table(run_dirs: list[Path]) -> str:
-    """Markdown table: one row per run; scores x100, videos/s and peak memory of training."""
-    summaries = {run_dir: run_summary(run_dir) for run_dir in run_dirs}
-    columns = [
-        *COLUMNS,
-        *(c for c in EVENT_COLUMNS if any(s is not None and c in s["adapted"] for s in summaries.values())),
-    ]
-    header = ["run", "adapter", *columns, "train videos/s", "peak memory (GiB)"]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
-    for run_dir in run_dirs:
-        label = adapter_label(OmegaConf.load(run_dir / "config.yaml"))
-        summary = summaries[run_dir]
-        if summary is None:
-            lines.append(f"| {run_dir.name} | {label} | unfinished |" + " |" * (len(header) - 3))
-            continue
-        metrics = summary["adapted"]
-        cells = [f"{100 * metrics[c]:.1f}" if c in metrics else "-" for c in columns]
-        lines.append(
-            f"| {run_dir.name} | {label} | "
-            + " | ".join(cells)
-            + f" | {summary['train_videos_per_s']:.1f} | {memory_cell(summary)} |"
-        )
-    return "\n".join(lines)
+    """Markdown table: one row per run; scores x100, clips/s and peak memory of training."""
+    runs = [([run.name, adapter_label(OmegaConf.load(run / "config.yaml"))], run_summary(run)) for run in run_dirs]
+    return runs_table_of(["run", "adapter"], runs)
 
 
 def main(argv: list[str] | None = None) -> int:

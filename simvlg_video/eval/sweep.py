@@ -36,8 +36,8 @@ class RunResult:
 
     @property
     def metrics(self) -> dict:
-        """Scores of the adapted model; empty for an unfinished run."""
-        return (self.summary or {}).get("adapted", {})
+        """Scores of the trained model; empty for an unfinished run."""
+        return (self.summary or {}).get("trained", {})
 
 
 def loss_curve(records: list[dict]) -> list[tuple[int, float]]:

@@ -23,7 +23,7 @@ from simvlg_video.errors import UserError
 from simvlg_video.eval.inference import InferenceConfig
 from simvlg_video.model.adapter_protocol import AttentionMap, adapter_modules
 from simvlg_video.model.captioner import VideoCaptioner
-from simvlg_video.model.model_dir import ModelConfig
+from simvlg_video.model.config import ModelConfig
 
 
 class CannotDecode(UserError, ValueError):

@@ -46,14 +46,14 @@ class Adapter(Protocol):
 
 class AttentionSwitches:
     """The protocol's two switches for an adapter module whose attention has a plain path and can be recorded: the
-    module reads `self.naive` and, when `self.recording`, keeps its weights in `self.last_attention`."""
+    module reads `self.plain` and, when `self.recording`, keeps its weights in `self.last_attention`."""
 
-    naive = False
+    plain = False
     recording = False
     last_attention: torch.Tensor | None = None
 
     def set_plain_attention(self, plain: bool) -> None:
-        self.naive = plain
+        self.plain = plain
 
     def record_attention(self, on: bool) -> None:
         self.recording = on

@@ -3,13 +3,13 @@
 Attribute names follow the reference image model (`ln_vision`, `VL_proj`, `opt_proj`) so checkpoints map one to one;
 `vit`, `connector` and `lm` keep the parameter names of their timm / transformers classes. The connector is SimVLG's
 ToMe connector (behind `VL_proj`, ViT width -> connector width) or BLIP-2's Q-Former (which reads the ViT width
-itself: `VL_proj` is then the identity and holds no tensor). Both answer the same calls: `connector(tokens,
-token_positions=None)`, `last_token_positions()`, `output_tokens(n)`, `record_assignments(on)` and
-`last_token_assignment()`.
+itself: `VL_proj` is then the identity and holds no tensor). Both answer the same calls, the `Connector` protocol
+(`simvlg_video.model.protocols`).
 
-Pooling over time is a stage of its own, `time_pool`: the plain mean of the frames' ViT tokens before the connector
-(the reference, and the image model: one frame is its own mean) unless a placement puts a pool of the connector's
-per-frame merged tokens there (`simvlg_video.adapters`).
+Pooling over time is a stage of its own, `time_pool` (the `TimePool` protocol): the plain mean of the frames' ViT
+tokens before the connector (the reference, and the image model: one frame is its own mean) unless a placement puts
+a pool of the connector's per-frame merged tokens there (`simvlg_video.adapters`). Both parts are checked against
+their protocols when they are put in.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from simvlg_video.model.lm import CaptionText
+from simvlg_video.model.protocols import Connector, TimePool
 from simvlg_video.model.vit import clip_length, token_positions, vit_tokens
 
 
@@ -36,12 +37,13 @@ def first_trainable_block(vit: nn.Module) -> int | None:
 
 
 class MeanOverTime(nn.Module):
-    """The reference's pooling over time: the plain mean of the frames' ViT tokens, before the connector."""
+    """The reference's pooling over time (a `TimePool`): the plain mean of the frames' ViT tokens, before the
+    connector."""
 
     pools_vit_tokens = True  # pools (B, T, N, C) ViT tokens into (B, N, C); the connector then runs once per clip
     uses_positions = False
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         return tokens.mean(dim=1)
 
 
@@ -51,7 +53,7 @@ class VideoCaptioner(nn.Module):
     def __init__(
         self,
         vit: nn.Module,
-        connector: nn.Module,
+        connector: Connector,
         lm: nn.Module,
         text: CaptionText,
         connector_width: int,
@@ -62,17 +64,31 @@ class VideoCaptioner(nn.Module):
         the connector reads the ViT width itself); `ln_vision_eps`: 1e-5 in LAVIS and SimVLG (torch's default), the
         vision config's `layer_norm_eps` in a Hugging Face BLIP-2."""
         super().__init__()
+        if not isinstance(connector, Connector):
+            raise TypeError(
+                f"{type(connector).__name__} is not a connector: it lacks calls of the Connector protocol "
+                "(simvlg_video.model.protocols)"
+            )
         self.vit = vit
         self.ln_vision = nn.LayerNorm(vit.embed_dim, eps=ln_vision_eps)
         self.VL_proj = nn.Linear(vit.embed_dim, connector_width) if project_vision else nn.Identity()
         self.connector_width = connector_width
         self.connector = connector
-        self.time_pool: nn.Module = MeanOverTime()
+        self.time_pool: TimePool = MeanOverTime()
         self.opt_proj = nn.Linear(connector_width, lm.get_input_embeddings().embedding_dim)
         self.lm = lm
         self.text = text
         # Activation checkpointing of the ViT blocks that run with autograd: less memory, one more ViT forward.
         self.checkpoint_vit = False
+
+    def __setattr__(self, name: str, value: object) -> None:
+        """A placement may put another pool over time in; one that is not a `TimePool` is refused here."""
+        if name == "time_pool" and not isinstance(value, TimePool):
+            raise TypeError(
+                f"{type(value).__name__} is not a pool over time: it lacks parts of the TimePool protocol "
+                "(simvlg_video.model.protocols)"
+            )
+        super().__setattr__(name, value)
 
     def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) -> per-frame ViT tokens (B, T, N, C); adapters inside the ViT see all T frames of a clip."""

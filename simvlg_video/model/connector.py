@@ -157,12 +157,9 @@ class ToMeBertModel(BertModel):
         state = self._tome_state
         return merge_schedule(num_tokens, state.r, len(state.r), state.protect_cls)
 
-    def num_output_tokens(self, num_tokens: int) -> int:
-        return self.merge_schedule(num_tokens)[-1]
-
     def output_tokens(self, num_tokens: int) -> int:
         """Tokens the connector gives for `num_tokens` input tokens (what every connector kind answers)."""
-        return self.num_output_tokens(num_tokens)
+        return self.merge_schedule(num_tokens)[-1]
 
     def record_assignments(self, on: bool) -> None:
         """Keep the merge groups of the next forwards (`last_token_assignment`), for pictures."""

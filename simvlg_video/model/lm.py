@@ -1,8 +1,8 @@
 """The frozen causal language model and the text side of captioning (labels, prompts, decoding).
 
-The LM comes from a local Hugging Face folder: a causal LM's own folder, or a BLIP-2 folder, whose OPT is its
-`language_model.*` (see `simvlg_video.model.hf_blip2`); the tokenizer sits at the folder's root in both. A folder
-whose config asks for its own code (`auto_map`) is refused: the folder is data.
+The LM comes from a local Hugging Face folder of a causal LM (a BLIP-2 folder's LM is read by
+`simvlg_video.formats.hf_blip2`); the tokenizer sits at the folder's root in both. A folder whose config asks for its
+own code (`auto_map`) is refused: the folder is data.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from simvlg_video.model import hf_blip2
-
 PAD, UNK, BOS, END = "<pad>", "<unk>", "<s>", "\n"
 
 
@@ -38,7 +36,9 @@ class LMConfig:
     max_text_tokens: int = 32  # the reference's limit on prompt + caption tokens in training
 
 
-def _checked_folder(path: Path) -> Path:
+def checked_lm_folder(path: str | Path) -> Path:
+    """`path` as a Path, refused when it is not a Hugging Face model folder (no config.json)."""
+    path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"language model folder {path} has no config.json (expected a Hugging Face model folder)"
@@ -46,20 +46,16 @@ def _checked_folder(path: Path) -> Path:
     return path
 
 
-def load_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM straight into `dtype` and its tokenizer from a local Hugging Face folder (never a hub)."""
-    path = _checked_folder(Path(path))
-    if hf_blip2.is_blip2_folder(path):
-        return hf_blip2.language_model(path, dtype), load_tokenizer(path)
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, trust_remote_code=False)
-    return lm, load_tokenizer(path)
+def load_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A causal LM's folder (never a hub) loaded straight into `dtype`."""
+    return AutoModelForCausalLM.from_pretrained(
+        checked_lm_folder(path), dtype=dtype, local_files_only=True, trust_remote_code=False
+    )
 
 
 def lm_skeleton(path: str | Path) -> PreTrainedModel:
-    """The LM a folder describes, built on the meta device from its config.json: names and shapes, no weights."""
-    if hf_blip2.is_blip2_folder(_checked_folder(Path(path))):
-        return hf_blip2.language_model(path, meta=True)
-    config = AutoConfig.from_pretrained(_checked_folder(Path(path)), local_files_only=True, trust_remote_code=False)
+    """The LM a causal LM's folder describes, built on the meta device from its config.json: names and shapes."""
+    config = AutoConfig.from_pretrained(checked_lm_folder(path), local_files_only=True, trust_remote_code=False)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from simvlg_video.model.adapter_protocol import adapter_modules
-from simvlg_video.world import compute_dtype
+from simvlg_video.precision import compute_dtype
 
 
 def cast_frozen_(model: nn.Module, dtype: torch.dtype) -> dict[str, int]:

@@ -83,7 +83,8 @@ class Merge:
         return self.merged_a.shape[1]
 
     @property
-    def num_output_tokens(self) -> int:
+    def num_tokens_after(self) -> int:
+        """Tokens left after this merge."""
         return self.num_tokens - self.r
 
     @property

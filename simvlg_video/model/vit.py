@@ -68,6 +68,19 @@ def build_vit(preset: str, **overrides: Any) -> Eva:
     return vit
 
 
+def fill_unsaved_buffers(vit: nn.Module) -> None:
+    """After `to_empty`, compute the buffers a state dict does not hold (EVA's zero k bias) with each timm module's
+    own `init_non_persistent_buffers`. A buffer that no module fills is an error, never left as uninitialised memory."""
+    saved = set(vit.state_dict())
+    unsaved = {name for name, _ in vit.named_buffers() if name not in saved}
+    for prefix, module in vit.named_modules():
+        if hasattr(module, "init_non_persistent_buffers"):
+            module.init_non_persistent_buffers()
+            unsaved -= {f"{prefix}.{name}" if prefix else name for name, _ in module.named_buffers(recurse=False)}
+    if unsaved:
+        raise RuntimeError(f"the ViT has buffers that neither its weights file nor its modules fill: {sorted(unsaved)}")
+
+
 def clip_state(vit: nn.Module) -> dict:
     """The ViT's per-forward state dict (`{"num_frames": T or None}`), created on first use; patched blocks keep a
     reference to the same dict."""

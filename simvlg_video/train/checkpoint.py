@@ -38,8 +38,7 @@ from torch import nn
 
 from simvlg_video.durable import fsync_folder, fsync_tree, write_text_atomically
 from simvlg_video.errors import UserError
-from simvlg_video.model.parallel import is_sharded, unwrap, whole_on_cpu
-from simvlg_video.model.tensor_io import (
+from simvlg_video.formats.tensor_io import (
     NotATensorFile,
     StateDictMismatch,
     check_tensors,
@@ -47,6 +46,7 @@ from simvlg_video.model.tensor_io import (
     read_safetensors,
     write_safetensors,
 )
+from simvlg_video.model.parallel import is_sharded, unwrap, whole_on_cpu
 from simvlg_video.world import World, barrier, broadcast, gather
 
 log = logging.getLogger(__name__)

@@ -13,21 +13,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import resource
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from simvlg_video.model.parallel import unwrap
-from simvlg_video.train.guards import GradNormWatch, NonFiniteGuard
-from simvlg_video.train.optim import build_optimizer, warmup_cosine
-from simvlg_video.world import World, autocast_for, sum_over_ranks
+from simvlg_video.precision import autocast_for
+from simvlg_video.train.memory import peak_memory
+from simvlg_video.train.session import Session
+from simvlg_video.world import World, sum_over_ranks
 
 log = logging.getLogger(__name__)
 
@@ -42,123 +40,15 @@ class FitResult:
     losses: list[float] = field(default_factory=list)  # the global batch's loss at each finite step
     skipped_nonfinite: int = 0
     seconds: float = 0.0
-    videos: int = 0  # over all ranks
+    clips: int = 0  # over all ranks (an image is a clip of one frame)
     data_wait_seconds: float = 0.0  # this rank's time spent waiting for batches
     skipped_clips: int = 0  # clips that could not be decoded (this rank's, over the whole run)
     peak_memory_gib: float = 0.0
     memory_kind: str = ""  # "GPU allocated" (torch's peak on the device) or "process RSS" (CPU runs)
 
     @property
-    def videos_per_second(self) -> float:
-        return self.videos / self.seconds if self.seconds else 0.0
-
-
-@dataclass
-class TrainConfig:
-    """`train:` of a run. The defaults are the demo's (the tiny model on the shapes set: a constant learning rate
-    after a short warm-up); each dataset's `configs/experiment/` file holds its published recipe."""
-
-    steps: int = 1500
-    batch_size: int = 16  # clips per process and micro-batch
-    accumulation: int = 1  # micro-batches per optimiser step: global batch = batch_size x accumulation x processes
-    strategy: str = "ddp"  # under torchrun: ddp (a replica per GPU) | fsdp (parameters sharded: models that do not fit)
-    lr: float = 1e-3
-    weight_decay: float = 0.05  # AdamW; never on biases, norms, gates and code tables
-    warmup_steps: int = 20
-    warmup_start_lr: float = 1e-6
-    min_lr: float | None = None  # cosine from lr down to this at the last step; None: lr (a constant rate)
-    grad_clip: float | None = 1.0  # None: no clipping (the reference's)
-    log_every: int = 10
-    checkpoint_every: int = 200  # steps between checkpoints (one is also written at the end)
-    keep_checkpoints: int = 2  # the newest ones kept; the best by validation (eval.best_metric) is kept as well
-    eval_every: int = 0  # validate on eval.val_split every N steps (0: no validation during training)
-    max_nonfinite_in_a_row: int = 5  # this many skipped (non-finite) steps in a row stop the run, saving the last
-    # good state
-    grad_norm_spike: float = 10.0  # warn when a logged grad norm exceeds this multiple of its running average
-    dropout: float | None = None  # None: the image model's; a number sets every trainable dropout layer (0: runs on
-    # any number of processes give the same losses)
-    tensorboard: bool = True  # RUN_DIR/tensorboard scalars besides metrics.jsonl
-    activation_checkpointing: bool = False  # recompute the ViT blocks that train in backward: less memory
-    compile: bool = False  # torch.compile each ViT block (GPU runs; the first steps compile)
-    trainable: list[str] = field(default_factory=lambda: ["adapters", "ln_vision", "VL_proj", "connector", "opt_proj"])
-    # what trains (adapters = every temporal adapter); everything else is frozen
-
-    def __post_init__(self) -> None:
-        """Settings that cannot work together are refused before anything runs."""
-        if self.steps < 1 or self.batch_size < 1 or self.accumulation < 1:
-            raise ValueError(
-                f"train.steps, train.batch_size and train.accumulation must be >= 1 (got {self.steps}, "
-                f"{self.batch_size}, {self.accumulation})"
-            )
-        if not 0 <= self.warmup_steps <= self.steps:
-            raise ValueError(
-                f"train.warmup_steps ({self.warmup_steps}) must be between 0 and train.steps ({self.steps})"
-            )
-        if self.strategy not in ("ddp", "fsdp"):
-            raise ValueError(f"train.strategy must be ddp or fsdp, got {self.strategy!r}")
-
-
-@dataclass
-class Session:
-    """What a training run steps with besides the model and its batches; all of it is restored on resume."""
-
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    train: TrainConfig
-    precision: str
-    guard: NonFiniteGuard
-    grad_watch: GradNormWatch
-    scaler: torch.amp.GradScaler | None = None
-
-    @classmethod
-    def create(cls, model: nn.Module, train: TrainConfig, precision: str = "fp32") -> Session:
-        """AdamW over the model's trainable parameters, warmup then cosine, a grad scaler for fp16, fresh guards."""
-        optimizer = build_optimizer(model, lr=train.lr, weight_decay=train.weight_decay)
-        scheduler = warmup_cosine(
-            optimizer,
-            train.warmup_steps,
-            train.steps,
-            train.warmup_start_lr,
-            train.lr if train.min_lr is None else train.min_lr,
-        )
-        device = next(unwrap(model).parameters()).device
-        return cls(
-            optimizer,
-            scheduler,
-            train,
-            precision,
-            NonFiniteGuard(train.max_nonfinite_in_a_row, device),
-            GradNormWatch(train.grad_norm_spike),
-            torch.amp.GradScaler(device.type) if precision == "fp16" else None,
-        )
-
-    def state_dict(self) -> dict:
-        """Schedule, guards and grad scaler (the optimiser's state is saved with the model's tensors)."""
-        return {
-            "scheduler": self.scheduler.state_dict(),
-            "guard": self.guard.state_dict(),
-            "grad_watch": self.grad_watch.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore a checkpoint's session. The guard's runs of skipped steps start again at zero (its count of
-        skipped steps goes on): a run the guard stopped is resumed to try again, changed or not."""
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.guard.load_state_dict({**state["guard"], "current_run": 0, "longest_run": 0})
-        self.grad_watch.load_state_dict(state["grad_watch"])
-        if self.scaler is not None:
-            self.scaler.load_state_dict(state["scaler"])
-
-    def set_learning_rate(self, lr: float, min_lr: float | None) -> None:
-        """Follow the schedule to another peak (`lr`) and end (`min_lr`; None: `lr`) from the current step on: a
-        resume that changes train.lr or train.min_lr, whose restored optimiser and schedule hold the old ones."""
-        step = self.scheduler.last_epoch
-        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
-            factor.base_lr, factor.min_lr = lr, lr if min_lr is None else min_lr
-            group["initial_lr"] = lr
-            group["lr"] = factor.lr_at(step)
-        self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
+    def clips_per_second(self) -> float:
+        return self.clips / self.seconds if self.seconds else 0.0
 
 
 @dataclass(frozen=True)
@@ -219,7 +109,7 @@ def fit(
         if (step + 1) % settings.log_every == 0 or step + 1 == steps:
             record = interval.record(step + 1, loss, grad_norm, scheduler.get_last_lr()[0], world)
             record["grad_norm_spike"] = session.grad_watch.is_spike(record["grad_norm_max"], step + 1)
-            result.videos += record.pop("videos")
+            result.clips += record.pop("clips")
             result.data_wait_seconds += record["data_wait_s"]
             progress.set_postfix(loss=f"{record['loss']:.3f}")
             if hooks.on_log is not None and world.is_main:
@@ -289,18 +179,18 @@ class _Interval:
     def _reset(self) -> None:
         self.started = time.perf_counter()
         self.data_wait = 0.0
-        self.videos = 0
+        self.clips = 0
         self.grad_norm_max = torch.zeros((), device=self.device)
 
-    def add(self, videos: int, grad_norm: torch.Tensor, bad: torch.Tensor) -> None:
-        self.videos += videos
+    def add(self, clips: int, grad_norm: torch.Tensor, bad: torch.Tensor) -> None:
+        self.clips += clips
         finite_norm = torch.where(bad, torch.zeros_like(grad_norm), grad_norm.detach().float())
         torch.maximum(self.grad_norm_max, finite_norm, out=self.grad_norm_max)
 
     def record(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float, world: World) -> dict:
-        """The log record (reads the device once): global loss, videos/s over all ranks, this rank's data wait."""
-        stats = torch.stack([loss, loss.new_tensor(float(self.videos))])
-        loss_value, videos = sum_over_ranks(stats, world).tolist()
+        """The log record (reads the device once): global loss, clips/s over all ranks, this rank's data wait."""
+        stats = torch.stack([loss, loss.new_tensor(float(self.clips))])
+        loss_value, clips = sum_over_ranks(stats, world).tolist()
         seconds = time.perf_counter() - self.started
         record = {
             "phase": "train",
@@ -309,35 +199,9 @@ class _Interval:
             "lr": lr,
             "grad_norm": float(grad_norm),
             "grad_norm_max": float(self.grad_norm_max),
-            "videos_per_s": videos / seconds if seconds else 0.0,
+            "clips_per_s": clips / seconds if seconds else 0.0,
             "data_wait_s": self.data_wait,
-            "videos": int(videos),
+            "clips": int(clips),
         }
         self._reset()
         return record
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start peak-memory accounting afresh (one run of a sweep must not report the previous run's peak).
-
-    GPU: torch's counter. CPU on Linux: the kernel's peak-RSS mark (VmHWM), reset through /proc/self/clear_refs.
-    """
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_memory(device: torch.device) -> tuple[float, str]:
-    """(GiB, what it measures): torch's peak allocation on a GPU since its last reset, else the process's peak
-    resident memory (since `reset_peak_memory` on Linux; the process's lifetime peak elsewhere)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30, "GPU allocated"
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20, "process RSS"
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (kib / 2**30 if sys.platform == "darwin" else kib / 2**20), "process RSS"

@@ -11,11 +11,23 @@ import json
 import math
 from pathlib import Path
 
-from simvlg_video.world import JsonlLog, World
+from simvlg_video.world import World
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 _STEPPED_PHASES = {"train", "val", "resume"}
+
+
+class JsonlLog:
+    """Appends one JSON object per line (RUN_DIR/metrics.jsonl), flushed at once so a crash loses nothing."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, record: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def drop_records_after(path: Path, step: int) -> int:

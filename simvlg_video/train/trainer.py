@@ -25,9 +25,11 @@ from simvlg_video.data.shards import TarShardStream, list_shards
 from simvlg_video.errors import UserError
 from simvlg_video.model.parallel import wrap_model
 from simvlg_video.train.batches import EpochClipOrder, ShardBatches, TrainBatches, accumulation_for
+from simvlg_video.train.config import TrainConfig
 from simvlg_video.train.guards import TooManyNonFiniteSteps
-from simvlg_video.train.loop import FitResult, Hooks, Session, TrainConfig, fit
+from simvlg_video.train.loop import FitResult, Hooks, fit
 from simvlg_video.train.resume import RunFiles
+from simvlg_video.train.session import Session
 from simvlg_video.train.skipped import SKIPPED_JOURNAL, SkippedSamples
 from simvlg_video.world import World
 

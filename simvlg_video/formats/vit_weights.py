@@ -1,6 +1,6 @@
 """Load a frozen ViT's weights: our own safetensors, BLIP-2's EVA ViT-g state dict (`eva_vit_g.pth`), the
 `visual_encoder.*` part of a LAVIS checkpoint (`{"model": state_dict}`, e.g. a BLIP-2 OPT `.pth` that holds its ViT),
-or the `vision_model.*` part of a Hugging Face BLIP-2 folder (names mapped by `simvlg_video.model.hf_blip2`).
+or the `vision_model.*` part of a Hugging Face BLIP-2 folder (names mapped by `simvlg_video.formats.hf_blip2`).
 
 timm's `Eva` uses BLIP-2's tensor names (`blocks.{i}.attn.qkv.weight`, `blocks.{i}.attn.q_bias`, ...; timm keeps the
 zero k bias as a non-persistent buffer, so only `q_bias` and `v_bias` are stored, as in BLIP-2). Two differences of
@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from simvlg_video.model.hf_blip2 import vision_tensors
-from simvlg_video.model.tensor_io import NotATensorFile, copy_into, load_torch_file, read_tensors
+from simvlg_video.formats.hf_blip2 import vision_tensors
+from simvlg_video.formats.tensor_io import NotATensorFile, copy_into, load_torch_file, read_tensors
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +91,3 @@ def load_vit_weights(vit: nn.Module, path: str | Path) -> None:
     """Load `path` (see `vit_source_tensors`) into `vit` (an unpatched ViT), names and shapes checked; tensors are
     read from the memory-mapped files as they are copied, in `vit`'s dtype."""
     copy_into(vit, vit_source_tensors(path, len(vit.blocks)), str(path))
-
-
-def fill_unsaved_buffers(vit: nn.Module) -> None:
-    """After `to_empty`, compute the buffers a state dict does not hold (EVA's zero k bias) with each timm module's
-    own `init_non_persistent_buffers`. A buffer that no module fills is an error, never left as uninitialised memory."""
-    saved = set(vit.state_dict())
-    unsaved = {name for name, _ in vit.named_buffers() if name not in saved}
-    for prefix, module in vit.named_modules():
-        if hasattr(module, "init_non_persistent_buffers"):
-            module.init_non_persistent_buffers()
-            unsaved -= {f"{prefix}.{name}" if prefix else name for name, _ in module.named_buffers(recurse=False)}
-    if unsaved:
-        raise RuntimeError(f"the ViT has buffers that neither its weights file nor its modules fill: {sorted(unsaved)}")

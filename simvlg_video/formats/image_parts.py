@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from simvlg_video.model.model_dir import ModelConfig, build_captioner, save_model_dir
-from simvlg_video.model.tensor_io import copy_into, read_tensors
+from simvlg_video.formats.model_dir import build_from_pointers, save_model_dir
+from simvlg_video.formats.tensor_io import copy_into, read_tensors
+from simvlg_video.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def assemble_image_model(cfg: ModelConfig, out_dir: str | Path, bert_path: str |
     cfg = copy.deepcopy(cfg)
     cfg.adapter, cfg.frozen = None, {}
     out_dir = Path(out_dir)
-    model = build_captioner(cfg, out_dir, frozen_on_meta=True)  # the frozen parts' weights are not read
+    model = build_from_pointers(cfg, out_dir, frozen_on_meta=True)  # the frozen parts' weights are not read
     if bert_path is not None:
         weights = bert_weights_file(Path(bert_path).expanduser())
         copy_into(model.connector, connector_tensors_from_bert(weights.parent), str(weights))

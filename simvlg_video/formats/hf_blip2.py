@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, Blip2Config, PreTrainedModel
 
-from simvlg_video.model.tensor_io import copy_into, read_safetensors
+from simvlg_video.formats.tensor_io import copy_into, read_safetensors
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ Importing checks; it does not build. The captioner is built on the meta device (
 file and the checkpoint are memory-mapped, so their names and shapes are checked without reading their data, and
 only the checkpoint's tensors are copied into the model directory (beside fingerprints of the frozen files).
 
-    python -m simvlg_video.model.lavis_checkpoint CKPT.pth --vit-weights eva_vit_g.pth --lm-path opt-2.7b --out DIR
+    python -m simvlg_video.formats.lavis_checkpoint CKPT.pth --vit-weights eva_vit_g.pth --lm-path opt-2.7b --out DIR
 """
 
 from __future__ import annotations
@@ -27,17 +27,17 @@ import logging
 import re
 import sys
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from simvlg_video.errors import EXIT_STATUS_HELP, InputError, exit_status
-from simvlg_video.model.fingerprint import fingerprint
-from simvlg_video.model.model_dir import ModelConfig, build_captioner, read_model_config, save_model_dir, stored_tensors
-from simvlg_video.model.tensor_io import NotATensorFile, check_tensors, load_torch_file, read_tensors
+from simvlg_video.formats.fingerprint import fingerprint
+from simvlg_video.formats.model_dir import build_from_pointers, save_model_dir, stored_tensors
+from simvlg_video.formats.tensor_io import NotATensorFile, check_tensors, load_torch_file, read_tensors
+from simvlg_video.formats.vit_weights import eva_state_dict
+from simvlg_video.model.config import ModelConfig, load_model_config
 from simvlg_video.model.vit import build_vit
-from simvlg_video.model.vit_weights import eva_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -112,18 +112,6 @@ def temporal_layout(state: Mapping[str, torch.Tensor]) -> tuple[list[int], int |
     return blocks, (widths[0] if widths else None)
 
 
-def load_model_config(name_or_path: str | Path) -> ModelConfig:
-    """An architecture: a name in the `configs/model/` folder (e.g. simvlg_opt2.7b) or a .yaml path."""
-    path = Path(name_or_path).expanduser()
-    folder = resources.files("simvlg_video.configs") / "model"
-    if path.suffix not in (".yaml", ".yml"):
-        path = Path(str(folder / f"{name_or_path}.yaml"))
-    if not path.is_file():
-        known = sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
-        raise FileNotFoundError(f"model config {name_or_path!r} not found (a .yaml path, or one of {known})")
-    return read_model_config(path)
-
-
 def import_lavis_checkpoint(
     ckpt: str | Path,
     vit_weights: str | Path,
@@ -158,7 +146,7 @@ def import_lavis_checkpoint(
             "qk_dim": qk_dim or 256,
             "num_heads": temporal_heads,
         }
-    model = build_captioner(cfg, ckpt.parent, meta=True)
+    model = build_from_pointers(cfg, ckpt.parent, meta=True)
     _check_vit_file(vit_weights, cfg)
 
     targets = {reference_name(name): t for name, t in stored_tensors(model, cfg).items()}
@@ -211,7 +199,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def cli() -> int:
-    """`python -m simvlg_video.model.lavis_checkpoint`: the exit status."""
+    """`python -m simvlg_video.formats.lavis_checkpoint`: the exit status."""
     return exit_status(main)
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from simvlg_video.model import blip2_checkpoint, lavis_checkpoint
-from simvlg_video.model.hf_blip2 import is_blip2_folder
-from simvlg_video.model.tensor_io import NotATensorFile
+from simvlg_video.formats import blip2_checkpoint, lavis_checkpoint
+from simvlg_video.formats.hf_blip2 import is_blip2_folder
+from simvlg_video.formats.tensor_io import NotATensorFile
+from simvlg_video.model.config import load_model_config
 
 MODEL_DIR, BLIP2_FOLDER, SIMVLG_PTH, BLIP2_PTH = "model_dir", "blip2_folder", "simvlg_pth", "blip2_pth"
 DESCRIPTION = {
@@ -91,7 +92,7 @@ def import_image_checkpoint(
     exactly the frozen parts `found.needs` are given)."""
     if found.kind == BLIP2_FOLDER:
         return blip2_checkpoint.import_hf_blip2(found.path, out_dir, prompt or "")
-    architecture = lavis_checkpoint.load_model_config(model_config or DEFAULT_MODEL_CONFIG[found.kind])
+    architecture = load_model_config(model_config or DEFAULT_MODEL_CONFIG[found.kind])
     if found.kind == BLIP2_PTH:
         return blip2_checkpoint.import_lavis_blip2(found.path, lm_path, architecture, out_dir, vit_weights, prompt)
     if found.kind == SIMVLG_PTH:

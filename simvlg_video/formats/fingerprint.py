@@ -2,7 +2,7 @@
 
 A fingerprint records, for every file of a weights file or a model folder, its size and a SHA-256 over samples of its
 content: the first and last MiB and 64 blocks of 64 KiB spread evenly between. Taking one reads at most 6 MiB per
-file, well under a second for a 5 GB LLM folder, so every load checks it. Any rewrite of a weights file (another
+file whatever its size, so every load checks it. Any rewrite of a weights file (another
 fine-tune, another precision, a truncated copy) changes its size or its samples; copying or moving the files does not.
 """
 

@@ -20,8 +20,8 @@ As the SimVLG import does, this checks and copies only what it must: the caption
 files are memory-mapped, every name and shape is checked (missing, unexpected and mis-shaped tensors are named as the
 source spells them), and only the tensors that are not frozen are written, beside fingerprints of the frozen sources.
 
-    python -m simvlg_video.model.blip2_checkpoint BLIP2_FOLDER --out DIR [--prompt "a photo of"]
-    python -m simvlg_video.model.blip2_checkpoint CKPT.pth --lm-path opt-2.7b [--vit-weights eva_vit_g.pth] --out DIR
+    python -m simvlg_video.formats.blip2_checkpoint BLIP2_FOLDER --out DIR [--prompt "a photo of"]
+    python -m simvlg_video.formats.blip2_checkpoint CKPT.pth --lm-path opt-2.7b [--vit-weights eva_vit_g.pth] --out DIR
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import torch
 from transformers import Blip2Config
 
 from simvlg_video.errors import EXIT_STATUS_HELP, InputError, exit_status
-from simvlg_video.model.fingerprint import fingerprint
-from simvlg_video.model.hf_blip2 import (
+from simvlg_video.formats.fingerprint import fingerprint
+from simvlg_video.formats.hf_blip2 import (
     LANGUAGE,
     VISION,
     eva_from_hf,
@@ -49,13 +49,14 @@ from simvlg_video.model.hf_blip2 import (
     read_blip2_config,
     tied_names,
 )
-from simvlg_video.model.lavis_checkpoint import load_model_config, read_lavis_checkpoint
+from simvlg_video.formats.lavis_checkpoint import read_lavis_checkpoint
+from simvlg_video.formats.model_dir import build_from_pointers, save_model_dir, stored_tensors
+from simvlg_video.formats.tensor_io import check_tensors
+from simvlg_video.formats.vit_weights import VISUAL_PREFIX, vit_source_tensors
+from simvlg_video.model.config import ModelConfig, load_model_config
 from simvlg_video.model.lm import LMConfig
-from simvlg_video.model.model_dir import ModelConfig, build_captioner, save_model_dir, stored_tensors
 from simvlg_video.model.qformer import QFormerConfig
-from simvlg_video.model.tensor_io import check_tensors
 from simvlg_video.model.vit import VitConfig
-from simvlg_video.model.vit_weights import VISUAL_PREFIX, vit_source_tensors
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def import_hf_blip2(folder: str | Path, out_dir: str | Path, prompt: str = "") -
             "processor or the OPT tokenizer into it with save_pretrained"
         )
     cfg.vit.weights = cfg.lm.path = str(folder)
-    model = build_captioner(cfg, folder, meta=True)
+    model = build_from_pointers(cfg, folder, meta=True)
     if model.vit.blocks[0].mlp.fc1.out_features != config.vision_config.intermediate_size:
         raise ValueError(f"{folder}: the vision MLP width cannot be built by timm's EVA at this hidden size")
 
@@ -228,7 +229,7 @@ def import_lavis_blip2(
     cfg.vit.weights, cfg.lm.path, cfg.frozen = str(vit_source), str(lm_path), {}
     if prompt is not None:
         cfg.lm.prompt = prompt
-    model = build_captioner(cfg, ckpt.parent, meta=True)
+    model = build_from_pointers(cfg, ckpt.parent, meta=True)
     vit = vit_source_tensors(vit_source, len(model.vit.blocks))
     prefix = VISUAL_PREFIX if vit_source == ckpt else ""  # names as the file spells them
     check_tensors(
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def cli() -> int:
-    """`python -m simvlg_video.model.blip2_checkpoint`: the exit status."""
+    """`python -m simvlg_video.formats.blip2_checkpoint`: the exit status."""
     return exit_status(main)
 
 

@@ -1,9 +1,9 @@
-"""Is the direction in the soft prompt? A linear probe for each pair of opposite motions of the synthetic set.
+"""Is the direction in the soft prompt? A linear readout of each pair of opposite motions of the synthetic set.
 
-    python -m simvlg_video.eval.direction_probe RUN_DIR [--train-clips 240]
+    python -m simvlg_video.eval.motion_readout RUN_DIR [--train-clips 240]
 
 When a run's captions confuse two opposite motions, either the video side never told them apart or the frozen LM
-cannot be steered to say the right word. The probe separates the two: it fits a ridge classifier on the soft
+cannot be steered to say the right word. The readout separates the two: it fits a ridge classifier on the soft
 prompts (the LM's visual input) of training clips and scores it on test clips, per pair, and prints it next to how
 often the run's captions name the right motion of that pair.
 """
@@ -28,7 +28,7 @@ from simvlg_video.eval.shape_accuracy import parse_motion
 PAIRS = (("left", "right"), ("up", "down"), ("grow", "shrink"))
 
 
-def ridge_probe(
+def ridge_readout(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, strength: float = 10.0
 ) -> tuple[float, float]:
     """(train accuracy, test accuracy) of a ridge classifier on boolean labels (closed form, standardised inputs)."""
@@ -63,12 +63,12 @@ def soft_prompts(opened: OpenedModel, records: list[ClipRecord]) -> np.ndarray:
     return np.concatenate(rows)
 
 
-def probe_run(run_dir: Path, train_clips: int = 240) -> list[dict]:
-    """One row per opposite pair: probe accuracy (train, test) and the run's caption accuracy on the test clips."""
+def readout_run(run_dir: Path, train_clips: int = 240) -> list[dict]:
+    """One row per opposite pair: readout accuracy (train, test) and the run's caption accuracy on the test clips."""
     opened = open_model(run_dir)
     cfg = opened.run_config
     if cfg is None:
-        raise UsageError(f"{run_dir} is a model directory; the probe needs the run directory around it")
+        raise UsageError(f"{run_dir} is a model directory; the readout needs the run directory around it")
     records = read_manifest(cfg.data.manifest)
     predictions_file = run_dir / "eval" / f"{cfg.eval.split}_predictions.json"
     if not predictions_file.is_file():
@@ -81,7 +81,7 @@ def probe_run(run_dir: Path, train_clips: int = 240) -> list[dict]:
         if not train or not test:
             continue
         train = train[:train_clips]
-        train_acc, test_acc = ridge_probe(
+        train_acc, test_acc = ridge_readout(
             soft_prompts(opened, train),
             np.array([r.attributes["motion"] == pair[0] for r in train]),
             soft_prompts(opened, test),
@@ -93,8 +93,8 @@ def probe_run(run_dir: Path, train_clips: int = 240) -> list[dict]:
                 "pair": "/".join(pair),
                 "train_clips": len(train),
                 "test_clips": len(test),
-                "probe_train_acc": train_acc,
-                "probe_test_acc": test_acc,
+                "readout_train_acc": train_acc,
+                "readout_test_acc": test_acc,
                 "caption_acc": float(np.mean(said)),
             }
         )
@@ -108,17 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("run_dir", type=Path, help="a run directory of the synthetic motion set")
-    parser.add_argument("--train-clips", type=int, default=240, help="training clips per pair for the probe")
+    parser.add_argument("--train-clips", type=int, default=240, help="training clips per pair for the readout")
     args = parser.parse_args(argv)
-    return exit_status(lambda: print_table(probe_run(args.run_dir, args.train_clips)))
+    return exit_status(lambda: print_table(readout_run(args.run_dir, args.train_clips)))
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| pair | probe on soft prompts: train / test | captions naming the right motion | test clips |")
+    print("| pair | linear readout of soft prompts: train / test | captions naming the right motion | test clips |")
     print("|---|---:|---:|---:|")
     for row in rows:
         print(
-            f"| {row['pair']} | {100 * row['probe_train_acc']:.0f}% / {100 * row['probe_test_acc']:.0f}% "
+            f"| {row['pair']} | {100 * row['readout_train_acc']:.0f}% / {100 * row['readout_test_acc']:.0f}% "
             f"| {100 * row['caption_acc']:.0f}% | {row['test_clips']} |"
         )
 
