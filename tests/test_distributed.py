@@ -71,7 +71,7 @@ def test_ranks_share_one_run_directory_written_by_rank_zero(runs: dict[str, Path
     ]
     summary = records(run_dir, "summary")[0]
     assert summary["world_size"] == 2
-    assert summary["train_videos"] == 4 * 4  # 4 steps of a global batch of 4 clips, counted over both ranks
+    assert summary["train_clips"] == 4 * 4  # 4 steps of a global batch of 4 clips, counted over both ranks
 
 
 @pytest.mark.slow
