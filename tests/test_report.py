@@ -132,7 +132,7 @@ def test_no_motion_column_without_motion_scores_and_a_dash_without_overrides(tmp
 
 def test_the_report_and_the_runs_table_show_the_same_columns(tmp_path: Path) -> None:
     make_sweep(tmp_path)
-    report_header = table_rows(main([str(tmp_path)]))[0]
+    report_header = table_rows(report(tmp_path))[0]
     runs_header = table_rows(runs_table(find_runs([tmp_path])))[0]
     assert report_header[:2] == ["run", "overrides"] and runs_header[:2] == ["run", "adapter"]
     assert report_header[2:] == runs_header[2:]

@@ -234,8 +234,8 @@ def open_model(
         and not cpu_runs_bf16()
     ):
         log.info(
-            "this CPU has no bf16 kernels (AVX2 only), where bf16 matmuls run several times slower than fp32: captioning "
-            "in fp32 (precision=bf16 to insist)"
+            "this CPU has no bf16 kernels (AVX2 only), where bf16 matmuls run several times slower than fp32: "
+            "captioning in fp32 (precision=bf16 to insist)"
         )
         inference = dataclasses.replace(inference, precision="fp32")
     model, config = load_model_dir(model_dir, dtype=compute_dtype(inference.precision))
