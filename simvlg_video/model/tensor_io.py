@@ -96,7 +96,8 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file (memory-mapped, so untouched tensors cost nothing)."""
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return {name: handle.get_tensor(name) for name in handle.keys()}
+            # keys(): a handle is not iterable
+            return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     except Exception as error:  # safetensors raises its own error types for damaged headers
         raise NotATensorFile(f"{path} is not a readable safetensors file ({_first_line(error)})") from None
 
