@@ -62,7 +62,7 @@ def test_evaluate_rescores_the_run(run_dir: Path):
 @pytest.mark.slow
 def test_evaluate_runs_a_four_frame_run_at_more_frames(run_dir: Path):
     """Frames beyond training (docs/experiments.md, "Time beyond direction"): a run trained at T = 4 is scored at 8 and
-    16 frames, its pool's time codes read by frame index (adapters/time_encoding.py)."""
+    16 frames, its pool's time codes read as moments of the clip (adapters/position_codes.py)."""
     manifest = OmegaConf.load(run_dir / "config.yaml").data.manifest
     assert OmegaConf.load(run_dir / "config.yaml").data.num_frames == 4
     for num_frames in (8, 16):
@@ -181,9 +181,13 @@ def test_runs_table_lists_finished_and_unfinished_runs(run_dir: Path, tmp_path: 
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
     summary = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
     cider = 100 * summary["adapted"]["CIDEr"]
-    assert rows[0].startswith(f"| run | merged_tokens (time: sinusoidal, space: sinusoidal) | {cider:.1f} |")
+    assert rows[0].startswith(
+        f"| run | merged_tokens (queries: clip_view, time: clip_time, space: sinusoidal) | {cider:.1f} |"
+    )
     assert f"| {summary['train_videos_per_s']:.1f} | " in rows[0] and "(process RSS) |" in rows[0]
-    assert rows[1].startswith("| crashed | merged_tokens (time: sinusoidal, space: sinusoidal) | unfinished |")
+    assert rows[1].startswith(
+        "| crashed | merged_tokens (queries: clip_view, time: clip_time, space: sinusoidal) | unfinished |"
+    )
 
 
 @pytest.mark.slow

@@ -51,9 +51,9 @@ def tiny_captioner(placement=None, sizes=TINY):
         apply_freeze_policy(model, TRAINABLE)
         return model
     if placement == "merged":
-        MergedTokens(
-            num_heads=TINY.adapter["num_heads"], time_encoding="sinusoidal", space_encoding="sinusoidal"
-        ).apply(model)
+        MergedTokens(num_heads=TINY.adapter["num_heads"], time_encoding="clip_time", space_encoding="sinusoidal").apply(
+            model
+        )
     else:
         Reference(blocks=placement, **TINY.adapter).apply(model)
     apply_freeze_policy(model, [*TRAINABLE, ADAPTERS])

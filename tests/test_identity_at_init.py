@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from simvlg_video.adapters.placements import MergedTokens, Reference
-from simvlg_video.adapters.time_encoding import TIME_ENCODINGS
+from simvlg_video.adapters.position_codes import TIME_ENCODINGS
 from simvlg_video.model.model_dir import load_model_dir
 
 PLACEMENTS = {
@@ -20,6 +20,9 @@ PLACEMENTS = {
     "merged_tokens+space": lambda m, t: MergedTokens(num_heads=4, time_encoding=t, space_encoding="sinusoidal").apply(
         m
     ),
+    "merged_tokens+space/frame_average": lambda m, t: MergedTokens(
+        num_heads=4, time_encoding=t, space_encoding="sinusoidal", queries="frame_average"
+    ).apply(m),
 }
 
 
@@ -55,7 +58,9 @@ def test_gates_at_zero_reproduce_the_image_model(tiny_model_dir, placement, time
 
 
 @pytest.mark.parametrize("time_encoding", TIME_ENCODINGS)
-@pytest.mark.parametrize("placement", ["reference-all", "merged_tokens", "merged_tokens+space"])
+@pytest.mark.parametrize(
+    "placement", ["reference-all", "merged_tokens", "merged_tokens+space", "merged_tokens+space/frame_average"]
+)
 @torch.no_grad()
 def test_only_time_aware_variants_see_frame_order(tiny_model_dir, placement, time_encoding):
     model = load_model_dir(tiny_model_dir)[0].eval()

@@ -13,8 +13,9 @@ Per frame of N tokens, width C, MLP width M, a ViT block's forward is 8·N·C² 
 (weights) and 2·N·T·C (mixing). The connector's layer on n tokens of width H (FFN width I, n' after merging) costs
 8·n·H² + 4·n²·H + 4·n'·H·I, plus the merge's similarity product; the LLM's layer on S positions costs
 8·S·W² + 4·S²·W + 4·S·W·F, and its output head 2·S·W·V. With the merged-token placement the connector runs once
-per frame, and the temporal token pool (K output tokens attending over T·M frame tokens of width H) costs
-4·K·H² (query, output) + 4·T·M·H² (key, value) + 4·K·T·M·H (attention), all trainable.
+per frame, and once more per clip when the pool starts from the clip view (the time-averaged ViT tokens), and the
+temporal token pool (K output tokens attending over T·M frame tokens of width H) costs 4·K·H² (query, output) +
+4·T·M·H² (key, value) + 4·K·T·M·H (attention), all trainable.
 
 BLIP-2's Q-Former (Q queries of width H, FFN width I) costs per layer 8·Q·H² + 4·Q²·H + 4·Q·H·I, and in each
 layer with cross-attention to the N ViT tokens of width C another 4·Q·H² (query, output) + 4·N·C·H (key, value) +
@@ -59,6 +60,7 @@ class CaptionerSizes:
     connector_layers: int = 0  # the Q-Former's layers
     cross_layers: int = 0  # the Q-Former's layers with cross-attention to the ViT tokens
     tracks_places: bool = False  # the pool's place codes: the Q-Former recomputes its cross-attention weights
+    pool_reads_clip_view: bool = False  # the pool starts from the connector's tokens of the time-averaged ViT tokens
 
     @property
     def vit_tokens(self) -> int:
@@ -98,6 +100,7 @@ class CaptionerSizes:
             connector_layers=len(layers),
             cross_layers=sum(layer.has_cross_attention for layer in layers),
             tracks_places=not model.time_pool.pools_vit_tokens and model.time_pool.uses_positions,
+            pool_reads_clip_view=not model.time_pool.pools_vit_tokens and model.time_pool.reads_clip_view,
         )
 
 
@@ -105,7 +108,7 @@ def _pool_tokens(model: nn.Module) -> int | None:
     pool = model.time_pool
     if pool.pools_vit_tokens:
         return None
-    if pool.num_output_tokens is not None:
+    if pool.num_prompt_tokens is not None:
         raise ValueError("FLOP count assumes the temporal token pool keeps the connector's token count")
     return model.connector.output_tokens(model.vit.patch_embed.num_patches + model.vit.num_prefix_tokens)
 
@@ -189,8 +192,9 @@ def training_step_flops(s: CaptionerSizes, videos: int, num_frames: int, text_to
     vit = _vit_training_flops(s, videos * num_frames, num_frames)
     if s.pool_tokens is None:  # frames averaged before the connector
         connector, soft_tokens = _connector_training_flops(s, videos)
-    else:  # the connector per frame, then the temporal pool
-        connector, frame_tokens = _connector_training_flops(s, videos * num_frames)
+    else:  # the connector per frame (and on the clip view), then the temporal pool
+        inputs = videos * (num_frames + s.pool_reads_clip_view)
+        connector, frame_tokens = _connector_training_flops(s, inputs)
         connector += _pool_training_flops(s, videos, num_frames, frame_tokens)
         soft_tokens = s.pool_tokens
     opt_proj = 3 * 2 * videos * soft_tokens * s.connector_width * s.lm_width

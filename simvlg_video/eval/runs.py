@@ -20,7 +20,11 @@ from simvlg_video.adapters.placements import PLACEMENTS
 from simvlg_video.data.manifest import json_problem
 
 COLUMNS = ("CIDEr", "BLEU-4", "motion_acc", "direction_acc", "object_acc")
-EVENT_COLUMNS = ("event_order_acc", "speed_acc")  # shown when some run has them (the synthetic event set)
+EVENT_COLUMNS = (
+    "event_order_acc",
+    "event_order_acc_objects_right",
+    "speed_acc",
+)  # shown when some run has them (the synthetic event set)
 
 
 def _job_order(path: Path) -> tuple:
@@ -62,7 +66,7 @@ def adapter_label(cfg) -> str:
     details = []
     if adapter.get("blocks") not in (None, "all"):
         details.append(f"blocks={adapter.blocks}" if adapter.blocks != "last_k" else f"last {adapter.last_k}")
-    for key in ("time_encoding", "space_encoding"):
+    for key in ("queries", "time_encoding", "space_encoding"):
         if key in adapter:
             details.append(f"{key.split('_')[0]}: {adapter[key]}")
     return name + (f" ({', '.join(details)})" if details else "")

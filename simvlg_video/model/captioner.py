@@ -9,7 +9,8 @@ token_positions=None)`, `last_token_positions()`, `output_tokens(n)`, `record_as
 
 Pooling over time is a stage of its own, `time_pool`: the plain mean of the frames' ViT tokens before the connector
 (the reference, and the image model: one frame is its own mean) unless a placement puts a pool of the connector's
-per-frame merged tokens there (`simvlg_video.adapters`).
+per-frame merged tokens there (`simvlg_video.adapters`); such a pool may also read the connector's tokens of that
+mean (`reads_clip_view`).
 """
 
 from __future__ import annotations
@@ -105,10 +106,18 @@ class VideoCaptioner(nn.Module):
         pool = self.time_pool
         if pool.pools_vit_tokens:
             return self.opt_proj(self.connect(pool(tokens)))
-        clips = tokens.shape[:2]
-        per_frame = self.connect(tokens.flatten(0, 1), track_positions=pool.uses_positions).unflatten(0, clips)
-        positions = self.connector.last_token_positions().unflatten(0, clips) if pool.uses_positions else None
-        return self.opt_proj(pool(per_frame, positions))
+        batch, num_frames = tokens.shape[:2]
+        inputs = tokens.flatten(0, 1)
+        if pool.reads_clip_view:  # the clip's time-averaged tokens ride along as one more row per clip
+            inputs = torch.cat([inputs, tokens.mean(dim=1)])
+        connected = self.connect(inputs, track_positions=pool.uses_positions)
+        places = self.connector.last_token_positions() if pool.uses_positions else None
+        per_frame = connected[: batch * num_frames].unflatten(0, (batch, num_frames))
+        positions = None if places is None else places[: batch * num_frames].unflatten(0, (batch, num_frames))
+        if not pool.reads_clip_view:
+            return self.opt_proj(pool(per_frame, positions))
+        clip_places = None if places is None else places[batch * num_frames :]
+        return self.opt_proj(pool(per_frame, positions, connected[batch * num_frames :], clip_places))
 
     def embed_with_soft_prompt(self, soft_prompt: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """LM input embeddings: the soft prompt followed by the embedded text tokens."""
