@@ -54,6 +54,7 @@ class MergedTokens:
     num_heads: int = 8
     num_prompt_tokens: int | None = None  # None: as many tokens as the image model gives (29 for the reference)
     queries: str = "clip_view"  # clip_view | frame_average: what the pool starts from and queries with (token_pool.py)
+    frame_gradients: bool = True  # False (with clip_view): the frames' connector tokens without autograd
     time_encoding: str = "clip_time"  # none | clip_time | frame_index | learned_index (position_codes.py); without
     # codes the pool is blind to frame order
     space_encoding: str = "sinusoidal"  # none | sinusoidal: without it a merged token barely knows where it is
@@ -70,6 +71,7 @@ class MergedTokens:
             self.max_frames,
             self.space_encoding,
             self.queries,
+            self.frame_gradients,
         ).to(model.opt_proj.weight.device)
 
 

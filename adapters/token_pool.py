@@ -14,6 +14,9 @@ What the pool starts from, and queries with (`queries`):
   connector runs once more per clip for it.
 * `frame_average`: the time average of the frames' connector tokens.
 
+`frame_gradients=False` (with the clip view only) computes the frames' connector tokens without autograd: the
+connector then learns through the clip view alone, and the frames' pass costs a forward only.
+
 The attention's result is added to that start through the output projection, which is the gate: it starts at zero
 (weight and bias), so at initialisation the module is its start, and on a static clip the model is the image model
 (the time average of identical ViT tokens is those tokens). A zero matrix rather than a zero scalar in front of a
@@ -50,8 +53,9 @@ class TemporalTokenPool(AttentionSwitches, nn.Module):
     connector's count, whatever T.
 
     A time-pooling stage of the captioner (it pools the connector's per-frame outputs, see `pools_vit_tokens`; with
-    `reads_clip_view` the captioner also hands it the connector's tokens of the time-averaged ViT tokens) and an
-    adapter (see `simvlg_video.model.adapter_protocol`).
+    `reads_clip_view` the captioner also hands it the connector's tokens of the time-averaged ViT tokens, and with
+    `frame_gradients` False it computes the frames' tokens without autograd) and an adapter (see
+    `simvlg_video.model.adapter_protocol`).
     """
 
     pools_vit_tokens = False  # pools the connector's merged tokens of every frame, not the ViT's tokens
@@ -65,16 +69,19 @@ class TemporalTokenPool(AttentionSwitches, nn.Module):
         max_frames: int,
         space_encoding: str,
         queries: str = "clip_view",
+        frame_gradients: bool = True,
     ):
         super().__init__()
         if space_encoding not in SPACE_ENCODINGS:
             raise ValueError(f"space_encoding must be one of {SPACE_ENCODINGS}, got {space_encoding!r}")
         if queries not in POOL_QUERIES:
             raise ValueError(f"queries must be one of {POOL_QUERIES}, got {queries!r}")
+        if not frame_gradients and queries != "clip_view":
+            raise ValueError("frame_gradients=False needs queries='clip_view': the connector learns through it alone")
         if dim % num_heads:
             raise ValueError(f"TemporalTokenPool: dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.dim, self.num_heads, self.num_prompt_tokens = dim, num_heads, num_prompt_tokens
-        self.queries = queries
+        self.queries, self.frame_gradients = queries, frame_gradients
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
@@ -166,5 +173,5 @@ class TemporalTokenPool(AttentionSwitches, nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, num_prompt_tokens={self.num_prompt_tokens}, "
-            f"queries={self.queries}, space={self.space_encoding}"
+            f"queries={self.queries}, frame_gradients={self.frame_gradients}, space={self.space_encoding}"
         )
