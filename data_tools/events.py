@@ -56,9 +56,9 @@ OPPOSITE = {
 SPEED_RANGES = {"slow": (0.04, 0.055), "fast": (0.10, 0.12)}
 BOUNDARY = (0.4, 0.6)  # where the first of two events ends, as a fraction of the clip
 WINDOW_FRACTION = 0.1  # the share of a long clip its one event fills
-# Shape sizes (half-extents as fractions of the frame's side, as in `shapes`): no smaller than the bundled image
-# model names as well as it names stills (under 0.12, a shape 15 pixels across at its 64-pixel input, it misnamed
-# one in five); at most what two shapes in the two halves of the frame allow.
+# Shape sizes (half-extents as fractions of the frame's side, as in `shapes`): no smaller than the bundled image model
+# names as well as it names stills (docs/experiments.md: smaller shapes were misnamed, and event order measured
+# eyesight); at most what two shapes in the two halves of the frame allow.
 SHAPE_SIZE = (0.13, 0.16)
 GROWN_SIZE_RATIO = (1.6, 1.95)  # large/small of grow and shrink, whose small end is a SHAPE_SIZE
 _TRAVEL = (0.40, 0.55)
