@@ -55,6 +55,7 @@ class MergedTokens:
     num_prompt_tokens: int | None = None  # None: as many tokens as the image model gives (29 for the reference)
     queries: str = "clip_view"  # clip_view | frame_average: what the pool starts from and queries with (token_pool.py)
     frame_gradients: bool = True  # False (with clip_view): the frames' connector tokens without autograd
+    spans: int | None = None  # the pool reads S spans of frames, each time-averaged (token_pool.py); None: every frame
     time_encoding: str = "clip_time"  # none | clip_time | frame_index | learned_index (position_codes.py); without
     # codes the pool is blind to frame order
     space_encoding: str = "sinusoidal"  # none | sinusoidal: without it a merged token barely knows where it is
@@ -72,6 +73,7 @@ class MergedTokens:
             self.space_encoding,
             self.queries,
             self.frame_gradients,
+            self.spans,
         ).to(model.opt_proj.weight.device)
 
 

@@ -54,6 +54,20 @@ def clip_times(num_frames: int, device: torch.device | str | None = None) -> tor
     return (torch.arange(num_frames, dtype=torch.float32, device=device) + 0.5) / num_frames
 
 
+def span_means(tokens: torch.Tensor, spans: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, T, ...) per-frame tokens -> their means over min(spans, T) consecutive spans of frames (frame k in span
+    floor(k * S / T)), (B, S, ...); each span's moment in the clip (the mean clip time of its frames), (S,); and the
+    span of each frame, (T,)."""
+    num_frames = tokens.shape[1]
+    count = min(spans, num_frames)
+    span_of = torch.arange(num_frames, device=tokens.device) * count // num_frames
+    sizes = torch.bincount(span_of, minlength=count)
+    sums = tokens.new_zeros(tokens.shape[0], count, *tokens.shape[2:]).index_add_(1, span_of, tokens)
+    means = sums / sizes.view(1, count, *[1] * (tokens.dim() - 2)).to(tokens.dtype)
+    times = torch.zeros(count, device=tokens.device).index_add_(0, span_of, clip_times(num_frames, tokens.device))
+    return means, times / sizes, span_of
+
+
 def place_codes(positions: torch.Tensor, dim: int, scale: float = 32.0) -> torch.Tensor:
     """Codes of continuous (x, y) positions in [0, 1], (..., 2) -> (..., dim): sine/cosine codes of x in the first
     half of the channels and of y in the second, at `scale` positions per unit (so nearby places get close codes)."""
@@ -84,13 +98,17 @@ class FrameCodes(nn.Module):
         else:
             self.table = None
 
-    def forward(self, num_frames: int, device: torch.device | str | None = None) -> torch.Tensor | None:
+    def forward(
+        self, num_frames: int, device: torch.device | str | None = None, times: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """Codes for frames 0..num_frames-1 of one clip, (T, dim); None when there are none. `device`: where clip-time
-        codes are computed (a table is where the module is)."""
+        codes are computed (a table is where the module is); `times`: the rows' moments in the clip when they are not
+        evenly spread frames (spans of frames: clip-time codes read them, index codes count the rows)."""
         if self.kind == "none":
             return None
         if self.kind == "clip_time":
-            return sinusoidal_codes(clip_times(num_frames, device), self.dim, CLIP_TIME_SCALE)
+            moments = clip_times(num_frames, device) if times is None else times.to(device)
+            return sinusoidal_codes(moments, self.dim, CLIP_TIME_SCALE)
         if num_frames > self.max_frames:
             raise ValueError(f"clips of {num_frames} frames exceed max_frames={self.max_frames} of {self.kind} codes")
         return self.table[:num_frames]

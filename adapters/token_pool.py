@@ -17,6 +17,11 @@ What the pool starts from, and queries with (`queries`):
 `frame_gradients=False` (with the clip view only) computes the frames' connector tokens without autograd: the
 connector then learns through the clip view alone, and the frames' pass costs a forward only.
 
+`spans=S` reads, instead of every frame, S views of the clip: the connector's tokens of the time average of the ViT
+tokens over each of S consecutive spans of frames, each at the moment of its span's middle. A span shows the motion
+within it as a trail, as the clip view does for the whole clip, and the connector runs S + 1 times per clip
+whatever the number of frames.
+
 The attention's result is added to that start through the output projection, which is the gate: it starts at zero
 (weight and bias), so at initialisation the module is its start, and on a static clip the model is the image model
 (the time average of identical ViT tokens is those tokens). A zero matrix rather than a zero scalar in front of a
@@ -31,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simvlg_video.adapters.position_codes import SPACE_ENCODINGS, FrameCodes, place_codes
+from simvlg_video.adapters.position_codes import SPACE_ENCODINGS, FrameCodes, place_codes, span_means
 from simvlg_video.model.adapter_protocol import AttentionMap, AttentionSwitches
 from simvlg_video.model.tome import bipartite_soft_matching, max_merge_count
 
@@ -70,6 +75,7 @@ class TemporalTokenPool(AttentionSwitches, nn.Module):
         space_encoding: str,
         queries: str = "clip_view",
         frame_gradients: bool = True,
+        spans: int | None = None,
     ):
         super().__init__()
         if space_encoding not in SPACE_ENCODINGS:
@@ -78,10 +84,13 @@ class TemporalTokenPool(AttentionSwitches, nn.Module):
             raise ValueError(f"queries must be one of {POOL_QUERIES}, got {queries!r}")
         if not frame_gradients and queries != "clip_view":
             raise ValueError("frame_gradients=False needs queries='clip_view': the connector learns through it alone")
+        if spans is not None and spans < 1:
+            raise ValueError(f"spans must be a positive number of spans of frames or None (every frame), got {spans}")
         if dim % num_heads:
             raise ValueError(f"TemporalTokenPool: dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.dim, self.num_heads, self.num_prompt_tokens = dim, num_heads, num_prompt_tokens
-        self.queries, self.frame_gradients = queries, frame_gradients
+        self.queries, self.frame_gradients, self.spans = queries, frame_gradients, spans
+        self.last_span_of: torch.Tensor | None = None  # with spans: each frame's span in the last forward (pictures)
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
@@ -98,11 +107,25 @@ class TemporalTokenPool(AttentionSwitches, nn.Module):
         return [name for name, p in self.named_parameters() if p.ndim < 2 or name.startswith(("out.", "time."))]
 
     def attention_map(self) -> AttentionMap | None:
-        """How much each output token of the first clip draws from each frame (heads averaged, rows sum to 1)."""
+        """How much each output token of the first clip draws from each frame (heads averaged, rows sum to 1; with
+        spans, a span's share split evenly over its frames)."""
         if self.last_attention is None:
             return None
         per_frame = self.last_attention[0].mean(dim=0).sum(dim=-1)
+        if self.last_span_of is not None:
+            span_of = self.last_span_of.to(per_frame.device)
+            per_frame = per_frame[:, span_of] / torch.bincount(span_of)[span_of]
         return AttentionMap(per_frame, "share of each output token's attention on each frame", "output token")
+
+    def frame_views(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the pool reads of a clip's (B, T, N, C) ViT tokens before the connector: every frame's, or with
+        `spans` the time average over each span of frames; and the moments of those views in the clip (None: evenly
+        spread frames)."""
+        if self.spans is None:
+            self.last_span_of = None
+            return tokens, None
+        means, times, self.last_span_of = span_means(tokens, self.spans)
+        return means, times
 
     @property
     def uses_positions(self) -> bool:
@@ -120,9 +143,11 @@ class TemporalTokenPool(AttentionSwitches, nn.Module):
         positions: torch.Tensor | None = None,
         clip_view: torch.Tensor | None = None,
         clip_positions: torch.Tensor | None = None,
+        times: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, T, M, D) tokens (+ their (B, T, M, 2) positions in the frame with a space encoding; + the clip view,
-        (B, M, D) tokens and (B, M, 2) positions, when `reads_clip_view`) -> (B, K, D)."""
+        (B, M, D) tokens and (B, M, 2) positions, when `reads_clip_view`; + the (T,) moments of the views in the clip
+        when they are spans, `frame_views`) -> (B, K, D)."""
         if tokens.dim() != 4 or tokens.shape[-1] != self.dim:
             raise ValueError(f"TemporalTokenPool expects (B, T, M, {self.dim}) tokens, got {tuple(tokens.shape)}")
         batch, num_frames, num_tokens, _ = tokens.shape
@@ -134,7 +159,7 @@ class TemporalTokenPool(AttentionSwitches, nn.Module):
         else:
             start = tokens.mean(dim=1)
         source = tokens
-        codes = self.time(num_frames, tokens.device)
+        codes = self.time(num_frames, tokens.device, times)
         if codes is not None:
             source = source + codes[None, :, None, :].to(tokens.dtype)
         keep_count = self.num_prompt_tokens is None or self.num_prompt_tokens == num_tokens
@@ -173,5 +198,6 @@ class TemporalTokenPool(AttentionSwitches, nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, num_prompt_tokens={self.num_prompt_tokens}, "
-            f"queries={self.queries}, frame_gradients={self.frame_gradients}, space={self.space_encoding}"
+            f"queries={self.queries}, frame_gradients={self.frame_gradients}, spans={self.spans}, "
+            f"space={self.space_encoding}"
         )

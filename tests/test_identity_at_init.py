@@ -23,6 +23,9 @@ PLACEMENTS = {
     "merged_tokens+space/frames_no_grad": lambda m, t: MergedTokens(
         num_heads=4, time_encoding=t, space_encoding="sinusoidal", frame_gradients=False
     ).apply(m),
+    "merged_tokens+space/spans": lambda m, t: MergedTokens(
+        num_heads=4, time_encoding=t, space_encoding="sinusoidal", spans=2
+    ).apply(m),
     "merged_tokens+space/frame_average": lambda m, t: MergedTokens(
         num_heads=4, time_encoding=t, space_encoding="sinusoidal", queries="frame_average"
     ).apply(m),
@@ -62,7 +65,14 @@ def test_gates_at_zero_reproduce_the_image_model(tiny_model_dir, placement, time
 
 @pytest.mark.parametrize("time_encoding", TIME_ENCODINGS)
 @pytest.mark.parametrize(
-    "placement", ["reference-all", "merged_tokens", "merged_tokens+space", "merged_tokens+space/frame_average"]
+    "placement",
+    [
+        "reference-all",
+        "merged_tokens",
+        "merged_tokens+space",
+        "merged_tokens+space/frame_average",
+        "merged_tokens+space/spans",
+    ],
 )
 @torch.no_grad()
 def test_only_time_aware_variants_see_frame_order(tiny_model_dir, placement, time_encoding):

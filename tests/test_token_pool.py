@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from simvlg_video.adapters.position_codes import clip_times, span_means
 from simvlg_video.adapters.token_pool import TemporalTokenPool, merge_to_count
 
 
@@ -103,3 +104,34 @@ def test_space_encoding_needs_positions_and_uses_them():
     moved = positions.clone()
     moved[:, :, 1:, 0] = 1 - moved[:, :, 1:, 0]  # the same tokens elsewhere in the frame (CLS stays put)
     assert (pool(tokens, positions) - pool(tokens, moved)).abs().max() > 1e-3
+
+
+def test_spans_average_consecutive_frames_and_stand_at_their_middle():
+    tokens = torch.arange(6.0).view(1, 6, 1, 1).expand(2, 6, 3, 4)  # frame k holds the value k
+    means, times, span_of = span_means(tokens, 4)  # 6 frames into 4 spans: frames 0-1, 2, 3-4, 5
+    assert span_of.tolist() == [0, 0, 1, 2, 2, 3]
+    torch.testing.assert_close(means[0, :, 0, 0], torch.tensor([0.5, 2.0, 3.5, 5.0]))
+    torch.testing.assert_close(times, torch.tensor([1 / 6, 5 / 12, 2 / 3, 11 / 12]))  # mean of (k + 0.5) / 6
+    same, frame_times, _ = span_means(tokens, 8)  # more spans than frames: every frame its own span
+    assert same.equal(tokens) and torch.allclose(frame_times, clip_times(6))
+
+
+def test_a_pool_of_spans_reads_span_views_at_their_moments_and_draws_each_frame():
+    torch.manual_seed(0)
+    pool = make_pool(dim=16, num_heads=2, queries="clip_view", time_encoding="clip_time", spans=2)
+    pool.out.weight.data.normal_()
+    vit_tokens = torch.randn(2, 4, 9, 16)
+    views, times = pool.frame_views(vit_tokens)
+    torch.testing.assert_close(views, torch.stack([vit_tokens[:, :2].mean(1), vit_tokens[:, 2:].mean(1)], dim=1))
+    torch.testing.assert_close(times, torch.tensor([0.25, 0.75]))
+    every_frame = make_pool(dim=16, num_heads=2, queries="clip_view", time_encoding="clip_time")
+    every_frame.load_state_dict(pool.state_dict())
+    clip_view = torch.randn(2, 7, 16)
+    connected = torch.randn(2, 2, 7, 16)  # what the connector makes of the two views
+    two_frames = every_frame(connected, clip_view=clip_view)  # two evenly spread frames stand where two spans do
+    torch.testing.assert_close(pool(connected, clip_view=clip_view, times=times), two_frames)
+    pool.record_attention(True)
+    pool(connected, clip_view=clip_view, times=times)
+    shares = pool.attention_map().weights  # (output tokens, frames): a span's share split over its frames
+    assert shares.shape == (7, 4) and torch.allclose(shares[:, 0], shares[:, 1])
+    torch.testing.assert_close(shares.sum(dim=1), torch.ones(7))

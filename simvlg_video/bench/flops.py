@@ -13,8 +13,8 @@ Per frame of N tokens, width C, MLP width M, a ViT block's forward is 8·N·C² 
 (weights) and 2·N·T·C (mixing). The connector's layer on n tokens of width H (FFN width I, n' after merging) costs
 8·n·H² + 4·n²·H + 4·n'·H·I, plus the merge's similarity product; the LLM's layer on S positions costs
 8·S·W² + 4·S²·W + 4·S·W·F, and its output head 2·S·W·V. With the merged-token placement the connector runs once
-per frame (a forward only when the pool takes the frames' tokens without gradients), and once more per clip when the
-pool starts from the clip view (the time-averaged ViT tokens), and the
+per frame, or per span of frames when the pool reads spans (a forward only when the pool takes these tokens without
+gradients), and once more per clip when the pool starts from the clip view (the time-averaged ViT tokens), and the
 temporal token pool (K output tokens attending over T·M frame tokens of width H) costs 4·K·H² (query, output) +
 4·T·M·H² (key, value) + 4·K·T·M·H (attention), all trainable.
 
@@ -63,6 +63,7 @@ class CaptionerSizes:
     tracks_places: bool = False  # the pool's place codes: the Q-Former recomputes its cross-attention weights
     pool_reads_clip_view: bool = False  # the pool starts from the connector's tokens of the time-averaged ViT tokens
     frame_gradients: bool = True  # False: the connector's per-frame pass runs without autograd (forward only)
+    pool_spans: int | None = None  # the pool reads this many spans of frames instead of every frame
 
     @property
     def vit_tokens(self) -> int:
@@ -104,6 +105,7 @@ class CaptionerSizes:
             tracks_places=not model.time_pool.pools_vit_tokens and model.time_pool.uses_positions,
             pool_reads_clip_view=not model.time_pool.pools_vit_tokens and model.time_pool.reads_clip_view,
             frame_gradients=model.time_pool.pools_vit_tokens or model.time_pool.frame_gradients,
+            pool_spans=None if model.time_pool.pools_vit_tokens else model.time_pool.spans,
         )
 
 
@@ -197,11 +199,12 @@ def training_step_flops(s: CaptionerSizes, videos: int, num_frames: int, text_to
     vit = _vit_training_flops(s, videos * num_frames, num_frames)
     if s.pool_tokens is None:  # frames averaged before the connector
         connector, soft_tokens = _connector_training_flops(s, videos)
-    else:  # the connector per frame (and on the clip view), then the temporal pool
-        connector, frame_tokens = _connector_training_flops(s, videos * num_frames, 3 if s.frame_gradients else 1)
+    else:  # the connector per frame or span (and on the clip view), then the temporal pool
+        views = num_frames if s.pool_spans is None else min(s.pool_spans, num_frames)
+        connector, frame_tokens = _connector_training_flops(s, videos * views, 3 if s.frame_gradients else 1)
         if s.pool_reads_clip_view:
             connector += _connector_training_flops(s, videos)[0]
-        connector += _pool_training_flops(s, videos, num_frames, frame_tokens)
+        connector += _pool_training_flops(s, videos, views, frame_tokens)
         soft_tokens = s.pool_tokens
     opt_proj = 3 * 2 * videos * soft_tokens * s.connector_width * s.lm_width
     return vit + connector + opt_proj + _lm_training_flops(s, videos, soft_tokens + text_tokens)
