@@ -29,8 +29,9 @@ class Reference:
     last_k: int | None = None  # with blocks="last_k": adapters in the top K blocks only (autograd stops below them)
     qk_dim: int = 256  # query/key width of the reference module (8 heads of 32)
     num_heads: int = 8
-    time_encoding: str = "none"  # none (the reference: blind to frame order) | learned | sinusoidal
-    max_frames: int = 64  # the longest clip the time codes cover
+    time_encoding: str = "none"  # none (the reference: blind to frame order) | clip_time | frame_index |
+    # learned_index (position_codes.py)
+    max_frames: int = 64  # the longest clip the index codes cover (clip-time codes have no bound)
 
     def patch_vit(self, vit: nn.Module) -> list[int]:
         """Add the modules to `vit`'s blocks; returns the patched block indices."""
@@ -45,17 +46,22 @@ class Reference:
 class MergedTokens:
     """The toolkit's placement: every frame goes through the frozen ViT (no autograd) and the connector on its own,
     then a soft attentive temporal token pool merges all frames' connector tokens into the soft prompt, with codes of
-    when (frame) and where (place in the frame) each token is. Zero-gated on top of the time average.
+    when (the frame's moment in the clip) and where (place in the frame) each token is. Zero-gated on top of what it
+    starts from: by default the connector's tokens of the clip's time-averaged ViT tokens.
 
     With BLIP-2's Q-Former the pooled tokens are each frame's query outputs; a query's place is the attention-weighted
     mean place of the patches it reads (`simvlg_video.model.qformer`)."""
 
     name: str = "merged_tokens"
     num_heads: int = 8
-    num_output_tokens: int | None = None  # None: as many tokens as the image model gives (29 for the reference)
-    time_encoding: str = "sinusoidal"  # none | learned | sinusoidal: without it the pool is blind to frame order
+    num_prompt_tokens: int | None = None  # None: as many tokens as the image model gives (29 for the reference)
+    queries: str = "clip_view"  # clip_view | frame_average: what the pool starts from and queries with (token_pool.py)
+    frame_gradients: bool = True  # False (with clip_view): the frames' connector tokens without autograd
+    spans: int | None = None  # the pool reads S spans of frames, each time-averaged (token_pool.py); None: every frame
+    time_encoding: str = "clip_time"  # none | clip_time | frame_index | learned_index (position_codes.py); without
+    # codes the pool is blind to frame order
     space_encoding: str = "sinusoidal"  # none | sinusoidal: without it a merged token barely knows where it is
-    max_frames: int = 64
+    max_frames: int = 64  # the longest clip the index codes cover (clip-time codes have no bound)
 
     def apply(self, model: nn.Module) -> None:
         if not model.time_pool.pools_vit_tokens:
@@ -63,10 +69,13 @@ class MergedTokens:
         model.time_pool = TemporalTokenPool(
             model.connector_width,
             self.num_heads,
-            self.num_output_tokens,
+            self.num_prompt_tokens,
             self.time_encoding,
             self.max_frames,
             self.space_encoding,
+            self.queries,
+            self.frame_gradients,
+            self.spans,
         ).to(model.opt_proj.weight.device)
 
 

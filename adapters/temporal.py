@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from simvlg_video.adapters.time_encoding import TimeEncoding
+from simvlg_video.adapters.position_codes import FrameCodes
 from simvlg_video.model.adapter_protocol import AttentionMap, AttentionSwitches
 
 
@@ -44,7 +44,7 @@ class TemporalAttentionMerge(AttentionSwitches, nn.Module):
         self.key = nn.Linear(dim, qk_dim, device=device, dtype=torch.float32)
         self.alpha = nn.Parameter(torch.zeros((), device=device, dtype=torch.float32))
         # Frame codes added to what queries, keys and values read (not to the residual): "none" is the reference.
-        self.time = TimeEncoding(time_encoding, dim, max_frames, device=device)
+        self.time = FrameCodes(time_encoding, dim, max_frames, device=device)
         # AttentionSwitches: `plain` (plain attention, benchmarks) and `recording` keep `last_attention`, here the
         # (T, T) frame-to-frame weights of the first clip averaged over tokens and heads.
 
@@ -69,7 +69,7 @@ class TemporalAttentionMerge(AttentionSwitches, nn.Module):
             )
         clips = total_frames // num_frames
         source = x
-        codes = self.time(num_frames)
+        codes = self.time(num_frames, x.device)
         if codes is not None:
             source = (x.view(clips, num_frames, *x.shape[1:]) + codes[:, None, :].to(x.dtype)).view_as(x)
         mix = self._mix_plain if self.plain else self._mix

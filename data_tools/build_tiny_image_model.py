@@ -1,10 +1,11 @@
 """Build the bundled tiny image captioning model, deterministically, with the image stage itself.
 
-Two steps: a tiny OPT learns the caption words (each sample 1-3 captions of one object and motion, so that, like a
-large LLM, it reads from its context what a caption is about); then the image stage every image model is made with,
-`python -m simvlg_video.pretrain` on its demo stills, trains ViT + connector with that OPT frozen. This tool only
-trains the LM, runs the command, and packs its model with the LM into one directory; `adapt` starts from it by
-default.
+Two steps: a tiny OPT learns the caption words of the motion set and the event set (each sample 1-3 captions of one
+object and what it does, so that, like a large LLM, it reads from its context what a caption is about; with the event
+words "then", "stops", "slowly", "quickly", "turns", so `adapt data=events` starts from this model too); then the
+image stage every image model is made with, `python -m simvlg_video.pretrain` on its demo stills, trains ViT +
+connector with that OPT frozen. This tool only trains the LM, runs the command, and packs its model with the LM into
+one directory; `adapt` starts from it by default.
 
     python -m simvlg_video.data_tools.build_tiny_image_model --out simvlg_video/assets/tiny_image_model
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from simvlg_video.data_tools import shapes
+from simvlg_video.data_tools import events
 from simvlg_video.data_tools.lm_context_check import describe, motion_from_context
 from simvlg_video.data_tools.tiny_lm import train_tiny_lm
 from simvlg_video.errors import UserError, exit_status
@@ -43,7 +44,7 @@ def tiny_model_config() -> ModelConfig:
 def build(
     out_dir: Path,
     steps: int = 2000,
-    lm_steps: int = 1500,
+    lm_steps: int = 3000,
     num_images: int = 4000,
     seed: int = 0,
     show_progress: bool = True,
@@ -59,7 +60,7 @@ def build(
     try:
         torch.set_num_threads(1)  # the LM is tiny: one thread is fastest on a busy machine, and the same everywhere
         train_tiny_lm(
-            shapes.caption_groups(), work / "lm", steps=lm_steps, lr=lm_lr, seed=seed, show_progress=show_progress
+            events.caption_groups(), work / "lm", steps=lm_steps, lr=lm_lr, seed=seed, show_progress=show_progress
         )
         stage_dir = work / "image_stage"
         settings = [
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=BUNDLED, help="model directory to write (default: the bundled one)")
     parser.add_argument("--steps", type=int, default=2000, help="image-stage optimiser steps")
-    parser.add_argument("--lm-steps", type=int, default=1500, help="steps of LM training on the caption corpus")
+    parser.add_argument("--lm-steps", type=int, default=3000, help="steps of LM training on the caption corpus")
     parser.add_argument("--lm-lr", type=float, default=1e-3, help="peak learning rate of the LM's caption training")
     parser.add_argument("--num-images", type=int, default=4000, help="generated training stills")
     parser.add_argument("--seed", type=int, default=0)

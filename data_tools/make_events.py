@@ -4,6 +4,11 @@ manifest whose attributes state the events (for `eval.event_accuracy`).
     python -m simvlg_video.data_tools.make_events --out data/events [--num-clips 700 --seed 0 --size 96 --fps 8
         --duration 4 --kinds move_stop,two_shapes,colour_move,speed]
     python -m simvlg_video.data_tools.make_events --out data/events_long --kinds long --duration 20 60
+    python -m simvlg_video.data_tools.make_events --out data/event_stills --stills
+
+`--stills` writes, instead of videos, each clip's shapes as JPEG stills (each shape alone on the clip's background,
+at the clip's first and last frame) with image captions and their shape and colour: scored with `evaluate`, they
+say how well an image model names the set's objects (`object_acc`), the eyesight the event captions rest on.
 
 Each split draws its clips from a seed stream of its own ([seed, split]), so test clips are held out by seed: no
 test clip shares a seed with a training clip, and the test clips stay the same whatever the training split's size.
@@ -22,12 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from simvlg_video.data.manifest import write_manifest
 from simvlg_video.data.video_writer import write_video
 from simvlg_video.data_tools import events
 from simvlg_video.data_tools.make_shapes import DEFAULT_SPLITS, MANIFEST_NAME, SPLIT_NAMES, split_counts
+from simvlg_video.data_tools.shapes import image_captions
 from simvlg_video.eval.shape_accuracy import COLOURS, DIRECTIONAL_MOTIONS, SHAPES
 
 SHORT_KINDS = ("move_stop", "two_shapes", "colour_move", "speed")
@@ -97,6 +104,44 @@ def make_events_dataset(
                 "attributes": item.clip.attributes(),
             }
         )
+    write_manifest(manifest, rows)
+    return manifest
+
+
+def make_event_stills_dataset(
+    out_dir: str | os.PathLike,
+    num_clips: int = 700,
+    seed: int = 0,
+    kinds: Sequence[str] = SHORT_KINDS,
+    size: int = 96,
+    fps: float = 8,
+    duration: float | Sequence[float] = 4.0,
+    splits: Sequence[float] = DEFAULT_SPLITS,
+    show_progress: bool = True,
+) -> Path:
+    """The stills of the clips `make_events_dataset` makes with the same arguments (`events.object_stills`), as JPEG
+    files and a manifest of image lines, each in its clip's split; returns the manifest's path."""
+    kinds, bounds = tuple(kinds), _duration_bounds(duration)
+    _check_arguments(num_clips, kinds, size, size, fps, bounds, 1.0)
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / MANIFEST_NAME
+    manifest.unlink(missing_ok=True)
+    rows = []
+    planned = plan_event_clips(num_clips, seed, kinds, bounds, splits=splits)
+    for item in tqdm(planned, desc="event stills", disable=not show_progress):
+        for index, (pixels, shape, colour) in enumerate(events.object_stills(item.clip, size, size, fps)):
+            name = f"images/{item.clip_id}_{index}.jpg"
+            Image.fromarray(pixels).save(out_dir / name, quality=95)
+            rows.append(
+                {
+                    "clip_id": f"{item.clip_id}_{index}",
+                    "image": name,
+                    "captions": image_captions(shape, colour),
+                    "split": item.split,
+                    "attributes": {"shape": shape, "colour": colour, "kind": item.clip.kind},
+                }
+            )
     write_manifest(manifest, rows)
     return manifest
 
@@ -193,21 +238,26 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument(
         "--window-fraction", type=float, default=events.WINDOW_FRACTION, help="share of a long clip its event fills"
     )
+    parser.add_argument("--stills", action="store_true", help="write each clip's shapes as stills, not videos")
     args = parser.parse_args(argv)
     fps = int(args.fps) if float(args.fps).is_integer() else args.fps
     duration = args.duration[0] if len(args.duration) == 1 else args.duration
+    kinds = args.kinds.split(",")
     try:
-        manifest = make_events_dataset(
-            args.out,
-            args.num_clips,
-            args.seed,
-            args.kinds.split(","),
-            args.size,
-            args.size,
-            fps,
-            duration,
-            args.window_fraction,
-        )
+        if args.stills:
+            manifest = make_event_stills_dataset(args.out, args.num_clips, args.seed, kinds, args.size, fps, duration)
+        else:
+            manifest = make_events_dataset(
+                args.out,
+                args.num_clips,
+                args.seed,
+                kinds,
+                args.size,
+                args.size,
+                fps,
+                duration,
+                args.window_fraction,
+            )
     except ValueError as error:
         parser.error(str(error))
     print(f"wrote {manifest}")

@@ -1,9 +1,9 @@
 """A word-level tokenizer and a tiny OPT language model trained on caption text (the demo's frozen LLM).
 
-    python -m simvlg_video.data_tools.tiny_lm --corpus events --out LM_DIR [--steps 1500 --lr 1e-3]
+    python -m simvlg_video.data_tools.tiny_lm --corpus events --out LM_DIR [--steps 3000 --lr 1e-3]
 
-trains one on a synthetic set's caption groups (`shapes`: the motion set's, as the bundled model's LM; `events`: those
-plus the event set's, whose words the bundled LM lacks), to give `pretrain` as `lm_path=LM_DIR`.
+trains one on a synthetic set's caption groups (`events`: the motion set's and the event set's, as the bundled model's
+LM; `shapes`: the motion set's only), to give `pretrain` as `lm_path=LM_DIR`.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
     parser.add_argument("--corpus", choices=("shapes", "events"), default="events", help="whose caption groups")
     parser.add_argument("--out", type=Path, required=True, help="folder to write (model and tokenizer)")
-    parser.add_argument("--steps", type=int, default=1500, help="the bundled model's LM stage: 1500")
+    parser.add_argument("--steps", type=int, default=3000, help="the bundled model's LM stage: 3000")
     parser.add_argument("--lr", type=float, default=1e-3, help="the bundled model's LM stage: 1e-3")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -63,7 +63,7 @@ def test_evaluate_rescores_the_run(run_dir: Path):
 @pytest.mark.slow
 def test_evaluate_runs_a_four_frame_run_at_more_frames(run_dir: Path):
     """Frames beyond training (docs/experiments.md, "Time beyond direction"): a run trained at T = 4 is scored at 8 and
-    16 frames, its pool's time codes read by frame index (adapters/time_encoding.py)."""
+    16 frames, its pool's time codes read as moments of the clip (adapters/position_codes.py)."""
     manifest = OmegaConf.load(run_dir / "config.yaml").data.manifest
     assert OmegaConf.load(run_dir / "config.yaml").data.num_frames == 4
     for num_frames in (8, 16):
@@ -187,10 +187,11 @@ def test_runs_table_lists_finished_and_unfinished_runs(run_dir: Path, tmp_path: 
     summary = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
     columns = [cell.strip() for cell in header.strip("|").split("|")]
     cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
-    assert cells[:2] == ["run", "merged_tokens (time: sinusoidal, space: sinusoidal)"]
+    placement = "merged_tokens (queries: clip_view, time: clip_time, space: sinusoidal)"
+    assert cells[:2] == ["run", placement]
     assert cells[columns.index("CIDEr")] == f"{100 * summary['trained']['CIDEr']:.1f}"
     assert f"| {summary['train_clips_per_s']:.1f} | " in rows[0] and "(process RSS) |" in rows[0]
-    assert rows[1].startswith("| crashed | merged_tokens (time: sinusoidal, space: sinusoidal) | unfinished |")
+    assert rows[1].startswith(f"| crashed | {placement} | unfinished |")
 
 
 @pytest.mark.slow

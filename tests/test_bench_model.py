@@ -35,15 +35,20 @@ OPTIONS = Options(
 
 def tiny_captioner(placement=None, sizes=TINY):
     """A fresh tiny captioner with random weights; `placement`: None (the image model), "merged" (the merged-token
-    pool) or the blocks of reference adapters ("all" or indices). Parts train as in the benchmark."""
+    pool; "merged_frames_no_grad": its frames' tokens without autograd; "merged_frame_average": started from the
+    frames' average; "merged_spans": reading 2 spans of frames) or the blocks of reference adapters ("all" or
+    indices). Parts train as in the benchmark."""
     torch.manual_seed(0)
     model = build_random_captioner(sizes, torch.device("cpu"))
     if placement is None:
         apply_freeze_policy(model, TRAINABLE)
         return model
-    if placement == "merged":
+    if placement in ("merged", "merged_frames_no_grad", "merged_frame_average", "merged_spans"):
         MergedTokens(
-            num_heads=TINY.adapter["num_heads"], time_encoding="sinusoidal", space_encoding="sinusoidal"
+            num_heads=TINY.adapter["num_heads"],
+            queries="frame_average" if placement == "merged_frame_average" else "clip_view",
+            frame_gradients=placement != "merged_frames_no_grad",
+            spans=2 if placement == "merged_spans" else None,
         ).apply(model)
     else:
         Reference(blocks=placement, **TINY.adapter).apply(model)
@@ -52,8 +57,13 @@ def tiny_captioner(placement=None, sizes=TINY):
 
 
 @pytest.mark.parametrize("sizes", [TINY, TINY_QFORMER], ids=["tome", "qformer"])
-@pytest.mark.parametrize("placement", ["all", [7, 8, 9], [1, 3], None, "merged"])
+@pytest.mark.parametrize(
+    "placement",
+    ["all", [7, 8, 9], [1, 3], None, "merged", "merged_frames_no_grad", "merged_frame_average", "merged_spans"],
+)
 def test_training_flop_formula_matches_torchs_flop_counter(placement, sizes):
+    if placement == "merged_frames_no_grad" and sizes is TINY_QFORMER:
+        pytest.skip("torch's FLOP counter fails on a no-grad pass of the Q-Former (its query tokens enter as leaves)")
     model = tiny_captioner(placement, sizes)
     set_fused_attention(model, False)  # torch counts matmuls exactly; CPU fused attention is not counted
     frames, ids, mask, labels = random_batch(model, OPTIONS, torch.device("cpu"), TINY.image_size)

@@ -8,7 +8,7 @@ import torch
 from blip2_layout import QFORMER, VISION
 
 from simvlg_video.adapters.placements import MergedTokens, Reference
-from simvlg_video.adapters.time_encoding import TIME_ENCODINGS
+from simvlg_video.adapters.position_codes import TIME_ENCODINGS
 from simvlg_video.adapters.token_pool import TemporalTokenPool
 from simvlg_video.formats.model_dir import load_model_dir
 from simvlg_video.model.adapter_protocol import ADAPTERS

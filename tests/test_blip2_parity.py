@@ -19,7 +19,7 @@ LAYOUTS = ["hf", "lavis", "lavis_with_vit"]
 PLACEMENTS = {
     "reference": lambda model: Reference(qk_dim=16, num_heads=4).apply(model),
     "reference-last1-time": lambda model: Reference(
-        blocks="last_k", last_k=1, qk_dim=16, num_heads=4, time_encoding="sinusoidal"
+        blocks="last_k", last_k=1, qk_dim=16, num_heads=4, time_encoding="clip_time"
     ).apply(model),
     "merged_tokens": lambda model: MergedTokens(num_heads=4).apply(model),  # time and place codes on
     "merged_tokens-no-codes": lambda model: MergedTokens(

@@ -14,6 +14,7 @@ from simvlg_video.data.images import read_image
 from simvlg_video.data.manifest import read_manifest
 from simvlg_video.data.transforms import FrameTransform
 from simvlg_video.data_tools.build_tiny_image_model import build
+from simvlg_video.data_tools.make_events import make_event_stills_dataset
 from simvlg_video.data_tools.make_stills import make_stills_dataset
 from simvlg_video.eval.shape_accuracy import parse_motion, parse_object
 from simvlg_video.formats.model_dir import load_model_dir
@@ -38,6 +39,21 @@ def test_bundled_image_model_names_shape_and_colour_of_new_frames(tmp_path):
     colour_accuracy = sum(p[1] == label[1] for p, label in zip(parsed, labels)) / len(labels)
     assert colour_accuracy >= 0.99 and shape_accuracy >= 0.95, (shape_accuracy, colour_accuracy, captions[:6])
     assert not any(parse_motion(caption) for caption in captions), "an image model has no motion words to say"
+
+
+@torch.no_grad()
+def test_bundled_image_model_names_the_event_sets_objects_as_stills(tmp_path):
+    """The event benchmark measures time only if its shapes are seen: each shape of 40 event clips of another seed
+    than the set's, alone at the clip's first and last frame, named (shape and colour) at least 95% of the time."""
+    model, cfg = load_model_dir(BUNDLED_IMAGE_MODEL)
+    model.eval()
+    manifest = make_event_stills_dataset(tmp_path, num_clips=40, seed=1234, splits=(1.0, 0.0, 0.0), show_progress=False)
+    records = read_manifest(manifest)
+    images = torch.stack([torch.from_numpy(read_image(record.video_path)) for record in records])
+    frames = FrameTransform(size=cfg.image_size)(images.unsqueeze(1))
+    captions = [c for batch in frames.split(50) for c in model.generate(batch, num_beams=3, max_new_tokens=8)]
+    named = [parse_object(c) == (r.attributes["shape"], r.attributes["colour"]) for c, r in zip(captions, records)]
+    assert len(records) >= 80 and sum(named) / len(named) >= 0.95, (sum(named), len(named))
 
 
 def tree_digest(folder: Path) -> dict[str, str]:

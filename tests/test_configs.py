@@ -191,6 +191,17 @@ def test_every_setting_of_an_experiment_is_in_force(name: str) -> None:
         assert OmegaConf.select(cfg, key) == value, key
 
 
+def test_the_event_recipe_runs_from_the_bundled_model_with_the_default_pool() -> None:
+    """`adapt data=events` needs no other image model (the bundled LM knows the event words: test_events.py), and
+    its pool reads frames as moments of the clip and starts from the clip view."""
+    cfg = compose_adapt("data=events")
+    assert cfg.image_ckpt is None and cfg.data.num_frames == 8 and cfg.train.steps == 3000
+    adapter = cfg.adapter
+    assert (adapter.queries, adapter.time_encoding, adapter.space_encoding) == ("clip_view", "clip_time", "sinusoidal")
+    anchor = compose_adapt("data=events", "adapter=reference", "adapter.time_encoding=clip_time").adapter
+    assert instantiate(anchor).time_encoding == "clip_time"
+
+
 def opt_2_7b_folder(folder: Path) -> Path:
     """config.json of OPT-2.7B (no weights: the architecture is built on the meta device) and a tokenizer."""
     folder.mkdir()

@@ -11,7 +11,14 @@ import pytest
 from simvlg_video.data.manifest import ClipRecord
 from simvlg_video.data_tools import events
 from simvlg_video.data_tools.make_events import draw_clip
-from simvlg_video.eval.event_accuracy import Event, event_accuracy, events_in_order, parse_clause, parse_speed
+from simvlg_video.eval.event_accuracy import (
+    Event,
+    event_accuracy,
+    events_in_order,
+    objects_named,
+    parse_clause,
+    parse_speed,
+)
 from simvlg_video.eval.predict import score
 
 MOVE_STOP = (Event("circle", "red", "left"), Event("circle", "red", "stop"))
@@ -68,7 +75,9 @@ def test_references_score_one_and_reversed_clips_captions_score_zero() -> None:
     backwards = {clip_id: events.event_captions(events.reverse(clip))[0] for clip_id, clip in clips.items()}
     perfect = event_accuracy(right, attributes)
     assert perfect == {
+        "event_objects_acc": 1.0,
         "event_order_acc": 1.0,
+        "event_order_acc_objects_right": 1.0,
         "event_order_acc/colour_move": 1.0,
         "event_order_acc/move_stop": 1.0,
         "event_order_acc/two_shapes": 1.0,
@@ -77,11 +86,46 @@ def test_references_score_one_and_reversed_clips_captions_score_zero() -> None:
     }
     reversed_ = event_accuracy(backwards, attributes)
     assert reversed_["event_order_acc"] == 0.0 and reversed_["speed_motion_acc"] == 0.0
+    assert reversed_["event_objects_acc"] == 1.0 and reversed_["event_order_acc_objects_right"] == 0.0
     assert reversed_["speed_acc"] == 1.0  # played backwards, a slow clip is still slow
     missing = event_accuracy({}, attributes)
     assert missing["event_order_acc"] == 0.0 and missing["speed_acc"] == 0.0
     with pytest.raises(ValueError, match="without attributes"):
         event_accuracy({"other": "a red circle"}, attributes)
+
+
+@pytest.mark.parametrize(
+    ("caption", "events_", "named"),
+    [
+        ("a red circle moves to the left then stops", MOVE_STOP, True),
+        ("a red circle stops then moves up", MOVE_STOP, True),  # objects right, events wrong: still named
+        ("a red square moves to the left then stops", MOVE_STOP, False),
+        ("a red circle moves to the left then a blue circle stops", MOVE_STOP, False),  # a colour too many
+        ("a blue square moves up then a red circle moves to the left", TWO_SHAPES, True),
+        ("a red circle moves to the left then a blue triangle moves up", TWO_SHAPES, False),
+        ("a red circle moves to the left", TWO_SHAPES, False),  # one object missing
+        ("a green triangle turns blue then goes down", COLOUR_MOVE, True),
+        ("a green triangle goes down", COLOUR_MOVE, False),  # the colour it turns is an object's colour too
+    ],
+)
+def test_objects_named_whatever_the_events(caption: str, events_: tuple[Event, ...], named: bool) -> None:
+    assert objects_named(caption, events_) is named
+
+
+def test_event_order_among_clips_whose_objects_are_named_right() -> None:
+    """Four two-event clips: two with objects right (one in order, one reversed), two with a shape misnamed (one in
+    order of actions): event order 1/4 overall, 1/2 among the clips whose objects are right."""
+    attributes = {f"c{i}": {"kind": "move_stop", "events": [e.as_dict() for e in MOVE_STOP]} for i in range(4)}
+    captions = {
+        "c0": "a red circle moves to the left then stops",
+        "c1": "a red circle stops then moves to the right",
+        "c2": "a red square moves to the left then stops",
+        "c3": "a red square stays still then moves up",
+    }
+    metrics = event_accuracy(captions, attributes)
+    assert metrics["event_order_acc"] == 0.25 and metrics["event_objects_acc"] == 0.5
+    assert metrics["event_order_acc_objects_right"] == 0.5
+    assert "event_order_acc_objects_right" not in event_accuracy({}, attributes)  # no clip named right: no score
 
 
 @pytest.mark.java  # score() runs the COCO scorer (METEOR)

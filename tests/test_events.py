@@ -118,6 +118,37 @@ def test_a_long_clips_event_fills_its_window_and_nothing_moves_outside_it() -> N
         assert np.abs(after[-1] - before[0]).max() > 3 or clip.events[0].action in ("grow", "shrink")
 
 
+@pytest.mark.parametrize(("kind", "variant"), VARIANTS)
+def test_every_shape_is_drawn_at_a_size_the_image_model_names(kind, variant) -> None:
+    """No shape of any kind, at any moment, is smaller than the smallest size the bundled model names as it names
+    stills (item 1 of the event benchmark: it measures time, not eyesight)."""
+    smallest = events.SHAPE_SIZE[0]
+    for seed in range(8):
+        clip = clip_of(kind, variant, seed, duration=30.0 if kind == "long" else 4.0)
+        for actor in clip.actors:
+            sizes = [actor.state(float(time))[2] for time in np.linspace(0.0, 1.0, 41)]
+            assert min(sizes) >= smallest - 1e-9, (kind, variant, seed, min(sizes))
+
+
+def test_object_stills_are_each_shape_alone_at_the_clips_first_and_last_frame() -> None:
+    fps = 8
+    one = clip_of("colour_move", "colour_first", seed=2)
+    frames = events.render_event_frames(one, 64, 64, fps)
+    stills = events.object_stills(one, 64, 64, fps)
+    assert [(shape, colour) for _, shape, colour in stills] == [
+        (one.actors[0].shape, one.events[0].colour),
+        (one.actors[0].shape, one.events[0].to),  # it has turned by the last frame
+    ]
+    np.testing.assert_array_equal(stills[0][0], frames[0])
+    np.testing.assert_array_equal(stills[1][0], frames[-1])
+    two = clip_of("two_shapes", "rows", seed=5)
+    stills = events.object_stills(two, 64, 64, fps)
+    assert [(shape, colour) for _, shape, colour in stills] == 2 * [(e.shape, e.colour) for e in two.events]
+    for pixels, _, colour in stills:  # only its own shape: no pixel of the other shape's colour
+        others = [c for c in (e.colour for e in two.events) if c != colour]
+        assert centroid(pixels, colour) is not None and centroid(pixels, others[0]) is None
+
+
 def test_speeds_that_do_not_fit_the_clip_are_refused() -> None:
     with pytest.raises(ValueError, match="does not fit"):
         events.speed_clip(np.random.default_rng(0), "circle", "red", "left", "fast", duration=20.0)
@@ -189,17 +220,15 @@ def test_unknown_kinds_and_bad_durations_are_refused(tmp_path: Path) -> None:
         make_events_dataset(tmp_path, num_clips=2, duration=[60.0, 20.0], show_progress=False)
 
 
-def test_an_lm_trained_on_the_event_corpus_knows_every_event_word(tmp_path: Path) -> None:
-    """The bundled LM lacks "then", "stops", "slowly": the tiny LM command writes one whose tokenizer has them all."""
+def test_the_bundled_lm_and_the_tiny_lm_command_know_every_event_word(tmp_path: Path) -> None:
+    """`adapt data=events` starts from the bundled model: its tokenizer has "then", "stops", "slowly", ..., as has
+    the tokenizer the tiny LM command writes from the event corpus."""
     from transformers import AutoTokenizer
 
     from simvlg_video.data_tools.build_tiny_image_model import BUNDLED
     from simvlg_video.data_tools.tiny_lm import main as train_lm
 
-    bundled = AutoTokenizer.from_pretrained(BUNDLED / "lm")
-    assert "then" not in bundled.get_vocab()
-    tokenizer = AutoTokenizer.from_pretrained(
-        train_lm(["--corpus", "events", "--out", str(tmp_path / "lm"), "--steps", "1"])
-    )
-    unknown = tokenizer.unk_token_id
-    assert all(unknown not in tokenizer(caption).input_ids for caption in events.caption_corpus())
+    trained = train_lm(["--corpus", "events", "--out", str(tmp_path / "lm"), "--steps", "1"])
+    for tokenizer in (AutoTokenizer.from_pretrained(BUNDLED / "lm"), AutoTokenizer.from_pretrained(trained)):
+        unknown = tokenizer.unk_token_id
+        assert all(unknown not in tokenizer(caption).input_ids for caption in events.caption_corpus())

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from simvlg_video.adapters.placements import MergedTokens, Reference
-from simvlg_video.adapters.time_encoding import TIME_ENCODINGS
+from simvlg_video.adapters.position_codes import TIME_ENCODINGS
 from simvlg_video.formats.model_dir import load_model_dir
 
 PLACEMENTS = {
@@ -20,6 +20,15 @@ PLACEMENTS = {
     "merged_tokens+space": lambda m, t: MergedTokens(num_heads=4, time_encoding=t, space_encoding="sinusoidal").apply(
         m
     ),
+    "merged_tokens+space/frames_no_grad": lambda m, t: MergedTokens(
+        num_heads=4, time_encoding=t, space_encoding="sinusoidal", frame_gradients=False
+    ).apply(m),
+    "merged_tokens+space/spans": lambda m, t: MergedTokens(
+        num_heads=4, time_encoding=t, space_encoding="sinusoidal", spans=2
+    ).apply(m),
+    "merged_tokens+space/frame_average": lambda m, t: MergedTokens(
+        num_heads=4, time_encoding=t, space_encoding="sinusoidal", queries="frame_average"
+    ).apply(m),
 }
 
 
@@ -55,7 +64,16 @@ def test_gates_at_zero_reproduce_the_image_model(tiny_model_dir, placement, time
 
 
 @pytest.mark.parametrize("time_encoding", TIME_ENCODINGS)
-@pytest.mark.parametrize("placement", ["reference-all", "merged_tokens", "merged_tokens+space"])
+@pytest.mark.parametrize(
+    "placement",
+    [
+        "reference-all",
+        "merged_tokens",
+        "merged_tokens+space",
+        "merged_tokens+space/frame_average",
+        "merged_tokens+space/spans",
+    ],
+)
 @torch.no_grad()
 def test_only_time_aware_variants_see_frame_order(tiny_model_dir, placement, time_encoding):
     model = load_model_dir(tiny_model_dir)[0].eval()
@@ -71,3 +89,23 @@ def test_only_time_aware_variants_see_frame_order(tiny_model_dir, placement, tim
         torch.testing.assert_close(forward, backward, rtol=1e-5, atol=1e-5)
     else:
         assert (forward - backward).abs().max().item() > 1e-3
+
+
+def test_frames_without_gradients_give_the_same_prompt_and_the_connector_learns_through_the_clip_view(tiny_model_dir):
+    models, pool_inputs = [], []
+    for frame_gradients in (True, False):
+        model = load_model_dir(tiny_model_dir)[0].eval()
+        torch.manual_seed(0)
+        MergedTokens(num_heads=4, frame_gradients=frame_gradients).apply(model)
+        open_gates(model)
+        model.time_pool.register_forward_hook(lambda _m, args, _out: pool_inputs.append(args[0]))
+        models.append(model)
+    torch.manual_seed(1)
+    clip = torch.randn(2, 4, 3, 64, 64)
+    prompts = [model.encode(clip) for model in models]
+    torch.testing.assert_close(prompts[0], prompts[1], rtol=0, atol=0)
+    assert [tokens.requires_grad for tokens in pool_inputs] == [True, False]  # no graph through the frames' pass
+    for prompt in prompts:
+        prompt.square().sum().backward()
+    grads = [torch.cat([p.grad.flatten() for p in m.connector.parameters() if p.grad is not None]) for m in models]
+    assert grads[1].abs().sum() > 0 and not torch.allclose(grads[0], grads[1])  # learns, through the clip view only

@@ -49,9 +49,9 @@ def test_no_gate_norm_bias_or_code_table_is_decayed(tiny_model_dir, placement: s
 
     model, _ = load_model_dir(tiny_model_dir)
     (
-        MergedTokens(num_heads=4, time_encoding="learned")
+        MergedTokens(num_heads=4, time_encoding="learned_index")
         if placement == "merged_tokens"
-        else Reference(qk_dim=32, num_heads=4, time_encoding="learned")
+        else Reference(qk_dim=32, num_heads=4, time_encoding="learned_index")
     ).apply(model)
     apply_freeze_policy(model, ["adapters", "ln_vision", "VL_proj", "connector", "opt_proj"])
     optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05)

@@ -13,8 +13,10 @@ Per frame of N tokens, width C, MLP width M, a ViT block's forward is 8·N·C² 
 (weights) and 2·N·T·C (mixing). The connector's layer on n tokens of width H (FFN width I, n' after merging) costs
 8·n·H² + 4·n²·H + 4·n'·H·I, plus the merge's similarity product; the LLM's layer on S positions costs
 8·S·W² + 4·S²·W + 4·S·W·F, and its output head 2·S·W·V. With the merged-token placement the connector runs once
-per frame, and the temporal token pool (K output tokens attending over T·M frame tokens of width H) costs
-4·K·H² (query, output) + 4·T·M·H² (key, value) + 4·K·T·M·H (attention), all trainable.
+per frame, or per span of frames when the pool reads spans (a forward only when the pool takes these tokens without
+gradients), and once more per clip when the pool starts from the clip view (the time-averaged ViT tokens), and the
+temporal token pool (K output tokens attending over T·M frame tokens of width H) costs 4·K·H² (query, output) +
+4·T·M·H² (key, value) + 4·K·T·M·H (attention), all trainable.
 
 BLIP-2's Q-Former (Q queries of width H, FFN width I) costs per layer 8·Q·H² + 4·Q²·H + 4·Q·H·I, and in each
 layer with cross-attention to the N ViT tokens of width C another 4·Q·H² (query, output) + 4·N·C·H (key, value) +
@@ -59,6 +61,9 @@ class CaptionerSizes:
     connector_layers: int = 0  # the Q-Former's layers
     cross_layers: int = 0  # the Q-Former's layers with cross-attention to the ViT tokens
     tracks_places: bool = False  # the pool's place codes: the Q-Former recomputes its cross-attention weights
+    pool_reads_clip_view: bool = False  # the pool starts from the connector's tokens of the time-averaged ViT tokens
+    frame_gradients: bool = True  # False: the connector's per-frame pass runs without autograd (forward only)
+    pool_spans: int | None = None  # the pool reads this many spans of frames instead of every frame
 
     @property
     def vit_tokens(self) -> int:
@@ -98,6 +103,9 @@ class CaptionerSizes:
             connector_layers=len(layers),
             cross_layers=sum(layer.has_cross_attention for layer in layers),
             tracks_places=not model.time_pool.pools_vit_tokens and model.time_pool.uses_positions,
+            pool_reads_clip_view=not model.time_pool.pools_vit_tokens and model.time_pool.reads_clip_view,
+            frame_gradients=model.time_pool.pools_vit_tokens or model.time_pool.frame_gradients,
+            pool_spans=None if model.time_pool.pools_vit_tokens else model.time_pool.spans,
         )
 
 
@@ -105,7 +113,7 @@ def _pool_tokens(model: nn.Module) -> int | None:
     pool = model.time_pool
     if pool.pools_vit_tokens:
         return None
-    if pool.num_output_tokens is not None:
+    if pool.num_prompt_tokens is not None:
         raise ValueError("FLOP count assumes the temporal token pool keeps the connector's token count")
     return model.connector.output_tokens(model.vit.patch_embed.num_patches + model.vit.num_prefix_tokens)
 
@@ -140,38 +148,40 @@ def _vit_training_flops(s: CaptionerSizes, frames: int, num_frames: int) -> floa
     return float(frames * total)
 
 
-def _qformer_training_flops(s: CaptionerSizes, inputs: int) -> tuple[float, int]:
-    """(FLOPs of the Q-Former forward and backward on `inputs` token sets, its queries)."""
+def _qformer_training_flops(s: CaptionerSizes, inputs: int, passes: int = 3) -> tuple[float, int]:
+    """(FLOPs of the Q-Former forward and backward on `inputs` token sets, its queries); `passes` 1: forward only."""
     q, h, n, c = s.queries, s.connector_width, s.vit_tokens, s.vit_width
     layer = 8 * q * h * h + 4 * q * q * h + 4 * q * h * s.connector_ffn
     cross = 4 * q * h * h + 4 * n * c * h + 4 * q * n * h
-    total = 3 * (s.connector_layers * layer + s.cross_layers * cross)
+    total = passes * (s.connector_layers * layer + s.cross_layers * cross)
     if s.tracks_places:
         total += s.cross_layers * 2 * q * n * h + 4 * q * n
     return float(inputs * total), q
 
 
-def _connector_training_flops(s: CaptionerSizes, inputs: int) -> tuple[float, int]:
-    """(FLOPs of VL_proj + connector forward and backward on `inputs` token sets, output tokens per set)."""
+def _connector_training_flops(s: CaptionerSizes, inputs: int, passes: int = 3) -> tuple[float, int]:
+    """(FLOPs of VL_proj + connector forward and backward on `inputs` token sets, output tokens per set); `passes`
+    1: forward only (no autograd)."""
     if s.queries:
-        return _qformer_training_flops(s, inputs)
+        return _qformer_training_flops(s, inputs, passes)
     h, n0 = s.connector_width, s.vit_tokens
     vl_proj = 2 * n0 * s.vit_width * h
-    total = 3 * vl_proj  # forward, weight and input gradients (ln_vision below it trains)
+    total = passes * vl_proj  # forward, weight and input gradients (ln_vision below it trains)
     counts = merge_schedule(n0, list(s.merge_r), len(s.merge_r), s.protect_cls)
     for layer, (n, n_out) in enumerate(itertools.pairwise(counts)):
         products = 8 * n * h * h + 4 * n * n * h + 4 * n_out * h * s.connector_ffn
-        total += 3 * products
+        total += passes * products
         if min(s.merge_r[layer], max_merge_count(n, s.protect_cls)) > 0:
             total += 2 * ((n + 1) // 2) * (n // 2) * (h // s.connector_heads)  # similarity, no gradient
     return float(inputs * total), counts[-1]
 
 
 def _pool_training_flops(s: CaptionerSizes, videos: int, num_frames: int, frame_tokens: int) -> float:
-    """The merged-token placement's temporal pool, forward and backward (everything in it trains)."""
+    """The merged-token placement's temporal pool, forward and backward (everything in it trains; the key and value
+    projections' input gradients only when the frames' tokens carry gradients)."""
     h, k, source = s.connector_width, s.pool_tokens, num_frames * frame_tokens
-    forward = 4 * k * h * h + 4 * source * h * h + 4 * k * source * h
-    return float(videos * 3 * forward)
+    key_value = 4 * source * h * h
+    return float(videos * (3 * (4 * k * h * h + 4 * k * source * h) + (3 if s.frame_gradients else 2) * key_value))
 
 
 def _lm_training_flops(s: CaptionerSizes, videos: int, positions: int) -> float:
@@ -189,9 +199,12 @@ def training_step_flops(s: CaptionerSizes, videos: int, num_frames: int, text_to
     vit = _vit_training_flops(s, videos * num_frames, num_frames)
     if s.pool_tokens is None:  # frames averaged before the connector
         connector, soft_tokens = _connector_training_flops(s, videos)
-    else:  # the connector per frame, then the temporal pool
-        connector, frame_tokens = _connector_training_flops(s, videos * num_frames)
-        connector += _pool_training_flops(s, videos, num_frames, frame_tokens)
+    else:  # the connector per frame or span (and on the clip view), then the temporal pool
+        views = num_frames if s.pool_spans is None else min(s.pool_spans, num_frames)
+        connector, frame_tokens = _connector_training_flops(s, videos * views, 3 if s.frame_gradients else 1)
+        if s.pool_reads_clip_view:
+            connector += _connector_training_flops(s, videos)[0]
+        connector += _pool_training_flops(s, videos, views, frame_tokens)
         soft_tokens = s.pool_tokens
     opt_proj = 3 * 2 * videos * soft_tokens * s.connector_width * s.lm_width
     return vit + connector + opt_proj + _lm_training_flops(s, videos, soft_tokens + text_tokens)

@@ -13,8 +13,8 @@ each variant in one process, on one model:
 * ``port``: a plain port of the reference code: matmul-softmax-matmul attention everywhere, frozen weights in fp16
   under fp16 autocast with a GradScaler, adapters in all blocks (so autograd runs through the whole ViT), AdamW
   without the fused kernel.
-* ``merged``: the merged-token placement (frozen ViT and connector per frame, one temporal token pool with
-  sinusoidal time and place codes after the connector), with this package's settings below.
+* ``merged``: the merged-token placement (frozen ViT and connector per frame and on the clip view, one temporal
+  token pool with clip-time and place codes after the connector), with this package's settings below.
 * ``image`` / ``image_r0``: the image stage (`pretrain`): a batch of B images (one frame each) with no temporal
   modules, the connector merging r tokens per layer (the sizes' r, 19 at full size) or none; the ViT and LLM frozen.
 * ``all`` / ``lastK`` / ``none``: this package's path, adapters in all blocks, the last K blocks, or none (the

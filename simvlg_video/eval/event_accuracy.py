@@ -91,6 +91,16 @@ def events_in_order(caption: str, events: Sequence[Event]) -> bool:
     )
 
 
+def objects_named(caption: str, events: Sequence[Event]) -> bool:
+    """The caption names the events' shapes and colours (a turn's colour included) and no other, whatever it says
+    they do and in whichever order: the objects are right, so what is left to get wrong is time."""
+    words = set(caption_words(caption))
+    shapes = {shape for shape, forms in SHAPE_WORDS.items() if words & set(forms)}
+    colours = {colour for colour in COLOURS if colour in words}
+    wanted_colours = {event.colour for event in events} | {event.to for event in events if event.to}
+    return shapes == {event.shape for event in events} and colours == wanted_colours
+
+
 def parse_speed(caption: str) -> str | None:
     """The one speed class whose words appear in the caption; None when none or both do."""
     words = set(caption_words(caption))
@@ -108,6 +118,8 @@ def event_accuracy(predictions: Mapping[str, str], attributes: Mapping[str, Mapp
 
     event_order_acc: over clips with two or more events (attribute "events"), the share whose caption names every
     event in the right order; also per clip kind (event_order_acc/<kind>) where the attributes give "kind".
+    event_objects_acc: over the same clips, the share whose caption names their objects right (`objects_named`);
+    event_order_acc_objects_right: event order over those clips only, time with the eyesight taken out.
     speed_acc: over clips with a "speed" attribute, the share whose caption names that speed (and no other);
     speed_motion_acc: the same clips, speed and motion (attribute "motion") both right. A metric is absent when no
     clip calls for it.
@@ -119,8 +131,13 @@ def event_accuracy(predictions: Mapping[str, str], attributes: Mapping[str, Mapp
     for clip_id, attrs in attributes.items():
         caption = predictions.get(clip_id)
         if len(attrs.get("events", ())) >= 2:
-            right = caption is not None and events_in_order(caption, events_of(attrs))
+            clip_events = events_of(attrs)
+            right = caption is not None and events_in_order(caption, clip_events)
+            named = caption is not None and objects_named(caption, clip_events)
             hits.setdefault("event_order_acc", []).append(right)
+            hits.setdefault("event_objects_acc", []).append(named)
+            if named:
+                hits.setdefault("event_order_acc_objects_right", []).append(right)
             if "kind" in attrs:
                 hits.setdefault(f"event_order_acc/{attrs['kind']}", []).append(right)
         if "speed" in attrs:

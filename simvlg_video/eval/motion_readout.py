@@ -35,7 +35,10 @@ def ridge_readout(
     mean, scale = train_x.mean(0), train_x.std(0) + 1e-6
     design = np.c_[(train_x - mean) / scale, np.ones(len(train_x))]
     targets = np.where(train_y, 1.0, -1.0)
-    weights = np.linalg.solve(design.T @ design + strength * np.eye(design.shape[1]), design.T @ targets)
+    if design.shape[1] > len(design):  # wider than tall: the same solution from the smaller, dual system
+        weights = design.T @ np.linalg.solve(design @ design.T + strength * np.eye(len(design)), targets)
+    else:
+        weights = np.linalg.solve(design.T @ design + strength * np.eye(design.shape[1]), design.T @ targets)
     scores = np.c_[(test_x - mean) / scale, np.ones(len(test_x))] @ weights
     return float(((design @ weights > 0) == train_y).mean()), float(((scores > 0) == test_y).mean())
 

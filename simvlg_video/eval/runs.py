@@ -62,7 +62,7 @@ def adapter_label(cfg) -> str:
     details = []
     if adapter.get("blocks") not in (None, "all"):
         details.append(f"blocks={adapter.blocks}" if adapter.blocks != "last_k" else f"last {adapter.last_k}")
-    for key in ("time_encoding", "space_encoding"):
+    for key in ("queries", "time_encoding", "space_encoding"):
         if key in adapter:
             details.append(f"{key.split('_')[0]}: {adapter[key]}")
     return name + (f" ({', '.join(details)})" if details else "")

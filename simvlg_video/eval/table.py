@@ -16,6 +16,7 @@ COLUMNS = (
     "colour_acc",
     "object_acc",
     "event_order_acc",
+    "event_order_acc_objects_right",
     "speed_acc",
     "speed_motion_acc",
 )

@@ -8,8 +8,10 @@ itself: `VL_proj` is then the identity and holds no tensor). Both answer the sam
 
 Pooling over time is a stage of its own, `time_pool` (the `TimePool` protocol): the plain mean of the frames' ViT
 tokens before the connector (the reference, and the image model: one frame is its own mean) unless a placement puts
-a pool of the connector's per-frame merged tokens there (`simvlg_video.adapters`). Both parts are checked against
-their protocols when they are put in.
+a pool of the connector's per-frame merged tokens there (`simvlg_video.adapters`); such a pool may also read the
+connector's tokens of that mean (`reads_clip_view`), may read time averages over spans of frames instead of every
+frame (`frame_views`), and may take the frames' tokens without gradients through the connector (`frame_gradients`).
+Both parts are checked against their protocols when they are put in.
 """
 
 from __future__ import annotations
@@ -121,10 +123,17 @@ class VideoCaptioner(nn.Module):
         pool = self.time_pool
         if pool.pools_vit_tokens:
             return self.opt_proj(self.connect(pool(tokens)))
-        clips = tokens.shape[:2]
-        per_frame = self.connect(tokens.flatten(0, 1), track_positions=pool.uses_positions).unflatten(0, clips)
-        positions = self.connector.last_token_positions().unflatten(0, clips) if pool.uses_positions else None
-        return self.opt_proj(pool(per_frame, positions))
+        track = pool.uses_positions
+        clip_view = clip_places = None
+        if pool.reads_clip_view:  # before the frames, so that the last merge groups are the frames' (pictures)
+            clip_view = self.connect(tokens.mean(dim=1), track_positions=track)
+            clip_places = self.connector.last_token_positions() if track else None
+        views, times = pool.frame_views(tokens)  # every frame's tokens, or time averages over spans of frames
+        clips = views.shape[:2]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and pool.frame_gradients):
+            per_frame = self.connect(views.flatten(0, 1), track_positions=track).unflatten(0, clips)
+            positions = self.connector.last_token_positions().unflatten(0, clips) if track else None
+        return self.opt_proj(pool(per_frame, positions, clip_view, clip_places, times))
 
     def embed_with_soft_prompt(self, soft_prompt: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """LM input embeddings: the soft prompt followed by the embedded text tokens."""
