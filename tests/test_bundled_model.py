@@ -51,7 +51,7 @@ def test_bundled_image_model_names_the_event_sets_objects_as_stills(tmp_path):
     records = read_manifest(manifest)
     images = torch.stack([torch.from_numpy(read_image(record.video_path)) for record in records])
     frames = FrameTransform(size=cfg.image_size)(images.unsqueeze(1))
-    captions = [c for batch in frames.split(50) for c in model.generate(batch, num_beams=3, max_new_tokens=8)]
+    captions = [c for batch in frames.split(50) for c in model.generate(batch, num_beams=3, min_new_tokens=1, max_new_tokens=8)]
     named = [parse_object(c) == (r.attributes["shape"], r.attributes["colour"]) for c, r in zip(captions, records)]
     assert len(records) >= 80 and sum(named) / len(named) >= 0.95, (sum(named), len(named))
 
