@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,7 +52,9 @@ def test_bundled_image_model_names_the_event_sets_objects_as_stills(tmp_path):
     records = read_manifest(manifest)
     images = torch.stack([torch.from_numpy(read_image(record.video_path)) for record in records])
     frames = FrameTransform(size=cfg.image_size)(images.unsqueeze(1))
-    captions = [c for batch in frames.split(50) for c in model.generate(batch, num_beams=3, min_new_tokens=1, max_new_tokens=8)]
+    captions = [
+        c for batch in frames.split(50) for c in model.generate(batch, num_beams=3, min_new_tokens=1, max_new_tokens=8)
+    ]
     named = [parse_object(c) == (r.attributes["shape"], r.attributes["colour"]) for c, r in zip(captions, records)]
     assert len(records) >= 80 and sum(named) / len(named) >= 0.95, (sum(named), len(named))
 
@@ -79,3 +82,34 @@ def test_builder_is_deterministic(tmp_path: Path):
     second = build(tmp_path / "b", steps=3, lm_steps=3, num_images=64, seed=0, show_progress=False, overrides=small)
     assert tree_digest(first) == tree_digest(second)
     assert {"model.yaml", "weights.safetensors", "lm/model.safetensors"} <= set(tree_digest(first))
+
+
+@torch.no_grad()
+def test_bundled_lm_knows_the_event_words_and_their_order():
+    """`adapt data=events` starts from the bundled model: its LM has the event words as words of its own, and reads
+    event captions as sentences (their own word order far likelier than the same words shuffled)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from simvlg_video.data_tools.events import caption_corpus
+
+    tokenizer = AutoTokenizer.from_pretrained(BUNDLED_IMAGE_MODEL / "lm")
+    lm = AutoModelForCausalLM.from_pretrained(BUNDLED_IMAGE_MODEL / "lm").eval()
+    for word in ("then", "stops", "slowly", "quickly", "turns"):
+        ids = tokenizer(word, add_special_tokens=False).input_ids
+        assert len(ids) == 1 and ids[0] != tokenizer.unk_token_id, (word, ids)
+    rng = np.random.default_rng(0)
+    captions = [c for c in caption_corpus() if " then " in c or "slowly" in c or "quickly" in c]
+    captions = [captions[i] for i in rng.choice(len(captions), size=40, replace=False)]
+    shuffled = [" ".join(rng.permutation(c.split())) for c in captions]
+
+    def loss(texts: list[str]) -> float:
+        return float(
+            np.mean(
+                [
+                    lm(**tokenizer(t, return_tensors="pt"), labels=tokenizer(t, return_tensors="pt").input_ids).loss
+                    for t in texts
+                ]
+            )
+        )
+
+    assert loss(captions) < 0.5 * loss(shuffled), (loss(captions), loss(shuffled))
