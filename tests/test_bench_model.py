@@ -100,7 +100,8 @@ def test_full_size_vit_flops_agree_three_ways():
 
 
 def test_full_size_model_has_the_reference_sizes():
-    """REFERENCE.md: OPT-2.7B, a 39-block ViT-g, 85.5M connector, 88.5M trainable, 28.1M of adapters, 257 -> 29."""
+    """The reference's sizes: OPT-2.7B, a 39-block ViT-g, 85.5M connector, 88.5M trainable, 28.1M of adapters,
+    257 -> 29."""
     model = build_random_captioner(FULL, torch.device("meta"))
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     assert count(model.lm) == 2_651_596_800
@@ -113,7 +114,7 @@ def test_full_size_model_has_the_reference_sizes():
 
 
 def test_full_size_blip2_has_its_sizes():
-    """BLIP-2 OPT-2.7B: SimVLG's ViT and LLM, a Q-Former of 32 queries over a bert-base (REFERENCE.md section 9) in
+    """BLIP-2 OPT-2.7B: SimVLG's ViT and LLM, a Q-Former of 32 queries over a bert-base in
     the ToMe connector's place; the Q-Former's count is written out in tests/test_configs.py."""
     from test_configs import blip2_trainable_by_hand
 
