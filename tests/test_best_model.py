@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from adapt_runs import TINY_RUN, records, run_module
+from adapt_runs import TINY_RUN, adapt_run, records, run_module
 from test_distributed import TORCHRUN
 
 from simvlg_video.formats.model_dir import load_model_dir
@@ -25,13 +25,9 @@ BEST_RUN += ["train.eval_every=2", "train.lr=1e-2", "eval.before=false", "eval.v
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("best")
-    result = run_module(
-        "simvlg_video.adapt", "--image-ckpt", str(tiny_model_dir), *BEST_RUN, f"hydra.run.dir={work / 'run'}", cwd=work
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run, result = adapt_run(tiny_model_dir, tmp_path_factory.mktemp("best"), *BEST_RUN)
     assert "| adapted, best (step 2) |" in result.stdout and "| adapted |" in result.stdout
-    return work / "run"
+    return run
 
 
 def captions(eval_dir: Path, name: str) -> dict[str, str]:
