@@ -96,6 +96,15 @@ def run_module(module: str, *args: str, cwd: Path, launcher: list[str] | None = 
     return subprocess.run(command, cwd=cwd, env=command_env(cwd), capture_output=True, text=True, timeout=600)
 
 
+def adapt_run(image_model: Path, work: Path, *overrides: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """`adapt --image-ckpt image_model` on the tiny set with `overrides`, into WORK/run: (run directory, result)."""
+    result = run_module(
+        "simvlg_video.adapt", "--image-ckpt", str(image_model), *overrides, f"hydra.run.dir={work / 'run'}", cwd=work
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work / "run", result
+
+
 def records(run_dir: Path, phase: str) -> list[dict]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [record for record in map(json.loads, lines) if record.get("phase") == phase]

@@ -63,7 +63,7 @@ def test_evaluate_rescores_the_run(run_dir: Path):
 @pytest.mark.slow
 def test_evaluate_runs_a_four_frame_run_at_more_frames(run_dir: Path):
     """Frames beyond training (docs/experiments.md, "Time beyond direction"): a run trained at T = 4 is scored at 8 and
-    16 frames, its pool's time codes read at each frame's place in the clip."""
+    16 frames, its pool's time codes given to every frame."""
     manifest = OmegaConf.load(run_dir / "config.yaml").data.manifest
     assert OmegaConf.load(run_dir / "config.yaml").data.num_frames == 4
     for num_frames in (8, 16):

@@ -191,6 +191,17 @@ def test_every_setting_of_an_experiment_is_in_force(name: str) -> None:
         assert OmegaConf.select(cfg, key) == value, key
 
 
+@pytest.mark.parametrize("name", [name for name in options("experiment") if name not in PRETRAIN_EXPERIMENTS])
+def test_only_the_demo_scores_the_image_model_before_training(name: str) -> None:
+    """eval.before scores the image model on the whole test split (beam 5 on a dataset): opt-in for the dataset
+    recipes, on for the demo, whose before/after table is the point."""
+    data = f"data={name}" if name in options("data") else "data=shapes"
+    cfg = compose_adapt(data, f"experiment={name}")
+    assert cfg.eval.before is (name == "shapes")
+    assert compose_adapt().eval.before is True  # the bare command is the demo
+    assert compose_adapt("data=msrvtt", "eval.before=true").eval.before is True
+
+
 def opt_2_7b_folder(folder: Path) -> Path:
     """config.json of OPT-2.7B (no weights: the architecture is built on the meta device) and a tokenizer."""
     folder.mkdir()

@@ -30,6 +30,9 @@ RUN_ELSEWHERE = {
     ),
     "torchrun --nproc_per_node 8 -m simvlg_video.adapt [...] train.strategy=fsdp": "test_distributed.py",
     "python -m simvlg_video.adapt hydra.run.dir=RUN_DIR resume=auto [the run's own overrides]": "test_resume.py",
+    "torchrun --nproc_per_node 8 -m simvlg_video.evaluate --ckpt RUN_DIR/checkpoints/00020000": (
+        "test_best_model.py (2 processes, gloo; a checkpoint folder on one)"
+    ),
     "python -m simvlg_video.adapt -m data.num_frames=2,4,8 sampler=uniform,headtail adapter=none,merged_tokens "
     "hydra.sweep.dir=runs/ablation": "test_sweep.py",
     "pip install torch==2.14.1 torchvision==0.29.1 && pip install -e '.[dev]' && python -m simvlg_video.adapt": (

@@ -303,12 +303,7 @@ class Checkpoints:
             raise CheckpointError(f"{path / STATE} is not a training state (expected {sorted(needed)}, found {found})")
         if not isinstance(state["ranks"], list) or len(state["ranks"]) != state["world_size"]:
             raise CheckpointError(f"{path / STATE} holds no state per process of the {state['world_size']} it names")
-        try:
-            tensors = read_safetensors(path / TRAINABLE)
-            targets = trainable_tensors(unwrap(model))
-            check_tensors({name: t.shape for name, t in targets.items()}, tensors, str(path / TRAINABLE))
-        except (NotATensorFile, StateDictMismatch) as error:
-            raise CheckpointError(str(error)) from None
+        tensors = read_trainable(path, model)
         saved = [len(group["params"]) for group in state["optimizer"].get("param_groups", [])]
         live = [len(group["params"]) for group in optimizer.param_groups]
         if saved != live:
@@ -327,9 +322,7 @@ class Checkpoints:
 
     def _apply(self, stored: _Stored, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
         inner = unwrap(model)
-        with torch.no_grad():
-            for name, target in trainable_tensors(inner).items():
-                target.copy_(_place_like(stored.tensors[name], target))
+        copy_trainable(stored.tensors, inner)
         self._load_optimizer_state(inner, optimizer, stored.state["optimizer"])
         mine = self._rank_state(stored.state)
         if mine is not None:
@@ -385,6 +378,25 @@ class Checkpoints:
         path.rename(doomed)
         fsync_folder(self.folder)
         shutil.rmtree(doomed)
+
+
+def read_trainable(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable tensors of checkpoint folder `path`, checked against `model`'s trainable parameters: a
+    missing, unexpected or mis-shaped tensor is a CheckpointError naming the file and the tensor."""
+    try:
+        tensors = read_safetensors(path / TRAINABLE)
+        targets = trainable_tensors(unwrap(model))
+        check_tensors({name: t.shape for name, t in targets.items()}, tensors, str(path / TRAINABLE))
+    except (NotATensorFile, StateDictMismatch) as error:
+        raise CheckpointError(str(error)) from None
+    return tensors
+
+
+def copy_trainable(tensors: dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Checked tensors (`read_trainable`) into `model`'s trainable parameters, FSDP shards included."""
+    with torch.no_grad():
+        for name, target in trainable_tensors(unwrap(model)).items():
+            target.copy_(_place_like(tensors[name], target))
 
 
 def _place_like(full: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
