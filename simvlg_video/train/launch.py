@@ -72,11 +72,10 @@ def launch_arguments(arguments: list[str], world: World) -> list[str]:
             "under torchrun without --rdzv-id, give hydra.run.dir=PATH: every process, on every node and after "
             "every restart, must write the same run directory"
         )
-    extra += [
-        f"{key}={folder}/{run_id}"
-        for key, folder in (("hydra.run.dir", "runs"), ("hydra.sweep.dir", "multirun"))
-        if key not in given
-    ]
+    folders = {"hydra.run.dir": f"runs/{run_id}", "hydra.sweep.dir": f"multirun/{run_id}"}
+    if run_id is None:  # a sweep's jobs go under the run directory given
+        folders = {"hydra.sweep.dir": given["hydra.run.dir"]}
+    extra += [f"{key}={folder}" for key, folder in folders.items() if key not in given]
     if not world.is_main:
         extra += [f"hydra.job.name=adapt_rank{world.rank}"]
         if "hydra.output_subdir=null" not in extra:

@@ -160,8 +160,9 @@ def train(
     if files.candidates:
 
         def restore_local(state: dict, mine: dict | None) -> None:
+            saved_batch = int(state["global_batch"])  # a damaged value: this checkpoint does not fit
             try:
-                accumulation = accumulation_for(int(state["global_batch"]), train_cfg.batch_size, world.world_size)
+                accumulation = accumulation_for(saved_batch, train_cfg.batch_size, world.world_size)
             except ValueError as refusal:  # the run's global batch, not this checkpoint: every one would refuse
                 raise ResumeImpossible(f"cannot resume {run_dir}: {refusal}") from None
             session.load_state_dict(state["session"])
