@@ -16,9 +16,8 @@ import pytest
 from adapt_runs import STEP_BY_STEP, TINY_RUN, command_env, records, train_losses
 from safetensors.torch import load_file
 
-from simvlg_video.errors import INTERRUPTED
-
 STEPS = 4
+INTERRUPTED = 75  # the documented exit status of a run stopped by a signal
 RUN = [
     *(item for item in TINY_RUN if not item.startswith(("train.steps=", "train.batch_size="))),
     f"train.steps={STEPS}",
@@ -104,15 +103,25 @@ def test_sigterm_saves_exits_75_and_resume_auto_finishes_the_same_run(work):
     assert marker == {**records(run_dir, "stopped")[0], "step": 3, "signal": "SIGTERM"}
     assert [r["step"] for r in records(run_dir, "train")] == [1, 2, 3] and not records(run_dir, "summary")
 
-    # A global batch of 4 cannot be cut into micro-batches of 3: refused at once, not as a damaged checkpoint.
-    refused = adapt(work, [sys.executable], *args, "resume=auto", "train.batch_size=3")
-    assert refused.returncode == 2 and f"error: cannot resume {run_dir}: the run's global batch of 4" in refused.stderr
-    assert "no checkpoint in" not in refused.stderr and not records(run_dir, "resume")
-
     resumed = adapt(work, [sys.executable], *args, "resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert records(run_dir, "resume")[-1]["step"] == 3 and not (run_dir / "interrupted.json").exists()
     assert_same_run(run_dir, work / "whole")
+
+
+@pytest.mark.slow
+def test_a_global_batch_that_cannot_be_kept_is_refused_at_once(work):
+    """Killed in step 3 (checkpoint 2 is complete); train.batch_size=3 cannot cut the run's global batch of 4 into
+    micro-batches: one line naming the numbers, not a checkpoint reported as unusable."""
+    work, settings = work
+    run_dir = work / "refused"
+    args = [*settings, "train.batch_size=4", f"hydra.run.dir={run_dir}"]
+    killed = adapt(work, [sys.executable], *args, signal="SIGKILL", at=3)
+    assert killed.returncode == -9 and (run_dir / "checkpoints" / "00000002").is_dir()
+    refused = adapt(work, [sys.executable], *args, "resume=auto", "train.batch_size=3")
+    assert refused.returncode == 2
+    assert f"error: cannot resume {run_dir}: the run's global batch of 4 clips is not a whole number" in refused.stderr
+    assert "no checkpoint in" not in refused.stderr and not records(run_dir, "resume")
 
 
 @pytest.mark.slow

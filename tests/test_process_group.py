@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 from simvlg_video.errors import InputError
 from simvlg_video.train.launch import RunDirNotShared, check_shared_run_dir
-from simvlg_video.world import init_world, max_over_ranks, on_main, shutdown
+from simvlg_video.world import barrier, init_world, max_over_ranks, on_main, shutdown
 
 TIMEOUT_MIN = 0.05  # a collective timeout shorter than rank 0's slow work below (the other jobs: 1 minute)
 
@@ -65,6 +65,7 @@ def _private_run_dirs(world, folder: Path):
 
 def _one_run_dir(world, folder: Path):
     check_shared_run_dir(folder / "shared", world)
+    barrier(world)  # rank 0 has removed its check file
     return sorted(path.name for path in (folder / "shared").iterdir())
 
 
