@@ -25,7 +25,7 @@ from simvlg_video.data.clips import ClipData, DataConfigError
 from simvlg_video.data.manifest import ClipRecord, read_manifest
 from simvlg_video.data.samplers import sampler_from
 from simvlg_video.data.shards import list_shards
-from simvlg_video.errors import BAD_INPUT, OK, SOME_FAILED, SettingsError
+from simvlg_video.errors import BAD_INPUT, OK, SOME_FAILED, SettingsError, UserError, report
 from simvlg_video.eval.coco import require_spice_jars
 from simvlg_video.eval.inference import inference_from
 from simvlg_video.eval.predict import evaluate_split, write_eval
@@ -39,12 +39,21 @@ from simvlg_video.model.speed import apply_speed_settings
 from simvlg_video.precision import compute_dtype
 from simvlg_video.train.config import TrainConfig
 from simvlg_video.train.export import BEST_MODEL, StartingModel, describe_run_model, load_best, record_starting_model
-from simvlg_video.train.launch import launch_overrides, override_key, rerun_command
+from simvlg_video.train.launch import check_shared_run_dir, launch_arguments, override_key, rerun_command
 from simvlg_video.train.memory import reset_peak_memory
 from simvlg_video.train.resume import open_run
 from simvlg_video.train.seeding import seed_everything
 from simvlg_video.train.trainer import TrainingRun, train
-from simvlg_video.world import World, broadcast, init_world, pick_device, share_cpu_with_loaders, shutdown
+from simvlg_video.world import (
+    World,
+    broadcast,
+    init_world,
+    on_main,
+    pick_device,
+    share_cpu_with_loaders,
+    shutdown,
+    world_from_env,
+)
 
 log = logging.getLogger("simvlg_video.stage")
 
@@ -88,7 +97,7 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
         raise SettingsError(str(error)) from None
     if cfg.eval.spice:
         require_spice_jars()  # before training, not after it
-    world = init_world()
+    world = init_world(train_cfg.collective_timeout_min)
     if not world.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:
@@ -98,6 +107,7 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
     threads = share_cpu_with_loaders(device, cfg.data.num_workers)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_shared_run_dir(run_dir, world)
     seed_everything(cfg.seed)
     image_dir = stage.starting_model(cfg, run_dir, world)  # a wrong starting point is refused before any work
     data = clip_data(cfg)
@@ -227,17 +237,16 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
 
 def shared_manifest(data: ClipData, samplers: list, world: World) -> Path:
     """The run's manifest, with what its frame samplers need probed; rank 0 finds it (generating the synthetic set
-    if needed) while the others wait, and a failure there is raised on every rank rather than leaving them waiting."""
-    found, error = None, None
-    if world.is_main:
+    if needed) while the others wait for it without a time limit, and a failure there is raised on every rank
+    rather than leaving them waiting."""
+
+    def find() -> Path:
         try:
-            found = data.manifest_for(samplers)
+            return data.manifest_for(samplers)
         except (ValueError, FileNotFoundError) as failure:  # a bad manifest, a generator's refusal, a missing file
-            error = str(failure)
-    found, error = broadcast((found, error), world)
-    if error is not None:
-        raise DataConfigError(error)
-    return found
+            raise DataConfigError(str(failure)) from None
+
+    return on_main(find, world, "probing the manifest")
 
 
 def evaluate_once(
@@ -276,11 +285,14 @@ def run_and_release(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]
 
 
 def launch(main: Callable[[], None], arguments: list[str]) -> int:
-    """Call a Hydra `main` alone or under torchrun (every rank gets rank 0's run directory, `launch_overrides`,
-    placed before the user's arguments, which win); returns the exit status. Hydra refuses a bad command line (an
-    unknown key, a wrong type, an unknown option) with status 1 before any job starts: a usage error, status 2."""
-    world = init_world()
-    sys.argv = [sys.argv[0], *launch_overrides(arguments, world), *arguments]
+    """Call a Hydra `main` alone or under torchrun (every rank and every restart gets the one run directory:
+    `launch_arguments`); returns the exit status. Hydra refuses a bad command line (an unknown key, a wrong type,
+    an unknown option) with status 1 before any job starts: a usage error, status 2."""
+    world = world_from_env()  # the process group is joined by `run`, with the run's collective timeout
+    try:
+        sys.argv = [sys.argv[0], *launch_arguments(arguments, world)]
+    except UserError as error:
+        return report(error)
     try:
         main()
     except SystemExit as stop:

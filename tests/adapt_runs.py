@@ -22,6 +22,16 @@ TINY_RUN = [
     "eval.num_beams=2",
     "eval.max_new_tokens=6",
 ]
+# A log record at every step, no dropout (its masks come from each process's RNG), a short evaluation: what runs
+# compared step by step across interruptions and numbers of processes share.
+STEP_BY_STEP = [
+    "train.log_every=1",
+    "train.dropout=0",
+    "eval.before=false",
+    "eval.visualize=0",
+    "eval.num_beams=1",
+    "eval.max_new_tokens=4",
+]
 
 
 def compose_adapt(*overrides: str, config: str = "adapt"):

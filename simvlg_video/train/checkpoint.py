@@ -105,6 +105,11 @@ class CheckpointError(UserError, ValueError):
     the message names the folder and why."""
 
 
+class ResumeImpossible(CheckpointError):
+    """The run cannot continue on this number of processes or with these settings, whichever checkpoint it starts
+    from (an older one would refuse for the same reason); raised by a LocalRestore, it ends the search at once."""
+
+
 @dataclass
 class _Stored:
     """A checkpoint read and checked, not yet applied to the live objects."""
@@ -115,7 +120,7 @@ class _Stored:
 
 # Restores what lives outside the model and optimiser (schedule, guards, data position) from (shared state, this
 # rank's state, None for a rank the interrupted run did not have); raises ValueError, KeyError or TypeError when it
-# does not fit. The shared state's "ranks" holds every saved rank's state.
+# does not fit, ResumeImpossible when no checkpoint could. The shared state's "ranks" holds every saved rank's state.
 LocalRestore = Callable[[dict, dict | None], None]
 
 
@@ -224,25 +229,31 @@ class Checkpoints:
         tried; when none loads, one CheckpointError names them all.
 
         Every rank reads and checks a candidate (and `restore_local` restores what lives on it alone) before the
-        ranks compare verdicts; only an agreed one is applied, so collectives (FSDP) stay matched.
+        ranks compare verdicts; only an agreed one is applied, so collectives (FSDP) stay matched. A
+        ResumeImpossible on any rank is raised on every rank at once, without trying older candidates.
         """
         failures = []
         for path in candidates:
-            stored, error = None, None
+            stored, error, final = None, None, False
             try:
                 stored = self._read(path, model, optimizer)
                 if restore_local is not None:
                     restore_local(stored.state, self._rank_state(stored.state))
+            except ResumeImpossible as refusal:
+                error, final = str(refusal), True
             except CheckpointError as failure:
                 error = str(failure)
             except (ValueError, KeyError, TypeError) as failure:
                 error = f"{path / STATE} does not fit this run ({type(failure).__name__}: {failure})"
-            errors = [e for e in gather(error, self.world) if e is not None]
-            if not errors:
+            verdicts = [verdict for verdict in gather((error, final), self.world) if verdict[0] is not None]
+            if not verdicts:
                 state, mine = self._apply(stored, model, optimizer)
                 return path, state, mine
-            failures.append(errors[0])
-            log.warning("cannot resume from %s: %s", path, errors[0])
+            refusals = [message for message, final in verdicts if final]
+            if refusals:
+                raise ResumeImpossible(refusals[0])
+            failures.append(verdicts[0][0])
+            log.warning("cannot resume from %s: %s", path, failures[-1])
         raise CheckpointError(
             f"no checkpoint in {self.folder} can be resumed from:\n  " + "\n  ".join(failures)
             if failures
