@@ -39,7 +39,7 @@ from simvlg_video.errors import UsageError, exit_status
 from simvlg_video.eval.coco import require_spice_jars
 from simvlg_video.eval.inference import InferenceConfig
 from simvlg_video.eval.predict import evaluate_split, write_eval
-from simvlg_video.train.export import export_checkpoint, is_checkpoint_folder
+from simvlg_video.export import export_checkpoint, is_checkpoint_folder
 from simvlg_video.train.resume import RUN_CONFIG
 from simvlg_video.world import World, init_world, shutdown
 

@@ -32,13 +32,13 @@ from simvlg_video.eval.predict import evaluate_split, write_eval
 from simvlg_video.eval.runs import run_summary
 from simvlg_video.eval.table import metrics_table, training_table
 from simvlg_video.eval.visualize import draw_clips
+from simvlg_video.export import BEST_MODEL, StartingModel, describe_run_model, load_best, record_starting_model
 from simvlg_video.formats.model_dir import load_model_dir, save_model_dir, stored_tensors
 from simvlg_video.model.freeze import apply_freeze_policy, trainable_parts
 from simvlg_video.model.parallel import is_sharded, whole_on_cpu
 from simvlg_video.model.speed import apply_speed_settings
 from simvlg_video.precision import compute_dtype
 from simvlg_video.train.config import TrainConfig
-from simvlg_video.train.export import BEST_MODEL, StartingModel, describe_run_model, load_best, record_starting_model
 from simvlg_video.train.launch import check_shared_run_dir, launch_arguments, override_key, rerun_command
 from simvlg_video.train.memory import reset_peak_memory
 from simvlg_video.train.resume import open_run

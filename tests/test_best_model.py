@@ -12,10 +12,10 @@ import pytest
 from adapt_runs import TINY_RUN, adapt_run, records, run_module
 from test_distributed import TORCHRUN
 
+from simvlg_video.export import STARTING_MODEL, read_starting_model
 from simvlg_video.formats.model_dir import load_model_dir
 from simvlg_video.formats.tensor_io import read_safetensors
 from simvlg_video.train.checkpoint import CheckpointError
-from simvlg_video.train.export import STARTING_MODEL, read_starting_model
 
 # Validation at step 2 only, 3 steps: the best checkpoint (step 2) is not the last model (step 3). Beam 5, as the
 # dataset recipes decode; 7 test clips in one batch of 8 on one process, 4 and 3 on two.
