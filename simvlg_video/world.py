@@ -1,6 +1,6 @@
 """The process's world: its rank among torchrun's processes, its device, the collectives that join the processes.
 
-A leaf module of the package: everything else may import it, it imports nothing of ours.
+Near the bottom of the package: everything else may import it, and it imports only `errors`.
 
 Launched by `torchrun --nproc_per_node N -m simvlg_video.adapt ...`, every process reads RANK / WORLD_SIZE /
 LOCAL_RANK from the environment. One process group serves CPU tensors through gloo and GPU tensors through NCCL,
@@ -12,15 +12,18 @@ waits on the rendezvous store instead (`on_main`), which has no such limit.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from simvlg_video.errors import UserError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -190,9 +193,9 @@ def on_main(work: Callable[[], T], world: World, what: str) -> T:
         try:
             result = work()
         except Exception as error:
-            store.set(key, pickle.dumps(("error", _pickled_error(error), f"{type(error).__name__}: {error}")))
+            store.set(key, _to_store(error=error))
             raise
-        store.set(key, pickle.dumps(("result", result, None)))
+        store.set(key, _to_store(result))
         return result
     while True:
         try:
@@ -202,18 +205,38 @@ def on_main(work: Callable[[], T], world: World, what: str) -> T:
             if "timeout" not in str(timed_out).lower():
                 raise
             log.info("rank %d: waiting for rank 0 to finish %s", world.rank, what)
-    kind, value, message = pickle.loads(store.get(key))  # written by this run's rank 0, never read from a file
-    if kind == "result":
-        return value
-    try:
-        error = pickle.loads(value) if value is not None else None
-    except Exception:  # an exception class whose arguments do not rebuild it
-        error = None
-    raise error if isinstance(error, Exception) else MainRankFailed(f"rank 0 failed while {what}: {message}")
+    return _from_store(json.loads(store.get(key)), what)
 
 
-def _pickled_error(error: Exception) -> bytes | None:
-    try:
-        return pickle.dumps(error)
-    except Exception:  # an exception holding what cannot be pickled travels as its message
-        return None
+def _to_store(outcome: Any = None, error: Exception | None = None) -> bytes:
+    """Rank 0's result (None, a string, a number or a path) or error as JSON: the store is a network service, so
+    nothing read from it may choose code to run (no pickle)."""
+    if error is not None:
+        return json.dumps({"error": type(error).__name__, "message": str(error)}).encode()
+    if isinstance(outcome, Path):
+        return json.dumps({"path": str(outcome)}).encode()
+    if outcome is not None and not isinstance(outcome, (str, int, float, bool)):
+        raise TypeError(f"on_main returns None, a string, a number or a path, not {type(outcome).__name__}")
+    return json.dumps({"value": outcome}).encode()
+
+
+def _from_store(sent: dict, what: str) -> Any:
+    """What `_to_store` wrote: the result, or the error raised again, as the same user error where it is one of
+    the toolkit's (chosen by name among UserError's subclasses), else as MainRankFailed."""
+    if "path" in sent:
+        return Path(sent["path"])
+    if "value" in sent:
+        return sent["value"]
+    kind = next((c for c in _user_error_classes() if c.__name__ == sent["error"]), None)
+    if kind is not None:
+        raise kind(sent["message"])
+    raise MainRankFailed(f"rank 0 failed while {what}: {sent['error']}: {sent['message']}")
+
+
+def _user_error_classes() -> list[type[UserError]]:
+    found, todo = [], [UserError]
+    while todo:
+        kind = todo.pop()
+        found.append(kind)
+        todo.extend(kind.__subclasses__())
+    return found

@@ -4,6 +4,7 @@ see is named on every rank."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -116,3 +117,18 @@ def test_a_run_directory_a_rank_cannot_see_is_named_on_every_rank(tmp_path: Path
         assert f"seen_by_rank{rank} must be on a filesystem every node sees" in str(found[rank])
         assert f"rank 1 on {socket.gethostname()} cannot read the file rank 0 wrote there" in str(found[rank])
     assert run_two("shared", tmp_path) == {0: [], 1: []}  # the check leaves nothing behind
+
+
+def test_rank0_outcomes_travel_as_data_and_errors_come_back_by_name_among_the_toolkits_own():
+    from simvlg_video.world import MainRankFailed, _from_store, _to_store
+
+    for value in (None, "token", 3, Path("/runs/a/manifest.jsonl")):
+        assert _from_store(json.loads(_to_store(value)), "probing") == value
+    with pytest.raises(InputError, match="line 3: no captions"):
+        _from_store(json.loads(_to_store(error=InputError("line 3: no captions"))), "probing")
+    with pytest.raises(MainRankFailed, match="KeyError"):  # not a user error: its name and message only
+        _from_store(json.loads(_to_store(error=KeyError("x"))), "probing")
+    with pytest.raises(MainRankFailed, match="system"):  # a name outside the toolkit's errors builds nothing
+        _from_store({"error": "system", "message": "rm -rf /"}, "probing")
+    with pytest.raises(TypeError):
+        _to_store(object())
