@@ -22,7 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from simvlg_video.configs import register_schemas
-from simvlg_video.errors import InputError, Interrupted, UsageError, UserError, report, report_interrupted
+from simvlg_video.errors import InputError, UsageError, UserError, exit_status, report
 from simvlg_video.formats.image_checkpoint import (
     BLIP2_FOLDER,
     MODEL_DIR,
@@ -113,12 +113,10 @@ ADAPT = Stage(starting_model=image_model_dir)
 
 @hydra.main(version_base="1.3", config_path="pkg://simvlg_video.configs", config_name="adapt")
 def main(cfg: DictConfig) -> None:
-    try:
-        run_and_release(cfg, ADAPT)
-    except UserError as error:  # bad input, named by the code that found it: one line, never a traceback
-        raise SystemExit(report(error)) from None
-    except Interrupted as stop:  # SIGTERM or SIGUSR1: the checkpoint is saved, resume=auto continues
-        raise SystemExit(report_interrupted(stop)) from None
+    # bad input: one line, never a traceback; SIGTERM or SIGUSR1: the checkpoint is saved, resume=auto continues
+    status = exit_status(lambda: run_and_release(cfg, ADAPT))
+    if status:
+        raise SystemExit(status)
 
 
 def cli() -> None:

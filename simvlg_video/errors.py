@@ -59,10 +59,12 @@ def report(error: UserError) -> int:
 
 
 def exit_status(body: Callable[[], object]) -> int:
-    """A command's exit status: what `body` returns when that is a status (an int; anything else: OK), or BAD_INPUT
-    after one line for a UserError."""
+    """A command's exit status: what `body` returns when that is a status (an int; anything else: OK), BAD_INPUT
+    after one line for a UserError, or INTERRUPTED after saying how to continue."""
     try:
         status = body()
     except UserError as error:
         return report(error)
+    except Interrupted as stop:
+        return report_interrupted(stop)
     return status if isinstance(status, int) and not isinstance(status, bool) else OK

@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from simvlg_video.configs import register_schemas
-from simvlg_video.errors import InputError, Interrupted, UserError, report, report_interrupted
+from simvlg_video.errors import InputError, exit_status
 from simvlg_video.formats.image_parts import assemble_image_model
 from simvlg_video.model.config import load_model_config
 from simvlg_video.stage import Stage, launch, run_and_release
@@ -71,12 +71,10 @@ PRETRAIN = Stage(
 
 @hydra.main(version_base="1.3", config_path="pkg://simvlg_video.configs", config_name="pretrain")
 def main(cfg: DictConfig) -> None:
-    try:
-        run_and_release(cfg, PRETRAIN)
-    except UserError as error:  # bad input, named by the code that found it: one line, never a traceback
-        raise SystemExit(report(error)) from None
-    except Interrupted as stop:  # SIGTERM or SIGUSR1: the checkpoint is saved, resume=auto continues
-        raise SystemExit(report_interrupted(stop)) from None
+    # bad input: one line, never a traceback; SIGTERM or SIGUSR1: the checkpoint is saved, resume=auto continues
+    status = exit_status(lambda: run_and_release(cfg, PRETRAIN))
+    if status:
+        raise SystemExit(status)
 
 
 def cli() -> None:
