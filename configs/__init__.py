@@ -38,7 +38,7 @@ class DatasetFolder(ClipData):
 class Scoring(Decoding):
     """What scoring a split adds to decoding (the reference recipe's decoding: the demo's configs set their own)."""
 
-    spice: bool = False  # also SPICE (needs Stanford CoreNLP's jars, fetched once)
+    spice: bool = False  # also SPICE (needs Stanford CoreNLP's jars; the toolkit never downloads them)
 
 
 @dataclass

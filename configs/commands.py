@@ -39,7 +39,7 @@ from simvlg_video.eval.inference import (
     stored_inference,
 )
 from simvlg_video.precision import compute_dtype
-from simvlg_video.world import pick_device
+from simvlg_video.world import World, pick_device
 
 MODEL_SETTINGS = "model_settings"  # the ConfigStore node the YAML files place the model's own settings from
 CONFIGS = {"evaluate": "evaluate", "caption": "caption", "visualize": "caption"}  # command -> its config file
@@ -114,22 +114,25 @@ class CommandModel:
     own: InferenceConfig
 
 
-def open_for_command(command: str, ckpt: str | Path, overrides: Sequence[str] = ()) -> CommandModel:
+def open_for_command(
+    command: str, ckpt: str | Path, overrides: Sequence[str] = (), world: World = World()
+) -> CommandModel:
     """Open the model of `ckpt` (a run or model directory) with `command`'s settings: its own, under the overrides
-    (checked before the model is loaded)."""
+    (checked before the model is loaded); under torchrun on the GPU of this process's LOCAL_RANK."""
     model_dir, _ = find_model_dir(ckpt)
     own = stored_inference(model_dir)
     cfg = compose_settings(command, own, overrides)
     named_precision = "precision" in override_keys(overrides)
-    opened = open_model(ckpt, inference_from(cfg), pick_command_device(cfg.device), keep_precision=named_precision)
+    device = pick_command_device(cfg.device, world)
+    opened = open_model(ckpt, inference_from(cfg), device, keep_precision=named_precision)
     return CommandModel(opened, cfg, own)
 
 
-def pick_command_device(name: str) -> torch.device:
-    """The device a command's `device=` names (auto: a GPU when there is one); one that is not there is a
-    SettingsError."""
+def pick_command_device(name: str, world: World = World()) -> torch.device:
+    """The device a command's `device=` names (auto: a GPU when there is one, LOCAL_RANK's under torchrun); one
+    that is not there is a SettingsError."""
     try:
-        return pick_device(name)
+        return pick_device(name, world)
     except RuntimeError as error:
         raise SettingsError(str(error)) from None
 

@@ -22,7 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from simvlg_video.configs import register_schemas
-from simvlg_video.errors import InputError, UsageError, UserError, report
+from simvlg_video.errors import InputError, UsageError, UserError, exit_status, report
 from simvlg_video.formats.image_checkpoint import (
     BLIP2_FOLDER,
     MODEL_DIR,
@@ -33,7 +33,7 @@ from simvlg_video.formats.model_dir import read_model_config
 from simvlg_video.model.config import ModelDirError
 from simvlg_video.stage import Stage, launch, run_and_release
 from simvlg_video.train.launch import flags_to_overrides
-from simvlg_video.world import World, broadcast
+from simvlg_video.world import World, on_main
 
 BUNDLED_IMAGE_MODEL = Path(__file__).resolve().parent / "assets" / "tiny_image_model"
 IMPORTED_IMAGE_MODEL = "image_model"  # RUN_DIR/image_model: a checkpoint file or BLIP-2 folder imported as a model
@@ -75,15 +75,17 @@ def image_model_dir(cfg: DictConfig, run_dir: Path, world: World) -> Path:
         raise UsageError(
             f"--image-ckpt {source} is {found.description} and also needs {' and '.join(what[key] for key in missing)}"
         )
-    imported, error = run_dir / IMPORTED_IMAGE_MODEL, None
-    if world.is_main and not (imported / "model.yaml").is_file():
+    imported = run_dir / IMPORTED_IMAGE_MODEL
+
+    def import_once() -> None:  # rank 0 alone; the others wait for it without a time limit
+        if (imported / "model.yaml").is_file():
+            return
         try:
             import_image_checkpoint(found, imported, cfg.vit_weights, cfg.lm_path, cfg.model_config, cfg.prompt)
         except (ValueError, FileNotFoundError) as failure:  # named missing, unexpected, mis-shaped tensors, files
-            error = f"--image-ckpt {source}: {failure}"
-    error = broadcast(error, world)
-    if error is not None:
-        raise InputError(error)
+            raise InputError(f"--image-ckpt {source}: {failure}") from None
+
+    on_main(import_once, world, f"importing {source}")
     return refuse_video_model(imported, source)
 
 
@@ -111,10 +113,10 @@ ADAPT = Stage(starting_model=image_model_dir)
 
 @hydra.main(version_base="1.3", config_path="pkg://simvlg_video.configs", config_name="adapt")
 def main(cfg: DictConfig) -> None:
-    try:
-        run_and_release(cfg, ADAPT)
-    except UserError as error:  # bad input, named by the code that found it: one line, never a traceback
-        raise SystemExit(report(error)) from None
+    # bad input: one line, never a traceback; SIGTERM or SIGUSR1: the checkpoint is saved, resume=auto continues
+    status = exit_status(lambda: run_and_release(cfg, ADAPT))
+    if status:
+        raise SystemExit(status)
 
 
 def cli() -> None:

@@ -2,15 +2,21 @@
 
     python -m simvlg_video.evaluate --ckpt RUN_DIR [eval.split=val] [eval.num_beams=3 data.num_frames=8 ...]
     python -m simvlg_video.evaluate --ckpt MODEL_DIR --manifest ROOT/manifest.checked.jsonl [eval.split=test]
+    python -m simvlg_video.evaluate --ckpt RUN_DIR/checkpoints/00002000 [overrides]
+    torchrun --nproc_per_node 8 -m simvlg_video.evaluate --ckpt RUN_DIR [overrides]
 
-A run directory scores the split its run scored, on the run's manifest; a model directory needs --manifest.
+A run directory scores the split its run scored, on the run's manifest; a model directory needs --manifest. A
+checkpoint folder of a run is exported into a temporary model directory first (the run's starting model, its
+placement and settings, the checkpoint's tensors) and scored like its run. Under torchrun the clips are split over
+the processes (each on the GPU of its LOCAL_RANK) and rank 0 scores the gathered captions and writes the files.
 Settings are overrides with the keys of adapt's config (listed below) and default to those the model was evaluated
 with (model.yaml, `inference:`).
 
 Results go to <RUN_DIR or MODEL_DIR>/eval/<split>_predictions.json and <split>_metrics.json when the settings are
-the model's own. Other settings write beside them under a name that says which ones differ, e.g.
-eval/test_eval.num_beams=1_metrics.json (a long list: eval/test_settings-<hash>_metrics.json; the metrics file names
-every setting), so the files a run wrote about itself are never replaced by other settings' results.
+the model's own (a checkpoint folder's to RUN_DIR/eval/<split>_step<N>_...). Other settings write beside them under
+a name that says which ones differ, e.g. eval/test_eval.num_beams=1_metrics.json (a long list:
+eval/test_settings-<hash>_metrics.json; the metrics file names every setting), so the files a run wrote about
+itself are never replaced by other settings' results.
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ import hashlib
 import json
 import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
 
 from simvlg_video.configs.commands import command_parser, open_for_command, split_overrides
 from simvlg_video.data.manifest import read_manifest
@@ -30,6 +39,9 @@ from simvlg_video.errors import UsageError, exit_status
 from simvlg_video.eval.coco import require_spice_jars
 from simvlg_video.eval.inference import InferenceConfig
 from simvlg_video.eval.predict import evaluate_split, write_eval
+from simvlg_video.export import export_checkpoint, is_checkpoint_folder
+from simvlg_video.train.resume import RUN_CONFIG
+from simvlg_video.world import World, init_world, shutdown
 
 _LONGEST_TAG = 80
 
@@ -56,11 +68,34 @@ def settings_tag(own: InferenceConfig, used: InferenceConfig, extra: Sequence[st
     return tag
 
 
-def evaluate(ckpt: Path, overrides: Sequence[str] = (), manifest: Path | None = None) -> dict[str, float]:
-    """Score a split with the model of `ckpt` (a run or model directory) under `overrides`; writes the eval files
-    and returns the metrics. Bad input is a UserError."""
-    command = open_for_command("evaluate", ckpt, overrides)
+def evaluate(
+    ckpt: Path, overrides: Sequence[str] = (), manifest: Path | None = None, world: World = World()
+) -> dict[str, float]:
+    """Score a split with the model of `ckpt` (a run directory, a model directory, or a checkpoint folder of a run,
+    exported into a temporary model directory) under `overrides`; writes the eval files (rank 0) and returns the
+    metrics (every rank). Under torchrun each rank captions every world_size-th clip. Bad input is a UserError."""
+    if not is_checkpoint_folder(ckpt):
+        return score_model(ckpt, overrides, manifest, world)
+    with tempfile.TemporaryDirectory(prefix="simvlg-checkpoint-") as scratch:
+        model_dir = export_checkpoint(Path(ckpt), Path(scratch) / "model")
+        return score_model(model_dir, overrides, manifest, world, checkpoint=Path(ckpt))
+
+
+def score_model(
+    ckpt: Path,
+    overrides: Sequence[str],
+    manifest: Path | None,
+    world: World,
+    checkpoint: Path | None = None,
+) -> dict[str, float]:
+    """`evaluate` of a run or model directory; `checkpoint`: the run's checkpoint folder that `ckpt` was exported
+    from (its run's manifest and split are the defaults, its files go to RUN_DIR/eval/<split>_step<N>...)."""
+    command = open_for_command("evaluate", ckpt, overrides, world)
     opened, cfg, run = command.opened, command.settings, command.opened.run_config
+    run_dir = opened.model_dir.parent if run is not None else None
+    if checkpoint is not None:
+        run_dir = checkpoint.parent.parent
+        run = OmegaConf.load(run_dir / RUN_CONFIG)
     manifest = manifest or (Path(run.data.manifest) if run is not None else None)
     if manifest is None:
         raise UsageError(f"{ckpt} is a model directory: give the clips to score with --manifest FILE")
@@ -75,6 +110,7 @@ def evaluate(ckpt: Path, overrides: Sequence[str] = (), manifest: Path | None = 
         records,
         opened.inference,
         opened.config.image_size,
+        world,
         spice=cfg.eval.spice,
         desc=f"evaluate {split}",
     )
@@ -84,12 +120,15 @@ def evaluate(ckpt: Path, overrides: Sequence[str] = (), manifest: Path | None = 
     if cfg.eval.spice and not (run is not None and run.eval.spice):
         extra.append("spice")
     tag = settings_tag(command.own, opened.inference, extra)
-    out_dir = (opened.model_dir.parent if run is not None else opened.model_dir) / "eval"
+    out_dir = (run_dir if run_dir is not None else opened.model_dir) / "eval"
+    name = split if checkpoint is None else f"{split}_step{int(checkpoint.name)}"
     settings = asdict(opened.inference)
     settings["eval"].update(split=split, spice=cfg.eval.spice)
     settings["manifest"] = str(manifest)
-    written = write_eval(out_dir, f"{split}_{tag}" if tag else split, predictions, metrics, settings)
-    print(f"wrote {written[0]} and {written[1]}", file=sys.stderr)
+    settings["processes"] = world.world_size  # the clips were split over this many
+    if world.is_main:
+        written = write_eval(out_dir, f"{name}_{tag}" if tag else name, predictions, metrics, settings)
+        print(f"wrote {written[0]} and {written[1]}", file=sys.stderr)
     return metrics
 
 
@@ -99,7 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--manifest", type=Path, help="clips to score (default: the run's manifest)")
     overrides, rest = split_overrides(sys.argv[1:] if argv is None else list(argv), parser)
     args = parser.parse_args(rest)
-    return exit_status(lambda: print(json.dumps(evaluate(args.ckpt, overrides, args.manifest), indent=1)))
+    world = init_world()  # under torchrun: the clips are split over the ranks, rank 0 scores and writes
+
+    def report_metrics() -> None:
+        metrics = evaluate(args.ckpt, overrides, args.manifest, world)
+        if world.is_main:
+            print(json.dumps(metrics, indent=1))
+
+    try:
+        return exit_status(report_metrics)
+    finally:
+        shutdown(world)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from simvlg_video.configs import register_schemas
-from simvlg_video.errors import InputError, UserError, report
+from simvlg_video.errors import InputError, exit_status
 from simvlg_video.formats.image_parts import assemble_image_model
 from simvlg_video.model.config import load_model_config
 from simvlg_video.stage import Stage, launch, run_and_release
-from simvlg_video.world import World, broadcast
+from simvlg_video.world import World, on_main
 
 BUNDLED_LM = Path(__file__).resolve().parent / "assets" / "tiny_image_model" / "lm"
 INITIAL_MODEL = "initial_model"  # RUN_DIR/initial_model: the untrained model assembled from the parts
@@ -35,9 +35,12 @@ register_schemas()
 def initial_model_dir(cfg: DictConfig, run_dir: Path, world: World) -> Path:
     """RUN_DIR/initial_model, assembled from `model_config` (with `merge_r` and `merge_mode` when given),
     `vit_weights`, `bert_path` and `lm_path` by rank 0 (once: a resumed run finds it); a missing or mismatched part
-    or setting is one error line on every rank."""
-    out, error = run_dir / INITIAL_MODEL, None
-    if world.is_main and not (out / "model.yaml").is_file():
+    or setting is one error line on every rank. The other ranks wait for rank 0 without a time limit."""
+    out = run_dir / INITIAL_MODEL
+
+    def assemble() -> None:
+        if (out / "model.yaml").is_file():
+            return
         try:
             model_cfg = load_model_config(cfg.model_config)
             model_cfg.lm.path = str(Path(cfg.lm_path).expanduser().resolve()) if cfg.lm_path else str(BUNDLED_LM)
@@ -51,10 +54,9 @@ def initial_model_dir(cfg: DictConfig, run_dir: Path, world: World) -> Path:
                 model_cfg.connector.merge_mode = cfg.merge_mode
             assemble_image_model(model_cfg, out, cfg.bert_path)
         except (ValueError, FileNotFoundError) as failure:  # named missing, unexpected, mis-shaped tensors, files
-            error = f"the starting image model: {failure}"
-    error = broadcast(error, world)
-    if error is not None:
-        raise InputError(error)
+            raise InputError(f"the starting image model: {failure}") from None
+
+    on_main(assemble, world, "assembling the starting image model")
     return out
 
 
@@ -69,10 +71,10 @@ PRETRAIN = Stage(
 
 @hydra.main(version_base="1.3", config_path="pkg://simvlg_video.configs", config_name="pretrain")
 def main(cfg: DictConfig) -> None:
-    try:
-        run_and_release(cfg, PRETRAIN)
-    except UserError as error:  # bad input, named by the code that found it: one line, never a traceback
-        raise SystemExit(report(error)) from None
+    # bad input: one line, never a traceback; SIGTERM or SIGUSR1: the checkpoint is saved, resume=auto continues
+    status = exit_status(lambda: run_and_release(cfg, PRETRAIN))
+    if status:
+        raise SystemExit(status)
 
 
 def cli() -> None:

@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,26 +25,35 @@ from simvlg_video.data.clips import ClipData, DataConfigError
 from simvlg_video.data.manifest import ClipRecord, read_manifest
 from simvlg_video.data.samplers import sampler_from
 from simvlg_video.data.shards import list_shards
-from simvlg_video.errors import BAD_INPUT, OK, SOME_FAILED, SettingsError
+from simvlg_video.errors import BAD_INPUT, OK, SOME_FAILED, SettingsError, UserError, report
 from simvlg_video.eval.coco import require_spice_jars
 from simvlg_video.eval.inference import inference_from
 from simvlg_video.eval.predict import evaluate_split, write_eval
 from simvlg_video.eval.runs import run_summary
 from simvlg_video.eval.table import metrics_table, training_table
 from simvlg_video.eval.visualize import draw_clips
+from simvlg_video.export import BEST_MODEL, StartingModel, describe_run_model, load_best, record_starting_model
 from simvlg_video.formats.model_dir import load_model_dir, save_model_dir, stored_tensors
-from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_parameters
-from simvlg_video.model.freeze import apply_freeze_policy
+from simvlg_video.model.freeze import apply_freeze_policy, trainable_parts
 from simvlg_video.model.parallel import is_sharded, whole_on_cpu
 from simvlg_video.model.speed import apply_speed_settings
 from simvlg_video.precision import compute_dtype
 from simvlg_video.train.config import TrainConfig
-from simvlg_video.train.launch import launch_overrides, override_key, rerun_command
+from simvlg_video.train.launch import check_shared_run_dir, launch_arguments, override_key, rerun_command
 from simvlg_video.train.memory import reset_peak_memory
 from simvlg_video.train.resume import open_run
 from simvlg_video.train.seeding import seed_everything
 from simvlg_video.train.trainer import TrainingRun, train
-from simvlg_video.world import World, broadcast, init_world, pick_device, share_cpu_with_loaders, shutdown
+from simvlg_video.world import (
+    World,
+    broadcast,
+    init_world,
+    on_main,
+    pick_device,
+    share_cpu_with_loaders,
+    shutdown,
+    world_from_env,
+)
 
 log = logging.getLogger("simvlg_video.stage")
 
@@ -72,15 +81,6 @@ def clip_data(cfg: DictConfig) -> ClipData:
     return instantiate(cfg.data)
 
 
-def trainable_parts(cfg: DictConfig, model: torch.nn.Module) -> list[str]:
-    """`train.trainable`, less `adapters` when the chosen placement adds none (adapter=none: the floor)."""
-    trainable = list(cfg.train.trainable)
-    if ADAPTERS in trainable and not adapter_parameters(model):
-        log.info("the adapter choice adds no modules; training %s", ", ".join(t for t in trainable if t != ADAPTERS))
-        trainable.remove(ADAPTERS)
-    return trainable
-
-
 def split_records(records: list[ClipRecord], split: str, manifest: Path) -> list[ClipRecord]:
     chosen = [r for r in records if r.split == split]
     if not chosen:
@@ -97,7 +97,7 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
         raise SettingsError(str(error)) from None
     if cfg.eval.spice:
         require_spice_jars()  # before training, not after it
-    world = init_world()
+    world = init_world(train_cfg.collective_timeout_min)
     if not world.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:
@@ -107,6 +107,7 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
     threads = share_cpu_with_loaders(device, cfg.data.num_workers)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_shared_run_dir(run_dir, world)
     seed_everything(cfg.seed)
     image_dir = stage.starting_model(cfg, run_dir, world)  # a wrong starting point is refused before any work
     data = clip_data(cfg)
@@ -119,13 +120,15 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     # a refused resume stops here, having written nothing
     files = open_run(cfg, run_dir, world, named={override_key(item) for item in overrides})
+    if world.is_main:  # what this run's checkpoints are exported against (evaluate --ckpt RUN_DIR/checkpoints/<step>)
+        record_starting_model(run_dir, StartingModel(image_dir, stage.exports_placement))
     log.info("compute threads: %d", threads)
     resumed_at = int(files.candidates[0].name) if files.candidates else None
     finished = run_summary(run_dir) if resumed_at == cfg.train.steps else None
     if finished is not None:  # resuming a sweep: this job had completed
         files.log.close()
         log.info("%s already finished; its summary is in metrics.jsonl", run_dir)
-        return {stage.after: finished["trained"]}
+        return {stage.after: finished["trained"], **finished.get("best_row", {})}
     records = read_manifest(manifest)
     train_records = [] if data.shards else split_records(records, data.train_split, manifest)
     eval_records = split_records(records, cfg.eval.split, manifest)
@@ -147,7 +150,7 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
                 **evaluation,
             )
         placement.apply(model)
-        trainable = trainable_parts(cfg, model)
+        trainable = trainable_parts(cfg.train.trainable, model)
         counts = apply_freeze_policy(model, trainable)
         log.info("parameters: %s", counts)
         apply_speed_settings(model, cfg.precision, cfg.train.activation_checkpointing, cfg.train.compile)
@@ -173,8 +176,7 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
         )
 
         predictions, rows[stage.after] = evaluate_split(model, eval_records, desc=f"{stage.after} model", **evaluation)
-        model_cfg.adapter = asdict(placement) if stage.exports_placement else None
-        model_cfg.inference = asdict(inference)
+        describe_run_model(model_cfg, cfg, stage.exports_placement)
         tensors = whole_on_cpu(stored_tensors(model, model_cfg))  # every rank: FSDP gathers
         if world.is_main:
             write_eval(run_dir / "eval", cfg.eval.split, predictions, rows[stage.after])
@@ -190,6 +192,22 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
                     "python -m simvlg_video.visualize --ckpt %s VIDEO",
                     run_dir,
                 )
+        best = broadcast(files.checkpoints.best(), world)
+        best_row, problem = {}, None
+        if best is not None:  # the best validation checkpoint: exported, and scored beside the last model
+            folder = files.checkpoints.folder / f"{best['step']:08d}"
+            problem = load_best(model, model_cfg, folder, run_dir / BEST_MODEL, image_dir, world)
+            if problem is not None:
+                log.warning("the best checkpoint (step %d) is neither exported nor scored: %s", best["step"], problem)
+            else:
+                scored = (predictions, rows[stage.after]) if best["step"] == cfg.train.steps else None
+                best_predictions, best_metrics = scored or evaluate_split(
+                    model, eval_records, desc="best model", **evaluation
+                )
+                best_row = {f"{stage.after}, best (step {best['step']})": best_metrics}
+                if world.is_main:
+                    write_eval(run_dir / "eval", f"{cfg.eval.split}_best", best_predictions, best_metrics)
+        rows.update(best_row)
         summary = {
             "phase": "summary",
             "train_steps": cfg.train.steps,
@@ -202,7 +220,9 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
             "nonfinite_steps_skipped": result.skipped_nonfinite,
             "train_clips_skipped": result.skipped_clips,
             "eval_clips_skipped": len(predictions.skipped),
-            "best": files.checkpoints.best(),
+            "best": best,
+            "best_row": best_row,  # {row name: the best checkpoint's scores} when it was scored
+            "best_model_problem": problem,  # why the best checkpoint was not exported, when it was not
             **counts,
         }
         files.log({**summary, "trained": rows[stage.after]})  # the trained model's scores, either stage
@@ -217,17 +237,16 @@ def run(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]]:
 
 def shared_manifest(data: ClipData, samplers: list, world: World) -> Path:
     """The run's manifest, with what its frame samplers need probed; rank 0 finds it (generating the synthetic set
-    if needed) while the others wait, and a failure there is raised on every rank rather than leaving them waiting."""
-    found, error = None, None
-    if world.is_main:
+    if needed) while the others wait for it without a time limit, and a failure there is raised on every rank
+    rather than leaving them waiting."""
+
+    def find() -> Path:
         try:
-            found = data.manifest_for(samplers)
+            return data.manifest_for(samplers)
         except (ValueError, FileNotFoundError) as failure:  # a bad manifest, a generator's refusal, a missing file
-            error = str(failure)
-    found, error = broadcast((found, error), world)
-    if error is not None:
-        raise DataConfigError(error)
-    return found
+            raise DataConfigError(str(failure)) from None
+
+    return on_main(find, world, "probing the manifest")
 
 
 def evaluate_once(
@@ -266,11 +285,14 @@ def run_and_release(cfg: DictConfig, stage: Stage) -> dict[str, dict[str, float]
 
 
 def launch(main: Callable[[], None], arguments: list[str]) -> int:
-    """Call a Hydra `main` alone or under torchrun (every rank gets rank 0's run directory, `launch_overrides`,
-    placed before the user's arguments, which win); returns the exit status. Hydra refuses a bad command line (an
-    unknown key, a wrong type, an unknown option) with status 1 before any job starts: a usage error, status 2."""
-    world = init_world()
-    sys.argv = [sys.argv[0], *launch_overrides(arguments, world), *arguments]
+    """Call a Hydra `main` alone or under torchrun (every rank and every restart gets the one run directory:
+    `launch_arguments`); returns the exit status. Hydra refuses a bad command line (an unknown key, a wrong type,
+    an unknown option) with status 1 before any job starts: a usage error, status 2."""
+    world = world_from_env()  # the process group is joined by `run`, with the run's collective timeout
+    try:
+        sys.argv = [sys.argv[0], *launch_arguments(arguments, world)]
+    except UserError as error:
+        return report(error)
     try:
         main()
     except SystemExit as stop:

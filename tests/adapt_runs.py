@@ -22,6 +22,16 @@ TINY_RUN = [
     "eval.num_beams=2",
     "eval.max_new_tokens=6",
 ]
+# A log record at every step, no dropout (its masks come from each process's RNG), a short evaluation: what runs
+# compared step by step across interruptions and numbers of processes share.
+STEP_BY_STEP = [
+    "train.log_every=1",
+    "train.dropout=0",
+    "eval.before=false",
+    "eval.visualize=0",
+    "eval.num_beams=1",
+    "eval.max_new_tokens=4",
+]
 
 
 def compose_adapt(*overrides: str, config: str = "adapt"):
@@ -94,6 +104,15 @@ def run_module(module: str, *args: str, cwd: Path, launcher: list[str] | None = 
     """`python -m module args` (or `launcher -m module args`, e.g. torchrun) with the test's own data cache."""
     command = [*(launcher or [sys.executable]), "-m", module, *args]
     return subprocess.run(command, cwd=cwd, env=command_env(cwd), capture_output=True, text=True, timeout=600)
+
+
+def adapt_run(image_model: Path, work: Path, *overrides: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """`adapt --image-ckpt image_model` on the tiny set with `overrides`, into WORK/run: (run directory, result)."""
+    result = run_module(
+        "simvlg_video.adapt", "--image-ckpt", str(image_model), *overrides, f"hydra.run.dir={work / 'run'}", cwd=work
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work / "run", result
 
 
 def records(run_dir: Path, phase: str) -> list[dict]:

@@ -1,10 +1,10 @@
-"""Tiny BLIP-2 OPT captioners in both published layouts (REFERENCE.md section 9), with random values.
+"""Tiny BLIP-2 OPT captioners in both published layouts, with random values.
 
 The Hugging Face folder is made by transformers itself: `Blip2ForConditionalGeneration` from a tiny `Blip2Config`,
 every tensor given seeded random values (the qkv bias's k part stays zero, as in BLIP-2), `save_pretrained`, and
 the word tokenizer at the folder's root. The LAVIS layout of the same weights is written out here from the names
-REFERENCE.md lists, not from our modules, so a wrong name on our side cannot agree with it. Widths differ per part
-(ViT 32, Q-Former 24, LLM 40) so that a tensor mapped to the wrong part fails on its shape.
+the published checkpoints use, not from our modules, so a wrong name on our side cannot agree with it. Widths differ
+per part (ViT 32, Q-Former 24, LLM 40) so that a tensor mapped to the wrong part fails on its shape.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def _randomise(model: torch.nn.Module, seed: int) -> None:
                 param[VISION["width"] : 2 * VISION["width"]] = 0
 
 
-# --- the LAVIS blip2_opt layout, written out from REFERENCE.md section 9 ---
+# --- the LAVIS blip2_opt layout, written out from the published checkpoints' names ---
 
 
 def _lavis_name(hf_name: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Checkpoints in the exact reference layout (REFERENCE.md section 1) at a tiny size, with random values.
+"""Checkpoints in the exact reference layout at a tiny size, with random values.
 
 The tensor names and shapes are written out here from the reference's description, not taken from our modules, so
 that a wrong name or shape on our side cannot make these files agree with it. Widths differ per part (ViT 32,

@@ -77,10 +77,9 @@ def test_evaluate_runs_a_four_frame_run_at_more_frames(run_dir: Path):
             cwd=run_dir,
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        written = run_dir / "model" / "eval" / f"test_data.num_frames={num_frames}_metrics.json"
-        metrics = json.loads(written.read_text())
+        written = f"test_data.num_frames={num_frames}"
+        metrics = json.loads((run_dir / "model" / "eval" / f"{written}_metrics.json").read_text())
         assert metrics["metrics"]["clips"] == len(records_of(manifest)) and not metrics["skipped"]
-        written = f"test_num_frames={num_frames}"
         captions, attributes = written_predictions(run_dir / "model" / "eval", manifest, name=written)
         assert captions.keys() == attributes.keys()
         assert metrics["metrics"]["motion_acc"] == shape_accuracy(captions, attributes)["motion_acc"]

@@ -18,9 +18,11 @@ from simvlg_video.adapters.patch import TemporalEvaBlock
 from simvlg_video.adapters.placements import MergedTokens, Reference
 from simvlg_video.adapters.token_pool import TemporalTokenPool
 from simvlg_video.bench.flops import CaptionerSizes, training_step_flops, vit_forward_flops
-from simvlg_video.bench.model import main
+from simvlg_video.bench.model import main, matmul_peaks
+from simvlg_video.bench.model_report import format_mfu
 from simvlg_video.bench.model_sizes import FULL, FULL_QFORMER, TINY, TINY_QFORMER, build_random_captioner
 from simvlg_video.bench.model_variants import Options, configure, parse_variant, random_batch
+from simvlg_video.bench.timing import model_flop_utilisation
 from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_parameters
 from simvlg_video.model.captioner import MeanOverTime
 from simvlg_video.model.freeze import apply_freeze_policy
@@ -108,7 +110,8 @@ def test_full_size_vit_flops_agree_three_ways():
 
 
 def test_full_size_model_has_the_reference_sizes():
-    """REFERENCE.md: OPT-2.7B, a 39-block ViT-g, 85.5M connector, 88.5M trainable, 28.1M of adapters, 257 -> 29."""
+    """The reference's sizes: OPT-2.7B, a 39-block ViT-g, 85.5M connector, 88.5M trainable, 28.1M of adapters,
+    257 -> 29."""
     model = build_random_captioner(FULL, torch.device("meta"))
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     assert count(model.lm) == 2_651_596_800
@@ -121,7 +124,7 @@ def test_full_size_model_has_the_reference_sizes():
 
 
 def test_full_size_blip2_has_its_sizes():
-    """BLIP-2 OPT-2.7B: SimVLG's ViT and LLM, a Q-Former of 32 queries over a bert-base (REFERENCE.md section 9) in
+    """BLIP-2 OPT-2.7B: SimVLG's ViT and LLM, a Q-Former of 32 queries over a bert-base in
     the ToMe connector's place; the Q-Former's count is written out in tests/test_configs.py."""
     from test_configs import blip2_trainable_by_hand
 
@@ -226,6 +229,21 @@ def test_cast_frozen_keeps_trainable_tensors_in_fp32():
     assert model.vit.blocks[0].attn.k_bias.dtype == torch.bfloat16  # a buffer of a frozen module follows it
 
 
+def test_utilisation_above_the_measured_peak_is_reported_as_an_underestimated_peak():
+    assert model_flop_utilisation(2.5e12, 10e12) == 0.25
+    assert model_flop_utilisation(10e12, 10e12) == 1.0
+    for rate, peak in [(16.8e12, 10e12), (1e12, 0.0)]:  # a peak below the achieved rate cannot be a peak
+        assert model_flop_utilisation(rate, peak) is None
+    assert format_mfu(None) == "n/a (peak underestimated)" and format_mfu(0.25) == "25.0%"
+
+
+def test_the_peak_is_measured_in_each_dtype_a_step_computes_in():
+    variants = [parse_variant("port"), parse_variant("merged")]
+    assert [v.dtype for v in variants] == [torch.float16, torch.bfloat16]
+    assert set(matmul_peaks(torch.device("cpu"), variants)) == {torch.float16, torch.bfloat16}
+    assert set(matmul_peaks(torch.device("cpu"), variants[1:])) == {torch.bfloat16}
+
+
 def test_tiny_benchmark_runs_end_to_end(tmp_path, capsys):
     report = main(
         [
@@ -252,6 +270,7 @@ def test_tiny_benchmark_runs_end_to_end(tmp_path, capsys):
             str(tmp_path / "report.json"),
         ]
     )
+    assert set(report.peak_tflop_per_s) == {"bfloat16", "float16"}  # ours and the port's
     rows = {r.variant: r for r in report.training}
     blip2 = {name: rows.pop(name) for name in list(rows) if name.startswith("qformer/")}
     assert {name: r.adapters for name, r in rows.items()} == {"port": 10, "all": 10, "last3": 3, "merged": 0, "none": 0}

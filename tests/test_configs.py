@@ -202,6 +202,17 @@ def test_the_event_recipe_runs_from_the_bundled_model_with_the_default_pool() ->
     assert instantiate(anchor).time_encoding == "clip_time"
 
 
+@pytest.mark.parametrize("name", [name for name in options("experiment") if name not in PRETRAIN_EXPERIMENTS])
+def test_only_the_demo_scores_the_image_model_before_training(name: str) -> None:
+    """eval.before scores the image model on the whole test split (beam 5 on a dataset): opt-in for the dataset
+    recipes, on for the demo, whose before/after table is the point."""
+    data = f"data={name}" if name in options("data") else "data=shapes"
+    cfg = compose_adapt(data, f"experiment={name}")
+    assert cfg.eval.before is (name == "shapes")
+    assert compose_adapt().eval.before is True  # the bare command is the demo
+    assert compose_adapt("data=msrvtt", "eval.before=true").eval.before is True
+
+
 def opt_2_7b_folder(folder: Path) -> Path:
     """config.json of OPT-2.7B (no weights: the architecture is built on the meta device) and a tokenizer."""
     folder.mkdir()

@@ -63,7 +63,7 @@ def load(files, **kwargs):
 
 
 def our_name(reference_name: str) -> str:
-    """The mapping REFERENCE.md implies, written independently of the code under test."""
+    """The mapping the reference checkpoint's names imply, written independently of the code under test."""
     if reference_name.startswith("VLconnector."):
         return "connector." + reference_name[len("VLconnector.") :]
     if reference_name.startswith("visual_encoder."):

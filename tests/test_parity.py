@@ -1,6 +1,6 @@
 """Numerical parity with the reference: its EVA block, connector layer and temporal module written out from
-REFERENCE.md (plain tensor math on the checkpoint's own tensors, no timm or transformers) against our timm/HF-based
-model with the same checkpoint imported. fp32, relative error <= 1e-5."""
+the reference's description (plain tensor math on the checkpoint's own tensors, no timm or transformers) against our
+timm/HF-based model with the same checkpoint imported. fp32, relative error <= 1e-5."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(-3, -2).flatten(-2)
 
 
-# --- the reference EVA ViT (BLIP-2's VisionTransformer as REFERENCE.md section 1 describes it) ---
+# --- the reference EVA ViT (BLIP-2's VisionTransformer) ---
 
 
 def eva_block(x: torch.Tensor, sd: Tensors, i: int, heads: int) -> torch.Tensor:
@@ -73,7 +73,7 @@ def eva_mlp(x: torch.Tensor, sd: Tensors, i: int) -> torch.Tensor:
 
 
 def temporal_merge(x: torch.Tensor, sd: Tensors, i: int, num_frames: int, heads: int) -> torch.Tensor:
-    """REFERENCE.md section 2: per (clip, token) a sequence over frames; Q, K learned; V = x; no output projection."""
+    """The reference module: per (clip, token) a sequence over frames; Q, K learned; V = x; no output projection."""
     p = f"visual_encoder.blocks.{i}.temporal_merge."
     frames, tokens, width = x.shape
     sequences = x.reshape(frames // num_frames, num_frames, tokens, width).transpose(1, 2)  # clip, token, T, C

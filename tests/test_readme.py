@@ -30,6 +30,13 @@ RUN_ELSEWHERE = {
     ),
     "torchrun --nproc_per_node 8 -m simvlg_video.adapt [...] train.strategy=fsdp": "test_distributed.py",
     "python -m simvlg_video.adapt hydra.run.dir=RUN_DIR resume=auto [the run's own overrides]": "test_resume.py",
+    "torchrun --nproc_per_node 8 -m simvlg_video.evaluate --ckpt RUN_DIR/checkpoints/00020000": (
+        "test_best_model.py (2 processes, gloo; a checkpoint folder on one)"
+    ),
+    "torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint node0:29500 --rdzv-id myrun "
+    "--max-restarts 3 -m simvlg_video.adapt [...] hydra.run.dir=/shared/runs/myrun": (
+        "test_preemption.py (two one-process agents over 127.0.0.1; a killed rank under --max-restarts 1)"
+    ),
     "python -m simvlg_video.adapt -m data.num_frames=2,4,8 sampler=uniform,headtail adapter=none,merged_tokens "
     "hydra.sweep.dir=runs/ablation": "test_sweep.py",
     "pip install torch==2.14.1 torchvision==0.29.1 && pip install -e '.[dev]' && python -m simvlg_video.adapt": (

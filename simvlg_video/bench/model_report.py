@@ -23,7 +23,7 @@ class TrainResult:
 @dataclass
 class Report:
     device: str
-    peak_tflop_per_s: float
+    peak_tflop_per_s: dict[str, float]  # the matrix-product rate by dtype name ("bfloat16", "float16")
     options: dict
     training: list[TrainResult] = field(default_factory=list)
     vit_forward: list[dict] = field(default_factory=list)
@@ -34,11 +34,18 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def format_mfu(mfu: float | None) -> str:
+    """MFU as a percentage; None (a rate above the measured peak) says the peak was underestimated."""
+    return "n/a (peak underestimated)" if mfu is None else f"{mfu:.1%}"
+
+
 def format_report(report: Report) -> str:
     """Markdown tables of the report, ratios relative to the plain port where it ran."""
     o = report.options
     lines = [
-        f"device: {report.device}; measured matmul peak {report.peak_tflop_per_s:.3g} TFLOP/s",
+        f"device: {report.device}; measured matmul peak "
+        + ", ".join(f"{dtype} {tflops:.3g}" for dtype, tflops in report.peak_tflop_per_s.items())
+        + " TFLOP/s",
         f"training step: B={o['batch']} videos x T={o['frames']} frames, {o['text_tokens']} text tokens, "
         f"{o['steps']} timed steps after {o['warmup']} warm-up; compile={o['compile']}, "
         f"checkpointing={o['checkpointing']}",
@@ -57,7 +64,7 @@ def format_report(report: Report) -> str:
         lines.append(
             f"| {r.variant} | {r.adapters} | {r.seconds_per_step:.4f} | {r.videos_per_s:.1f} | {_fmt(speed, 's')} "
             f"| {_fmt(r.peak_gib, '.1f')} | {_fmt(memory, '.2f')} | {r.tflop_per_step:.3g} | {r.tflop_per_s:.3g} "
-            f"| {r.mfu:.1%} | {_fmt(r.host_syncs, 'd')} |"
+            f"| {format_mfu(r.mfu)} | {_fmt(r.host_syncs, 'd')} |"
         )
     lines += merged_summary(report.training) + image_summary(report.training)
     lines += connector_summary(report.training)
@@ -69,7 +76,7 @@ def format_report(report: Report) -> str:
         ]
         lines += [
             f"| {v['attention']} attention | {v['frames']} | {v['seconds']:.4f} | {v['frames_per_s']:.0f} "
-            f"| {v['tflop_per_s']:.3g} | {v['mfu']:.1%} |"
+            f"| {v['tflop_per_s']:.3g} | {format_mfu(v['mfu'])} |"
             for v in report.vit_forward
         ]
     if report.generation:

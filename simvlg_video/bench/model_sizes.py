@@ -42,7 +42,7 @@ FULL = Sizes(
     ),
     adapter=dict(qk_dim=256, num_heads=8),
 )
-# BLIP-2 OPT-2.7B: the same ViT and LLM, the Q-Former (REFERENCE.md section 9) as the connector.
+# BLIP-2 OPT-2.7B: the same ViT and LLM, BLIP-2's Q-Former (32 queries) as the connector.
 FULL_QFORMER = Sizes(
     vit_preset="eva_vit_g",
     vit_overrides={},

@@ -12,15 +12,24 @@ from simvlg_video.adapters.patch import remove_temporal_adapters
 from simvlg_video.bench.flops import CaptionerSizes, training_step_flops, vit_forward_flops
 from simvlg_video.bench.model_report import TrainResult
 from simvlg_video.bench.model_variants import TRAINABLE, Options, Variant, configure
-from simvlg_video.bench.timing import count_host_syncs, peak_memory_gib, reset_memory, seconds_per_call
+from simvlg_video.bench.timing import (
+    count_host_syncs,
+    model_flop_utilisation,
+    peak_memory_gib,
+    reset_memory,
+    seconds_per_call,
+)
 from simvlg_video.model.freeze import apply_freeze_policy
 from simvlg_video.model.lm import CaptionText
 from simvlg_video.model.speed import cast_frozen_, set_fused_attention
 from simvlg_video.model.vit import vit_tokens
 
 
-def bench_training(model, variant: Variant, options: Options, batch: tuple, peak_flops: float) -> TrainResult:
-    """Time the variant's training step; an image variant trains on the batch's first frames (B images)."""
+def bench_training(
+    model, variant: Variant, options: Options, batch: tuple, peak_flops: dict[torch.dtype, float]
+) -> TrainResult:
+    """Time the variant's training step; an image variant trains on the batch's first frames (B images). MFU is
+    against `peak_flops` of the dtype the step computes in."""
     device = batch[0].device
     frames = 1 if variant.blocks == "image" else options.frames
     batch = (batch[0][:, :frames], *batch[1:])
@@ -29,7 +38,7 @@ def bench_training(model, variant: Variant, options: Options, batch: tuple, peak
     try:
         optimizer, scaler = configure(model, variant, options)
         result.adapters = sum(hasattr(block, "temporal_merge") for block in model.vit.blocks)
-        dtype = torch.float16 if variant.plain_port else torch.bfloat16
+        dtype = variant.dtype
         last_loss: list[torch.Tensor] = []
 
         def step() -> None:
@@ -59,7 +68,7 @@ def bench_training(model, variant: Variant, options: Options, batch: tuple, peak
         result.peak_gib = peak_memory_gib(device)
         result.tflop_per_step = flops / 1e12
         result.tflop_per_s = flops / seconds / 1e12
-        result.mfu = flops / seconds / peak_flops
+        result.mfu = model_flop_utilisation(flops / seconds, peak_flops[dtype])
         result.loss = float(last_loss[0])
     except torch.OutOfMemoryError:
         result.error = "out of memory"
@@ -72,7 +81,8 @@ def bench_training(model, variant: Variant, options: Options, batch: tuple, peak
 
 
 def bench_vit_forward(model, frames: int, fused: bool, repeats: int, size: int, peak_flops: float) -> dict:
-    """The frozen ViT alone on `frames` images: no grad, bf16 weights and inputs, no adapters."""
+    """The frozen ViT alone on `frames` images: no grad, bf16 weights and inputs, no adapters; `peak_flops` is the
+    bf16 matrix-product rate."""
     device = next(model.parameters()).device
     remove_temporal_adapters(model.vit)
     apply_freeze_policy(model, TRAINABLE)
@@ -90,7 +100,7 @@ def bench_vit_forward(model, frames: int, fused: bool, repeats: int, size: int, 
         "seconds": seconds,
         "frames_per_s": frames / seconds,
         "tflop_per_s": flops / seconds / 1e12,
-        "mfu": flops / seconds / peak_flops,
+        "mfu": model_flop_utilisation(flops / seconds, peak_flops),
     }
 
 

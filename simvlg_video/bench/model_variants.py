@@ -27,6 +27,11 @@ class Variant:
     plain_port: bool = False  # the reference code ported as it is: naive attention, fp16 + grad scaler
     merge_r: int | None = None  # tokens merged per connector layer; None: the model's own
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """What the step computes in: the port's fp16, this package's bf16."""
+        return torch.float16 if self.plain_port else torch.bfloat16
+
 
 def parse_variant(name: str) -> Variant:
     """`port`, `all`, `merged`, `none`, `lastK` (e.g. last8), `image` or `image_rN` (e.g. image_r0)."""
@@ -74,7 +79,7 @@ def configure(model: VideoCaptioner, variant: Variant, options: Options) -> tupl
                     param.fill_(0.01)  # open gates, as after some training
         trainable.append(ADAPTERS)
     apply_freeze_policy(model, trainable)
-    cast_frozen_(model, torch.float16 if variant.plain_port else torch.bfloat16)
+    cast_frozen_(model, variant.dtype)
     set_fused_attention(model, fused=not variant.plain_port)
     model.checkpoint_vit = options.checkpointing and not variant.plain_port
     if options.compile and not variant.plain_port:

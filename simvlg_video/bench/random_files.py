@@ -18,21 +18,14 @@ from transformers import (
     OPTForCausalLM,
 )
 
+from simvlg_video.bench.model_sizes import FULL
 from simvlg_video.formats.lavis_checkpoint import reference_name
 from simvlg_video.formats.model_dir import build_from_pointers, stored_tensors
 from simvlg_video.model.config import load_model_config
 from simvlg_video.model.lm import build_word_tokenizer
 from simvlg_video.model.vit import build_vit
 
-OPT_2_7B = dict(
-    hidden_size=2560,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    ffn_dim=10240,
-    vocab_size=50272,
-    max_position_embeddings=2048,
-    word_embed_proj_dim=2560,
-)
+OPT_2_7B = {**FULL.lm, "word_embed_proj_dim": FULL.lm["hidden_size"]}  # the LLM of the full-size model
 SHARD_BYTES = 2 * 2**30  # the LLM's safetensors shards, as Hugging Face splits them
 # --tiny: the same files at toy sizes (the test suite runs it)
 TINY_OPT = dict(

@@ -1,4 +1,5 @@
-"""Timing on the GPU without host syncs in the timed region, and the measured bf16 matrix-multiply rate."""
+"""Timing on the GPU without host syncs in the timed region, the measured matrix-multiply rate, and model FLOP
+utilisation against it."""
 
 from __future__ import annotations
 
@@ -42,12 +43,21 @@ def count_host_syncs(fn: Callable[[], object]) -> int:
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 10) -> float:
-    """FLOP/s of a size x size x size matrix product on random data (the MFU denominator, measured in the same run)."""
+    """FLOP/s of a size x size x size matrix product on random data in `dtype` (the MFU denominator, measured in the
+    same run and the same dtype as the step it divides; too small a size never reaches the device's peak)."""
     generator = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     seconds_per_call(lambda: a @ b, 3, device)
     return 2.0 * size**3 / seconds_per_call(lambda: a @ b, repeats, device)
+
+
+def model_flop_utilisation(flop_per_s: float, peak_flop_per_s: float) -> float | None:
+    """The share of the measured peak a step's model FLOP rate reaches, or None where the rate is above the peak: then
+    the peak was underestimated, and a utilisation above 100% would be printed as if it were one."""
+    if peak_flop_per_s <= 0 or flop_per_s > peak_flop_per_s:
+        return None
+    return flop_per_s / peak_flop_per_s
 
 
 def peak_memory_gib(device: torch.device) -> float | None:

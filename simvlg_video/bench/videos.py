@@ -8,8 +8,8 @@ clip: its frames played forwards and backwards until the length is reached, scal
 libx264 with B-frames. Written: ``longgop_720p.mp4`` (a keyframe every 250 frames, the ActivityNet case),
 ``hd_1080p.mp4`` (8 s, x264's default keyframe spacing) and ``tagged_bt709_720p.mp4`` (short, colour matrix
 tagged BT.709, for the GPU colour check), copies of ``--samples`` into ``samples/``, and ``manifest.jsonl`` listing
-the samples, the long-GOP and the 1080p file, probed (see ``probe.py``). Needs PyAV, so it runs on the machine
-that prepares files; the GPU machine (no PyAV) reads the probed manifest and never probes.
+the samples, the long-GOP and the 1080p file, probed (see ``probe.py``). Writing them needs PyAV; the loader
+benchmark reads the probed manifest and never probes, so it runs where PyAV is not installed.
 """
 
 from __future__ import annotations

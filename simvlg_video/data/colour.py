@@ -1,10 +1,10 @@
 """YUV -> RGB the way FFmpeg's swscale does it by default, as batched tensor ops (on the GPU for NVDEC output).
 
-The hardware decoder's own RGB output uses other coefficients than the CPU decoders (31-50 dB PSNR against
-decord), so the same indices would give different pixels depending on the backend. Converting its native NV12
-output here with the matrix swscale picks (BT.709 for streams tagged BT.709, BT.601 otherwise; limited range
-unless the stream says full range) and swscale's chroma placement (each chroma sample covers a 2x2 block)
-matches decord and PyAV to within a few levels.
+The hardware decoder's own RGB output uses other coefficients than the CPU decoders, so the same indices would
+give different pixels depending on the backend. Its native NV12 output is converted here with the matrix swscale
+picks (BT.709 for streams tagged BT.709, BT.601 otherwise; limited range unless the stream says full range) and
+swscale's chroma placement (each chroma sample covers a 2x2 block), so that it matches decord and PyAV
+(`tests/test_nvdec.py` checks the PSNR on a GPU).
 """
 
 from __future__ import annotations

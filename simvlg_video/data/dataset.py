@@ -50,7 +50,7 @@ class VideoClipDataset(Dataset):
     Evaluation items are deterministic: the sampler gets ``rng=None`` and the caption is the first one.
 
     ``backend``: ``auto`` | ``decord`` | ``pyav`` | ``nvdec`` (see ``clip_reader.py``); with ``nvdec`` (or
-    ``auto`` on a GPU machine with PyNvVideoCodec) frames come back in GPU memory and :func:`build_loader` decodes
+    ``auto`` with a GPU and PyNvVideoCodec) frames come back in GPU memory and :func:`build_loader` decodes
     in threads. ``decode_timeout``: seconds one CPU probe or decode (of a video or an image) may take before it is
     abandoned (None: no limit, decoding in the loader process itself); ``decode_memory_gib``: the address space of
     the process that decodes; ``max_pixels``: the largest image or video frame (see ``limits.py``).

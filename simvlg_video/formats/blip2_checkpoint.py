@@ -1,4 +1,4 @@
-"""Import a BLIP-2 OPT image captioner as our model directory, from either published layout (REFERENCE.md section 9).
+"""Import a BLIP-2 OPT image captioner as our model directory, from either published layout.
 
 * A **Hugging Face folder** (`Blip2ForConditionalGeneration.save_pretrained`, with the OPT tokenizer at its root). The
   architecture is read from its config.json. The model directory points at the folder for both frozen parts (the ViT

@@ -9,12 +9,15 @@ Calling `apply_freeze_policy` again first releases the previous pins.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from functools import partial
 
 from torch import nn
 
 from simvlg_video.model.adapter_protocol import ADAPTERS, adapter_modules, adapter_parameters
+
+log = logging.getLogger(__name__)
 
 
 def _stay_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:
@@ -53,6 +56,15 @@ def _ancestors(names: list[str]) -> set[str]:
         parts = name.split(".")
         out.update(".".join(parts[:i]) for i in range(1, len(parts)))
     return out
+
+
+def trainable_parts(trainable: Sequence[str], model: nn.Module) -> list[str]:
+    """A run's `train.trainable`, less `adapters` when the chosen placement adds none (adapter=none: the floor)."""
+    parts = list(trainable)
+    if ADAPTERS in parts and not adapter_parameters(model):
+        log.info("the adapter choice adds no modules; training %s", ", ".join(t for t in parts if t != ADAPTERS))
+        parts.remove(ADAPTERS)
+    return parts
 
 
 def apply_freeze_policy(model: nn.Module, trainable: Sequence[str]) -> dict[str, int]:

@@ -24,7 +24,7 @@ from transformers import Blip2QFormerConfig, Blip2QFormerModel
 @dataclass
 class QFormerConfig:
     """The Q-Former connector of a model directory (`connector:` with `kind: qformer` in model.yaml); the defaults are
-    BLIP-2 OPT-2.7B's (REFERENCE.md section 9)."""
+    BLIP-2 OPT-2.7B's."""
 
     kind: str = "qformer"
     hidden_size: int = 768

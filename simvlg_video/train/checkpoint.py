@@ -105,6 +105,11 @@ class CheckpointError(UserError, ValueError):
     the message names the folder and why."""
 
 
+class ResumeImpossible(CheckpointError):
+    """The run cannot continue on this number of processes or with these settings, whichever checkpoint it starts
+    from (an older one would refuse for the same reason); raised by a LocalRestore, it ends the search at once."""
+
+
 @dataclass
 class _Stored:
     """A checkpoint read and checked, not yet applied to the live objects."""
@@ -115,7 +120,7 @@ class _Stored:
 
 # Restores what lives outside the model and optimiser (schedule, guards, data position) from (shared state, this
 # rank's state, None for a rank the interrupted run did not have); raises ValueError, KeyError or TypeError when it
-# does not fit. The shared state's "ranks" holds every saved rank's state.
+# does not fit, ResumeImpossible when no checkpoint could. The shared state's "ranks" holds every saved rank's state.
 LocalRestore = Callable[[dict, dict | None], None]
 
 
@@ -224,25 +229,31 @@ class Checkpoints:
         tried; when none loads, one CheckpointError names them all.
 
         Every rank reads and checks a candidate (and `restore_local` restores what lives on it alone) before the
-        ranks compare verdicts; only an agreed one is applied, so collectives (FSDP) stay matched.
+        ranks compare verdicts; only an agreed one is applied, so collectives (FSDP) stay matched. A
+        ResumeImpossible on any rank is raised on every rank at once, without trying older candidates.
         """
         failures = []
         for path in candidates:
-            stored, error = None, None
+            stored, error, final = None, None, False
             try:
                 stored = self._read(path, model, optimizer)
                 if restore_local is not None:
                     restore_local(stored.state, self._rank_state(stored.state))
+            except ResumeImpossible as refusal:
+                error, final = str(refusal), True
             except CheckpointError as failure:
                 error = str(failure)
             except (ValueError, KeyError, TypeError) as failure:
                 error = f"{path / STATE} does not fit this run ({type(failure).__name__}: {failure})"
-            errors = [e for e in gather(error, self.world) if e is not None]
-            if not errors:
+            verdicts = [verdict for verdict in gather((error, final), self.world) if verdict[0] is not None]
+            if not verdicts:
                 state, mine = self._apply(stored, model, optimizer)
                 return path, state, mine
-            failures.append(errors[0])
-            log.warning("cannot resume from %s: %s", path, errors[0])
+            refusals = [message for message, final in verdicts if final]
+            if refusals:
+                raise ResumeImpossible(refusals[0])
+            failures.append(verdicts[0][0])
+            log.warning("cannot resume from %s: %s", path, failures[-1])
         raise CheckpointError(
             f"no checkpoint in {self.folder} can be resumed from:\n  " + "\n  ".join(failures)
             if failures
@@ -303,12 +314,7 @@ class Checkpoints:
             raise CheckpointError(f"{path / STATE} is not a training state (expected {sorted(needed)}, found {found})")
         if not isinstance(state["ranks"], list) or len(state["ranks"]) != state["world_size"]:
             raise CheckpointError(f"{path / STATE} holds no state per process of the {state['world_size']} it names")
-        try:
-            tensors = read_safetensors(path / TRAINABLE)
-            targets = trainable_tensors(unwrap(model))
-            check_tensors({name: t.shape for name, t in targets.items()}, tensors, str(path / TRAINABLE))
-        except (NotATensorFile, StateDictMismatch) as error:
-            raise CheckpointError(str(error)) from None
+        tensors = read_trainable(path, model)
         saved = [len(group["params"]) for group in state["optimizer"].get("param_groups", [])]
         live = [len(group["params"]) for group in optimizer.param_groups]
         if saved != live:
@@ -327,9 +333,7 @@ class Checkpoints:
 
     def _apply(self, stored: _Stored, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
         inner = unwrap(model)
-        with torch.no_grad():
-            for name, target in trainable_tensors(inner).items():
-                target.copy_(_place_like(stored.tensors[name], target))
+        copy_trainable(stored.tensors, inner)
         self._load_optimizer_state(inner, optimizer, stored.state["optimizer"])
         mine = self._rank_state(stored.state)
         if mine is not None:
@@ -385,6 +389,25 @@ class Checkpoints:
         path.rename(doomed)
         fsync_folder(self.folder)
         shutil.rmtree(doomed)
+
+
+def read_trainable(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable tensors of checkpoint folder `path`, checked against `model`'s trainable parameters: a
+    missing, unexpected or mis-shaped tensor is a CheckpointError naming the file and the tensor."""
+    try:
+        tensors = read_safetensors(path / TRAINABLE)
+        targets = trainable_tensors(unwrap(model))
+        check_tensors({name: t.shape for name, t in targets.items()}, tensors, str(path / TRAINABLE))
+    except (NotATensorFile, StateDictMismatch) as error:
+        raise CheckpointError(str(error)) from None
+    return tensors
+
+
+def copy_trainable(tensors: dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Checked tensors (`read_trainable`) into `model`'s trainable parameters, FSDP shards included."""
+    with torch.no_grad():
+        for name, target in trainable_tensors(unwrap(model)).items():
+            target.copy_(_place_like(tensors[name], target))
 
 
 def _place_like(full: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ class TrainConfig:
     batch_size: int = 16  # clips per process and micro-batch
     accumulation: int = 1  # micro-batches per optimiser step: global batch = batch_size x accumulation x processes
     strategy: str = "ddp"  # under torchrun: ddp (a replica per GPU) | fsdp (parameters sharded: models that do not fit)
+    collective_timeout_min: float = 10.0  # under torchrun: how long a process waits in a collective for the others
+    # before the run fails (a process that died ends the run within it); work rank 0 does alone is not limited by it
     lr: float = 1e-3
     weight_decay: float = 0.05  # AdamW; never on biases, norms, gates and code tables
     warmup_steps: int = 20
@@ -46,5 +48,7 @@ class TrainConfig:
             raise ValueError(
                 f"train.warmup_steps ({self.warmup_steps}) must be between 0 and train.steps ({self.steps})"
             )
+        if not self.collective_timeout_min > 0:
+            raise ValueError(f"train.collective_timeout_min must be > 0, got {self.collective_timeout_min}")
         if self.strategy not in ("ddp", "fsdp"):
             raise ValueError(f"train.strategy must be ddp or fsdp, got {self.strategy!r}")

@@ -5,7 +5,8 @@ gradients equal those of one process taking the whole batch at once: the choice 
 changes speed, not results. The host never waits for the device except at log steps (loss, counters) and once at
 the end. Trouble is watched without stalling: a step whose global gradient norm is not finite is skipped on the
 device and counted (all ranks agree: the norm is taken after the gradients are reduced), and too many in a row stop
-the run; a gradient norm far above its running average is flagged.
+the run; a gradient norm far above its running average is flagged. A stop signal (`StopSignals`) ends the loop
+after the step it arrived in, on every rank alike.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from simvlg_video.model.parallel import unwrap
 from simvlg_video.precision import autocast_for
 from simvlg_video.train.memory import peak_memory
 from simvlg_video.train.session import Session
+from simvlg_video.train.stop_signals import StopSignals
 from simvlg_video.world import World, sum_over_ranks
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class FitResult:
     skipped_clips: int = 0  # clips that could not be decoded (this rank's, over the whole run)
     peak_memory_gib: float = 0.0
     memory_kind: str = ""  # "GPU allocated" (torch's peak on the device) or "process RSS" (CPU runs)
+    stopped_by: str | None = None  # the signal (SIGTERM, SIGUSR1) that ended the loop before its last step
 
     @property
     def clips_per_second(self) -> float:
@@ -71,11 +74,14 @@ def fit(
     hooks: Hooks = Hooks(),
     desc: str = "train",
     show_progress: bool = True,
+    stop: StopSignals | None = None,
 ) -> FitResult:
     """Train from `start_step` to `steps`; `model` may be wrapped in DDP or sharded by FSDP.
 
     A step whose global gradient norm is not finite is skipped on the device (the fused AdamW's `found_inf`, as
-    GradScaler uses it) and counted by the session's guard, which stops the run after too many in a row.
+    GradScaler uses it) and counted by the session's guard, which stops the run after too many in a row. After
+    each step the ranks agree whether `stop` received a signal; if so the step is logged, its hooks run and the
+    loop ends there.
     """
     settings, optimizer, scheduler, guard = session.train, session.optimizer, session.scheduler, session.guard
     if settings.accumulation < 1:
@@ -106,7 +112,8 @@ def fit(
         guard.update(bad, step + 1)
         step_losses.append(loss)
         interval.add(sum(frames.shape[0] for frames, _ in micro_batches), grad_norm, bad)
-        if (step + 1) % settings.log_every == 0 or step + 1 == steps:
+        received = stop.agreed(world) if stop is not None else None
+        if (step + 1) % settings.log_every == 0 or step + 1 == steps or received is not None:
             record = interval.record(step + 1, loss, grad_norm, scheduler.get_last_lr()[0], world)
             record["grad_norm_spike"] = session.grad_watch.is_spike(record["grad_norm_max"], step + 1)
             result.clips += record.pop("clips")
@@ -121,6 +128,11 @@ def fit(
             model.train()  # validation leaves the model in eval mode (frozen parts stay in eval regardless)
             interval.started += time.perf_counter() - paused
             started += time.perf_counter() - paused
+        if received is not None:
+            result.stopped_by = received.name
+            log.warning("%s received: stopping after step %d", received.name, step + 1)
+            break
+    progress.close()
     result.seconds = time.perf_counter() - started
     if step_losses:
         totals = sum_over_ranks(torch.stack(step_losses), world).tolist()

@@ -28,10 +28,11 @@ log = logging.getLogger(__name__)
 
 RUN_CONFIG = "config.yaml"
 # What a resume may change when the command line names it: the schedule's rate, clipping, the guard, how often the
-# run logs, saves and validates, how captions are decoded and how long a decode may take, and how the global batch
-# is split (per-process batch, loader workers). None of them changes the model, the data or their order;
-# docs/training.md says which ones change the numbers that follow. The number of processes is no setting: a resume
-# on another one adapts train.accumulation to keep the run's global batch, and config.yaml keeps the run's value.
+# run logs, saves and validates, how captions are decoded and how long a decode may take, how the global batch is
+# split (per-process batch, loader workers), and how long a collective waits. None of them changes the model, the
+# data or their order; docs/training.md says which ones change the numbers that follow. The number of processes is no
+# setting: a resume on another one adapts train.accumulation to keep the run's global batch, and config.yaml keeps
+# the run's value.
 RESUME_MAY_CHANGE = (
     "train.lr",
     "train.min_lr",
@@ -43,6 +44,7 @@ RESUME_MAY_CHANGE = (
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.eval_every",
+    "train.collective_timeout_min",
     "eval.num_beams",
     "eval.min_new_tokens",
     "eval.max_new_tokens",

@@ -22,15 +22,17 @@ from simvlg_video.data.clips import ClipData
 from simvlg_video.data.dataset import FrameSampler, clip_loader
 from simvlg_video.data.manifest import ClipRecord
 from simvlg_video.data.shards import TarShardStream, list_shards
-from simvlg_video.errors import UserError
+from simvlg_video.errors import Interrupted, UserError
 from simvlg_video.model.parallel import wrap_model
 from simvlg_video.train.batches import EpochClipOrder, ShardBatches, TrainBatches, accumulation_for
+from simvlg_video.train.checkpoint import ResumeImpossible
 from simvlg_video.train.config import TrainConfig
 from simvlg_video.train.guards import TooManyNonFiniteSteps
 from simvlg_video.train.loop import FitResult, Hooks, fit
 from simvlg_video.train.resume import RunFiles
 from simvlg_video.train.session import Session
 from simvlg_video.train.skipped import SKIPPED_JOURNAL, SkippedSamples
+from simvlg_video.train.stop_signals import StopSignals, clear_interrupted, mark_interrupted
 from simvlg_video.world import World
 
 log = logging.getLogger(__name__)
@@ -144,20 +146,26 @@ def train(
     rerun: Rerun | None = None,
 ) -> FitResult:
     """Train `model` (the captioner; wrapped here for DDP/FSDP) for run.train.steps, resuming when `files` say so.
-    `rerun` words the commands a stopped run's message gives."""
+    `rerun` words the commands a stopped run's message gives. SIGTERM or SIGUSR1 during training saves a checkpoint
+    after the current step and raises Interrupted."""
     train_cfg = run.train
     if train_cfg.dropout is not None:
         log.info("dropout set to %g in %d layers", train_cfg.dropout, set_dropout(model, train_cfg.dropout))
     wrapped = wrap_model(model, world, train_cfg.strategy)
     session = Session.create(wrapped, train_cfg, run.precision)
-    batches = training_batches(run, records, device, world, files.checkpoints.folder.parent / SKIPPED_JOURNAL)
+    run_dir = files.checkpoints.folder.parent
+    batches = training_batches(run, records, device, world, run_dir / SKIPPED_JOURNAL)
     start_step, best = 0, None
     global_batch = train_cfg.batch_size * train_cfg.accumulation * world.world_size
     if files.candidates:
 
         def restore_local(state: dict, mine: dict | None) -> None:
+            saved_batch = int(state["global_batch"])  # a damaged value: this checkpoint does not fit
+            try:
+                accumulation = accumulation_for(saved_batch, train_cfg.batch_size, world.world_size)
+            except ValueError as refusal:  # the run's global batch, not this checkpoint: every one would refuse
+                raise ResumeImpossible(f"cannot resume {run_dir}: {refusal}") from None
             session.load_state_dict(state["session"])
-            accumulation = accumulation_for(int(state["global_batch"]), train_cfg.batch_size, world.world_size)
             batches.load_state_dicts([saved["batches"] for saved in state["ranks"]], accumulation)
             session.train = replace(train_cfg, accumulation=accumulation)
 
@@ -177,6 +185,8 @@ def train(
                 world.world_size,
             )
         files.resumed(path, state, **adapted)
+        if world.is_main:
+            clear_interrupted(run_dir)
         start_step, best = state["step"], state.get("best")
         log.info("resumed from %s at step %d", path, start_step)
     log.info(
@@ -199,6 +209,8 @@ def train(
             prune=prune,
         )
 
+    saved: dict[int, Path] = {}  # the checkpoint written after a step of this session
+
     def on_step_end(step: int) -> None:
         nonlocal best
         improved = None
@@ -208,23 +220,38 @@ def train(
                 best = improved = {"metric": run.best_metric, "value": value, "step": step}
         if improved is not None or step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps:
             # A step the guard skipped may be the start of a divergence: its save removes no older checkpoint.
-            save(step, improved, prune=not session.guard.in_bad_run())
+            saved[step] = save(step, improved, prune=not session.guard.in_bad_run())
 
     def on_log(record: dict) -> None:
         files.log({**record, "skipped_clips": len(batches.skipped)})
 
+    signals = StopSignals()
     batch_iter = iter(batches)
     try:
-        result = fit(
-            wrapped,
-            batch_iter,
-            session,
-            train_cfg.steps,
-            world,
-            start_step=start_step,
-            hooks=Hooks(on_log, on_step_end),
-            desc="train",
-        )
+        with signals:  # a second signal while the stop's checkpoint is written changes nothing
+            result = fit(
+                wrapped,
+                batch_iter,
+                session,
+                train_cfg.steps,
+                world,
+                start_step=start_step,
+                hooks=Hooks(on_log, on_step_end),
+                desc="train",
+                stop=signals,
+            )
+            if result.stopped_by is not None:
+                step = session.scheduler.last_epoch
+                if step not in saved:
+                    saved[step] = save(step, prune=not session.guard.in_bad_run())
+                record = {"phase": "stopped", "step": step, "signal": result.stopped_by, "checkpoint": str(saved[step])}
+                files.log(record)
+                if world.is_main:
+                    mark_interrupted(run_dir, record)
+                raise Interrupted(
+                    f"{result.stopped_by} received: stopped after step {step} of {train_cfg.steps} and saved "
+                    f"{saved[step]}. Continue with:\n  {(rerun or generic_rerun)({'resume': 'auto'})}"
+                )
         result.skipped_clips = len(batches.skipped)
         return result
     except TooManyNonFiniteSteps as stop:
