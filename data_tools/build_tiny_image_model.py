@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from simvlg_video.data_tools import events
+from simvlg_video.data_tools import event_text
 from simvlg_video.data_tools.lm_context_check import describe, motion_from_context
 from simvlg_video.data_tools.tiny_lm import train_tiny_lm
 from simvlg_video.errors import UserError, exit_status
@@ -60,7 +60,7 @@ def build(
     try:
         torch.set_num_threads(1)  # the LM is tiny: one thread is fastest on a busy machine, and the same everywhere
         train_tiny_lm(
-            events.caption_groups(), work / "lm", steps=lm_steps, lr=lm_lr, seed=seed, show_progress=show_progress
+            event_text.caption_groups(), work / "lm", steps=lm_steps, lr=lm_lr, seed=seed, show_progress=show_progress
         )
         stage_dir = work / "image_stage"
         settings = [

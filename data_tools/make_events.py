@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from simvlg_video.data.manifest import write_manifest
 from simvlg_video.data.video_writer import write_video
-from simvlg_video.data_tools import events
+from simvlg_video.data_tools import event_text, events
 from simvlg_video.data_tools.make_shapes import DEFAULT_SPLITS, MANIFEST_NAME, SPLIT_NAMES, split_counts
 from simvlg_video.data_tools.shapes import image_captions
 from simvlg_video.eval.shape_accuracy import COLOURS, DIRECTIONAL_MOTIONS, SHAPES
@@ -94,7 +94,7 @@ def make_events_dataset(
                 "video": video,
                 "start": None,
                 "end": None,
-                "captions": events.event_captions(item.clip),
+                "captions": event_text.event_captions(item.clip),
                 "split": item.split,
                 "num_frames": len(frames),
                 "fps": fps,

@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.corpus == "events":
-        from simvlg_video.data_tools.events import caption_groups
+        from simvlg_video.data_tools.event_text import caption_groups
     else:
         from simvlg_video.data_tools.shapes import caption_groups
     out = train_tiny_lm(caption_groups(), args.out, steps=args.steps, lr=args.lr, seed=args.seed)

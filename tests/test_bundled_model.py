@@ -90,7 +90,7 @@ def test_bundled_lm_knows_the_event_words_and_their_order():
     event captions as sentences (their own word order far likelier than the same words shuffled)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from simvlg_video.data_tools.events import caption_corpus
+    from simvlg_video.data_tools.event_text import caption_corpus
 
     tokenizer = AutoTokenizer.from_pretrained(BUNDLED_IMAGE_MODEL / "lm")
     lm = AutoModelForCausalLM.from_pretrained(BUNDLED_IMAGE_MODEL / "lm").eval()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from simvlg_video.data.manifest import ClipRecord
-from simvlg_video.data_tools import events
+from simvlg_video.data_tools import event_text, events
 from simvlg_video.data_tools.make_events import draw_clip
 from simvlg_video.eval.event_accuracy import (
     Event,
@@ -71,8 +71,8 @@ def test_references_score_one_and_reversed_clips_captions_score_zero() -> None:
         )
     }
     attributes = {clip_id: clip.attributes() for clip_id, clip in clips.items()}
-    right = {clip_id: events.event_captions(clip)[i % 4] for i, (clip_id, clip) in enumerate(clips.items())}
-    backwards = {clip_id: events.event_captions(events.reverse(clip))[0] for clip_id, clip in clips.items()}
+    right = {clip_id: event_text.event_captions(clip)[i % 4] for i, (clip_id, clip) in enumerate(clips.items())}
+    backwards = {clip_id: event_text.event_captions(events.reverse(clip))[0] for clip_id, clip in clips.items()}
     perfect = event_accuracy(right, attributes)
     assert perfect == {
         "event_objects_acc": 1.0,
@@ -137,7 +137,7 @@ def test_score_adds_event_metrics_for_event_sets_and_motion_metrics_for_long_cli
             video_path=Path(f"/v/{clip_id}.mp4"),
             start=None,
             end=None,
-            captions=tuple(events.event_captions(clip)),
+            captions=tuple(event_text.event_captions(clip)),
             split="test",
             attributes=clip.attributes(),
         )

@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from simvlg_video.data_tools import events
+from simvlg_video.data_tools import event_text, events
 from simvlg_video.data_tools.make_events import draw_clip, make_events_dataset, plan_event_clips
 from simvlg_video.data_tools.shapes import COLOUR_RGB
 from simvlg_video.eval.event_accuracy import events_in_order, parse_speed
@@ -35,16 +35,16 @@ def test_captions_name_the_events_in_order_and_the_reversed_clip_is_captioned_ot
     for seed in range(6):
         clip = clip_of(kind, variant, seed)
         backwards = events.reverse(clip)
-        captions = events.event_captions(clip)
+        captions = event_text.event_captions(clip)
         assert len(set(captions)) == 4
         assert all(events_in_order(caption, clip.events) for caption in captions)
         assert not any(events_in_order(caption, backwards.events) for caption in captions)
-        assert set(captions).isdisjoint(events.event_captions(backwards))
+        assert set(captions).isdisjoint(event_text.event_captions(backwards))
         if len(clip.events) == 2:
             assert all(" then " in caption for caption in captions)
             assert (backwards.kind, backwards.variant in events.VARIANTS[kind]) == (kind, True)
         assert events.reverse(backwards).events == clip.events
-        assert set(captions) <= set(events.caption_corpus())
+        assert set(captions) <= set(event_text.caption_corpus())
 
 
 @pytest.mark.parametrize(("kind", "variant"), VARIANTS)
@@ -93,7 +93,7 @@ def test_fast_clips_move_measurably_faster_in_pixels_per_second() -> None:
             travelled = np.abs(centroid(frames[-1], colour) - centroid(frames[0], colour)).max()
             pixels_per_second = travelled / ((len(frames) - 1) / fps)
             assert pixels_per_second == pytest.approx(clip.speed_value * size, rel=0.15)
-            assert parse_speed(events.event_captions(clip)[0]) == speed
+            assert parse_speed(event_text.event_captions(clip)[0]) == speed
             measured[speed].append(pixels_per_second)
     assert min(measured["fast"]) > 1.5 * max(measured["slow"])
 
@@ -210,7 +210,7 @@ def test_make_events_dataset_writes_real_h264_with_regular_keyframes(tmp_path: P
         poses = clip.actors[0].poses
         for index, colour in ((0, poses[0].colour), (len(decoded) - 1, poses[-1].colour)):  # shapes where drawn
             assert np.abs(centroid(decoded[index], colour) - centroid(rendered[index], colour)).max() < 1.0
-        assert row["captions"] == events.event_captions(clip) and row["attributes"] == clip.attributes()
+        assert row["captions"] == event_text.event_captions(clip) and row["attributes"] == clip.attributes()
 
 
 def test_unknown_kinds_and_bad_durations_are_refused(tmp_path: Path) -> None:
@@ -231,4 +231,4 @@ def test_the_bundled_lm_and_the_tiny_lm_command_know_every_event_word(tmp_path: 
     trained = train_lm(["--corpus", "events", "--out", str(tmp_path / "lm"), "--steps", "1"])
     for tokenizer in (AutoTokenizer.from_pretrained(BUNDLED / "lm"), AutoTokenizer.from_pretrained(trained)):
         unknown = tokenizer.unk_token_id
-        assert all(unknown not in tokenizer(caption).input_ids for caption in events.caption_corpus())
+        assert all(unknown not in tokenizer(caption).input_ids for caption in event_text.caption_corpus())
