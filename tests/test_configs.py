@@ -184,7 +184,7 @@ def test_every_setting_of_an_experiment_is_in_force(name: str) -> None:
     elif name in options("data"):  # a dataset's recipe comes with the dataset
         cfg = compose_adapt(f"data={name}")
         assert compose_adapt(f"data={name}", f"experiment={name}") == cfg
-        assert compose_adapt(f"data={name}", "~experiment").train == compose_adapt().train
+        assert compose_adapt(f"data={name}", "~experiment").train == compose_adapt("~experiment").train
     else:
         cfg = compose_adapt(f"experiment={name}")
     for key, value in leaves(experiment_settings(name)).items():
